@@ -1,0 +1,5 @@
+import sys
+
+from chunkcache.cli import main
+
+sys.exit(main())

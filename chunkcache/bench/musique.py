@@ -1,0 +1,22 @@
+"""MuSiQue-format examples: {ctxs: [{title, text}], question, answers}."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of examples")
+    for i, ex in enumerate(data):
+        for field in ("ctxs", "question", "answers"):
+            if field not in ex:
+                raise ValueError(f"{path}: example {i} has no {field!r}")
+    return data[:limit] if limit else data
+
+
+def passage_text(ctx: dict) -> str:
+    """One chunk per passage: its title, then its text."""
+    return f"{ctx.get('title', '')}\n{ctx['text']}\n\n"

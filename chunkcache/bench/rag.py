@@ -1,0 +1,152 @@
+"""`chunkcache bench rag`: TTFT and fidelity of every mode against full prefill on MuSiQue.
+
+For each example all modes see identical token ids; chunk KV is precomputed and in memory before
+timing. TTFT = blender prefill to first-token logits. Speedups are medians of per-example paired
+ratios (full TTFT / mode TTFT) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+from chunkcache.bench.metrics import best_f1, teacher_forced, token_f1
+from chunkcache.bench.musique import passage_text
+from chunkcache.blend.blender import BlendResult
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.blend.request import BlendRequest
+from chunkcache.runner.decode import SamplingConfig, decode
+
+
+def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig, reserve: int):
+    t0 = time.perf_counter()
+    res = engine.prefill(req, cfg, reserve)
+    return res, time.perf_counter() - t0
+
+
+def _tf_logits(engine: ChunkCacheEngine, res: BlendResult, answer: list[int]) -> torch.Tensor:
+    """Next-token logits [len(answer), vocab] when the answer is fed over this mode's cache."""
+    n = res.cache.length
+    rows = [res.logits[None]]
+    if len(answer) > 1:
+        with torch.inference_mode():
+            hidden = engine.runner.extend(torch.tensor(answer[:-1]), res.cache)
+            rows.append(engine.runner.logits(hidden))
+    res.cache.truncate(n)
+    return torch.cat(rows)
+
+
+def _greedy(engine: ChunkCacheEngine, res: BlendResult, max_new: int) -> list[int]:
+    with torch.inference_mode():
+        return list(decode(engine.runner, res.cache, res.logits, SamplingConfig(max_new_tokens=max_new),
+                           engine.eos_ids))
+
+
+def _text(engine: ChunkCacheEngine, ids: list[int]) -> str:
+    return engine.tokenizer.decode([t for t in ids if t not in engine.eos_ids], skip_special_tokens=True).strip()
+
+
+def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, BlendConfig], max_new: int,
+                     free_run: bool = True) -> dict:
+    """Per-mode figures for one example. configs: label -> BlendConfig (full is added)."""
+    chunks = [passage_text(c) for c in ex["ctxs"]]
+    req = engine.prompts.request(chunks, ex["question"])
+    engine.precompute(chunks)
+    full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new)
+    n = full.cache.length
+    answer = _greedy(engine, full, max_new)
+    full.cache.truncate(n)
+    ref = _tf_logits(engine, full, answer)
+    full_text = _text(engine, answer)
+    out = {"full": {"ttft_s": full_t, "answer": full_text, "f1": best_f1(full_text, ex["answers"]),
+                    "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0, "first_token": 1.0,
+                    "recompute_fraction": 1.0, "prompt_tokens": req.num_tokens}}
+    del full
+    for label, cfg in configs.items():
+        res, t = _timed_prefill(engine, req, cfg, max_new)
+        top1, kl = teacher_forced(ref, _tf_logits(engine, res, answer))
+        row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
+               "recompute_fraction": res.stats.recompute_fraction}
+        if free_run:
+            ids = _greedy(engine, res, max_new)
+            text = _text(engine, ids)
+            row.update(answer=text, f1=best_f1(text, ex["answers"]), fidelity_f1=token_f1(text, full_text)
+                       if full_text else float(text == full_text), first_token=float(ids[:1] == answer[:1]))
+        out[label] = row
+    return out
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Aggregate per-example rows into the JSON `modes` section."""
+    modes = {}
+    for label in rows[0]:
+        per = [r[label] for r in rows]
+        ttft = [p["ttft_s"] for p in per]
+        mean = lambda key: statistics.fmean(p[key] for p in per) if key in per[0] else None  # noqa: E731
+        modes[label] = {
+            "ttft_s_median": statistics.median(ttft), "ttft_s_mean": statistics.fmean(ttft),
+            "ttft_speedup_vs_full_median": statistics.median(p.get("speedup", 1.0) for p in per),
+            "tf_top1_agreement": mean("tf_top1"), "tf_kl_mean": mean("tf_kl"), "f1_mean": mean("f1"),
+            "fidelity_f1_mean": mean("fidelity_f1"), "first_token_agreement": mean("first_token"),
+            "recompute_fraction": mean("recompute_fraction"),
+        }
+    return modes
+
+
+def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], base: BlendConfig,
+            max_new: int = 32, log=print) -> dict:
+    configs = {m: replace(base, mode=m) for m in modes if m != "full"}
+    rows = []
+    for i, ex in enumerate(examples):
+        row = evaluate_example(engine, ex, configs, max_new)
+        rows.append(row)
+        log(f"[{i + 1}/{len(examples)}] " + "  ".join(
+            f"{m}: {r['ttft_s']:.2f}s top1={r['tf_top1']:.3f} kl={r['tf_kl']:.3f}" for m, r in row.items()))
+    return {"modes": summarize(rows), "examples": rows}
+
+
+def run_sweep(engine: ChunkCacheEngine, examples: list[dict], ratios: list[float], base: BlendConfig,
+              max_new: int = 32, log=print) -> dict:
+    """Fidelity and speedup vs recompute ratio, deviation-based and random selection."""
+    configs = {}
+    for r in ratios:
+        configs[f"deviation@{r}"] = replace(base, mode="cacheblend", recompute_ratio=r)
+        configs[f"random@{r}"] = replace(base, mode="cacheblend", recompute_ratio=r, selection="random")
+    rows = []
+    for i, ex in enumerate(examples):
+        rows.append(evaluate_example(engine, ex, configs, max_new, free_run=False))
+        log(f"[sweep {i + 1}/{len(examples)}] done")
+    modes = summarize(rows)
+    return {"ratios": ratios, "modes": modes}
+
+
+def plot_sweep(sweep: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = sweep["ratios"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for sel, style in (("deviation", "o-"), ("random", "s--")):
+        m = [sweep["modes"][f"{sel}@{r}"] for r in ratios]
+        axes[0].plot(ratios, [x["tf_top1_agreement"] for x in m], style, label=sel)
+        axes[1].plot(ratios, [x["tf_kl_mean"] for x in m], style, label=sel)
+        axes[2].plot(ratios, [x["ttft_speedup_vs_full_median"] for x in m], style, label=sel)
+    for ax, title in zip(axes, ("teacher-forced top-1 agreement", "mean KL vs full", "TTFT speedup vs full")):
+        ax.set_xlabel("recompute ratio")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_json(obj: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)

@@ -1,0 +1,153 @@
+"""Prefill a request from chunk KV: place each chunk by RoPE shift, recompute what deviates.
+
+Modes (BlendConfig.mode):
+  full        every token computed (the reference);
+  prefix      exact prefix reuse only: the system prefix, plus the first chunk when it was
+              precomputed behind exactly this prefix; everything after is computed;
+  naive       all chunk KV placed, only the suffix computed;
+  cacheblend  layers before the first check layer computed for every context token; at each check
+              layer fresh K/V of the computed tokens are compared with the cached ones and the set is
+              narrowed, down to recompute_ratio * context tokens; their fresh K/V overwrite the cache;
+  adaptive    as cacheblend, the count chosen per request from the deviation mass (capped by the ratio).
+The suffix is computed in every mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from chunkcache.blend.chunk_source import ChunkSource
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.request import BlendRequest
+from chunkcache.blend.selection import adaptive_count, deviation_scores, random_tokens, top_tokens
+from chunkcache.kernels.sparse_attention import plan_sparse_attention
+from chunkcache.runner.kv_cache import KVCache
+from chunkcache.runner.runner import ModelRunner
+
+
+@dataclass
+class BlendStats:
+    mode: str
+    prompt_tokens: int
+    context_tokens: int
+    recomputed_tokens: int = 0  # context tokens recomputed past the first check layer (suffix excluded)
+    reused_tokens: int = 0  # prompt tokens whose KV came from cache at any layer
+    chunk_hits: int = 0
+    chunk_misses: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+
+    @property
+    def recompute_fraction(self) -> float:
+        return self.recomputed_tokens / max(1, self.context_tokens)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["recompute_fraction"] = self.recompute_fraction
+        return d
+
+
+@dataclass
+class BlendResult:
+    cache: KVCache  # merged KV of the whole prompt, positions 0..prompt_tokens-1
+    logits: torch.Tensor  # [vocab] fp32, next-token logits after the prompt
+    stats: BlendStats
+
+
+class Blender:
+    def __init__(self, runner: ModelRunner, source: ChunkSource) -> None:
+        self.runner = runner
+        self.source = source
+
+    @torch.inference_mode()
+    def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
+        """Run the prompt and return the merged cache and last-token logits. reserve: extra capacity for decode."""
+        r = self.runner
+        n = req.num_tokens
+        if n > r.max_positions:
+            raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
+        stats = BlendStats(cfg.mode, n, req.context_len)
+        cache = r.new_cache(n + reserve)
+        ids = torch.tensor(req.token_ids(), dtype=torch.int64)
+        if cfg.mode == "full":
+            hidden = r.extend(ids, cache)
+            stats.recomputed_tokens = req.context_len
+            return BlendResult(cache, r.logits(hidden[-1:])[0], stats)
+
+        placed = self._place_prefix(req, cache, stats)
+        if cfg.mode == "prefix":
+            hidden = r.extend(ids[placed:], cache)
+            stats.recomputed_tokens = n - placed - len(req.suffix_ids)
+        else:
+            self._place_chunks(req, cache, stats, placed)
+            if cfg.mode == "naive":
+                hidden = r.extend(ids[req.suffix_start:], cache)
+            else:
+                hidden = self._blend(req, cfg, cache, ids, placed, stats)
+        stats.reused_tokens = n - len(req.suffix_ids) - stats.recomputed_tokens
+        stats.fallbacks = list(self.source.fallbacks)
+        self.source.fallbacks.clear()
+        return BlendResult(cache, r.logits(hidden[-1:])[0], stats)
+
+    def _place_prefix(self, req: BlendRequest, cache: KVCache, stats: BlendStats) -> int:
+        """Write the exact prefix (and the first chunk if computed behind this very prefix). Returns its length."""
+        end = 0
+        if req.prefix_ids:
+            end = self._place(req.prefix_ids, (), cache, 0, stats)
+        if self.source.context_ids == req.prefix_ids:
+            end = self._place(req.chunks[0], req.prefix_ids, cache, end, stats)
+        return end
+
+    def _place_chunks(self, req: BlendRequest, cache: KVCache, stats: BlendStats, placed: int) -> None:
+        for chunk, offset in zip(req.chunks, req.chunk_offsets):
+            if offset >= placed:
+                self._place(chunk, None, cache, offset, stats)
+
+    def _place(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None, cache: KVCache, offset: int,
+               stats: BlendStats) -> int:
+        kv, hit = self.source.get(token_ids, context_ids)
+        stats.chunk_hits += hit
+        stats.chunk_misses += not hit
+        end = offset + kv.num_tokens
+        cache.write(slice(None), slice(offset, end), kv.keys, kv.values, rope_delta=offset - kv.base_position)
+        return end
+
+    def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int,
+               stats: BlendStats) -> torch.Tensor:
+        """Selective recompute over the context tokens after `placed`, plus the suffix."""
+        r = self.runner
+        n = req.num_tokens
+        positions = torch.arange(placed, n)  # candidates then suffix, increasing
+        n_cand = req.suffix_start - placed
+        budget = round(cfg.recompute_ratio * req.context_len)
+        checks = [] if budget >= n_cand else [l for l in cfg.check_layers if l < r.n_layers]
+        if cfg.selection == "random":
+            checks = checks[:1]
+        hidden = r.embed(ids[placed:])  # [n_cand + n_suffix, H]
+        plan = plan_sparse_attention(positions, n)
+        for layer in range(r.n_layers):
+            if layer not in checks:
+                hidden = r.forward_layer(layer, hidden, positions, cache, plan)
+                continue
+            q, k, v = r.qkv(layer, hidden, positions)
+            cand = positions[:n_cand]
+            last = layer == checks[-1]
+            if cfg.selection == "random":
+                keep = random_tokens(n_cand, budget, cfg.seed)
+            else:
+                cached_k, cached_v = cache.keys[layer][:, cand], cache.values[layer][:, cand]  # [n_kv, n_cand, d]
+                scores = deviation_scores(k[:, :n_cand], cached_k, v[:, :n_cand], cached_v, cfg.deviation_on)
+                count = budget
+                if cfg.mode == "adaptive" and last:
+                    count = min(budget, adaptive_count(scores, cfg.adaptive_mass))
+                if not last:
+                    count = min(n_cand, budget * 2 ** (len(checks) - 1 - checks.index(layer)))
+                keep = top_tokens(scores, count)
+            cache.write(layer, positions, k, v)
+            rows = torch.cat((keep, torch.arange(n_cand, positions.numel())))  # kept candidates + suffix
+            hidden, q, positions, n_cand = hidden[rows], q[:, rows], positions[rows], keep.numel()
+            plan = plan_sparse_attention(positions, n)
+            hidden = r.attend_mlp(layer, hidden, q, cache, plan)
+        stats.recomputed_tokens = n_cand
+        return hidden

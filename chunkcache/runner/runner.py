@@ -1,0 +1,105 @@
+"""Run an HF llama/qwen2/mistral model layer by layer, computing only chosen tokens at chosen positions.
+
+The runner reuses the model's own modules (norms, projections, MLP, rotary embedding) but owns the
+loop, so the blender can decide per layer which tokens carry hidden states. All attention reads the
+request's `KVCache`; fresh K/V go in through `KVCache.write` before attention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chunkcache.kernels.sparse_attention import AttentionPlan, plan_sparse_attention, sparse_query_attention
+from chunkcache.runner.fingerprint import model_fingerprint
+from chunkcache.runner.kv_cache import KVCache
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class ModelRunner:
+    """Layer-wise forward over a transformers causal LM (batch size 1, one request at a time)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object | None = None) -> None:
+        cfg = model.config
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        if rope.get("rope_type", rope.get("type", "default")) == "dynamic":
+            raise ValueError("dynamic NTK rope changes frequencies with length; cached keys cannot be re-positioned")
+        if getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None):
+            raise ValueError("sliding-window attention is not supported by the blender")
+        self.model = model
+        self.tokenizer = tokenizer
+        inner = model.model
+        self.layers = inner.layers
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scale = float(self.layers[0].self_attn.scaling)
+        self.max_positions = cfg.max_position_embeddings
+        self.inv_freq = inner.rotary_emb.inv_freq.detach().to(torch.float32)
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+        self.fingerprint = model_fingerprint(model, tokenizer)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.n_layers, self.n_kv_heads, self.head_dim, capacity, self.inv_freq.to(self.device),
+                       self.dtype, self.device)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [m] -> hidden [m, hidden_size]."""
+        return self.model.model.embed_tokens(ids.to(self.device))
+
+    def qkv(self, layer_idx: int, hidden: torch.Tensor, positions: torch.Tensor):
+        """hidden [m, H] at positions [m] -> q [n_heads, m, d], k [n_kv, m, d], v [n_kv, m, d] (RoPE applied)."""
+        attn = self.layers[layer_idx].self_attn
+        x = self.layers[layer_idx].input_layernorm(hidden)
+        m = x.shape[0]
+        q = attn.q_proj(x).view(m, self.n_heads, self.head_dim)  # [m, n_heads, d]
+        k = attn.k_proj(x).view(m, self.n_kv_heads, self.head_dim)  # [m, n_kv, d]
+        v = attn.v_proj(x).view(m, self.n_kv_heads, self.head_dim).transpose(0, 1)  # [n_kv, m, d]
+        if getattr(attn, "q_norm", None) is not None:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        cos, sin = self.model.model.rotary_emb(x[None], positions[None].to(self.device))  # [1, m, d] each
+        cos, sin = cos[0].to(x.dtype), sin[0].to(x.dtype)
+        q = q.transpose(0, 1)  # [n_heads, m, d]
+        k = k.transpose(0, 1)  # [n_kv, m, d]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def attend_mlp(self, layer_idx: int, hidden: torch.Tensor, q: torch.Tensor, cache: KVCache,
+                   plan: AttentionPlan) -> torch.Tensor:
+        """Attention of q over the cache, then o_proj, residual, MLP. hidden [m, H] -> [m, H]."""
+        layer = self.layers[layer_idx]
+        k, v = cache.layer(layer_idx)
+        o = sparse_query_attention(q, k, v, plan, self.scale)  # [n_heads, m, d]
+        o = o.transpose(0, 1).reshape(hidden.shape[0], self.n_heads * self.head_dim)  # [m, n_heads*d]
+        hidden = hidden + layer.self_attn.o_proj(o)
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def forward_layer(self, layer_idx: int, hidden: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                      plan: AttentionPlan) -> torch.Tensor:
+        """One decoder layer for tokens at `positions`; their fresh K/V are written into the cache first."""
+        q, k, v = self.qkv(layer_idx, hidden, positions)
+        cache.write(layer_idx, positions, k, v)
+        return self.attend_mlp(layer_idx, hidden, q, cache, plan)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [m, H] (last layer) -> logits [m, vocab] in fp32."""
+        return self.model.lm_head(self.model.model.norm(hidden)).float()
+
+    def extend(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Compute new tokens ids [m] at positions cache.length.. through every layer. Returns last hidden [m, H]."""
+        start, m = cache.length, ids.numel()
+        if start + m > self.max_positions:
+            raise ValueError(f"prompt of {start + m} tokens exceeds the model context of {self.max_positions}")
+        cache.reserve(start + m)
+        positions = torch.arange(start, start + m, device=self.device)
+        plan = plan_sparse_attention(positions, start + m)
+        hidden = self.embed(ids)
+        for layer_idx in range(self.n_layers):
+            hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
+        return hidden
