@@ -2,14 +2,24 @@
 
 The merged cache is laid out by position: key j sits at position j. Query i (position p_i) sees
 keys 0..p_i. GQA: query head h reads KV head h // (n_heads / n_kv_heads), as in HF repeat_kv.
+
+The Triton kernel is FlashAttention-style: one program per (block of query rows, KV head) with the
+query heads of a GQA group packed as rows (row r = query r // g, head kv*g + r % g), so every key
+tile is loaded once per group. Key tiles run up to the block's last position only; tiles below the
+block's first position need no mask. Online softmax in fp32 (exp2), fp16/bf16/fp32 inputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from chunkcache.kernels._triton import cdiv, interpreting, lazy_jit, next_pow2, want_triton
+
+tl: Any = None  # triton.language, bound by lazy_jit before the first compile
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,102 @@ def sparse_query_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return out
 
 
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan) -> None:
+    n_heads, m, d = q.shape
+    n_kv = k.shape[0]
+    if k.dim() != 3 or n_heads % n_kv or k.shape != v.shape or k.shape[-1] != d or m != plan.q_positions.numel():
+        raise ValueError(f"bad shapes q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)} for {m} planned queries")
+    if k.shape[1] < plan.kv_len:
+        raise ValueError(f"cache holds {k.shape[1]} positions, plan needs {plan.kv_len}")
+
+
+@lazy_jit
+def _sparse_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, pos_ptr, ROWS, G, D, qk_scale,
+                             s_qh, s_qm, s_qd, s_kh, s_kn, s_kd, s_vh, s_vn, s_vd, s_oh, s_om, s_od,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                             IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Program (row block, KV head). ROWS = m * G packed rows; qk_scale = scale * log2(e).
+
+    IEEE: fp32 dots without TF32. UPCAST: fp32 dots for bf16 (the CPU interpreter lacks bf16 dots).
+    """
+    kvh = tl.program_id(1).to(tl.int64)
+    r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    r_ok = r < ROWS
+    qi = (r // G).to(tl.int64)
+    head = kvh * G + (r % G)
+    pos = tl.load(pos_ptr + qi, mask=r_ok, other=0).to(tl.int32)  # padded rows see key 0 only
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    q = tl.load(q_ptr + head[:, None] * s_qh + qi[:, None] * s_qm + d[None, :] * s_qd,
+                mask=r_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+    if UPCAST:
+        q = q.to(tl.float32)
+    lo = tl.min(tl.where(r_ok, pos, 2147483647), axis=0)
+    hi = tl.max(pos, axis=0)
+    k_base = k_ptr + kvh * s_kh + d[:, None] * s_kd  # [BLOCK_D, 1], K read transposed
+    v_base = v_ptr + kvh * s_vh + d[None, :] * s_vd  # [1, BLOCK_D]
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    full_end = ((lo + 1) // BLOCK_N) * BLOCK_N  # keys [0, full_end) are visible to every row
+    for start in range(0, hi + 1, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_ok = n <= hi
+        kt = tl.load(k_base + n.to(tl.int64)[None, :] * s_kn, mask=d_ok[:, None] & n_ok[None, :], other=0.0)
+        vt = tl.load(v_base + n.to(tl.int64)[:, None] * s_vn, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
+        if IEEE:
+            s = tl.dot(q, kt, input_precision="ieee") * qk_scale  # [BLOCK_M, BLOCK_N]
+        else:
+            s = tl.dot(q, kt) * qk_scale
+        if start >= full_end:
+            s = tl.where(n[None, :] <= pos[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if UPCAST:
+            p = p.to(v_ptr.dtype.element_ty).to(tl.float32)
+        else:
+            p = p.to(v_ptr.dtype.element_ty)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, vt, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p, vt)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + head[:, None] * s_oh + qi[:, None] * s_om + d[None, :] * s_od,
+             out.to(o_ptr.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
+
+
+def sparse_query_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
+                                  scale: float) -> torch.Tensor:
+    """Triton version of `sparse_query_attention_ref` (same signature and semantics); any strides."""
+    _check(q, k, v, plan)
+    n_heads, m, d = q.shape
+    n_kv = k.shape[0]
+    g = n_heads // n_kv
+    out = torch.empty_like(q)
+    pos = plan.q_positions.to(device=q.device, dtype=torch.int64).contiguous()
+    rows = m * g
+    block_m = 16 if rows <= 16 else 64
+    block_n = 64 if d <= 64 else 32
+    if interpreting():
+        block_m, block_n = 16, 16
+    grid = (cdiv(rows, block_m), n_kv)
+    _sparse_attention_kernel[grid](q, k, v, out, pos, rows, g, d, scale * 1.4426950408889634,
+                                   *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(d)),
+                                   IEEE=q.dtype == torch.float32,
+                                   UPCAST=interpreting() and q.dtype == torch.bfloat16)
+    return out
+
+
 def sparse_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
-                           scale: float) -> torch.Tensor:
-    """Dispatch: Triton kernel on CUDA when available, else the torch reference."""
+                           scale: float, *, use_triton: bool | None = None) -> torch.Tensor:
+    """Dispatch: Triton kernel on CUDA when triton imports (or when use_triton=True), else the torch reference."""
+    if want_triton(use_triton, q, k, v):
+        return sparse_query_attention_triton(q, k, v, plan, scale)
     return sparse_query_attention_ref(q, k, v, plan, scale)
