@@ -33,12 +33,18 @@ def interpreting() -> bool:
 
 
 def want_triton(use_triton: bool | None, *tensors: torch.Tensor) -> bool:
-    """Dispatch rule: None -> Triton iff every tensor is on CUDA and triton imports; True forces it.
+    """Dispatch rule: None -> CHUNKCACHE_KERNELS (auto | torch | triton; auto when unset), where
+    auto = Triton iff every tensor is on CUDA and triton imports; True forces Triton, False the torch path.
 
     Forcing Triton on CPU tensors needs TRITON_INTERPRET=1 (the tests set it).
     """
     if use_triton is None:
-        return triton_available() and all(t.is_cuda for t in tensors)
+        choice = os.environ.get("CHUNKCACHE_KERNELS", "auto")
+        if choice not in ("auto", "torch", "triton"):
+            raise ValueError(f"CHUNKCACHE_KERNELS must be auto, torch or triton, got {choice!r}")
+        if choice == "auto":
+            return triton_available() and all(t.is_cuda for t in tensors)
+        use_triton = choice == "triton"
     if not use_triton:
         return False
     if not triton_available():

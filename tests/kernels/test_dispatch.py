@@ -54,3 +54,18 @@ def test_import_does_not_load_triton():
             "chunkcache.kernels.sparse_attention, chunkcache.kernels.scatter_kv; "
             "assert 'triton' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_env_switch(monkeypatch):
+    calls = []
+    monkeypatch.setattr("chunkcache.kernels.rope_shift.rope_shift_triton", lambda *a: calls.append(a) or a[0])
+    keys, deltas, inv_freq = torch.randn(2, 5, 64), torch.arange(5), torch.ones(32)
+    monkeypatch.setenv("CHUNKCACHE_KERNELS", "triton")
+    rope_shift(keys, deltas, inv_freq)
+    assert len(calls) == 1
+    monkeypatch.setenv("CHUNKCACHE_KERNELS", "torch")
+    rope_shift(keys, deltas, inv_freq)
+    assert len(calls) == 1
+    monkeypatch.setenv("CHUNKCACHE_KERNELS", "cuda")
+    with pytest.raises(ValueError):
+        rope_shift(keys, deltas, inv_freq)
