@@ -1,0 +1,1 @@
+"""Tiered chunk KV store: see chunk_store.ChunkStore and config.StoreConfig."""

@@ -1,0 +1,300 @@
+"""ChunkStore: one API over ordered tiers (GPU, CPU, disk, remote), with a SQL catalog.
+
+Reads: `get(key, fingerprint, device)` tries tiers fastest first and returns a ChunkKV the caller
+owns, or None. None means "recompute": a plain miss, or an entry that is unusable (corrupt,
+truncated, file gone, catalog row gone, server down, another model's fingerprint); each such
+fault is logged and counted under its reason in `stats()["fallbacks"]`. Wrong or partial KV is
+never returned. A hit in a slower tier is promoted (copied) into the fastest tier.
+Writes: `put(kv)` stores into the fastest tier whose budget can hold it and into every
+write-through tier; a full tier evicts by its policy and demotes (writes back) the victim into
+the next slower tier when that tier can hold it. Pinned keys are never evicted.
+`get_layers` returns a LayerStream (see layer_stream.py) for pipelined per-layer loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from chunkcache.store.catalog import Catalog, ChunkMeta
+from chunkcache.store.chunk_kv import ChunkKV
+from chunkcache.store.config import StoreConfig, TierConfig
+from chunkcache.store.disk_tier import DiskTier
+from chunkcache.store.errors import EntryUnavailable, Reason, TierWriteError
+from chunkcache.store.eviction import estimate_recompute_cost
+from chunkcache.store.layer_stream import LayerStream
+from chunkcache.store.memory_tier import MemoryTier
+from chunkcache.store.stats import StoreStats
+from chunkcache.store.tier import Tier
+from chunkcache.store.tier_slot import TierSlot
+
+log = logging.getLogger("chunkcache.store")
+
+
+def build_tier(tc: TierConfig, cache_dir: str) -> Tier:
+    if tc.kind in ("gpu", "cpu"):
+        pin = tc.pin_memory if tc.pin_memory is not None else (tc.kind == "cpu" and torch.cuda.is_available())
+        return MemoryTier(tc.kind, "cuda" if tc.kind == "gpu" else "cpu", pin_memory=pin)
+    if tc.kind == "disk":
+        return DiskTier(tc.path or os.path.join(cache_dir, "chunks"), codec=tc.codec, fsync=tc.fsync)
+    from chunkcache.store.remote_tier import RemoteTier
+    return RemoteTier(tc.url or "", key_prefix=tc.key_prefix, codec=tc.codec, ttl_s=tc.ttl_s,
+                      timeout_s=tc.timeout_s, retry_after_s=tc.retry_after_s)
+
+
+class ChunkStore:
+    def __init__(self, config: StoreConfig | None = None) -> None:
+        self.config = config = config or StoreConfig()
+        cache_dir = config.resolved_cache_dir
+        tcs = [t for t in config.tiers if t.kind != "gpu" or torch.cuda.is_available()]
+        if len(tcs) < len(config.tiers):
+            log.info("chunk store: no CUDA, GPU tier skipped")
+        if not tcs:
+            raise ValueError("no usable tier (only a GPU tier was configured and CUDA is absent)")
+        self._slots = [TierSlot(tc, build_tier(tc, cache_dir)) for tc in tcs]
+        self.catalog = Catalog(config.resolved_catalog_url, config.catalog_flush_every) if config.wants_catalog else None
+        self._stats = StoreStats([s.name for s in self._slots], config.max_recent_faults)
+        self._lock = threading.RLock()
+        self._pinned: set[str] = set()
+        self._costs: dict[str, float] = {}
+        for i, slot in enumerate(self._slots):
+            for key, size in slot.tier.scan():
+                slot.record(key, size, self._cost_of(key, size))
+            self._make_room(i, 0)
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _cost_of(self, key: str, size: int) -> float:
+        return self._costs.get(key) or max(float(size) / 1024.0, 1.0)
+
+    def _fault(self, key: str, slot: TierSlot, err: EntryUnavailable | TierWriteError, write: bool = False) -> None:
+        self._stats.fault(key, slot.name, err.reason, err.detail, write=write)
+        if isinstance(err, EntryUnavailable) and err.drop:
+            with self._lock:
+                slot.tier.delete(key)
+                self._forget(slot, key)
+
+    def _forget(self, slot: TierSlot, key: str) -> None:
+        slot.forget(key)
+        if self.catalog is not None and slot.tier.persistent:
+            self.catalog.set_tier(key, slot.name, False)
+
+    def _meta(self, kv: ChunkKV, tier: str | None, doc: tuple[str | None, str | None]) -> ChunkMeta:
+        return ChunkMeta(kv.key, kv.fingerprint, kv.num_tokens, str(kv.keys.dtype).removeprefix("torch."),
+                         tuple(kv.keys.shape), kv.nbytes, self._costs[kv.key], doc[0], doc[1],
+                         on_disk=tier == "disk", on_remote=tier == "remote")
+
+    def _insert(self, i: int, kv: ChunkKV, *, owned: bool = False,
+                doc: tuple[str | None, str | None] = (None, None)) -> None:
+        """Store kv in tier i, evicting (and demoting) others as its budget requires."""
+        slot = self._slots[i]
+        cost = self._costs.setdefault(kv.key, estimate_recompute_cost(kv.num_tokens, kv.keys.shape[0]))
+        if not slot.fits_ever(kv.nbytes if slot.config.codec == "none" else kv.nbytes // kv.keys.element_size()):
+            raise TierWriteError(Reason.TOO_LARGE, f"{kv.nbytes} B over the {slot.name} budget {slot.budget}")
+        self._make_room(i, kv.nbytes if not slot.tier.persistent else 0, protect=kv.key)
+        if isinstance(slot.tier, MemoryTier):
+            size = slot.tier.put(kv, owned=owned)
+        else:
+            size = slot.tier.put(kv)
+        slot.record(kv.key, size, cost)
+        self._stats.count(slot.name, "puts")
+        if self.catalog is not None and slot.tier.persistent:  # after the file: a crash leaves no row
+            self.catalog.upsert(self._meta(kv, slot.name, doc))
+        try:
+            self._make_room(i, 0, protect=kv.key)
+        except TierWriteError:
+            slot.tier.delete(kv.key)
+            slot.forget(kv.key)
+            raise
+
+    def _make_room(self, i: int, extra: int, protect: str | None = None) -> None:
+        slot = self._slots[i]
+        while slot.overflow(extra) > 0:
+            excluded = self._pinned | ({protect} if protect else set())
+            victim = slot.policy.pop_victim(excluded)
+            if victim is None:
+                raise TierWriteError(Reason.TOO_LARGE, f"{slot.name} tier full of pinned entries")
+            self._evict(i, victim)
+
+    def _evict(self, i: int, key: str) -> None:
+        slot = self._slots[i]
+        if i + 1 < len(self._slots):
+            nxt = self._slots[i + 1]
+            try:
+                if not nxt.holds(key):
+                    self._insert(i + 1, slot.tier.get(key, None), owned=True)
+                    self._stats.count(slot.name, "demotions")
+            except KeyError:
+                pass
+            except (EntryUnavailable, TierWriteError) as e:
+                self._stats.fault(key, nxt.name, e.reason, f"demotion: {e.detail}", write=True)
+        slot.tier.delete(key)
+        self._forget(slot, key)
+        self._stats.count(slot.name, "evictions")
+
+    def _disk_catalog_check(self, slot: TierSlot, key: str, fingerprint: str) -> bool:
+        """For the disk tier with a catalog: is the file backed by a row for this model? Records faults."""
+        exists = slot.tier.contains(key)
+        row = self.catalog.get(key) if self.catalog is not None else None
+        if row is not None and row.fingerprint != fingerprint:
+            raise EntryUnavailable(Reason.FINGERPRINT_MISMATCH, f"catalog row is for {row.fingerprint!r}", drop=False)
+        if not exists:
+            if row is not None and row.on_disk:
+                self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(getattr(slot.tier, "path")(key))))
+            return False
+        if row is None and self.catalog is not None:
+            self._fault(key, slot, EntryUnavailable(Reason.CATALOG_ROW_MISSING, "file without catalog row", drop=False))
+            return False
+        return True
+
+    def _hit(self, i: int, kv: ChunkKV) -> None:
+        with self._lock:
+            slot = self._slots[i]
+            if kv.key in slot.sizes:
+                slot.policy.touch(kv.key)
+            if i > 0 and self.config.promote_on_hit and kv.key not in self._slots[0].sizes:
+                try:
+                    self._insert(0, kv, owned=True)
+                    self._stats.count(self._slots[0].name, "promotions")
+                except TierWriteError as e:
+                    self._stats.fault(kv.key, self._slots[0].name, e.reason, f"promotion: {e.detail}", write=True)
+        if self.catalog is not None:
+            self.catalog.touch(kv.key)
+
+    def _lookup(self, key: str, fingerprint: str, open_fn: str):  # type: ignore[no-untyped-def]
+        """First usable (tier index, result of tier.<open_fn>) or None, recording faults."""
+        for i, slot in enumerate(self._slots):
+            try:
+                if slot.name == "disk" and not self._disk_catalog_check(slot, key, fingerprint):
+                    continue
+                return i, getattr(slot.tier, open_fn)(key, fingerprint)
+            except KeyError:
+                continue
+            except EntryUnavailable as e:
+                self._fault(key, slot, e)
+                if e.reason == Reason.FINGERPRINT_MISMATCH:
+                    return None  # a read for another model is refused outright
+        return None
+
+    # ---- public API --------------------------------------------------------------------------
+    def put(self, kv: ChunkKV, *, source_doc_id: str | None = None, text_hash: str | None = None,
+            recompute_cost: float | None = None) -> bool:
+        """Store kv (a copy: later changes to the caller's tensors do not reach the cache).
+
+        recompute_cost: prefill cost of the chunk (any unit, e.g. seconds) for the cost-aware policy;
+        default estimate_recompute_cost(L, n_layers). Returns False when no tier could take it.
+        """
+        if not isinstance(kv, ChunkKV):
+            raise TypeError(f"put expects a ChunkKV, got {type(kv).__name__}")
+        placed, doc = False, (source_doc_id, text_hash)
+        with self._lock:
+            if recompute_cost is not None:
+                self._costs[kv.key] = float(recompute_cost)
+            for i, slot in enumerate(self._slots):
+                if placed and not slot.config.write_through:
+                    continue
+                try:
+                    self._insert(i, kv, doc=doc)
+                    placed = True
+                except TierWriteError as e:
+                    self._stats.fault(kv.key, slot.name, e.reason, e.detail, write=True)
+            if placed and self.catalog is not None:  # memory-only entries get a row too
+                self.catalog.upsert(self._meta(kv, None, doc))
+        return placed
+
+    def get(self, key: str, fingerprint: str, device: torch.device | str = "cpu") -> ChunkKV | None:
+        """The chunk's KV on `device`, owned by the caller; None on a miss or an unusable entry."""
+        found = self._lookup(key, fingerprint, "get")
+        if found is None:
+            self._stats.lookup(None)
+            return None
+        i, kv = found
+        self._stats.lookup(self._slots[i].name)
+        self._hit(i, kv)
+        fresh = self._slots[i].tier.persistent and not (i > 0 and self.config.promote_on_hit)
+        return kv.to(device) if fresh else ChunkKV(kv.key, kv.fingerprint, kv.token_ids, kv.base_position,
+                                                   kv.keys.to(device, copy=True), kv.values.to(device, copy=True))
+
+    def get_layers(self, key: str, fingerprint: str, device: torch.device | str = "cpu") -> LayerStream | None:
+        """Iterable of (layer_idx, k, v), k/v [n_kv_heads, L, head_dim], read ahead in a thread; None on miss.
+
+        Iteration raises EntryUnavailable (a StoreError) if a later layer proves corrupt: recompute then.
+        """
+        found = self._lookup(key, fingerprint, "open_layers")
+        if found is None:
+            self._stats.lookup(None)
+            return None
+        i, src = found
+        slot = self._slots[i]
+        self._stats.lookup(slot.name)
+        promote = i > 0 and self.config.promote_on_hit
+
+        def complete(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+            kv = ChunkKV(src.key, src.fingerprint, src.token_ids, src.base_position,
+                         torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers]))
+            self._hit(i, kv)
+
+        if not promote and self.catalog is not None:
+            self.catalog.touch(key)
+        return LayerStream(src, slot.name, device, self.config.prefetch_depth, copy=not slot.tier.persistent,
+                           on_complete=complete if promote else None,
+                           on_fault=lambda err: self._fault(key, slot, err))
+
+    def contains(self, key: str) -> bool:
+        return any(slot.holds(key) for slot in self._slots)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            for slot in self._slots:
+                slot.tier.delete(key)
+                slot.forget(key)
+            self._pinned.discard(key)
+            self._costs.pop(key, None)
+        if self.catalog is not None:
+            self.catalog.delete(key)
+
+    def pin(self, key: str) -> None:
+        """Never evict key from any tier until unpin(key) (pinning may precede the put)."""
+        with self._lock:
+            self._pinned.add(key)
+
+    def unpin(self, key: str) -> None:
+        with self._lock:
+            self._pinned.discard(key)
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            snap = self._stats.snapshot({s.name: s.used for s in self._slots},
+                                        {s.name: len(s.sizes) for s in self._slots},
+                                        {s.name: s.budget for s in self._slots})
+        snap["pinned"] = len(self._pinned)
+        return snap
+
+    def tier_of(self, key: str) -> list[str]:
+        """Tiers of this process that hold key (for tests and diagnostics)."""
+        return [s.name for s in self._slots if s.holds(key)]
+
+    def tier(self, name: str) -> Tier:
+        return next(s.tier for s in self._slots if s.name == name)
+
+    def close(self) -> None:
+        if self.catalog is not None:
+            self.catalog.close()
+        for slot in self._slots:
+            slot.tier.close()
+
+    def __enter__(self) -> "ChunkStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(cache_dir: str | Path, **kw: object) -> ChunkStore:
+    """CPU tier (1 GiB) + disk tier under cache_dir with the SQLite catalog: the common setup."""
+    cfg = StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 30), TierConfig("disk", write_through=True)),
+                      cache_dir=str(cache_dir), **kw)  # type: ignore[arg-type]
+    return ChunkStore(cfg)
