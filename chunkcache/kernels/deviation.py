@@ -76,7 +76,7 @@ def _deviation_kernel(fk_ptr, ck_ptr, fv_ptr, cv_ptr, out_ptr, H, T, D,
     t64 = t.to(tl.int64)[:, None]
     acc = tl.zeros([BLOCK_T], dtype=tl.float32)
     for h in range(H):
-        h64 = tl.full([1, 1], h, tl.int64)
+        h64 = tl.zeros([1, 1], tl.int64) + h  # int64 offsets (h is a python int under the interpreter)
         for d0 in range(0, D, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             d64 = d.to(tl.int64)[None, :]

@@ -27,7 +27,7 @@ class AttentionPlan:
     """Built once per request from the query positions; reused by every layer.
 
     q_positions: [m] int64, strictly increasing. kv_len: keys visible to the last query's layer call.
-    blocks: (q_start, q_end, k_end, mask [q_end-q_start, k_end] bool or None) for the CPU path: each
+    blocks: (q_start, q_end, k_end, mask [q_end-q_start, k_end] additive or None) for the CPU path: each
     block of queries reads keys [0, k_end) only, so little of the causal triangle is wasted.
     """
 
@@ -37,8 +37,9 @@ class AttentionPlan:
     blocks: tuple[tuple[int, int, int, torch.Tensor | None], ...]
 
 
-def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: int = 16) -> AttentionPlan:
-    """Split sorted query positions into blocks and precompute their causal masks."""
+def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: int = 16,
+                          dtype: torch.dtype = torch.float32) -> AttentionPlan:
+    """Split sorted query positions into blocks and precompute their additive causal masks (0 / -inf, dtype)."""
     if q_positions.dim() != 1 or q_positions.numel() == 0:
         raise ValueError(f"q_positions must be a non-empty 1-D tensor, got {tuple(q_positions.shape)}")
     pos = q_positions.to(torch.int64).cpu()
@@ -56,8 +57,10 @@ def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: in
             p = pos[s:e]
             k_end = int(p[-1]) + 1
             needs_mask = int(p[0]) + 1 < k_end
-            mask = (torch.arange(k_end)[None, :] <= p[:, None]) if needs_mask else None  # [e-s, k_end]
-            if mask is not None:
+            mask = None
+            if needs_mask:
+                visible = torch.arange(k_end)[None, :] <= p[:, None]  # [e-s, k_end]
+                mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
                 mask = mask.to(q_positions.device)
             blocks.append((s, e, k_end, mask))
     return AttentionPlan(q_positions.to(torch.int64), kv_len, square, tuple(blocks))
@@ -164,8 +167,8 @@ def sparse_query_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     pos = plan.q_positions.to(device=q.device, dtype=torch.int64).contiguous()
     rows = m * g
     block_m = 16 if rows <= 16 else 64
-    block_n = 64 if d <= 64 else 32
-    if interpreting():
+    block_n = 64 if d <= 128 else 32
+    if interpreting():  # the interpreter's cost grows with the tile count, not the tile size: keep tiles small
         block_m, block_n = 16, 16
     grid = (cdiv(rows, block_m), n_kv)
     _sparse_attention_kernel[grid](q, k, v, out, pos, rows, g, d, scale * 1.4426950408889634,
