@@ -1,0 +1,86 @@
+"""Remote tier on a real redis-server: sharing between processes, server down mid-request."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import redis
+import store_worker
+from store_kvgen import FP, make_kv, same
+from store_servers import RedisServer
+
+from chunkcache.store.chunk_store import ChunkStore
+from chunkcache.store.config import StoreConfig, TierConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def remote_store(url: str, **kw) -> ChunkStore:  # type: ignore[no-untyped-def]
+    return ChunkStore(StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 20),
+                                         TierConfig("remote", url=url, write_through=True, **kw)), catalog=False))
+
+
+def test_remote_roundtrip_and_promotion(redis_url):
+    kv = make_kv(1)
+    with remote_store(redis_url) as a:
+        assert a.put(kv)
+    with remote_store(redis_url, codec="int8") as b:
+        got = b.get(kv.key, FP)
+        assert same(got, kv)  # the reader decodes whatever codec the writer used
+        assert b.tier_of(kv.key) == ["cpu", "remote"]
+        assert b.stats()["tiers"]["remote"]["hits"] == 1
+        layers = list(remote_store(redis_url).get_layers(kv.key, FP))
+        assert all(__import__("torch").equal(k, kv.keys[i]) for i, k, _ in layers)
+
+
+def test_two_processes_share_chunks(redis_url):
+    seeds = ["11", "12", "13"]
+    w = store_worker.run(ROOT, "write-remote", redis_url, *seeds, timeout=120)
+    assert w.returncode == 0, w.stderr
+    assert json.loads(w.stdout.splitlines()[-1])["ok"]
+    r = store_worker.run(ROOT, "read-remote", redis_url, *seeds, "14", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == {"11": "ok", "12": "ok", "13": "ok", "14": "miss"}
+
+
+def test_corrupt_remote_blob(redis_url):
+    kv = make_kv(2)
+    with remote_store(redis_url) as a:
+        a.put(kv)
+    client = redis.Redis.from_url(redis_url)
+    name = "chunkcache:kv:" + kv.key
+    blob = bytearray(client.get(name))
+    blob[-3] ^= 0x10
+    client.set(name, bytes(blob))
+    with remote_store(redis_url) as b:
+        assert b.get(kv.key, FP) is None
+        assert b.stats()["fallbacks"] == {"checksum_mismatch": 1}
+        assert not client.exists(name)  # dropped
+
+
+def test_redis_down_mid_request():
+    server = RedisServer().start()
+    try:
+        kv, kv2 = make_kv(3), make_kv(4)
+        store = ChunkStore(StoreConfig(tiers=(TierConfig("cpu", budget_bytes=kv.nbytes),
+                                              TierConfig("remote", url=server.url, write_through=True,
+                                                         timeout_s=0.5, retry_after_s=0.5)), catalog=False))
+        assert store.put(kv) and store.put(kv2)  # kv now only in Redis (CPU holds one)
+        server.stop()
+        t0 = time.monotonic()
+        assert store.get(kv.key, FP) is None
+        assert store.get(kv.key, FP) is None  # second request fails fast (server marked down)
+        assert time.monotonic() - t0 < 3
+        assert store.stats()["fallbacks"] == {"remote_unavailable": 2}
+        assert store.put(make_kv(5))  # CPU tier still works; the remote write is recorded as failed
+        assert store.stats()["put_failures"].get("remote_unavailable") == 1
+        assert same(store.get(make_kv(5).key, FP), make_kv(5))
+        server.start()  # the same port: the tier reconnects after retry_after_s
+        time.sleep(0.6)
+        assert store.put(kv) and same(ChunkStore(StoreConfig(tiers=(TierConfig("remote", url=server.url),),
+                                                             catalog=False)).get(kv.key, FP), kv)
+        store.close()
+    finally:
+        server.cleanup()
