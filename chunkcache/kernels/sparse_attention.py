@@ -156,6 +156,19 @@ def _sparse_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, pos_ptr, ROWS, G, D, qk
              out.to(o_ptr.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
 
 
+def launch_config(rows: int, d: int, dtype: torch.dtype) -> dict:
+    """Tile sizes, flags and launch options of the kernel for `rows` = m * g packed rows of head_dim d."""
+    block_d = max(16, next_pow2(d))
+    if interpreting():  # the interpreter's cost grows with the tile count, not the tile size: keep tiles small
+        block_m, block_n = 16, 16
+    else:
+        block_m = 16 if rows <= 16 else 64
+        block_n = 64 if dtype != torch.float32 and block_d <= 128 else 32
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "IEEE": dtype == torch.float32,
+            "UPCAST": interpreting() and dtype == torch.bfloat16, "num_warps": 4,
+            "num_stages": 2 if dtype == torch.float32 else 3}
+
+
 def sparse_query_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
                                   scale: float) -> torch.Tensor:
     """Triton version of `sparse_query_attention_ref` (same signature and semantics); any strides."""
@@ -166,16 +179,10 @@ def sparse_query_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     out = torch.empty_like(q)
     pos = plan.q_positions.to(device=q.device, dtype=torch.int64).contiguous()
     rows = m * g
-    block_m = 16 if rows <= 16 else 64
-    block_n = 64 if d <= 128 else 32
-    if interpreting():  # the interpreter's cost grows with the tile count, not the tile size: keep tiles small
-        block_m, block_n = 16, 16
-    grid = (cdiv(rows, block_m), n_kv)
+    cfg = launch_config(rows, d, q.dtype)
+    grid = (cdiv(rows, cfg["BLOCK_M"]), n_kv)
     _sparse_attention_kernel[grid](q, k, v, out, pos, rows, g, d, scale * 1.4426950408889634,
-                                   *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(d)),
-                                   IEEE=q.dtype == torch.float32,
-                                   UPCAST=interpreting() and q.dtype == torch.bfloat16)
+                                   *q.stride(), *k.stride(), *v.stride(), *out.stride(), **cfg)
     return out
 
 
