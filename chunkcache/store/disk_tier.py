@@ -5,6 +5,8 @@ named .<key>.<pid>.<random>.tmp in the same directory, is fsync'd, renamed over 
 (atomic on POSIX) and the directory is fsync'd. A process killed at any point leaves either the
 old file, the new file, or a stray temp file (never read; swept at open once its writer is dead).
 Several processes may share a root: concurrent writers of one key each rename a whole file.
+Whole-entry reads use O_DIRECT where the filesystem supports it (DMA straight into the returned
+tensor's buffer, no page-cache copy; the hot set lives in the CPU tier); layer reads use pread.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from chunkcache.store.errors import EntryUnavailable, Reason, TierWriteError
 from chunkcache.store.tier import LayerSource
 
 _KEY = re.compile(r"^[0-9a-f]{16,128}$")
+_ALIGN = 4096  # O_DIRECT buffer, offset and length alignment
 _TMP = re.compile(r"^\.([0-9a-f]+)\.(\d+)\.[0-9a-f]+\.tmp$")
 
 
@@ -40,11 +43,13 @@ class DiskTier:
     kind = "disk"
     persistent = True
 
-    def __init__(self, root: str | os.PathLike[str], codec: str = "none", fsync: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], codec: str = "none", fsync: bool = True,
+                 direct_io: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.codec = codec
         self.fsync = fsync
+        self.direct_io = direct_io
 
     def path(self, key: str) -> Path:
         if not _KEY.match(key):
@@ -84,18 +89,47 @@ class DiskTier:
         self.path(key).unlink(missing_ok=True)
 
     # ---- reads --------------------------------------------------------------------------------
+    def _read_all(self, path: Path) -> torch.Tensor:
+        """The whole file in a fresh uint8 tensor; O_DIRECT (no page-cache copy) where supported."""
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+        if self.direct_io and hasattr(os, "O_DIRECT"):
+            padded = -(-size // _ALIGN) * _ALIGN
+            raw = torch.empty(padded + _ALIGN, dtype=torch.uint8)
+            start = (-raw.data_ptr()) % _ALIGN
+            buf = raw[start:start + padded]
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+                try:
+                    view, got = memoryview(buf.numpy()), 0
+                    while got < size:
+                        n = os.readv(fd, [view[got:]])
+                        if not n:
+                            break
+                        got += n
+                finally:
+                    os.close(fd)
+                if got != size:
+                    raise EntryUnavailable(Reason.CORRUPT, f"{path} changed size while reading")
+                return buf[:size]
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self.direct_io = False  # filesystem without O_DIRECT (tmpfs): buffered from now on
+        buf = torch.empty(size, dtype=torch.uint8)
+        with open(path, "rb", buffering=0) as f:
+            view, got = memoryview(buf.numpy()), 0
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise EntryUnavailable(Reason.CORRUPT, f"{path} shrank while reading")
+                got += n
+        return buf
+
     def get(self, key: str, fingerprint: str | None) -> ChunkKV:
         path = self.path(key)
         try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                buf = torch.empty(size, dtype=torch.uint8)
-                view, got = memoryview(buf.numpy()), 0
-                while got < size:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        raise EntryUnavailable(Reason.CORRUPT, f"{path} shrank while reading")
-                    got += n
+            buf = self._read_all(path)
         except FileNotFoundError:
             raise KeyError(key) from None
         except OSError as e:
