@@ -2,7 +2,9 @@
 
 Triton is never imported until a kernel is launched, so the torch (CPU) path works without it.
 Triton decides at `triton.jit` time whether a kernel is compiled or run by the CPU interpreter
-(TRITON_INTERPRET=1); `lazy_jit` therefore jits on first launch, once per mode.
+(TRITON_INTERPRET=1), and fixes that mode for its own standard library when triton.language is
+first imported; `lazy_jit` therefore jits on first launch, and TRITON_INTERPRET must be set before
+the first launch in a process (one process cannot both interpret and compile).
 Kernel bodies are plain functions in their op's module; their annotations are strings
 (`from __future__ import annotations`) and the names `tl` / `triton` are bound in that module's
 globals by `lazy_jit` before the first compile.
