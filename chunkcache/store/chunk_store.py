@@ -14,36 +14,23 @@ the next slower tier when that tier can hold it. Pinned keys are never evicted.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from pathlib import Path
 
 import torch
 
 from chunkcache.store.catalog import Catalog, ChunkMeta
 from chunkcache.store.chunk_kv import ChunkKV
-from chunkcache.store.config import StoreConfig, TierConfig
-from chunkcache.store.disk_tier import DiskTier
+from chunkcache.store.config import StoreConfig
 from chunkcache.store.errors import EntryUnavailable, Reason, TierWriteError
 from chunkcache.store.eviction import estimate_recompute_cost
 from chunkcache.store.layer_stream import LayerStream
 from chunkcache.store.memory_tier import MemoryTier
 from chunkcache.store.stats import StoreStats
 from chunkcache.store.tier import Tier
+from chunkcache.store.tier_factory import build_tier
 from chunkcache.store.tier_slot import TierSlot
 
 log = logging.getLogger("chunkcache.store")
-
-
-def build_tier(tc: TierConfig, cache_dir: str) -> Tier:
-    if tc.kind in ("gpu", "cpu"):
-        pin = tc.pin_memory if tc.pin_memory is not None else (tc.kind == "cpu" and torch.cuda.is_available())
-        return MemoryTier(tc.kind, "cuda" if tc.kind == "gpu" else "cpu", pin_memory=pin)
-    if tc.kind == "disk":
-        return DiskTier(tc.path or os.path.join(cache_dir, "chunks"), codec=tc.codec, fsync=tc.fsync)
-    from chunkcache.store.remote_tier import RemoteTier
-    return RemoteTier(tc.url or "", key_prefix=tc.key_prefix, codec=tc.codec, ttl_s=tc.ttl_s,
-                      timeout_s=tc.timeout_s, retry_after_s=tc.retry_after_s)
 
 
 class ChunkStore:
@@ -291,10 +278,3 @@ class ChunkStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_store(cache_dir: str | Path, **kw: object) -> ChunkStore:
-    """CPU tier (1 GiB) + disk tier under cache_dir with the SQLite catalog: the common setup."""
-    cfg = StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 30), TierConfig("disk", write_through=True)),
-                      cache_dir=str(cache_dir), **kw)  # type: ignore[arg-type]
-    return ChunkStore(cfg)
