@@ -90,7 +90,10 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor | None:
 
 def rope_shift_triton(keys: torch.Tensor, deltas: torch.Tensor, inv_freq: torch.Tensor,
                       out: torch.Tensor | None = None) -> torch.Tensor:
-    """Triton version of `rope_shift_ref` (same signature and result); any strides, out may alias keys."""
+    """Triton version of `rope_shift_ref` (same signature and result); any strides.
+
+    out may be keys itself (in place) or a separate buffer, but must not partially overlap keys.
+    """
     _check(keys, deltas, inv_freq, out)
     if out is None:
         out = torch.empty_like(keys)
@@ -111,7 +114,7 @@ def rope_shift_triton(keys: torch.Tensor, deltas: torch.Tensor, inv_freq: torch.
                              *src.stride(), *target.stride(),
                              BLOCK_T=block_t, BLOCK_H=next_pow2(d // 2), ROWS=rows)
     if dst is None:
-        out.copy_(target.view(out.shape))
+        out.copy_(target.view(out.shape))  # [B, T, d] -> [..., T, d]
     return out
 
 

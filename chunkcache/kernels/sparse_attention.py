@@ -93,6 +93,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPla
         raise ValueError(f"bad shapes q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)} for {m} planned queries")
     if k.shape[1] < plan.kv_len:
         raise ValueError(f"cache holds {k.shape[1]} positions, plan needs {plan.kv_len}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
 
 
 @lazy_jit
