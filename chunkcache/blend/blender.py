@@ -125,7 +125,7 @@ class Blender:
         if cfg.selection == "random":
             checks = checks[:1]
         hidden = r.embed(ids[placed:])  # [n_cand + n_suffix, H]
-        plan = plan_sparse_attention(positions, n)
+        plan = plan_sparse_attention(positions, n, dtype=r.dtype)
         for layer in range(r.n_layers):
             if layer not in checks:
                 hidden = r.forward_layer(layer, hidden, positions, cache, plan)
@@ -147,7 +147,7 @@ class Blender:
             cache.write(layer, positions, k, v)
             rows = torch.cat((keep, torch.arange(n_cand, positions.numel())))  # kept candidates + suffix
             hidden, q, positions, n_cand = hidden[rows], q[:, rows], positions[rows], keep.numel()
-            plan = plan_sparse_attention(positions, n)
+            plan = plan_sparse_attention(positions, n, dtype=r.dtype)
             hidden = r.attend_mlp(layer, hidden, q, cache, plan)
         stats.recomputed_tokens = n_cand
         return hidden

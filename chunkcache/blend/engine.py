@@ -43,8 +43,9 @@ class ChunkCacheEngine:
         self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
         self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
         self.blender = Blender(runner, self.source)
-        eos = {self.tokenizer.eos_token_id} | set(getattr(runner.model.generation_config, "eos_token_id", None) or [])
-        self.eos_ids = {int(t) for t in eos if t is not None}
+        gen_eos = getattr(runner.model.generation_config, "eos_token_id", None)
+        gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        self.eos_ids = {int(t) for t in [self.tokenizer.eos_token_id, *gen_eos] if t is not None}
 
     @classmethod
     def from_config(cls, cfg: EngineConfig, store: KVStore | None = None) -> "ChunkCacheEngine":

@@ -87,10 +87,12 @@ class ModelRunner:
         cache.write(layer_idx, positions, k, v)
         return self.attend_mlp(layer_idx, hidden, q, cache, plan)
 
+    @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [m, H] (last layer) -> logits [m, vocab] in fp32."""
         return self.model.lm_head(self.model.model.norm(hidden)).float()
 
+    @torch.inference_mode()
     def extend(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Compute new tokens ids [m] at positions cache.length.. through every layer. Returns last hidden [m, H]."""
         start, m = cache.length, ids.numel()
@@ -98,7 +100,7 @@ class ModelRunner:
             raise ValueError(f"prompt of {start + m} tokens exceeds the model context of {self.max_positions}")
         cache.reserve(start + m)
         positions = torch.arange(start, start + m, device=self.device)
-        plan = plan_sparse_attention(positions, start + m)
+        plan = plan_sparse_attention(positions, start + m, dtype=self.dtype)
         hidden = self.embed(ids)
         for layer_idx in range(self.n_layers):
             hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
