@@ -20,6 +20,7 @@ import torch
 
 from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.probe import suffix_attention_mass
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import adaptive_count, deviation_scores, random_tokens, top_tokens
 from chunkcache.kernels.sparse_attention import plan_sparse_attention
@@ -122,9 +123,18 @@ class Blender:
         n_cand = req.suffix_start - placed
         budget = round(cfg.recompute_ratio * req.context_len)
         checks = [] if budget >= n_cand else [l for l in cfg.check_layers if l < r.n_layers]
-        if cfg.selection == "random":
-            checks = checks[:1]
-        hidden = r.embed(ids[placed:])  # [n_cand + n_suffix, H]
+        importance = None
+        if checks and cfg.selection in ("attention", "attention_deviation"):
+            importance = suffix_attention_mass(r, cache, ids[req.suffix_start:])[placed:]  # [n_cand]
+        if checks and cfg.selection in ("attention", "random"):
+            if cfg.selection == "random":
+                keep = random_tokens(n_cand, budget, cfg.seed)
+            else:
+                count = budget if cfg.mode != "adaptive" else min(budget, adaptive_count(importance, cfg.adaptive_mass))
+                keep = top_tokens(importance, count)
+            positions = torch.cat((placed + keep, positions[n_cand:]))
+            n_cand, checks = keep.numel(), []
+        hidden = r.embed(ids[positions])  # [n_cand + n_suffix, H]
         plan = plan_sparse_attention(positions, n, dtype=r.dtype)
         for layer in range(r.n_layers):
             if layer not in checks:
@@ -132,18 +142,17 @@ class Blender:
                 continue
             q, k, v = r.qkv(layer, hidden, positions)
             cand = positions[:n_cand]
+            cached_k, cached_v = cache.keys[layer][:, cand], cache.values[layer][:, cand]  # [n_kv, n_cand, d]
+            scores = deviation_scores(k[:, :n_cand], cached_k, v[:, :n_cand], cached_v, cfg.deviation_on)
+            if importance is not None:
+                scores = scores * importance[cand - placed]
             last = layer == checks[-1]
-            if cfg.selection == "random":
-                keep = random_tokens(n_cand, budget, cfg.seed)
-            else:
-                cached_k, cached_v = cache.keys[layer][:, cand], cache.values[layer][:, cand]  # [n_kv, n_cand, d]
-                scores = deviation_scores(k[:, :n_cand], cached_k, v[:, :n_cand], cached_v, cfg.deviation_on)
-                count = budget
-                if cfg.mode == "adaptive" and last:
-                    count = min(budget, adaptive_count(scores, cfg.adaptive_mass))
-                if not last:
-                    count = min(n_cand, budget * 2 ** (len(checks) - 1 - checks.index(layer)))
-                keep = top_tokens(scores, count)
+            count = budget
+            if cfg.mode == "adaptive" and last:
+                count = min(budget, adaptive_count(scores, cfg.adaptive_mass))
+            if not last:
+                count = min(n_cand, budget * 2 ** (len(checks) - 1 - checks.index(layer)))
+            keep = top_tokens(scores, count)
             cache.write(layer, positions, k, v)
             rows = torch.cat((keep, torch.arange(n_cand, positions.numel())))  # kept candidates + suffix
             hidden, q, positions, n_cand = hidden[rows], q[:, rows], positions[rows], keep.numel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("full", "prefix", "naive", "cacheblend", "adaptive")
-SELECTIONS = ("deviation", "random")
+SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
 DEVIATION_ON = ("k", "v", "kv")
 
 
@@ -21,7 +21,10 @@ class BlendConfig:
         last one down to the budget.
     deviation_on: compare K, V or both (each normalised by its mean, then summed).
     adaptive_mass: adaptive mode keeps the smallest set covering this fraction of the deviation mass.
-    selection: deviation (CacheBlend) or random (a baseline at the same budget).
+    selection: deviation (CacheBlend: measured at the check layers); attention (query-aware: the
+        tokens the question suffix attends most over the naive merged cache, chosen before layer 0,
+        so no layer is computed for every context token); attention_deviation (attention mass x
+        deviation at the check layer); random (a baseline at the same budget).
     """
 
     mode: str = "cacheblend"

@@ -1,0 +1,41 @@
+"""Query-aware importance: how much attention the question suffix pays to each context token.
+
+The suffix is run through every layer over the cache as it stands (chunk KV placed, nothing
+recomputed: the naive merged cache). Each context position gets the attention mass the suffix
+queries put on it, summed over layers and heads. A token the question never reads cannot move
+the answer, however much its KV deviates; a token it reads a lot is worth recomputing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chunkcache.kernels.sparse_attention import plan_sparse_attention
+from chunkcache.runner.kv_cache import KVCache
+from chunkcache.runner.runner import ModelRunner
+
+
+@torch.inference_mode()
+def suffix_attention_mass(runner: ModelRunner, cache: KVCache, suffix_ids: torch.Tensor) -> torch.Tensor:
+    """Attention mass [start] on positions 0..start-1 from the suffix placed at start = cache.length.
+
+    Writes the suffix's K/V into the cache (positions start..start+ns-1); callers that recompute the
+    suffix later simply overwrite them.
+    """
+    start, ns = cache.length, suffix_ids.numel()
+    positions = torch.arange(start, start + ns, device=runner.device)
+    plan = plan_sparse_attention(positions, start + ns, dtype=runner.dtype)
+    causal = torch.ones(ns, ns, dtype=torch.bool, device=runner.device).tril()  # [ns, ns]
+    g = runner.n_heads // runner.n_kv_heads
+    mass = torch.zeros(start, dtype=torch.float32, device=runner.device)
+    hidden = runner.embed(suffix_ids)
+    for layer in range(runner.n_layers):
+        q, k, v = runner.qkv(layer, hidden, positions)
+        cache.write(layer, positions, k, v)
+        keys, _ = cache.layer(layer)  # [n_kv, start + ns, d]
+        qg = q.reshape(runner.n_kv_heads, g * ns, runner.head_dim)  # [n_kv, g*ns, d]: heads of a group stacked
+        scores = (qg @ keys.transpose(1, 2)).float() * runner.scale  # [n_kv, g*ns, start+ns]
+        scores[..., start:].masked_fill_(~causal.repeat(g, 1), float("-inf"))
+        mass += scores.softmax(-1)[..., :start].sum(dim=(0, 1))
+        hidden = runner.attend_mlp(layer, hidden, q, cache, plan)
+    return mass
