@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
 from chunkcache.blend.request import BlendRequest
 from chunkcache.runner.decode import SamplingConfig, decode
-from chunkcache.runner.loader import load_model
+from chunkcache.runner.loader import default_cache_dir, load_model
 from chunkcache.runner.runner import ModelRunner
+from chunkcache.store.presets import open_store
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,12 @@ class EngineConfig:
     model_path: str | None = None
     system: str = DEFAULT_SYSTEM
     num_threads: int | None = None
+    cache_dir: str | None = None  # store root (default $CHUNKCACHE_DIR or ~/.cache/chunkcache)
+    store: str = "disk"  # disk: CPU tier + disk tier + SQLite catalog under cache_dir; memory: in-process only
+
+    def __post_init__(self) -> None:
+        if self.store not in ("disk", "memory"):
+            raise ValueError(f"store must be 'disk' or 'memory', got {self.store!r}")
 
 
 @dataclass
@@ -52,7 +60,10 @@ class ChunkCacheEngine:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         lm = load_model(Path(cfg.model_path) if cfg.model_path else None)
-        return cls(ModelRunner(lm.model, lm.tokenizer), store or DictStore(), cfg.system)
+        if store is None:
+            store = open_store(Path(cfg.cache_dir or default_cache_dir()) / "store") if cfg.store == "disk" \
+                else DictStore()
+        return cls(ModelRunner(lm.model, lm.tokenizer), store, cfg.system)
 
     def precompute(self, chunks: list[str]) -> list[str]:
         """Compute (or find) each chunk's KV; returns their keys."""
@@ -68,15 +79,28 @@ class ChunkCacheEngine:
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
         return self.blender.prefill(req, cfg, reserve)
 
-    def generate(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()) -> Answer:
+    def stream(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()
+               ) -> Iterator[tuple[int, str, float, dict]]:
+        """Yield (token_id, text_piece, ttft_s, stats) per generated token; text pieces concatenate to the
+        answer (EOS yields an empty piece). The prefill runs when the first item is requested."""
         t0 = time.perf_counter()
         res = self.prefill(req, cfg, reserve=sampling.max_new_tokens)
-        ttft = time.perf_counter() - t0
-        ids = []
+        ttft, stats = time.perf_counter() - t0, res.stats.as_dict()
+        ids: list[int] = []
+        text = ""
         for tok in decode(self.runner, res.cache, res.logits, sampling, self.eos_ids):
+            if tok not in self.eos_ids:
+                ids.append(tok)
+            full = self.tokenizer.decode(ids, skip_special_tokens=True)
+            yield tok, full[len(text):], ttft, stats
+            text = full
+
+    def generate(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()) -> Answer:
+        ids, ttft, stats = [], 0.0, {}
+        for tok, _, ttft, stats in self.stream(req, cfg, sampling):
             ids.append(tok)
         text = self.tokenizer.decode([t for t in ids if t not in self.eos_ids], skip_special_tokens=True)
-        return Answer(text.strip(), ids, ttft, res.stats.as_dict())
+        return Answer(text.strip(), ids, ttft, stats)
 
     def answer(self, chunks: list[str], question: str, cfg: BlendConfig = BlendConfig(),
                sampling: SamplingConfig = SamplingConfig()) -> Answer:

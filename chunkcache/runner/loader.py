@@ -8,7 +8,6 @@ transformers and save safetensors in the cache directory; later loads take a cou
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,10 @@ SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CHUNKCACHE_HOME", Path.home() / ".cache" / "chunkcache"))
+    """Same root as the store: $CHUNKCACHE_DIR, else $XDG_CACHE_HOME/chunkcache, else ~/.cache/chunkcache."""
+    from chunkcache.store.config import default_cache_dir as store_dir
+
+    return Path(store_dir())
 
 
 @dataclass
