@@ -1,0 +1,74 @@
+"""End to end with the real default model: engine answer, store reuse, handover to HF generate."""
+
+import pytest
+import torch
+
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.runner.decode import SamplingConfig
+from chunkcache.runner.runner import ModelRunner
+from chunkcache.store.presets import open_store
+
+CHUNKS = ["Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. "
+          "She was born in Warsaw in 1867.",
+          "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889 for the World's Fair.",
+          "Warsaw is the capital and largest city of Poland, on the Vistula river."]
+QUESTION = "In which city was Marie Curie born?"
+
+
+@pytest.fixture(scope="module")
+def engine(smollm, tmp_path_factory):
+    store = open_store(tmp_path_factory.mktemp("store"))
+    yield ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), store)
+    store.close()
+
+
+def test_full_and_blended_answers(engine):
+    keys = engine.precompute(CHUNKS)
+    assert len(set(keys)) == 3 and all(engine.source.store.contains(k) for k in keys)
+    full = engine.answer(CHUNKS, QUESTION, BlendConfig(mode="full"), SamplingConfig(max_new_tokens=12))
+    blend = engine.answer(CHUNKS, QUESTION, BlendConfig(mode="cacheblend", recompute_ratio=0.3),
+                          SamplingConfig(max_new_tokens=12))
+    assert "Warsaw" in full.text
+    assert "Warsaw" in blend.text
+    s = blend.stats
+    assert s["chunk_misses"] == 0 and s["chunk_hits"] == 1 + len(CHUNKS)
+    assert s["recomputed_tokens"] == round(0.3 * s["context_tokens"])
+    suffix_len = len(engine.prompts.request(CHUNKS, QUESTION).suffix_ids)
+    assert s["reused_tokens"] == s["prompt_tokens"] - suffix_len - s["recomputed_tokens"]
+
+
+def test_ratio_one_matches_full_on_real_model(engine):
+    req = engine.prompts.request(CHUNKS, QUESTION)
+    full = engine.prefill(req, BlendConfig(mode="full"))
+    blend = engine.prefill(req, BlendConfig(mode="cacheblend", recompute_ratio=1.0))
+    assert (blend.logits - full.logits).abs().max().item() < 1e-3
+
+
+def test_merged_cache_continues_in_hf_generate(engine):
+    """The blended cache handed out as a DynamicCache: HF generate continues with our decode's tokens."""
+    req = engine.prompts.request(CHUNKS, QUESTION)
+    res = engine.prefill(req, BlendConfig(mode="cacheblend", recompute_ratio=0.15), reserve=8)
+    ids = torch.tensor([req.token_ids()])
+    n = ids.shape[1]
+    ours = engine.generate(req, BlendConfig(mode="cacheblend", recompute_ratio=0.15), SamplingConfig(max_new_tokens=8))
+    with torch.no_grad():
+        out = engine.runner.model.generate(ids, cache=res.cache.to_dynamic_cache(n - 1), max_new_tokens=8,
+                                           do_sample=False, pad_token_id=engine.tokenizer.eos_token_id)
+    theirs = out[0, n:].tolist()
+    assert theirs[: len(ours.token_ids)] == ours.token_ids
+
+
+def test_stream_pieces_concatenate_to_the_answer(engine):
+    req = engine.prompts.request(CHUNKS, QUESTION)
+    cfg, sampling = BlendConfig(mode="naive"), SamplingConfig(max_new_tokens=10)
+    pieces = [piece for _, piece, _, _ in engine.stream(req, cfg, sampling)]
+    assert "".join(pieces).strip() == engine.generate(req, cfg, sampling).text
+
+
+@pytest.mark.parametrize("chunks, question, msg", [([], QUESTION, "chunk list is empty"),
+                                                    (["a", " "], QUESTION, r"chunks\[1\] is empty"),
+                                                    (CHUNKS, "  ", "question is empty")])
+def test_bad_input_is_named(engine, chunks, question, msg):
+    with pytest.raises(ValueError, match=msg):
+        engine.answer(chunks, question)
