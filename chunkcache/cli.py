@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from chunkcache.api.cli import register as register_api
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "musique_dev.json"
 
 
@@ -21,7 +23,8 @@ def _ratio(text: str) -> float:
 def _engine(args):
     from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
 
-    return ChunkCacheEngine.from_config(EngineConfig(model_path=args.model, num_threads=args.threads))
+    return ChunkCacheEngine.from_config(EngineConfig(model_path=args.model, num_threads=args.threads,
+                                                     cache_dir=args.cache_dir, store=args.store))
 
 
 def cmd_demo(args) -> int:
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkcache", description=__doc__)
     p.add_argument("--model", default=None, help="local HF model directory (default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--cache-dir", default=None, help="store root (default $CHUNKCACHE_DIR or ~/.cache/chunkcache)")
+    p.add_argument("--store", choices=("disk", "memory"), default="disk",
+                   help="disk: CPU + disk tiers with a SQLite catalog under the cache dir; memory: in-process only")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command")
 
@@ -102,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)
+    register_api(sub, bench)
     return p
 
 

@@ -1,0 +1,113 @@
+"""The FastAPI application: `create_app(ServerConfig)`; run it with uvicorn (`chunkcache serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from chunkcache.api.config import ServerConfig
+from chunkcache.api.jobs import JobRegistry
+from chunkcache.api.metrics import ApiMetrics
+from chunkcache.api.middleware import ServingMiddleware
+from chunkcache.api.routes import router
+from chunkcache.api.schemas import Health
+from chunkcache.api.service import ChunkCacheService, RequestError
+from chunkcache.api.worker import ModelWorker, QueueFull, WorkerClosed
+
+_bearer = HTTPBearer(auto_error=False, description="API key, when the server has one (--api-key / "
+                                                   "$CHUNKCACHE_API_KEY)")
+
+
+async def require_api_key(request: Request,
+                          cred: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    key = request.app.state.config.api_key
+    if key is None:
+        return
+    if cred is None or not secrets.compare_digest(cred.credentials.encode(), key.encode()):
+        raise HTTPException(401, "authorization: a valid bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def _field(loc: tuple) -> str:
+    """("body", "chunks", 0, "text") -> "chunks.0.text"; the location prefix is dropped."""
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc)]
+    return ".".join(parts) or "body"
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", ""), "type": e.get("type")}
+                  for e in exc.errors()]
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return JSONResponse({"detail": message, "field": errors[0]["field"] if errors else None, "errors": errors},
+                            status_code=422)
+
+    @app.exception_handler(RequestError)
+    async def refused(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(QueueFull)
+    async def busy(request: Request, exc: QueueFull) -> JSONResponse:
+        request.app.state.metrics.refused.labels("queue_full").inc()
+        return JSONResponse({"detail": str(exc), "field": None}, status_code=429, headers={"Retry-After": "1"})
+
+    @app.exception_handler(WorkerClosed)
+    async def closing(request: Request, exc: WorkerClosed) -> JSONResponse:
+        request.app.state.metrics.refused.labels("shutting_down").inc()
+        return JSONResponse({"detail": str(exc), "field": None}, status_code=503)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "field": None}, status_code=422)
+
+
+def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> FastAPI:
+    """service: an already-built service (tests, embedding in another app); default: built at startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        app.state.service = service or await asyncio.to_thread(ChunkCacheService, cfg)
+        app.state.worker = ModelWorker(cfg.max_queue)
+        app.state.jobs = JobRegistry(cfg.max_jobs, cfg.keep_jobs)
+        try:
+            yield
+        finally:
+            app.state.worker.close()
+            app.state.jobs.close()
+            app.state.service.close()
+
+    app = FastAPI(title="chunkcache", version="0.1.0", lifespan=lifespan,
+                  description="Reuse the KV cache of chunks wherever they land in the prompt (CacheBlend).")
+    app.state.config = cfg
+
+    def store_stats() -> dict | None:
+        svc = getattr(app.state, "service", None)
+        stats = getattr(getattr(svc, "store", None), "stats", None)
+        return stats() if stats else {"tiers": {}}
+
+    app.state.metrics = ApiMetrics(store_stats, lambda: app.state.worker.depth if hasattr(app.state, "worker") else 0)
+    app.add_middleware(ServingMiddleware, max_body_bytes=cfg.max_body_bytes, metrics=app.state.metrics)
+    _install_handlers(app)
+    app.include_router(router, dependencies=[Depends(require_api_key)])
+
+    @app.get("/healthz", response_model=Health)
+    def healthz(request: Request) -> Health:
+        svc: ChunkCacheService = request.app.state.service
+        return Health(status="ok", model=cfg.model_path or "SmolLM2-135M-Instruct", fingerprint=svc.engine.runner.fingerprint,
+                      queue_depth=request.app.state.worker.depth, store=cfg.store)
+
+    @app.get("/metrics", dependencies=[Depends(require_api_key)],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def metrics(request: Request) -> Response:
+        """Prometheus text format."""
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,209 @@
+"""CLI commands of the serving side: `serve`, `ingest PATH...`, `ask "question"`, `stats`, `bench api`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _service(args, store: str = "disk"):  # type: ignore[no-untyped-def]
+    from chunkcache.api.config import ServerConfig
+    from chunkcache.api.service import ChunkCacheService
+
+    return ChunkCacheService(ServerConfig(model_path=args.model, num_threads=args.threads, cache_dir=args.cache_dir,
+                                          store=store))
+
+
+def cmd_serve(args) -> int:  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from chunkcache.api.app import create_app
+    from chunkcache.api.config import ServerConfig
+
+    cfg = ServerConfig.from_env(host=args.host, port=args.port, model_path=args.model, num_threads=args.threads,
+                                cache_dir=args.cache_dir, store=args.store, max_queue=args.max_queue,
+                                max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                                max_body_bytes=args.max_body_bytes, api_key=args.api_key)
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def text_files(paths: list[str]) -> list[Path]:
+    """The .txt/.md files named, or found under the folders named (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    if not out:
+        raise ValueError(f"no {'/'.join(TEXT_SUFFIXES)} files under {', '.join(paths)}")
+    return out
+
+
+def cmd_ingest(args) -> int:  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    from chunkcache.retrieval.chunking import ChunkingConfig
+    from chunkcache.retrieval.ingest import Document, Ingestor
+
+    files = text_files(args.paths)
+    docs = [Document(f.read_text(encoding="utf-8"), str(f.resolve())) for f in files if f.read_text(encoding="utf-8").strip()]
+    svc = _service(args)
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=f"{stage:<10}", unit="it"))
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        res = Ingestor(svc.engine, svc.index, ChunkingConfig(args.chunk_tokens, args.overlap_tokens)).ingest(docs, progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+        svc.close()
+    print(f"ingested {res.documents} documents: {len(res.chunk_keys)} chunks ({res.new_chunks} new), "
+          f"{res.tokens} tokens in {res.seconds:.1f}s")
+    return 0
+
+
+def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.api.schemas import GenerationOptions
+
+    svc = _service(args)
+    try:
+        hits = svc.retrieve(args.question, args.k)
+        if not hits:
+            raise ValueError("the index is empty: run `chunkcache ingest PATH...` first")
+        opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, max_tokens=args.max_tokens)
+        t0 = time.perf_counter()
+        text, s = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
+        total = time.perf_counter() - t0
+    finally:
+        svc.close()
+    for h in hits:
+        print(f"[{h.score:.3f}] {h.key[:12]} {h.doc_id or ''}: {h.text[:80]!r}")
+    print(f"\n{text}\n")
+    print(f"mode {s['mode']}: TTFT {s['ttft_s']:.2f}s, total {total:.2f}s; reused {s['reused_tokens']}/"
+          f"{s['prompt_tokens']} prompt tokens, recomputed {s['recomputed_tokens']}; chunk hits {s['chunk_hits']}, "
+          f"misses {s['chunk_misses']}; tiers hit {s['tiers_hit']}")
+    return 0
+
+
+def cmd_stats(args) -> int:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from chunkcache.retrieval.chunk_index import ChunkIndex
+    from chunkcache.runner.loader import default_cache_dir
+    from chunkcache.store.catalog import ChunkRow
+    from chunkcache.store.presets import open_store
+
+    root = Path(args.cache_dir or default_cache_dir()) / "store"
+    out: dict = {"store_dir": str(root)}
+    with open_store(root) as store:
+        s = store.stats()
+        out["tiers"] = {t: {"entries": v["entries"], "bytes": v["bytes"]} for t, v in s["tiers"].items()}
+        with Session(store.catalog.engine) as db:  # type: ignore[union-attr]
+            rows = db.execute(select(ChunkRow.fingerprint, func.count(), func.sum(ChunkRow.nbytes),
+                                     func.sum(ChunkRow.num_tokens), func.sum(ChunkRow.hits))
+                              .group_by(ChunkRow.fingerprint)).all()
+        out["catalog"] = [{"fingerprint": r[0], "chunks": r[1], "bytes": int(r[2] or 0), "tokens": int(r[3] or 0),
+                           "hits": int(r[4] or 0)} for r in rows]
+    index = ChunkIndex(root)
+    out["index"] = index.stats()
+    index.close()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"store {root}")
+    for t, v in out["tiers"].items():
+        print(f"  {t:<6} {v['entries']:>7} chunks {v['bytes'] / 2**20:10.1f} MiB")
+    for c in out["catalog"]:
+        print(f"  catalog: {c['chunks']} chunks, {c['tokens']} tokens, {c['bytes'] / 2**20:.1f} MiB, {c['hits']} hits "
+              f"(model {c['fingerprint'][:16]})")
+    i = out["index"]
+    print(f"  index: {i['chunks']} chunk texts from {i['documents']} documents, {i['vectors']} vectors")
+    return 0
+
+
+def cmd_bench_api(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.api.bench import run_api_bench
+
+    result = run_api_bench(args)
+    print(json.dumps(result["summary"], indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(sub, bench=None) -> None:  # type: ignore[no-untyped-def]
+    """Add serve / ingest / ask / stats to the `chunkcache` subparsers, and `api` to the bench subparsers."""
+    serve = sub.add_parser("serve", help="REST API (FastAPI + uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--cache-dir", default=None, help="store root (default $CHUNKCACHE_DIR or ~/.cache/chunkcache)")
+    serve.add_argument("--store", choices=("disk", "memory"), default="disk")
+    serve.add_argument("--max-queue", type=_positive, default=16, help="waiting requests before 429")
+    serve.add_argument("--max-new-tokens", type=_positive, default=512)
+    serve.add_argument("--max-prompt-tokens", type=_positive, default=8192)
+    serve.add_argument("--max-body-bytes", type=_positive, default=4 << 20)
+    serve.add_argument("--api-key", default=None, help="bearer token (default $CHUNKCACHE_API_KEY; none: open)")
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=cmd_serve)
+
+    ingest = sub.add_parser("ingest", help="chunk, embed, index and precompute .txt/.md files or folders")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--cache-dir", default=None)
+    ingest.add_argument("--chunk-tokens", type=_positive, default=256)
+    ingest.add_argument("--overlap-tokens", type=int, default=32)
+    ingest.set_defaults(func=cmd_ingest)
+
+    ask = sub.add_parser("ask", help="retrieve from the index and answer with blending")
+    ask.add_argument("question")
+    ask.add_argument("--cache-dir", default=None)
+    ask.add_argument("-k", type=_positive, default=4)
+    ask.add_argument("--mode", default="cacheblend", choices=("full", "prefix", "naive", "cacheblend", "adaptive"))
+    ask.add_argument("--recompute-ratio", type=_ratio, default=0.15)
+    ask.add_argument("--max-tokens", type=_positive, default=32)
+    ask.set_defaults(func=cmd_ask)
+
+    stats = sub.add_parser("stats", help="store, catalog and index summary")
+    stats.add_argument("--cache-dir", default=None)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    if bench is not None:
+        api = bench.add_parser("api", help="HTTP overhead, 50-request burst, MuSiQue ingestion rate")
+        api.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data" /
+                                              "musique_dev.json"))
+        api.add_argument("--requests", type=_positive, default=50, help="sequential requests for the overhead")
+        api.add_argument("--burst", type=_positive, default=50)
+        api.add_argument("--max-queue", type=_positive, default=16)
+        api.add_argument("--ingest-examples", type=int, default=40, help="0 skips the ingestion figure")
+        api.add_argument("--json", default=None)
+        api.set_defaults(func=cmd_bench_api)

@@ -1,0 +1,61 @@
+"""ASGI middleware: request body size limit (413), request timing (Server-Timing header), metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import HTTPException
+
+from chunkcache.api.metrics import ApiMetrics
+
+
+class ServingMiddleware:
+    """Refuses bodies over max_body_bytes (by Content-Length, or while streaming in), stamps
+    `server-timing: app;dur=<ms>` (arrival to response start) and counts the request by route."""
+
+    def __init__(self, app, max_body_bytes: int, metrics: ApiMetrics) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.max_body = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        too_big = f"body: request body exceeds the limit of {self.max_body} bytes"
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            body = json.dumps({"detail": too_big, "field": "body"}).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            self._count(scope, 413, t0)
+            return
+        seen = 0
+
+        async def limited_receive():  # type: ignore[no-untyped-def]
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise HTTPException(413, too_big)
+            return message
+
+        async def timed_send(message) -> None:  # type: ignore[no-untyped-def]
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - t0) * 1e3
+                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.3f}".encode())]
+                self._count(scope, message["status"], t0)
+            await send(message)
+
+        await self.app(scope, limited_receive, timed_send)
+
+    def _count(self, scope, status: int, t0: float) -> None:  # type: ignore[no-untyped-def]
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)

@@ -1,0 +1,181 @@
+"""Request and response bodies (pydantic). Validation errors name the field (HTTP 422).
+
+Inputs are strict: no string-to-number coercion, unknown fields refused, texts must hold
+non-whitespace and be valid Unicode (no lone surrogates).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from chunkcache.blend.prompt import DEFAULT_SYSTEM
+
+MAX_TEXT_CHARS = 200_000
+MAX_QUERY_CHARS = 8_000
+Mode = Literal["full", "prefix", "naive", "cacheblend", "adaptive"]
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain non-whitespace text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_text)]
+Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(_text)]
+ChunkId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")]
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class ChunkRef(BaseModel):
+    """A stored chunk by id (from POST /chunks or /documents), or a text."""
+
+    model_config = _STRICT
+    id: ChunkId | None = None
+    text: Text | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "ChunkRef":
+        if (self.id is None) == (self.text is None):
+            raise ValueError("give exactly one of id or text")
+        return self
+
+
+def _chunk_kind(value: object) -> str:
+    return "text" if isinstance(value, str) else "ref"
+
+
+ChunkItem = Annotated[Annotated[Text, Tag("text")] | Annotated[ChunkRef, Tag("ref")], Discriminator(_chunk_kind)]
+
+
+class GenerationOptions(BaseModel):
+    model_config = _STRICT
+    system: Query | None = Field(None, description=f"system prompt (default: {DEFAULT_SYSTEM!r})")
+    mode: Mode = "cacheblend"
+    recompute_ratio: float = Field(0.15, ge=0.0, le=1.0)
+    max_tokens: int = Field(32, ge=1, le=8192, description="new tokens at most (server limit applies)")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = Field(False, description="stream tokens as server-sent events")
+
+
+class GenerateRequest(GenerationOptions):
+    chunks: list[ChunkItem] = Field(min_length=1, max_length=256,
+                                          description="chunk texts and/or {'id': stored chunk id} or {'text': ...}")
+    query: Query
+
+
+class RagRequest(GenerationOptions):
+    query: Query
+    k: int = Field(4, ge=1, le=64, description="chunks to retrieve")
+
+
+class GenerationStats(BaseModel):
+    mode: str
+    ttft_s: float = Field(description="prefill time to the first token's logits")
+    engine_s: float = Field(description="model worker time of this request (tokenize, prefill, decode)")
+    queue_s: float = Field(description="time waiting for the model worker")
+    prompt_tokens: int
+    context_tokens: int
+    reused_tokens: int
+    recomputed_tokens: int
+    recompute_fraction: float
+    chunk_hits: int
+    chunk_misses: int
+    tiers_hit: dict[str, int] = Field(description="store lookups answered per tier")
+    generated_tokens: int
+    fallbacks: list[str] = Field(default_factory=list)
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    stats: GenerationStats
+
+
+class RetrievedChunk(BaseModel):
+    id: str
+    score: float
+    doc_id: str | None
+    text: str
+
+
+class RagResponse(GenerateResponse):
+    chunks: list[RetrievedChunk]
+
+
+class PutChunksRequest(BaseModel):
+    model_config = _STRICT
+    chunks: list[Text] = Field(min_length=1, max_length=256)
+    doc_id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    index: bool = Field(True, description="embed and index the chunks for /rag/answer")
+
+
+class StoredChunk(BaseModel):
+    id: str
+    num_tokens: int
+    doc_id: str | None
+    created: datetime
+
+
+class ChunkInfo(StoredChunk):
+    text: str
+    indexed: bool
+    tiers: list[str] = Field(description="store tiers holding its KV in this server")
+
+
+class PutChunksResponse(BaseModel):
+    chunks: list[StoredChunk]
+
+
+class DocumentIn(BaseModel):
+    model_config = _STRICT
+    text: Text
+    id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+
+
+class DocumentsRequest(BaseModel):
+    model_config = _STRICT
+    documents: list[DocumentIn] = Field(min_length=1, max_length=10_000)
+    chunk_tokens: int = Field(256, ge=16, le=4096)
+    overlap_tokens: int = Field(32, ge=0, le=1024)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> "DocumentsRequest":
+        if self.overlap_tokens * 2 >= self.chunk_tokens:
+            raise ValueError("overlap_tokens must be less than half of chunk_tokens")
+        return self
+
+
+class JobInfo(BaseModel):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    stage: str | None
+    done: int
+    total: int
+    created: datetime
+    finished: datetime | None
+    result: dict | None = None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    fingerprint: str
+    queue_depth: int
+    store: str
+
+
+class ErrorBody(BaseModel):
+    detail: str | list
+    field: str | None = None

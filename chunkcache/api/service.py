@@ -1,0 +1,174 @@
+"""The work behind the endpoints. Every method that touches the model runs on the model worker.
+
+System prompts: chunks are precomputed behind the prompt prefix of a system text (the prefix is
+part of each chunk's key). A request with another system text gets its own engine view (same
+runner and store, its own prompt builder and chunk source): its chunks are computed behind the new
+prefix on first use (reported as misses) and cached under their own keys, so KV is never reused
+behind a prefix it was not computed for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkcache.api.config import ServerConfig
+from chunkcache.api.schemas import ChunkRef, GenerationOptions
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+from chunkcache.blend.request import BlendRequest
+from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
+from chunkcache.retrieval.chunk_table import ChunkRecord
+from chunkcache.runner.decode import SamplingConfig
+from chunkcache.runner.loader import default_cache_dir
+from chunkcache.store.chunk_store import ChunkStore
+from chunkcache.store.config import StoreConfig
+
+
+class RequestError(ValueError):
+    """A request the server cannot serve as asked: HTTP `status`, naming `field`."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated generation: tokens resolved, limits checked."""
+
+    engine: ChunkCacheEngine
+    request: BlendRequest
+    blend: BlendConfig
+    sampling: SamplingConfig
+
+
+class ChunkCacheService:
+    def __init__(self, cfg: ServerConfig, engine: ChunkCacheEngine | None = None,
+                 index: ChunkIndex | None = None) -> None:
+        self.cfg = cfg
+        if engine is None:
+            store = ChunkStore(StoreConfig.memory_only()) if cfg.store == "memory" else None
+            engine = ChunkCacheEngine.from_config(
+                EngineConfig(cfg.model_path, cfg.system, cfg.num_threads, cfg.cache_dir, "disk"), store=store)
+        self.engine = engine
+        self.store = engine.source.store
+        store_dir = None if cfg.store == "memory" else Path(cfg.cache_dir or default_cache_dir()) / "store"
+        self.index = index or ChunkIndex(store_dir)
+        self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: engine})
+        self._lock = threading.Lock()
+
+    # ---- generation --------------------------------------------------------------------------
+    def engine_for(self, system: str | None) -> ChunkCacheEngine:
+        """The engine view for a system text (LRU of cfg.max_systems besides the default)."""
+        system = system if system is not None else self.cfg.system
+        with self._lock:
+            if system in self._engines:
+                self._engines.move_to_end(system)
+                return self._engines[system]
+            view = ChunkCacheEngine(self.engine.runner, self.store, system)
+            self._engines[system] = view
+            while len(self._engines) > self.cfg.max_systems + 1:
+                oldest = next(k for k in self._engines if k != self.cfg.system)
+                del self._engines[oldest]
+            return view
+
+    def resolve(self, chunks: list[str | ChunkRef]) -> list[str]:
+        """Chunk texts; a stored id unknown here raises RequestError 404."""
+        texts = []
+        for i, c in enumerate(chunks):
+            if isinstance(c, str):
+                texts.append(c)
+            elif c.text is not None:
+                texts.append(c.text)
+            else:
+                rec = self.index.get(c.id)  # type: ignore[arg-type]
+                if rec is None:
+                    raise RequestError(f"chunks[{i}].id", f"no stored chunk {c.id!r}", 404)
+                texts.append(rec.text)
+        return texts
+
+    def prepare(self, texts: list[str], query: str, opts: GenerationOptions) -> Prepared:
+        if len(texts) > self.cfg.max_chunks:
+            raise RequestError("chunks", f"{len(texts)} chunks; this server takes at most {self.cfg.max_chunks}")
+        if opts.max_tokens > self.cfg.max_new_tokens:
+            raise RequestError("max_tokens", f"{opts.max_tokens} exceeds this server's limit of "
+                                             f"{self.cfg.max_new_tokens}")
+        engine = self.engine_for(opts.system)
+        try:
+            req = engine.prompts.request(texts, query)
+        except ValueError as err:
+            raise RequestError("chunks" if "chunk" in str(err) else "query", str(err)) from None
+        limit = min(self.cfg.max_prompt_tokens, engine.runner.max_positions)
+        if req.num_tokens > limit:
+            raise RequestError("chunks", f"prompt of {req.num_tokens} tokens (system + chunks + query) exceeds "
+                                         f"the limit of {limit}", 413)
+        if req.num_tokens + opts.max_tokens > engine.runner.max_positions:
+            raise RequestError("max_tokens", f"prompt of {req.num_tokens} tokens + {opts.max_tokens} new tokens "
+                                             f"exceeds the model context of {engine.runner.max_positions}")
+        return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=opts.recompute_ratio),
+                        SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
+
+    def _tier_hits(self) -> Counter[str]:
+        stats = getattr(self.store, "stats", None)
+        if stats is None:
+            return Counter()
+        return Counter({t: v["hits"] for t, v in stats()["tiers"].items()})
+
+    def stream(self, p: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[dict]:
+        """Yield {"token", "text"} per generated token, then {"done": stats} (model worker only)."""
+        before = self._tier_hits()
+        stats: dict = {}
+        ttft = 0.0
+        n = 0
+        for tok, piece, ttft, stats in p.engine.stream(p.request, p.blend, p.sampling):
+            if tok in p.engine.eos_ids:
+                break
+            n += 1
+            yield {"token": tok, "text": piece}
+            if cancelled():
+                break
+        hits = self._tier_hits() - before
+        yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": n, "tiers_hit": dict(hits)}}
+
+    def generate(self, p: Prepared) -> tuple[str, dict]:
+        pieces, stats = [], {}
+        for item in self.stream(p):
+            if "done" in item:
+                stats = item["done"]
+            else:
+                pieces.append(item["text"])
+        return "".join(pieces).strip(), stats
+
+    # ---- chunks ------------------------------------------------------------------------------
+    def put_chunks(self, texts: list[str], doc_id: str | None, index: bool) -> list[ChunkRecord]:
+        """Precompute KV behind the default system prefix and record the texts (model worker only)."""
+        keys = self.engine.precompute(texts)
+        ntok = [len(self.engine.prompts.chunk_ids(t)) for t in texts]
+        if index:
+            return self.index.add(keys, texts, ntok, doc_id)
+        return [self.index.record(k, t, n, doc_id) for k, t, n in zip(keys, texts, ntok)]
+
+    def chunk_tiers(self, key: str) -> list[str]:
+        tier_of = getattr(self.store, "tier_of", None)
+        return tier_of(key) if tier_of else []
+
+    def delete_chunk(self, key: str) -> bool:
+        rec = self.index.delete(key)
+        held = bool(self.chunk_tiers(key))
+        delete = getattr(self.store, "delete", None)
+        if delete is not None:
+            delete(key)
+        return rec is not None or held
+
+    def retrieve(self, query: str, k: int) -> list[Hit]:
+        return self.index.search(query, k)
+
+    def close(self) -> None:
+        self.index.close()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()

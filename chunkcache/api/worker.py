@@ -1,0 +1,87 @@
+"""One model worker thread: every engine call runs here, one at a time, from a bounded queue.
+
+A full queue refuses new work at once (QueueFull -> HTTP 429) instead of growing memory.
+`submit(fn)` returns a concurrent.futures.Future; the result carries how long the call waited
+and how long it ran, so the HTTP layer can report its own overhead.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+
+class QueueFull(RuntimeError):
+    pass
+
+
+class WorkerClosed(RuntimeError):
+    pass
+
+
+@dataclass
+class Timed:
+    value: Any
+    queue_s: float
+    run_s: float
+
+
+class ModelWorker:
+    def __init__(self, max_queue: int, name: str = "chunkcache-model") -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+        self.busy = False
+
+    @property
+    def depth(self) -> int:
+        """Calls waiting (not counting the running one)."""
+        return self._queue.qsize()
+
+    def submit(self, fn: Callable[[], Any], block: bool = False, timeout: float | None = None) -> "Future[Timed]":
+        """Queue fn. block=False: raise QueueFull when the queue is full; True: wait for a slot."""
+        if self._closed.is_set():
+            raise WorkerClosed("the model worker is shutting down")
+        fut: Future[Timed] = Future()
+        try:
+            self._queue.put((fn, fut, time.perf_counter()), block=block, timeout=timeout)
+        except queue.Full:
+            raise QueueFull(f"model queue full ({self._queue.maxsize} waiting)") from None
+        return fut
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the worker, waiting for a queue slot and for the result (for background jobs)."""
+        return self.submit(fn, block=True).result().value
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, fut, queued = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            start = time.perf_counter()
+            self.busy = True
+            try:
+                value = fn()
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting request
+                fut.set_exception(err)
+            else:
+                fut.set_result(Timed(value, start - queued, time.perf_counter() - start))
+            finally:
+                self.busy = False
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new work, finish what is queued, stop the thread."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout)

@@ -1,0 +1,1 @@
+"""Retrieval: token-aware chunking, MiniLM embeddings, a faiss index whose ids map to stored chunk keys."""

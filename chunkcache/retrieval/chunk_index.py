@@ -1,0 +1,81 @@
+"""ChunkIndex: chunk texts (ChunkTable) + embeddings (Embedder) + vector search (VectorIndex).
+
+Files, beside the store catalog in `<cache_dir>/store/`: `chunk_texts.sqlite` and `index.faiss`.
+The table is the source of truth; the faiss file is rebuilt from it when missing or stale.
+Search results carry the chunk key, which is the key of the chunk's KV in the ChunkStore.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chunkcache.retrieval.chunk_table import ChunkRecord, ChunkTable
+from chunkcache.retrieval.embedder import DIM, Embedder
+from chunkcache.retrieval.vector_index import VectorIndex
+
+
+@dataclass(frozen=True)
+class Hit:
+    key: str
+    text: str
+    score: float
+    doc_id: str | None
+
+
+class ChunkIndex:
+    def __init__(self, directory: str | Path | None, embedder: Embedder | None = None) -> None:
+        """directory None: everything in memory."""
+        self.directory = Path(directory) if directory is not None else None
+        self.table = ChunkTable(self.directory / "chunk_texts.sqlite" if self.directory else None)
+        self.embedder = embedder or Embedder()
+        vec_ids, vectors = self.table.embeddings()
+        self.vectors = VectorIndex.open(DIM, self.directory / "index.faiss" if self.directory else None,
+                                        vec_ids, vectors)
+        self._lock = threading.Lock()
+
+    def add(self, keys: list[str], texts: list[str], num_tokens: list[int], doc_id: str | None = None,
+            embeddings: np.ndarray | None = None) -> list[ChunkRecord]:
+        """Record chunks (key = their KV key) and index their embeddings ([n, 384]; computed when None)."""
+        if not len(keys) == len(texts) == len(num_tokens):
+            raise ValueError("keys, texts and num_tokens must have the same length")
+        if embeddings is None:
+            embeddings = self.embedder.encode(texts)
+        with self._lock:
+            records = [self.table.add(k, t, n, doc_id, e)[0] for k, t, n, e in zip(keys, texts, num_tokens, embeddings)]
+            if records:
+                self.vectors.add(np.array([r.vec_id for r in records]), embeddings)
+                self.vectors.save()
+        return records
+
+    def record(self, key: str, text: str, num_tokens: int, doc_id: str | None = None) -> ChunkRecord:
+        """Record a chunk's text without indexing it for search."""
+        with self._lock:
+            return self.table.add(key, text, num_tokens, doc_id)[0]
+
+    def get(self, key: str) -> ChunkRecord | None:
+        return self.table.get(key)
+
+    def delete(self, key: str) -> ChunkRecord | None:
+        with self._lock:
+            rec = self.table.delete(key)
+            if rec is not None and rec.has_embedding:
+                self.vectors.remove([rec.vec_id])
+                self.vectors.save()
+            return rec
+
+    def search(self, query: str, k: int = 4) -> list[Hit]:
+        qvec = self.embedder.encode([query])[0]  # [384]
+        with self._lock:
+            found = self.vectors.search(qvec, k)
+            rows = self.table.by_vec_ids([i for i, _ in found])
+        return [Hit(rows[i].key, rows[i].text, s, rows[i].doc_id) for i, s in found if i in rows]
+
+    def stats(self) -> dict[str, int]:
+        return {**self.table.count(), "vectors": len(self.vectors)}
+
+    def close(self) -> None:
+        self.table.close()

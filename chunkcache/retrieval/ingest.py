@@ -1,0 +1,83 @@
+"""Document ingestion: chunk (token-aware) -> embed -> precompute KV -> record + index.
+
+Every model call goes through `run(fn)`, so a server can route them through its single model
+worker (interleaving them with generation requests) and the CLI can call them directly.
+`progress(stage, done, total)` is called as work completes; stages: chunking, embedding, precompute.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.retrieval.chunk_index import ChunkIndex
+from chunkcache.retrieval.chunking import ChunkingConfig, split_text
+
+Progress = Callable[[str, int, int], None]
+STAGES = ("chunking", "embedding", "precompute")
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    doc_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text or not self.text.strip():
+            raise ValueError(f"document {self.doc_id or ''} text is empty".replace("  ", " "))
+
+
+@dataclass
+class IngestResult:
+    documents: int = 0
+    chunk_keys: list[str] = field(default_factory=list)
+    tokens: int = 0
+    new_chunks: int = 0  # chunks whose KV was computed now (the rest were already stored)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"documents": self.documents, "chunks": len(self.chunk_keys), "chunk_keys": self.chunk_keys,
+                "tokens": self.tokens, "new_chunks": self.new_chunks, "seconds": self.seconds}
+
+
+class Ingestor:
+    def __init__(self, engine: ChunkCacheEngine, index: ChunkIndex, cfg: ChunkingConfig = ChunkingConfig(),
+                 run: Callable[[Callable[[], Any]], Any] | None = None, embed_batch: int = 32) -> None:
+        self.engine = engine
+        self.index = index
+        self.cfg = cfg
+        self.run = run or (lambda fn: fn())
+        self.embed_batch = embed_batch
+
+    def ingest(self, docs: list[Document], progress: Progress | None = None) -> IngestResult:
+        progress = progress or (lambda stage, done, total: None)
+        t0 = time.perf_counter()
+        tok = self.engine.tokenizer
+        pieces: list[tuple[str | None, str]] = []  # (doc_id, chunk text)
+        for i, doc in enumerate(docs):
+            pieces += [(doc.doc_id, c) for c in self.run(lambda d=doc: split_text(d.text, tok, self.cfg))]
+            progress("chunking", i + 1, len(docs))
+        texts = [t for _, t in pieces]
+        vecs = []
+        for start in range(0, len(texts), self.embed_batch):
+            batch = texts[start:start + self.embed_batch]
+            vecs.append(self.run(lambda b=batch: self.index.embedder.encode(b)))
+            progress("embedding", start + len(batch), len(texts))
+        store = self.engine.source.store
+        res = IngestResult(documents=len(docs))
+        for i, (doc_id, text) in enumerate(pieces):
+            ids = self.engine.prompts.chunk_ids(text)
+            key = self.engine.source.key(ids)
+            known = getattr(store, "contains", lambda k: False)(key)
+            key = self.run(lambda t=text: self.engine.precompute([t])[0])
+            vec = vecs[i // self.embed_batch][i % self.embed_batch: i % self.embed_batch + 1]
+            self.index.add([key], [text], [len(ids)], doc_id, vec)
+            res.chunk_keys.append(key)
+            res.tokens += len(ids)
+            res.new_chunks += not known
+            progress("precompute", i + 1, len(pieces))
+        res.seconds = time.perf_counter() - t0
+        return res
