@@ -1,0 +1,85 @@
+"""LangChain integration.
+
+- `ChunkCacheRetriever`: a langchain-core BaseRetriever over a chunkcache ChunkIndex; each Document
+  carries `metadata["chunk_id"]`, the key of the chunk's KV in the store.
+- `ChunkCacheRAG`: a Runnable that takes any LangChain retriever, retrieves for a question and
+  generates over the documents with their cached KV (store hit when the text was seen before, a
+  precompute otherwise). Documents with a known chunk_id use the stored text, so the tokens, and
+  therefore the KV key, match exactly.
+- `MiniLMEmbeddings`: the offline all-MiniLM-L6-v2 as LangChain Embeddings (for LangChain vector stores).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import ConfigDict, Field
+
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.retrieval.chunk_index import ChunkIndex
+from chunkcache.retrieval.embedder import Embedder
+from chunkcache.runner.decode import SamplingConfig
+
+
+class ChunkCacheRetriever(BaseRetriever):
+    """Top-k chunks of a ChunkIndex by cosine similarity; metadata: chunk_id, score, doc_id."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    index: ChunkIndex
+    k: int = Field(4, ge=1)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return [Document(page_content=h.text, id=h.key, metadata={"chunk_id": h.key, "score": h.score,
+                                                                   "doc_id": h.doc_id})
+                for h in self.index.search(query, self.k)]
+
+
+class ChunkCacheRAG(Runnable[Any, dict]):
+    """question (str, or {"question": str}) -> {"answer", "documents", "stats"}.
+
+    stats: the blend stats of the generation (ttft_s, chunk_hits, chunk_misses, reused_tokens, ...).
+    """
+
+    def __init__(self, engine: ChunkCacheEngine, retriever: BaseRetriever, index: ChunkIndex | None = None,
+                 blend: BlendConfig = BlendConfig(), sampling: SamplingConfig = SamplingConfig()) -> None:
+        self.engine = engine
+        self.retriever = retriever
+        self.index = index
+        self.blend = blend
+        self.sampling = sampling
+
+    def chunk_text(self, doc: Document) -> str:
+        """The stored text of doc's chunk_id when the index knows it, else its page_content."""
+        key = doc.metadata.get("chunk_id")
+        rec = self.index.get(key) if self.index is not None and isinstance(key, str) else None
+        return rec.text if rec is not None else doc.page_content
+
+    def generate(self, question: str, documents: list[Document]) -> dict:
+        if not documents:
+            raise ValueError("documents: the retriever returned no documents")
+        texts = [self.chunk_text(d) for d in documents]
+        ans = self.engine.answer(texts, question, self.blend, self.sampling)
+        return {"answer": ans.text, "documents": documents, "stats": {**ans.stats, "ttft_s": ans.ttft_s}}
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict:
+        question = input["question"] if isinstance(input, dict) else input
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question: expected a non-empty string")
+        return self.generate(question, self.retriever.invoke(question, config))
+
+
+class MiniLMEmbeddings(Embeddings):
+    def __init__(self, embedder: Embedder | None = None) -> None:
+        self.embedder = embedder or Embedder()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.embedder.encode(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embedder.encode([text])[0].tolist()

@@ -1,0 +1,79 @@
+"""LangChain retriever and RAG runnable over the real model, a real index and real MiniLM embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+from chunkcache.integrations.langchain import ChunkCacheRAG, ChunkCacheRetriever, MiniLMEmbeddings
+from chunkcache.retrieval.chunk_index import ChunkIndex
+from chunkcache.runner.decode import SamplingConfig
+
+TEXTS = ["The Amazon river flows through Brazil, Peru and Colombia into the Atlantic Ocean.",
+         "Mount Kilimanjaro, in Tanzania, is the highest mountain in Africa.",
+         "The Eiffel Tower in Paris was completed in 1889 for the World's Fair.",
+         "Honey bees communicate the location of flowers with a waggle dance."]
+SAMPLING = SamplingConfig(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def setup():  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", num_threads=1))
+    index = ChunkIndex(None)
+    keys = engine.precompute(TEXTS)
+    index.add(keys, TEXTS, [len(engine.prompts.chunk_ids(t)) for t in TEXTS], doc_id="facts")
+    yield engine, index, keys
+    index.close()
+
+
+def test_integrations_retriever_documents_carry_chunk_ids(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, index, keys = setup
+    retriever = ChunkCacheRetriever(index=index, k=2)
+    assert isinstance(retriever, BaseRetriever)
+    docs = retriever.invoke("Which is the tallest mountain in Africa?")
+    assert len(docs) == 2 and docs[0].page_content == TEXTS[1]
+    assert docs[0].metadata["chunk_id"] == keys[1] == engine.source.key(engine.prompts.chunk_ids(TEXTS[1]))
+    assert docs[0].metadata["doc_id"] == "facts" and docs[0].metadata["score"] >= docs[1].metadata["score"]
+
+
+def test_integrations_rag_reuses_cached_kv(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, index, _ = setup
+    cfg = BlendConfig(mode="cacheblend")
+    rag = ChunkCacheRAG(engine, ChunkCacheRetriever(index=index, k=2), index, cfg, SAMPLING)
+    out = rag.invoke({"question": "When was the Eiffel Tower completed?"})
+    assert out["documents"][0].page_content == TEXTS[2]
+    assert out["stats"]["chunk_misses"] == 0 and out["stats"]["chunk_hits"] == 3  # prefix + 2 chunks
+    direct = engine.answer([d.page_content for d in out["documents"]], "When was the Eiffel Tower completed?",
+                           cfg, SAMPLING)
+    assert out["answer"] == direct.text and out["answer"]
+
+
+def test_integrations_any_langchain_retriever_gets_kv_by_content(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, index, _ = setup
+    store = InMemoryVectorStore(MiniLMEmbeddings(index.embedder))
+    store.add_texts(TEXTS)
+    rag = ChunkCacheRAG(engine, store.as_retriever(search_kwargs={"k": 2}), blend=BlendConfig(mode="naive"),
+                        sampling=SAMPLING)
+    out = rag.invoke("How do honey bees communicate?")
+    assert "chunk_id" not in out["documents"][0].metadata and out["documents"][0].page_content == TEXTS[3]
+    assert out["stats"]["chunk_misses"] == 0  # same texts -> same keys as the precomputed chunks
+
+    class Fixed(BaseRetriever):
+        docs: list[Document]
+
+        def _get_relevant_documents(self, query, *, run_manager):  # type: ignore[no-untyped-def]
+            return self.docs
+
+    unseen = Fixed(docs=[Document(page_content="Saturn has at least 140 known moons.")])
+    rag = ChunkCacheRAG(engine, unseen, blend=BlendConfig(mode="naive"), sampling=SAMPLING)
+    first, second = rag.invoke("How many moons?"), rag.invoke("How many moons?")
+    assert first["stats"]["chunk_misses"] == 1 and second["stats"]["chunk_misses"] == 0
+    assert first["answer"] == second["answer"]
+    with pytest.raises(ValueError, match="question"):
+        rag.invoke("  ")
