@@ -1,0 +1,82 @@
+"""Model worker, job registry and config: the pieces under the server, without HTTP or a model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from chunkcache.api.config import ServerConfig
+from chunkcache.api.jobs import JobRegistry
+from chunkcache.api.worker import ModelWorker, QueueFull, WorkerClosed
+
+
+def test_api_worker_serialises_and_refuses_when_full() -> None:
+    worker = ModelWorker(max_queue=1)
+    gate = threading.Event()
+    order: list[int] = []
+    running = worker.submit(lambda: (gate.wait(10), order.append(1), "first")[-1])
+    while not worker.busy:
+        time.sleep(0.001)
+    queued = worker.submit(lambda: (order.append(2), "second")[-1])
+    with pytest.raises(QueueFull):
+        worker.submit(lambda: "third")
+    time.sleep(0.05)
+    gate.set()
+    a, b = running.result(10), queued.result(10)
+    assert (a.value, b.value, order) == ("first", "second", [1, 2])
+    assert a.run_s >= 0.05 and b.queue_s >= a.run_s * 0.9  # the second waited for the first
+    err = worker.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        err.result(10)
+    assert worker.call(lambda: 42) == 42  # an exception does not stop the worker
+    worker.close()
+    with pytest.raises(WorkerClosed):
+        worker.submit(lambda: None)
+
+
+def test_api_jobs_progress_failure_and_bound() -> None:
+    jobs = JobRegistry(max_active=1, keep=2)
+    gate = threading.Event()
+
+    def work(job):  # type: ignore[no-untyped-def]
+        job.progress("precompute", 1, 2)
+        gate.wait(10)
+        job.progress("precompute", 2, 2)
+        return {"chunks": 2}
+
+    job = jobs.start("ingest", work)
+    with pytest.raises(QueueFull):
+        jobs.start("ingest", work)
+    deadline = time.monotonic() + 5
+    while job.done != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert jobs.get(job.id).status == "running" and job.stage == "precompute"
+    gate.set()
+    while job.status == "running":
+        time.sleep(0.01)
+    assert (job.status, job.result, job.done, job.total) == ("done", {"chunks": 2}, 2, 2) and job.finished
+    bad = jobs.start("ingest", lambda job: {}["missing"])
+    while bad.finished is None:
+        time.sleep(0.01)
+    assert bad.status == "failed" and "KeyError" in bad.error
+    for _ in range(3):
+        jobs.start("ingest", lambda job: {}).id
+        time.sleep(0.05)
+    assert jobs.get(job.id) is None  # only `keep` finished jobs are remembered
+    jobs.close()
+
+
+@pytest.mark.parametrize(("kw", "field"), [({"store": "nvme"}, "store"), ({"max_queue": 0}, "max_queue"),
+                                           ({"api_key": " "}, "api_key"), ({"port": 70000}, "port")])
+def test_api_config_validation(kw: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ServerConfig(**kw)
+
+
+def test_api_config_key_from_env(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CHUNKCACHE_API_KEY", "s3cret")
+    assert ServerConfig.from_env().api_key == "s3cret"
+    assert ServerConfig.from_env(api_key="given").api_key == "given"
