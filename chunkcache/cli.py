@@ -60,6 +60,8 @@ def cmd_bench_rag(args) -> int:
     from chunkcache.blend.config import BlendConfig
 
     examples = load_examples(args.data, args.limit)
+    if args.passages:
+        examples = [dict(ex, ctxs=ex["ctxs"][: args.passages]) for ex in examples]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio)
     for m in modes:
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--modes", default="full,prefix,naive,cacheblend,adaptive")
     rag.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=int, default=32)
+    rag.add_argument("--passages", type=int, default=None, help="keep only the first N passages of each example")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)

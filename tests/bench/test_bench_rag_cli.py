@@ -1,0 +1,43 @@
+"""`chunkcache bench rag` end to end on one MuSiQue example with the real model (a smoke run, not a timing)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chunkcache.bench.metrics import best_f1, token_f1
+from chunkcache.cli import DEFAULT_DATA, main
+
+KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "f1_mean",
+        "fidelity_f1_mean", "first_token_agreement", "recompute_fraction"}
+
+
+@pytest.mark.skipif(not Path(DEFAULT_DATA).exists(), reason="sample data ../shared/data/musique_dev.json absent")
+def test_bench_rag_writes_every_figure(tmp_path, smollm):
+    out = tmp_path / "rag.json"
+    rc = main(["--store", "memory", "bench", "rag", "--limit", "1", "--modes", "full,naive,cacheblend,adaptive",
+               "--max-new-tokens", "4", "--passages", "6", "--json", str(out)])
+    assert rc == 0
+    modes = json.loads(out.read_text())["modes"]
+    assert set(modes) == {"full", "naive", "cacheblend", "adaptive"}
+    for fig in modes.values():
+        assert KEYS <= set(fig)
+    assert modes["full"]["tf_top1_agreement"] == 1.0 and modes["full"]["tf_kl_mean"] == 0.0
+    assert modes["naive"]["recompute_fraction"] == 0.0
+    assert 0.149 < modes["cacheblend"]["recompute_fraction"] < 0.151  # round(0.15 * context tokens)
+    assert 0 < modes["adaptive"]["recompute_fraction"] < 0.151
+    assert 0.0 <= modes["cacheblend"]["tf_top1_agreement"] <= 1.0 and modes["cacheblend"]["tf_kl_mean"] >= 0.0
+
+
+def test_bad_arguments_exit_with_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "rag", "--recompute-ratio", "1.5"])
+    assert exc.value.code == 2 and "recompute ratio must be in [0, 1]" in capsys.readouterr().err
+    assert main(["bench", "rag", "--modes", "full,bogus"]) == 2  # refused before the model loads
+    assert "mode must be one of" in capsys.readouterr().err
+
+
+def test_squad_f1_normalisation():
+    assert best_f1("The Eiffel Tower!", ["eiffel tower"]) == 1.0
+    assert token_f1("paris france", "paris") == pytest.approx(2 / 3)
+    assert best_f1("", ["x"]) == 0.0
