@@ -1,0 +1,218 @@
+"""`chunkcache bench agents`: multi-agent discussion on MuSiQue, every mode against dense prefill.
+
+Per example, the agents discuss the question over its first passages for `rounds` fully connected
+rounds. The conversation is generated once with dense prefill; every other mode then replays the
+same turns with the same earlier messages (so only the cache differs): it prefills each prompt
+(timed: TTFT = prefill to first-token logits), is teacher-forced on the dense turn's output
+(top-1 agreement, KL), and decodes freely (answer F1 against dense, first token). Modes with
+anchors keep one pool across examples; the first `warmup` examples only fill it (not counted).
+Speedups are medians of per-turn paired ratios dense TTFT / mode TTFT measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from chunkcache.agents.config import MODES, AgentPrefillConfig, AnchorConfig
+from chunkcache.agents.runtime import AgentRuntime
+from chunkcache.agents.template import AgentTemplate, Message
+from chunkcache.agents.workflows import Agent, round_template
+from chunkcache.bench.metrics import teacher_forced, token_f1
+from chunkcache.bench.musique import passage_text
+from chunkcache.runner.decode import SamplingConfig, decode
+from chunkcache.runner.runner import ModelRunner
+
+ROLES = ("a careful fact checker", "a historian", "a geographer", "a skeptical reviewer", "a concise summarizer",
+         "a librarian", "a detective", "a journalist")
+
+
+def make_agents(n: int) -> list[Agent]:
+    return [Agent(f"agent{i + 1}", f"You are {ROLES[i % len(ROLES)]} in a team answering questions together. "
+                  "Answer with a short phrase.") for i in range(n)]
+
+
+@dataclass
+class RefTurn:
+    template: AgentTemplate
+    values: dict
+    answer: list[int]  # dense greedy output, EOS dropped
+    ref_logits: torch.Tensor  # [len(answer), vocab] teacher-forced dense logits
+    ttft_s: float
+    prompt_tokens: int
+    text: str
+
+
+def _tf_logits(runner: ModelRunner, cache, first_logits: torch.Tensor, answer: list[int]) -> torch.Tensor:
+    """Logits [len(answer), vocab] with the answer fed over `cache` (left extended by the whole answer)."""
+    rows = [first_logits[None]]
+    with torch.inference_mode():
+        hidden = runner.extend(torch.tensor(answer), cache)
+        if len(answer) > 1:
+            rows.append(runner.logits(hidden[:-1]))
+    return torch.cat(rows)
+
+
+def _greedy(rt: AgentRuntime, pre, n: int, max_new: int) -> list[int]:
+    pre.cache.truncate(n)
+    with torch.inference_mode():
+        ids = list(decode(rt.runner, pre.cache, pre.logits, SamplingConfig(max_new_tokens=max_new), rt.eos_ids))
+    return [t for t in ids if t not in rt.eos_ids]
+
+
+def dense_conversation(rt: AgentRuntime, agents: list[Agent], ex: dict, rounds: int, passages: int,
+                       max_new: int) -> list[RefTurn]:
+    context = "".join(passage_text(c) for c in ex["ctxs"][:passages]) if passages else None
+    cfg = AgentPrefillConfig(mode="dense")
+    out, previous = [], None
+    for r in range(rounds):
+        msgs = {}
+        for a in agents:
+            others = [o for o in agents if o.name != a.name]
+            values: dict = {"question": ex["question"]}
+            if context is not None:
+                values["context"] = context
+            if previous is not None:
+                values["history"] = previous[a.name]
+                values.update({f"msg_{o.name}": previous[o.name] for o in others})
+            tpl = round_template(a, others, context is not None, previous is None)
+            pre, n = rt.prefill(tpl, values, cfg, reserve=max_new + 1)
+            answer = _greedy(rt, pre, n, max_new) or [next(iter(rt.eos_ids))]
+            pre.cache.truncate(n)
+            ref = _tf_logits(rt.runner, pre.cache, pre.logits, answer)
+            text = rt.tokenizer.decode(answer, skip_special_tokens=True)
+            msgs[a.name] = Message(text, tuple(answer), a.name)
+            out.append(RefTurn(tpl, values, answer, ref, pre.stats.ttft_s, n, text))
+        previous = msgs
+    return out
+
+
+def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: AgentPrefillConfig, max_new: int, free_run: bool) -> list[dict]:
+    rows = []
+    for t in turns:
+        pre, n = rt.prefill(t.template, t.values, cfg, reserve=max_new + len(t.answer) + 1)
+        top1, kl = teacher_forced(t.ref_logits, _tf_logits(rt.runner, pre.cache, pre.logits, t.answer))
+        if cfg.mode not in ("dense", "prefix"):
+            rt.keep_response(pre, n, t.answer)
+        s = pre.stats
+        row = {"ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
+               "tf_top1": top1, "tf_kl": kl, "anchors_hit": s.anchors_hit, "anchors_added": s.anchors_added,
+               "dense_fallback": s.dense_fallback, "recomputed_tokens": s.recomputed_tokens,
+               "fallbacks": s.fallbacks}
+        if free_run:
+            ids = _greedy(rt, pre, n, max_new)
+            text = rt.tokenizer.decode(ids, skip_special_tokens=True)
+            row.update(fidelity_f1=token_f1(text, t.text) if t.text.strip() else float(not text.strip()),
+                       first_token=float(ids[:1] == t.answer[:1]))
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    mean = lambda k, rs=rows: statistics.fmean(r[k] for r in rs) if rs else None  # noqa: E731
+    reused = [r for r in rows if r["anchors_hit"]]
+    return {
+        "turns": len(rows),
+        "ttft_s_median": statistics.median(r["ttft_s"] for r in rows),
+        "ttft_speedup_vs_dense_median": statistics.median(r["speedup"] for r in rows),
+        "reuse_rate": sum(r["reused_tokens"] for r in rows) / sum(r["prompt_tokens"] for r in rows),
+        "tf_top1_agreement": mean("tf_top1"), "tf_kl_mean": mean("tf_kl"),
+        "fidelity_f1_mean": mean("fidelity_f1"), "first_token_agreement": mean("first_token"),
+        "dense_fallback_rate": mean("dense_fallback"),
+        "anchors_hit": sum(r["anchors_hit"] for r in rows), "anchors_added": sum(r["anchors_added"] for r in rows),
+        "recomputed_tokens_mean": mean("recomputed_tokens"),
+        "anchored_turns": len(reused),
+        "tf_top1_agreement_anchored_turns": mean("tf_top1", reused),
+        "ttft_speedup_anchored_turns_median": statistics.median(r["speedup"] for r in reused) if reused else None,
+    }
+
+
+def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds: int, modes: list[str],
+               passages: int = 2, max_new: int = 24, warmup: int = 2, recompute_ratio: float = 0.15,
+               anchor_config: AnchorConfig = AnchorConfig(), log=print) -> dict:
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"--modes: unknown mode {bad[0]!r}; expected some of {MODES}")
+    agents = make_agents(n_agents)
+    dense_rt = AgentRuntime(runner)
+    others = [m for m in modes if m != "dense"]
+    rts = {m: AgentRuntime(runner, anchor_config=anchor_config) for m in others}
+    cfgs = {m: AgentPrefillConfig(mode=m, recompute_ratio=recompute_ratio) for m in others}
+    per_mode: dict[str, list[dict]] = {m: [] for m in modes}
+    for i, ex in enumerate(examples):
+        warm = i < warmup
+        turns = dense_conversation(dense_rt, agents, ex, rounds, passages, max_new)
+        if not warm:
+            per_mode.setdefault("dense", [])
+            per_mode["dense"] += [{"ttft_s": t.ttft_s, "speedup": 1.0, "prompt_tokens": t.prompt_tokens,
+                                   "reused_tokens": 0, "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0,
+                                   "first_token": 1.0, "anchors_hit": 0, "anchors_added": 0,
+                                   "dense_fallback": False, "recomputed_tokens": 0} for t in turns]
+        line = []
+        for m in others:
+            if warm and not cfgs[m].uses_anchors:
+                continue
+            rows = replay(rts[m], turns, cfgs[m], max_new, free_run=not warm)
+            if not warm:
+                per_mode[m] += rows
+            line.append(f"{m}: ttft {statistics.median(r['ttft_s'] for r in rows):.3f}s "
+                        f"top1 {statistics.fmean(r['tf_top1'] for r in rows):.3f} "
+                        f"anchored {sum(bool(r['anchors_hit']) for r in rows)}/{len(rows)}")
+        dense_ttft = statistics.median(t.ttft_s for t in turns)
+        log(f"[{i + 1}/{len(examples)}{' warmup' if warm else ''}] prompt ~{turns[-1].prompt_tokens} tok, "
+            f"dense ttft {dense_ttft:.3f}s | " + " | ".join(line))
+    modes_out = {m: summarize(rows) for m, rows in per_mode.items() if rows}
+    return {"modes": modes_out, "per_turn": {m: rows for m, rows in per_mode.items()},
+            "anchors": {m: len(rt.pool) for m, rt in rts.items()}}
+
+
+def register(bench_subparsers) -> None:
+    """Add `bench agents` to the `chunkcache bench` sub-commands."""
+    p = bench_subparsers.add_parser("agents", help="multi-agent KV reuse (KVCOMM anchors, CacheBlend) vs dense")
+    from chunkcache.cli import DEFAULT_DATA
+
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--agents", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--limit", type=int, default=3, help="measured examples (after the warm-up ones)")
+    p.add_argument("--warmup", type=int, default=2, help="examples that only fill the anchor pools")
+    p.add_argument("--passages", type=int, default=2, help="passages of each example every agent reads")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--recompute-ratio", type=float, default=0.15)
+    p.add_argument("--entropy-threshold", type=float, default=AnchorConfig.entropy_threshold)
+    p.add_argument("--temperature", type=float, default=AnchorConfig.temperature)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_bench_agents)
+
+
+def cmd_bench_agents(args) -> int:
+    from chunkcache.bench.musique import load_examples
+    from chunkcache.runner.loader import load_model
+
+    if args.agents < 2 or args.rounds < 1 or args.limit < 1 or args.warmup < 0 or args.passages < 0:
+        raise ValueError("--agents must be >= 2, --rounds and --limit >= 1, --warmup and --passages >= 0")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "dense" not in modes:
+        modes.insert(0, "dense")
+    acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
+    AgentPrefillConfig(recompute_ratio=args.recompute_ratio)
+    examples = load_examples(args.data, args.warmup + args.limit)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    result = run_agents(ModelRunner(lm.model, lm.tokenizer), examples, args.agents, args.rounds, modes,
+                        args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg)
+    result["config"] = {k: getattr(args, k) for k in ("data", "agents", "rounds", "limit", "warmup", "passages",
+                                                      "max_new_tokens", "recompute_ratio", "entropy_threshold",
+                                                      "temperature")}
+    result["config"]["model"] = args.model or "SmolLM2-135M-Instruct (default)"
+    print(json.dumps(result["modes"], indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
