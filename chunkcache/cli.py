@@ -10,7 +10,9 @@ from pathlib import Path
 
 from chunkcache.api.cli import register as register_api
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "musique_dev.json"
+SAMPLE_DATA = Path(__file__).resolve().parent / "data" / "musique_sample.json"  # bundled, 3 examples
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "musique_dev.json"  # 40 examples
+DEFAULT_DATA = SHARED_DATA if SHARED_DATA.exists() else SAMPLE_DATA
 
 
 def _ratio(text: str) -> float:
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="RAG answer on a sample: full prefill vs blended")
-    demo.add_argument("--data", default=str(DEFAULT_DATA))
+    demo.add_argument("--data", default=str(SAMPLE_DATA))
     demo.add_argument("--example", type=int, default=0)
     demo.add_argument("--mode", default="cacheblend")
     demo.add_argument("--recompute-ratio", type=_ratio, default=0.15)
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)
     register_api(sub, bench)
+    __import__("chunkcache.agents.bench", fromlist=["register"]).register(bench)
     return p
 
 
