@@ -99,7 +99,7 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
     app.include_router(router, dependencies=[Depends(require_api_key)])
 
     @app.get("/healthz", response_model=Health)
-    def healthz(request: Request) -> Health:
+    async def healthz(request: Request) -> Health:
         svc: ChunkCacheService = request.app.state.service
         return Health(status="ok", model=cfg.model_path or "SmolLM2-135M-Instruct", fingerprint=svc.engine.runner.fingerprint,
                       queue_depth=request.app.state.worker.depth, store=cfg.store)
