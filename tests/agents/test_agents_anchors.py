@@ -5,39 +5,16 @@ import math
 import pytest
 import torch
 
+from agents_tiny import PREFIX
+from agents_tiny import content as _content
+from agents_tiny import dense as _dense
+from agents_tiny import prefiller as _prefiller
+from agents_tiny import prompt as _prompt
+
 from chunkcache.agents.anchor_pool import AnchorPool, entropy_bits
-from chunkcache.agents.base_kv import BaseSource, SegmentKV
+from chunkcache.agents.base_kv import SegmentKV
 from chunkcache.agents.config import AgentPrefillConfig, AnchorConfig
-from chunkcache.agents.prefill import AgentPrefiller
-from chunkcache.agents.prefix_cache import PrefixCache
-from chunkcache.agents.template import AgentPrompt, AgentTemplate, CompiledTemplate, Slot
-from chunkcache.blend.chunk_source import DictStore
-
-PREFIX = (1, 2, 3, 4, 5)
-TEMPLATE = AgentTemplate("t", "role", "{a} then {b} end")
-
-
-def _compiled(prefix=PREFIX) -> CompiledTemplate:
-    return CompiledTemplate(TEMPLATE, prefix, (Slot("a", (9, 10, 11), "reader-a"), Slot("b", (), "reader-b")),
-                            (12, 13, 14, 15))
-
-
-def _content(seed: int, n: int) -> tuple[int, ...]:
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randint(20, 256, (n,), generator=g).tolist())
-
-
-def _prompt(seed: int, la=24, lb=17, prefix=PREFIX) -> AgentPrompt:
-    return AgentPrompt(_compiled(prefix), (_content(seed, la), _content(seed + 100, lb)))
-
-
-def _prefiller(runner, cfg=AnchorConfig()) -> AgentPrefiller:
-    return AgentPrefiller(runner, BaseSource(runner, DictStore(), context_ids=(6, 7, 8)),
-                          AnchorPool(cfg, runner.fingerprint), PrefixCache(4))
-
-
-def _dense(runner, prompt):
-    return _prefiller(runner).prefill(prompt, AgentPrefillConfig(mode="dense"))
+from chunkcache.agents.template import AgentPrompt
 
 
 def test_admission_then_exact_reuse(tiny_runner):
