@@ -85,6 +85,18 @@ def cmd_bench_rag(args) -> int:
     return 0
 
 
+def cmd_bench_passthrough(args) -> int:
+    """`bench store` / `bench kernels`: their own argument parsers take the remaining arguments."""
+    if args.bench == "store":
+        from chunkcache.bench.store_bench import main as bench_main
+    else:
+        from chunkcache.bench.kernels_bench import main as bench_main
+    return bench_main(args.rest)
+
+
+PASSTHROUGH = ("store", "kernels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkcache", description=__doc__)
     p.add_argument("--model", default=None, help="local HF model directory (default: bundled SmolLM2-135M-Instruct)")
@@ -113,16 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)
+    helps = ("store tiers: bandwidth vs copy/dd, put, Redis, eviction, compression, streaming",
+             "Triton kernels vs torch references and SDPA (GPU figures need CUDA)")
+    for name, text in zip(PASSTHROUGH, helps):
+        b = bench.add_parser(name, help=text, add_help=False)
+        b.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `chunkcache bench {name}` (see --help)")
+        b.set_defaults(func=cmd_bench_passthrough)
     register_api(sub, bench)
     __import__("chunkcache.agents.bench", fromlist=["register"]).register(bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in PASSTHROUGH:  # their parsers own every option
+        args = argparse.Namespace(bench=argv[1], rest=argv[2:])
+        return cmd_bench_passthrough(args)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.command is None:
-        args = build_parser().parse_args(["demo", *(argv or sys.argv[1:])])
+        args = build_parser().parse_args(["demo", *argv])
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
