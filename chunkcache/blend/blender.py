@@ -20,6 +20,7 @@ import torch
 
 from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.layer_loader import LayerLoader
 from chunkcache.blend.probe import suffix_attention_mass
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import adaptive_count, deviation_scores, random_tokens, top_tokens
@@ -81,11 +82,20 @@ class Blender:
             hidden = r.extend(ids[placed:], cache)
             stats.recomputed_tokens = n - placed - len(req.suffix_ids)
         else:
-            self._place_chunks(req, cache, stats, placed)
-            if cfg.mode == "naive":
-                hidden = r.extend(ids[req.suffix_start:], cache)
-            else:
-                hidden = self._blend(req, cfg, cache, ids, placed, stats)
+            loader = LayerLoader(self.source, cache)
+            try:
+                for chunk, offset in zip(req.chunks, req.chunk_offsets):
+                    if offset >= placed:
+                        loader.add(chunk, offset)
+                loader.load(0)  # every position before the suffix now exists in layer 0
+                if cfg.mode == "naive":
+                    hidden = r.extend(ids[req.suffix_start:], cache, before_layer=loader.load)
+                else:
+                    hidden = self._blend(req, cfg, cache, ids, placed, stats, loader)
+            finally:
+                loader.close()
+            stats.chunk_hits += loader.hits
+            stats.chunk_misses += loader.misses
         stats.reused_tokens = n - len(req.suffix_ids) - stats.recomputed_tokens
         stats.fallbacks = list(self.source.fallbacks)
         self.source.fallbacks.clear()
@@ -100,11 +110,6 @@ class Blender:
             end = self._place(req.chunks[0], req.prefix_ids, cache, end, stats)
         return end
 
-    def _place_chunks(self, req: BlendRequest, cache: KVCache, stats: BlendStats, placed: int) -> None:
-        for chunk, offset in zip(req.chunks, req.chunk_offsets):
-            if offset >= placed:
-                self._place(chunk, None, cache, offset, stats)
-
     def _place(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None, cache: KVCache, offset: int,
                stats: BlendStats) -> int:
         kv, hit = self.source.get(token_ids, context_ids)
@@ -115,7 +120,7 @@ class Blender:
         return end
 
     def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int,
-               stats: BlendStats) -> torch.Tensor:
+               stats: BlendStats, loader: LayerLoader) -> torch.Tensor:
         """Selective recompute over the context tokens after `placed`, plus the suffix."""
         r = self.runner
         n = req.num_tokens
@@ -125,6 +130,7 @@ class Blender:
         checks = [] if budget >= n_cand else [l for l in cfg.check_layers if l < r.n_layers]
         importance = None
         if checks and cfg.selection in ("attention", "attention_deviation"):
+            loader.load_all()  # the probe reads every layer of the naive cache
             importance = suffix_attention_mass(r, cache, ids[req.suffix_start:])[placed:]  # [n_cand]
         if checks and cfg.selection in ("attention", "random"):
             if cfg.selection == "random":
@@ -137,6 +143,7 @@ class Blender:
         hidden = r.embed(ids[positions])  # [n_cand + n_suffix, H]
         plan = plan_sparse_attention(positions, n, dtype=r.dtype)
         for layer in range(r.n_layers):
+            loader.load(layer)
             if layer not in checks:
                 hidden = r.forward_layer(layer, hidden, positions, cache, plan)
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -64,6 +65,31 @@ class ChunkSource:
         self.store.put(kv)
         return kv, False
 
+    def open_layers(self, token_ids: tuple[int, ...]) -> tuple[Iterator[Layer], int, bool]:
+        """(layers, base_position, hit) for a chunk behind the default context. layers yields
+        (layer, k, v), k/v [n_kv, L, d]; from a store that streams, a reader thread runs ahead."""
+        get_layers = getattr(self.store, "get_layers", None)
+        if get_layers is None:
+            kv, hit = self.get(token_ids)
+            return kv_layers(kv), kv.base_position, hit
+        key = self.key(token_ids)
+        stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device))
+        if stream is not None:
+            if stream.token_ids == tuple(token_ids) and stream.n_layers == self.runner.n_layers:
+                return iter(stream), stream.base_position, True
+            stream.close()
+            msg = f"chunk {key[:12]}: stored entry does not match the request's tokens or the model; recomputed"
+            log.warning(msg)
+            self.fallbacks.append(msg)
+        kv = self.recompute(token_ids)
+        return kv_layers(kv), kv.base_position, False
+
+    def recompute(self, token_ids: tuple[int, ...]) -> ChunkKV:
+        """Precompute behind the default context and put (replacing an unusable entry)."""
+        kv = self.compute(token_ids, self.context_ids)
+        self.store.put(kv)
+        return kv
+
     @torch.inference_mode()
     def compute(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...]) -> ChunkKV:
         """Prefill [context][chunk] and keep the chunk's own K/V ([n_layers, n_kv, L, d])."""
@@ -75,6 +101,15 @@ class ChunkSource:
         self.runner.extend(torch.tensor(token_ids, dtype=torch.int64), cache)
         return ChunkKV(self.key(token_ids, context_ids), self.runner.fingerprint, tuple(token_ids), p,
                        cache.keys[:, :, p:p + n].clone(), cache.values[:, :, p:p + n].clone())
+
+
+Layer = tuple[int, torch.Tensor, torch.Tensor]
+
+
+def kv_layers(kv: ChunkKV) -> Iterator[Layer]:
+    """(layer, k [n_kv, L, d], v [n_kv, L, d]) for every layer of a ChunkKV."""
+    for layer in range(kv.keys.shape[0]):
+        yield layer, kv.keys[layer], kv.values[layer]
 
 
 class DictStore:

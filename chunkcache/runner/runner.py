@@ -7,6 +7,8 @@ request's `KVCache`; fresh K/V go in through `KVCache.write` before attention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from chunkcache.kernels.sparse_attention import AttentionPlan, plan_sparse_attention, sparse_query_attention
@@ -93,8 +95,12 @@ class ModelRunner:
         return self.model.lm_head(self.model.model.norm(hidden)).float()
 
     @torch.inference_mode()
-    def extend(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Compute new tokens ids [m] at positions cache.length.. through every layer. Returns last hidden [m, H]."""
+    def extend(self, ids: torch.Tensor, cache: KVCache,
+               before_layer: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Compute new tokens ids [m] at positions cache.length.. through every layer. Returns last hidden [m, H].
+
+        before_layer(l): called before layer l runs (the blender loads layer l of chunk KV there).
+        """
         start, m = cache.length, ids.numel()
         if start + m > self.max_positions:
             raise ValueError(f"prompt of {start + m} tokens exceeds the model context of {self.max_positions}")
@@ -103,5 +109,7 @@ class ModelRunner:
         plan = plan_sparse_attention(positions, start + m, dtype=self.dtype)
         hidden = self.embed(ids)
         for layer_idx in range(self.n_layers):
+            if before_layer is not None:
+                before_layer(layer_idx)
             hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
         return hidden

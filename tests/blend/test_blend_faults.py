@@ -15,8 +15,8 @@ PREFIX = (1, 2, 3)
 REQ = BlendRequest.of(PREFIX, [tuple(range(10, 30)), tuple(range(40, 71))], [7, 8, 9])
 
 
-def _clean(tiny_runner):
-    return Blender(tiny_runner, ChunkSource(tiny_runner, DictStore(), PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
+def _clean(tiny_runner, cfg=BlendConfig(mode="naive")):
+    return Blender(tiny_runner, ChunkSource(tiny_runner, DictStore(), PREFIX)).prefill(REQ, cfg)
 
 
 class TrustingStore(DictStore):
@@ -47,8 +47,10 @@ def test_bad_entry_falls_back_to_recompute(tiny_runner, problem):
     assert store._items[good.key].fingerprint == good.fingerprint  # the recomputed entry replaced the bad one
 
 
-def test_corrupt_disk_entry_is_recomputed(tiny_runner, tmp_path):
-    """A flipped byte in the safetensors file on the disk tier: the store refuses it and we recompute."""
+@pytest.mark.parametrize("cfg", [BlendConfig(mode="naive"), BlendConfig(mode="cacheblend", recompute_ratio=0.3)])
+def test_corrupt_disk_entry_is_recomputed(tiny_runner, tmp_path, cfg):
+    """A flipped byte in the last layer of each file on the disk tier: detected (at open, or mid-stream while
+    earlier layers are already placed) and recomputed; the result equals a clean run."""
     store = open_store(tmp_path)
     source = ChunkSource(tiny_runner, store, PREFIX)
     Blender(tiny_runner, source).prefill(REQ, BlendConfig(mode="naive"))
@@ -60,9 +62,10 @@ def test_corrupt_disk_entry_is_recomputed(tiny_runner, tmp_path):
         data[-5] ^= 0xFF
         f.write_bytes(bytes(data))
     store = open_store(tmp_path)  # cold CPU tier: every read goes to disk
-    res = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
+    res = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, cfg)
     assert res.stats.chunk_hits == 0 and res.stats.chunk_misses == 3
-    torch.testing.assert_close(res.logits, _clean(tiny_runner).logits)
+    assert len(res.stats.fallbacks) == 1 and "checksum" in res.stats.fallbacks[0]  # chunk 1 failed mid-stream
+    torch.testing.assert_close(res.logits, _clean(tiny_runner, cfg).logits)
     store.close()
 
 

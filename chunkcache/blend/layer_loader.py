@@ -1,0 +1,83 @@
+"""Place chunk KV into a request's cache one layer at a time, just before the layer loop needs it.
+
+A chunk on a slow tier (disk, Redis) is opened as a layer stream whose reader thread runs ahead of
+the compute, so loading layer l+1.. overlaps computing layer l. A chunk that misses, or whose entry
+turns out unusable part-way (bad checksum, wrong shape), is recomputed and its remaining layers come
+from the fresh KV: the cache never holds wrong or partial KV.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from chunkcache.blend.chunk_source import ChunkSource, Layer, kv_layers
+from chunkcache.runner.kv_cache import KVCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    token_ids: tuple[int, ...]
+    offset: int
+    base_position: int
+    layers: Iterator[Layer]  # (layer, k [n_kv, L, d], v [n_kv, L, d])
+
+
+class LayerLoader:
+    """Per request: chunks added with their offsets; `load(l)` writes layer l of every one into the cache.
+
+    Layers must be loaded in increasing order. Invariant: after `load(l)`, positions
+    [offset, offset + L) of layer l hold the chunk's KV rotated to its offset, for every added chunk.
+    """
+
+    def __init__(self, source: ChunkSource, cache: KVCache) -> None:
+        self.source = source
+        self.cache = cache
+        self.pending: list[_Pending] = []
+        self.next_layer = 0
+        self.hits = self.misses = 0
+
+    def add(self, token_ids: tuple[int, ...], offset: int) -> None:
+        layers, base, hit = self.source.open_layers(token_ids)
+        self.hits += hit
+        self.misses += not hit
+        self.pending.append(_Pending(token_ids, offset, base, layers))
+
+    def load(self, layer: int) -> None:
+        """Write layer `layer` of every added chunk (and any skipped earlier layers) into the cache."""
+        while self.next_layer <= layer:
+            for p in self.pending:
+                self._write(p, self.next_layer)
+            self.next_layer += 1
+
+    def load_all(self) -> None:
+        self.load(self.cache.num_layers - 1)
+
+    def _write(self, p: _Pending, layer: int) -> None:
+        n = len(p.token_ids)
+        try:
+            got, k, v = next(p.layers)
+            want = (self.cache.keys.shape[1], n, self.cache.keys.shape[3])
+            if got != layer or tuple(k.shape) != want or tuple(v.shape) != want:
+                raise ValueError(f"layer {got} of shape {tuple(k.shape)}, expected layer {layer} of {want}")
+        except Exception as err:  # StoreError (corrupt, I/O), ValueError, StopIteration: recompute the chunk
+            msg = f"chunk at {p.offset}: stored KV unusable at layer {layer} ({type(err).__name__}: {err}); recomputed"
+            log.warning(msg)
+            self.source.fallbacks.append(msg)
+            self.hits, self.misses = self.hits - 1, self.misses + 1  # counted as a hit when it opened
+            kv = self.source.recompute(p.token_ids)
+            p.base_position, p.layers = kv.base_position, kv_layers(kv)
+            for _ in range(layer):
+                next(p.layers)
+            got, k, v = next(p.layers)
+        self.cache.write(layer, slice(p.offset, p.offset + n), k, v, rope_delta=p.offset - p.base_position)
+
+    def close(self) -> None:
+        for p in self.pending:
+            close = getattr(p.layers, "close", None)
+            if close is not None:
+                close()
+        self.pending.clear()
