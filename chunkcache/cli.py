@@ -10,9 +10,7 @@ from pathlib import Path
 
 from chunkcache.api.cli import register as register_api
 
-SAMPLE_DATA = Path(__file__).resolve().parent / "data" / "musique_sample.json"  # bundled, 3 examples
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "musique_dev.json"  # 40 examples
-DEFAULT_DATA = SHARED_DATA if SHARED_DATA.exists() else SAMPLE_DATA
+from chunkcache.bench.musique import DEFAULT_DATA, SAMPLE_DATA  # noqa: F401 (DEFAULT_DATA: bench commands)
 
 
 def _ratio(text: str) -> float:
@@ -89,12 +87,14 @@ def cmd_bench_passthrough(args) -> int:
     """`bench store` / `bench kernels`: their own argument parsers take the remaining arguments."""
     if args.bench == "store":
         from chunkcache.bench.store_bench import main as bench_main
+    elif args.bench == "tiers":
+        from chunkcache.bench.tiers import main as bench_main
     else:
         from chunkcache.bench.kernels_bench import main as bench_main
     return bench_main(args.rest)
 
 
-PASSTHROUGH = ("store", "kernels")
+PASSTHROUGH = ("store", "kernels", "tiers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)
     helps = ("store tiers: bandwidth vs copy/dd, put, Redis, eviction, compression, streaming",
-             "Triton kernels vs torch references and SDPA (GPU figures need CUDA)")
+             "Triton kernels vs torch references and SDPA (GPU figures need CUDA)",
+             "cacheblend TTFT with chunks on the disk tier (pipelined / whole) vs the CPU tier")
     for name, text in zip(PASSTHROUGH, helps):
         b = bench.add_parser(name, help=text, add_help=False)
         b.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `chunkcache bench {name}` (see --help)")
