@@ -20,11 +20,22 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _engine(args):
+def _engine(args, store=None):  # type: ignore[no-untyped-def]
     from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
 
     return ChunkCacheEngine.from_config(EngineConfig(model_path=args.model, num_threads=args.threads,
-                                                     cache_dir=args.cache_dir, store=args.store))
+                                                     cache_dir=args.cache_dir, store=args.store), store=store)
+
+
+def _codec_store(codec: str):  # type: ignore[no-untyped-def]
+    """A disk-only store in a temp dir whose entries pass through `codec` (every read decodes from disk)."""
+    import tempfile
+
+    from chunkcache.store.chunk_store import ChunkStore
+    from chunkcache.store.config import StoreConfig, TierConfig
+
+    root = tempfile.mkdtemp(prefix=f"chunkcache-{codec}-")
+    return ChunkStore(StoreConfig(tiers=(TierConfig("disk", codec=codec),), cache_dir=root, promote_on_hit=False))
 
 
 def cmd_demo(args) -> int:
@@ -66,7 +77,7 @@ def cmd_bench_rag(args) -> int:
     base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio)
     for m in modes:
         BlendConfig(mode=m)  # validates the mode name before the model loads
-    engine = _engine(args)
+    engine = _engine(args, _codec_store(args.kv_codec) if args.kv_codec != "none" else None)
     if args.sweep:
         result = run_sweep(engine, examples, [0.0, 0.05, 0.1, 0.15, 0.3, 0.5, 1.0], base, args.max_new_tokens)
         png = str(Path(args.json).with_suffix(".png")) if args.json else "sweep.png"
@@ -75,6 +86,7 @@ def cmd_bench_rag(args) -> int:
     else:
         result = run_rag(engine, examples, modes, base, args.max_new_tokens)
     result["config"] = {"data": str(args.data), "limit": args.limit, "recompute_ratio": args.recompute_ratio,
+                        "kv_codec": args.kv_codec, "passages": args.passages,
                         "model": args.model or "SmolLM2-135M-Instruct (default)"}
     print(json.dumps(result["modes"], indent=2))
     if args.json:
@@ -122,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=int, default=32)
     rag.add_argument("--passages", type=int, default=None, help="keep only the first N passages of each example")
+    rag.add_argument("--kv-codec", choices=("none", "int8"), default="none",
+                     help="int8: chunk KV read back through the disk tier's int8 codec (fidelity of compression)")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)
