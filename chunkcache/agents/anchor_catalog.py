@@ -38,6 +38,7 @@ class OffsetRow(_Base):
     anchor_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     reader_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     follow_tokens: Mapped[int]
+    context_digest: Mapped[str] = mapped_column(String(64), default="")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class AnchorRecord:
     token_ids: tuple[int, ...]
     seq: int
     uses: int
-    readers: dict[str, int]  # reader_key -> following-text token count
+    readers: dict[str, tuple[int, str]]  # reader_key -> (following-text token count, context digest)
 
 
 class AnchorCatalog:
@@ -69,7 +70,7 @@ class AnchorCatalog:
             rows = s.scalars(select(AnchorRow).where(AnchorRow.fingerprint == fingerprint).order_by(AnchorRow.seq))
             out = []
             for row in rows:
-                readers = {o.reader_key: o.follow_tokens
+                readers = {o.reader_key: (o.follow_tokens, o.context_digest)
                            for o in s.scalars(select(OffsetRow).where(OffsetRow.anchor_id == row.anchor_id))}
                 out.append(AnchorRecord(row.anchor_id, row.fingerprint, row.placeholder,
                                         tuple(json.loads(row.token_ids)), row.seq, row.uses, readers))
@@ -82,10 +83,14 @@ class AnchorCatalog:
                 s.add(AnchorRow(anchor_id=anchor_id, fingerprint=fingerprint, placeholder=placeholder,
                                 token_ids=json.dumps(list(token_ids)), seq=seq, uses=0))
 
-    def add_offset(self, anchor_id: str, reader_key: str, follow_tokens: int) -> None:
+    def add_offset(self, anchor_id: str, reader_key: str, follow_tokens: int, context_digest: str) -> None:
         with Session(self.engine) as s, s.begin():
-            if s.get(OffsetRow, (anchor_id, reader_key)) is None:
-                s.add(OffsetRow(anchor_id=anchor_id, reader_key=reader_key, follow_tokens=follow_tokens))
+            row = s.get(OffsetRow, (anchor_id, reader_key))
+            if row is None:
+                s.add(OffsetRow(anchor_id=anchor_id, reader_key=reader_key, follow_tokens=follow_tokens,
+                                context_digest=context_digest))
+            else:
+                row.follow_tokens, row.context_digest = follow_tokens, context_digest
 
     def set_uses(self, anchor_id: str, uses: int) -> None:
         with Session(self.engine) as s, s.begin():

@@ -42,7 +42,8 @@ class AnchorStore:
         pool = AnchorPool(cfg, self.fingerprint, loader=self)
         for rec in self.catalog.records(self.fingerprint):
             pool.restore(Anchor(rec.anchor_id, rec.placeholder, rec.token_ids, rec.seq, rec.uses,
-                                offsets={k: None for k in rec.readers}))
+                                offsets={k: None for k in rec.readers},
+                                contexts={k: d for k, (_, d) in rec.readers.items()}))
         return pool
 
     def _path(self, anchor_id: str, part: str) -> Path:
@@ -76,7 +77,7 @@ class AnchorStore:
         k = torch.cat((off.ph_k, off.follow_k), dim=2)  # [n_layers-1, n_kv, L+F, d]
         v = torch.cat((off.ph_v, off.follow_v), dim=2)
         self._write(f"{a.anchor_id}.{reader_key}", self._path(a.anchor_id, reader_key), a.token_ids + (0,) * F, k, v)
-        self.catalog.add_offset(a.anchor_id, reader_key, F)
+        self.catalog.add_offset(a.anchor_id, reader_key, F, a.contexts.get(reader_key, ""))
 
     def load_base(self, a: Anchor) -> tuple[torch.Tensor, torch.Tensor]:
         kv = self._read(f"{a.anchor_id}.base", self._path(a.anchor_id, "base"))

@@ -4,9 +4,10 @@ dense         every token computed from scratch (the reference);
 prefix        longest token prefix shared with a recent prompt reused exactly, the rest computed;
 kvcomm        the agent prefix placed exactly; each placeholder and its following text placed from the
               anchor estimate (base + weighted offsets, keys rotated to their positions); the suffix
-              computed. If any placeholder fails admission (too few anchors, flat match weights) or an
-              anchor is unreadable, the whole prompt is prefilled densely behind the exact prefix and
-              each rejected placeholder becomes an anchor (its offsets measured from that dense KV);
+              computed. From the first placeholder that fails admission (too few anchors, flat match
+              weights) or whose anchor is unreadable, the prompt is prefilled densely (behind the exact
+              prefix and the earlier estimates) and each rejected placeholder becomes an anchor (its
+              offsets measured from that KV); `dense_fallback` says so in the stats;
 blend         placeholders' base KV placed as is, then CacheBlend selective recompute;
 kvcomm+blend  the kvcomm estimate placed, then CacheBlend selective recompute of the tokens whose
               K/V still deviate most at the check layer (same admission and fallback as kvcomm).
@@ -91,28 +92,32 @@ class AgentPrefiller:
         start = self._place_prefix(prompt, cache)
         bases = [self.bases.get(c) for c in prompt.contents]
         follows = [self.bases.get(s.follow_ids)[0] if s.follow_ids else _empty(r) for s in prompt.slots]
-        placed = [(b, f) for (b, _), f in zip(bases, follows)]
+        placed = placed_bases = [(b, f) for (b, _), f in zip(bases, follows)]
         for slot, (_, origin) in zip(prompt.slots, bases):
             stats.slots.append({"placeholder": slot.name, "base": origin})
+        n_ok = len(placed)  # slots placed from cache; the prompt from slot n_ok on is computed
         if cfg.uses_anchors:
             matches = self._admit(prompt, placed, stats)
-            if matches is None:
-                return self._dense_fallback(prompt, ids, cache, start, placed, stats)
-            placed = [self.pool.estimate(m, s.reader_key, b, f) for m, s, (b, f) in zip(matches, prompt.slots, placed)]
-            stats.anchors_hit = len(placed)
+            n_ok = next((i for i, m in enumerate(matches) if m is None or not m.accept), len(matches))
+            placed = [self.pool.estimate(m, s.reader_key, b, f)
+                      for m, s, (b, f) in zip(matches[:n_ok], prompt.slots, placed)]
+            stats.anchors_hit = n_ok
+            stats.dense_fallback = n_ok < len(matches)
         for (b, f), (o, fo) in zip(placed, prompt.offsets()):
             cache.write(slice(None), slice(o, o + b.num_tokens), b.keys, b.values, rope_delta=o)
             if f.num_tokens:
                 cache.write(slice(None), slice(fo, fo + f.num_tokens), f.keys, f.values, rope_delta=fo)
-        suffix_start = prompt.suffix_start
-        if cfg.blends:
-            count = round(cfg.recompute_ratio * (suffix_start - start))
-            hidden, recomputed = selective_recompute(r, cache, ids, start, suffix_start, count, cfg.check_layer,
+        cut = prompt.offsets()[n_ok][0] if n_ok < len(prompt.slots) else prompt.suffix_start
+        if cfg.blends and cut > start:
+            count = round(cfg.recompute_ratio * (cut - start))
+            hidden, recomputed = selective_recompute(r, cache, ids, start, cut, count, cfg.check_layer,
                                                      cfg.deviation_on)
             stats.recomputed_tokens = recomputed.numel()
         else:
-            hidden = r.extend(ids[suffix_start:], cache)
-        stats.reused_tokens = suffix_start - stats.recomputed_tokens
+            hidden = r.extend(ids[cut:], cache)
+        stats.reused_tokens = cut - stats.recomputed_tokens
+        if stats.dense_fallback:
+            self._add_anchors(prompt, cache, placed_bases, n_ok, stats)
         stats.fallbacks.extend(self.bases.fallbacks)
         self.bases.fallbacks.clear()
         return AgentPrefill(cache, r.logits(hidden[-1:])[0], stats)
@@ -139,43 +144,40 @@ class AgentPrefiller:
         return kv.num_tokens
 
     def _admit(self, prompt: AgentPrompt, placed: list[tuple[SegmentKV, SegmentKV]],
-               stats: TurnStats) -> list[Match] | None:
-        """Matches for every slot, or None when any slot must be prefilled densely (reasons in stats)."""
-        matches, ok = [], True
+               stats: TurnStats) -> list[Match | None]:
+        """A match per slot (None where an anchor was unusable); decisions and reasons go into stats."""
+        matches: list[Match | None] = []
+        digests = prompt.context_digests()
         for i, (slot, (base, _)) in enumerate(zip(prompt.slots, placed)):
             try:
-                m = self.pool.match(slot.name, slot.reader_key, base)
+                m = self.pool.match(slot.name, slot.reader_key, base, digests[i])
             except AnchorUnavailable as err:
                 msg = f"placeholder {slot.name!r}: anchor unusable ({err}); dense prefill"
                 log.warning(msg)
                 stats.fallbacks.append(msg)
                 stats.slots[i].update(decision="dense", reason=str(err))
                 matches.append(None)
-                ok = False
                 continue
             stats.slots[i].update(decision="reuse" if m.accept else "dense", anchors=len(m.anchors),
                                   entropy=round(m.entropy, 4), reason=m.reason)
             matches.append(m)
-            ok &= m.accept
-        return matches if ok else None
+        return matches
 
-    def _dense_fallback(self, prompt: AgentPrompt, ids: torch.Tensor, cache: KVCache, start: int,
-                        placed: list[tuple[SegmentKV, SegmentKV]], stats: TurnStats) -> AgentPrefill:
-        """Exact prefill behind the exact prefix; every rejected placeholder becomes an anchor."""
+    def _add_anchors(self, prompt: AgentPrompt, cache: KVCache, placed: list[tuple[SegmentKV, SegmentKV]],
+                     n_ok: int, stats: TurnStats) -> None:
+        """Each rejected slot from n_ok on (computed in this prefill) becomes an anchor: offsets = its computed
+        KV (rotated back to position 0) minus its base. Exact dense KV when n_ok == 0; otherwise computed
+        behind the earlier slots' estimates."""
         r = self.runner
-        hidden = r.extend(ids[start:], cache)
-        stats.dense_fallback = True
-        stats.reused_tokens = start
-        for i, (slot, (base, follow), (o, fo)) in enumerate(zip(prompt.slots, placed, prompt.offsets())):
+        digests = prompt.context_digests()
+        for i in range(n_ok, len(prompt.slots)):
             if stats.slots[i].get("decision") != "dense":
                 continue
+            slot, (base, follow), (o, fo) = prompt.slots[i], placed[i], prompt.offsets()[i]
             L, F = base.num_tokens, follow.num_tokens
             dense = SegmentKV(base.token_ids, rotate(cache.keys[:, :, o:o + L], -o, r.inv_freq),
                               cache.values[:, :, o:o + L].clone())
             follow_dense = SegmentKV(follow.token_ids, rotate(cache.keys[:, :, fo:fo + F], -fo, r.inv_freq),
                                      cache.values[:, :, fo:fo + F].clone())
-            self.pool.add(slot.name, slot.reader_key, base, dense, follow, follow_dense)
+            self.pool.add(slot.name, slot.reader_key, base, dense, follow, follow_dense, digests[i])
             stats.anchors_added += 1
-        stats.fallbacks.extend(self.bases.fallbacks)
-        self.bases.fallbacks.clear()
-        return AgentPrefill(cache, r.logits(hidden[-1:])[0], stats)

@@ -167,6 +167,15 @@ class AgentPrompt:
             pos += len(ids) + len(slot.follow_ids)
         return out
 
+    def context_digests(self) -> list[str]:
+        """Per slot: a digest of the contents of the slots before it (what its offsets depend on besides
+        the reader_key)."""
+        h, out = hashlib.sha256(b"ctx"), []
+        for ids in self.contents:
+            out.append(h.hexdigest()[:32])
+            h.update(repr(ids).encode())
+        return out
+
     @property
     def suffix_start(self) -> int:
         return len(self.prefix_ids) + sum(len(c) + len(s.follow_ids) for s, c in zip(self.slots, self.contents))
