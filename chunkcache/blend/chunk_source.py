@@ -73,7 +73,7 @@ class ChunkSource:
             kv, hit = self.get(token_ids)
             return kv_layers(kv), kv.base_position, hit
         key = self.key(token_ids)
-        stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device))
+        stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device), borrow=True)
         if stream is not None:
             if stream.token_ids == tuple(token_ids) and stream.n_layers == self.runner.n_layers:
                 return iter(stream), stream.base_position, True

@@ -205,8 +205,12 @@ class ChunkStore:
         return kv.to(device) if fresh else ChunkKV(kv.key, kv.fingerprint, kv.token_ids, kv.base_position,
                                                    kv.keys.to(device, copy=True), kv.values.to(device, copy=True))
 
-    def get_layers(self, key: str, fingerprint: str, device: torch.device | str = "cpu") -> LayerStream | None:
+    def get_layers(self, key: str, fingerprint: str, device: torch.device | str = "cpu",
+                   borrow: bool = False) -> LayerStream | None:
         """Iterable of (layer_idx, k, v), k/v [n_kv_heads, L, head_dim], read ahead in a thread; None on miss.
+
+        borrow: the caller only reads each layer (e.g. copies it into its own buffer) and never writes to
+        it, so a memory tier may hand out its own tensors instead of copies.
 
         Iteration raises EntryUnavailable (a StoreError) if a later layer proves corrupt: recompute then.
         """
@@ -226,7 +230,8 @@ class ChunkStore:
 
         if not promote and self.catalog is not None:
             self.catalog.touch(key)
-        return LayerStream(src, slot.name, device, self.config.prefetch_depth, copy=not slot.tier.persistent,
+        copy = not borrow and (not slot.tier.persistent or promote)
+        return LayerStream(src, slot.name, device, self.config.prefetch_depth, copy=copy,
                            on_complete=complete if promote else None,
                            on_fault=lambda err: self._fault(key, slot, err))
 

@@ -26,7 +26,9 @@ class LayerStream:
     def __init__(self, source: LayerSource, tier: str, device: torch.device | str, depth: int = 2,
                  *, copy: bool, on_complete: Callable[[list[tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
                  on_fault: Callable[[EntryUnavailable], None] | None = None) -> None:
-        """copy: source tensors may alias the cache (memory tiers), so copy them out.
+        """copy: hand out copies, because source tensors may alias the cache (memory tiers) or be kept for
+        promotion (on_complete); False only for a caller that copies each layer before the next one and
+        never writes to it (borrowed tensors).
         on_complete(layers): called with every layer's source tensors after a full clean pass
         (used to promote the entry); on_fault(err): called once when a layer is unusable."""
         self.source = source
@@ -37,7 +39,7 @@ class LayerStream:
         self.base_position = source.base_position
         self.n_layers = source.n_layers
         self.device = torch.device(device)
-        self._copy = copy or on_complete is not None
+        self._copy = copy
         self._on_complete = on_complete
         self._on_fault = on_fault
         self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
