@@ -101,12 +101,14 @@ def cmd_bench_passthrough(args) -> int:
         from chunkcache.bench.store_bench import main as bench_main
     elif args.bench == "tiers":
         from chunkcache.bench.tiers import main as bench_main
+    elif args.bench == "memory":
+        from chunkcache.bench.memory import main as bench_main
     else:
         from chunkcache.bench.kernels_bench import main as bench_main
     return bench_main(args.rest)
 
 
-PASSTHROUGH = ("store", "kernels", "tiers")
+PASSTHROUGH = ("store", "kernels", "tiers", "memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     rag.set_defaults(func=cmd_bench_rag)
     helps = ("store tiers: bandwidth vs copy/dd, put, Redis, eviction, compression, streaming",
              "Triton kernels vs torch references and SDPA (GPU figures need CUDA)",
-             "cacheblend TTFT with chunks on the disk tier (pipelined / whole) vs the CPU tier")
+             "cacheblend TTFT with chunks on the disk tier (pipelined / whole) vs the CPU tier",
+             "peak memory a request adds, blended vs full prefill (one subprocess per run)")
     for name, text in zip(PASSTHROUGH, helps):
         b = bench.add_parser(name, help=text, add_help=False)
         b.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `chunkcache bench {name}` (see --help)")
