@@ -18,9 +18,9 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict
+from pydantic import ConfigDict, field_validator
 
-from chunkcache.agents.config import AgentPrefillConfig
+from chunkcache.agents.config import MODES, AgentPrefillConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
 from chunkcache.runner.decode import SamplingConfig
@@ -51,6 +51,13 @@ class ChunkCacheChatModel(BaseChatModel):
     max_new_tokens: int = 32
     recompute_ratio: float = 0.15
     agent_name: str | None = None
+
+    @field_validator("mode")
+    @classmethod
+    def _check_mode(cls, mode: str) -> str:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return mode
 
     @property
     def _llm_type(self) -> str:

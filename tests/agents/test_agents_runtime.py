@@ -34,11 +34,15 @@ def test_discussion_dense_and_kvcomm(runner):
     assert [t.round for t in rounds[1]] == [2, 2, 2]
     assert all(t.stats.reused_tokens == 0 for r in rounds for t in r)
 
-    rt = AgentRuntime(runner, anchor_config=AnchorConfig(temperature=0.01))
+    # entropy_threshold=1: reuse whenever two anchors match (the admission policy is tested on the tiny model)
+    rt = AgentRuntime(runner, anchor_config=AnchorConfig(entropy_threshold=1.0))
     kv = AgentPrefillConfig(mode="kvcomm")
     first = rt.discussion(AGENTS, QUESTIONS[0], CONTEXT, rounds=2, cfg=kv, sampling=SAMPLING)
     assert all(t.stats.dense_fallback and t.stats.anchors_added > 0 for r in first for t in r)
-    assert [t.text for t in first[0]] == [t.text for t in rounds[0]]  # a dense fallback is exact
+    assert [t.text for t in first[0]] == [t.text for t in rounds[0]]  # dense from the first placeholder: exact
+    assert all(t.stats.anchors_hit == 0 for t in first[0])
+    for t in first[1]:  # round 2: context and question served exactly by the round-1 anchors of this agent
+        assert [s["reason"] for s in t.stats.slots[:2]] == ["exact anchor"] * 2 and t.stats.anchors_hit == 2
     msg_slots = [s for t in first[1] for s in t.stats.slots if s["placeholder"].startswith("msg_")]
     assert len(msg_slots) == 6 and all(s["base"] == "response" for s in msg_slots)  # generated KV reused as base
     for q in QUESTIONS[1:]:
