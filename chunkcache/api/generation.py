@@ -65,7 +65,12 @@ async def generate(request: Request, texts: Callable[[], tuple[list[str], dict]]
             push("error", err)
 
     future = request.app.state.worker.submit(job)
-    kind, extra = await events.get()
+    try:
+        kind, extra = await events.get()
+    except asyncio.CancelledError:  # client gone before the first token: skip or stop the work
+        cancel.set()
+        future.cancel()
+        raise
     if kind == "error":
         raise extra  # type: ignore[misc]
 

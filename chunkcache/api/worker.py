@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +56,22 @@ class ModelWorker:
             raise QueueFull(f"model queue full ({self._queue.maxsize} waiting)") from None
         return fut
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on the worker, waiting for a queue slot and for the result (for background jobs)."""
-        return self.submit(fn, block=True).result().value
+    def call(self, fn: Callable[[], Any], poll_s: float = 0.5) -> Any:
+        """Run fn on the worker, waiting for a queue slot and for the result (for background jobs).
+        Raises WorkerClosed if the worker shuts down before running it."""
+        while True:
+            try:
+                fut = self.submit(fn, block=True, timeout=poll_s)
+                break
+            except QueueFull:
+                continue
+        while True:
+            try:
+                return fut.result(timeout=poll_s).value
+            except FutureTimeout:
+                if self._closed.is_set() and not self._thread.is_alive():
+                    fut.cancel()
+                    raise WorkerClosed("the model worker shut down before running the call") from None
 
     def _loop(self) -> None:
         while True:
@@ -85,3 +99,10 @@ class ModelWorker:
         self._closed.set()
         self._queue.put(None)
         self._thread.join(timeout)
+        while True:  # anything that slipped in after the stop marker
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(WorkerClosed("the model worker shut down before running the call"))

@@ -37,10 +37,12 @@ class IngestResult:
     tokens: int = 0
     new_chunks: int = 0  # chunks whose KV was computed now (the rest were already stored)
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # chunking, embedding, precompute, index
 
     def as_dict(self) -> dict[str, Any]:
         return {"documents": self.documents, "chunks": len(self.chunk_keys), "chunk_keys": self.chunk_keys,
-                "tokens": self.tokens, "new_chunks": self.new_chunks, "seconds": self.seconds}
+                "tokens": self.tokens, "new_chunks": self.new_chunks, "seconds": self.seconds,
+                "stage_seconds": self.stage_seconds}
 
 
 class Ingestor:
@@ -56,28 +58,37 @@ class Ingestor:
         progress = progress or (lambda stage, done, total: None)
         t0 = time.perf_counter()
         tok = self.engine.tokenizer
+        res = IngestResult(documents=len(docs), stage_seconds=dict.fromkeys((*STAGES, "index"), 0.0))
         pieces: list[tuple[str | None, str]] = []  # (doc_id, chunk text)
         for i, doc in enumerate(docs):
             pieces += [(doc.doc_id, c) for c in self.run(lambda d=doc: split_text(d.text, tok, self.cfg))]
             progress("chunking", i + 1, len(docs))
+        res.stage_seconds["chunking"] = time.perf_counter() - t0
         texts = [t for _, t in pieces]
         vecs = []
+        t1 = time.perf_counter()
         for start in range(0, len(texts), self.embed_batch):
             batch = texts[start:start + self.embed_batch]
             vecs.append(self.run(lambda b=batch: self.index.embedder.encode(b)))
             progress("embedding", start + len(batch), len(texts))
-        store = self.engine.source.store
-        res = IngestResult(documents=len(docs))
+        res.stage_seconds["embedding"] = time.perf_counter() - t1
         for i, (doc_id, text) in enumerate(pieces):
-            ids = self.engine.prompts.chunk_ids(text)
-            key = self.engine.source.key(ids)
-            known = getattr(store, "contains", lambda k: False)(key)
-            key = self.run(lambda t=text: self.engine.precompute([t])[0])
-            vec = vecs[i // self.embed_batch][i % self.embed_batch: i % self.embed_batch + 1]
-            self.index.add([key], [text], [len(ids)], doc_id, vec)
+            t1 = time.perf_counter()
+            key, n_tokens, known = self.run(lambda t=text: self._precompute(t))
+            t2 = time.perf_counter()
+            vec = vecs[i // self.embed_batch][i % self.embed_batch: i % self.embed_batch + 1]  # [1, 384]
+            self.index.add([key], [text], [n_tokens], doc_id, vec)
+            res.stage_seconds["precompute"] += t2 - t1
+            res.stage_seconds["index"] += time.perf_counter() - t2
             res.chunk_keys.append(key)
-            res.tokens += len(ids)
+            res.tokens += n_tokens
             res.new_chunks += not known
             progress("precompute", i + 1, len(pieces))
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _precompute(self, text: str) -> tuple[str, int, bool]:
+        """(chunk key, token count, KV was already stored); tokenizer and model used on the caller's thread."""
+        ids = self.engine.prompts.chunk_ids(text)
+        known = bool(getattr(self.engine.source.store, "contains", lambda k: False)(self.engine.source.key(ids)))
+        return self.engine.precompute([text])[0], len(ids), known

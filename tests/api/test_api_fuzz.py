@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from conftest import AUTH
+from conftest import AUTH, LiveServer
 from hypothesis import HealthCheck, settings
 
 
 @pytest.fixture(scope="module")
-def api_schema(live_server):  # type: ignore[no-untyped-def]
-    return schemathesis.openapi.from_url(f"{live_server.url}/openapi.json", headers=AUTH)
+def fuzz_server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Its own server (memory store), stopped with the module so fuzzed ingestion jobs end with it."""
+    server = LiveServer(tmp_path_factory.mktemp("fuzz-cache"), "--store", "memory").wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_server):  # type: ignore[no-untyped-def]
+    return schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json", headers=AUTH)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
