@@ -69,7 +69,13 @@ def cmd_ingest(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.retrieval.ingest import Document, Ingestor
 
     files = text_files(args.paths)
-    docs = [Document(f.read_text(encoding="utf-8"), str(f.resolve())) for f in files if f.read_text(encoding="utf-8").strip()]
+    texts = {}
+    for f in files:
+        try:
+            texts[str(f.resolve())] = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{f}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    docs = [Document(text, path) for path, text in texts.items() if text.strip()]
     svc = _service(args)
     bars: dict[str, tqdm] = {}
 
