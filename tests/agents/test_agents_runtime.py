@@ -41,8 +41,10 @@ def test_discussion_dense_and_kvcomm(runner):
     assert all(t.stats.dense_fallback and t.stats.anchors_added > 0 for r in first for t in r)
     assert [t.text for t in first[0]] == [t.text for t in rounds[0]]  # dense from the first placeholder: exact
     assert all(t.stats.anchors_hit == 0 for t in first[0])
-    for t in first[1]:  # round 2: context and question served exactly by the round-1 anchors of this agent
-        assert [s["reason"] for s in t.stats.slots[:2]] == ["exact anchor"] * 2 and t.stats.anchors_hit == 2
+    for t in first[1]:  # round 2: the context is served exactly by this agent's round-1 anchor; the question
+        # is followed by other text than in round 1 (another reader), so it has no anchor yet
+        assert t.stats.slots[0]["reason"] == "exact anchor" and t.stats.anchors_hit == 1
+        assert t.stats.slots[1]["reason"] == "0 matching anchors < 2"
     msg_slots = [s for t in first[1] for s in t.stats.slots if s["placeholder"].startswith("msg_")]
     assert len(msg_slots) == 6 and all(s["base"] == "response" for s in msg_slots)  # generated KV reused as base
     for q in QUESTIONS[1:]:
