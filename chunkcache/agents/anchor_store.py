@@ -65,7 +65,8 @@ class AnchorStore:
         except EntryUnavailable as err:
             raise AnchorUnavailable(f"anchor file {path.name} is unreadable ({err})") from None
         if kv.keys.shape[0] != self.n_layers - 1:
-            raise AnchorUnavailable(f"anchor file {path.name} has {kv.keys.shape[0]} layers, expected {self.n_layers - 1}")
+            raise AnchorUnavailable(f"anchor file {path.name} has {kv.keys.shape[0]} layers, "
+                                    f"expected {self.n_layers - 1}")
         return kv
 
     def save(self, a: Anchor, reader_key: str, off: AnchorOffset, new: bool) -> None:

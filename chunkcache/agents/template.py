@@ -43,7 +43,7 @@ class AgentTemplate:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("template name is empty")
-        self.placeholders  # validates the body
+        _ = self.placeholders  # validates the body
 
     @property
     def placeholders(self) -> tuple[str, ...]:
