@@ -196,6 +196,9 @@ def cmd_bench_agents(args) -> int:
     if args.agents < 2 or args.rounds < 1 or args.limit < 1 or args.warmup < 0 or args.passages < 0:
         raise ValueError("--agents must be >= 2, --rounds and --limit >= 1, --warmup and --passages >= 0")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"--modes: unknown mode {bad[0]!r}; expected some of {MODES}")
     if "dense" not in modes:
         modes.insert(0, "dense")
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
