@@ -37,9 +37,11 @@ class AttentionPlan:
     blocks: tuple[tuple[int, int, int, torch.Tensor | None], ...]
 
 
-def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: int = 16,
+def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: int = 16, min_block: int = 64,
                           dtype: torch.dtype = torch.float32) -> AttentionPlan:
-    """Split sorted query positions into blocks and precompute their additive causal masks (0 / -inf, dtype)."""
+    """Split sorted query positions into at most `num_blocks` blocks of at least `min_block` queries and
+    precompute their additive causal masks (0 / -inf, dtype). Each block reads every key up to its last
+    position, so tiny blocks would re-read the keys for a handful of rows (a 20-token suffix: one block)."""
     if q_positions.dim() != 1 or q_positions.numel() == 0:
         raise ValueError(f"q_positions must be a non-empty 1-D tensor, got {tuple(q_positions.shape)}")
     pos = q_positions.to(torch.int64).cpu()
@@ -51,7 +53,7 @@ def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: in
     square = m == kv_len
     blocks = []
     if not square:
-        step = max(1, -(-m // num_blocks))
+        step = max(min_block, -(-m // num_blocks))
         for s in range(0, m, step):
             e = min(m, s + step)
             p = pos[s:e]
