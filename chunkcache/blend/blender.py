@@ -23,8 +23,8 @@ from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.layer_loader import LayerLoader
 from chunkcache.blend.probe import suffix_attention_mass
 from chunkcache.blend.request import BlendRequest
-from chunkcache.blend.selection import adaptive_count, deviation_scores, random_tokens, top_tokens
-from chunkcache.kernels.sparse_attention import plan_sparse_attention
+from chunkcache.blend.recompute import selective_recompute
+from chunkcache.blend.selection import adaptive_count, random_tokens, top_tokens
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.runner import ModelRunner
 
@@ -140,30 +140,12 @@ class Blender:
                 keep = top_tokens(importance, count)
             positions = torch.cat((placed + keep, positions[n_cand:]))
             n_cand, checks = keep.numel(), []
-        hidden = r.embed(ids[positions])  # [n_cand + n_suffix, H]
-        plan = plan_sparse_attention(positions, n, dtype=r.dtype)
-        for layer in range(r.n_layers):
-            loader.load(layer)
-            if layer not in checks:
-                hidden = r.forward_layer(layer, hidden, positions, cache, plan)
-                continue
-            q, k, v = r.qkv(layer, hidden, positions)
-            cand = positions[:n_cand]
-            cached_k, cached_v = cache.keys[layer][:, cand], cache.values[layer][:, cand]  # [n_kv, n_cand, d]
-            scores = deviation_scores(k[:, :n_cand], cached_k, v[:, :n_cand], cached_v, cfg.deviation_on)
-            if importance is not None:
-                scores = scores * importance[cand - placed]
-            last = layer == checks[-1]
-            count = budget
-            if cfg.mode == "adaptive" and last:
-                count = min(budget, adaptive_count(scores, cfg.adaptive_mass))
-            if not last:
-                count = min(n_cand, budget * 2 ** (len(checks) - 1 - checks.index(layer)))
-            keep = top_tokens(scores, count)
-            cache.write(layer, positions, k, v)
-            rows = torch.cat((keep, torch.arange(n_cand, positions.numel())))  # kept candidates + suffix
-            hidden, q, positions, n_cand = hidden[rows], q[:, rows], positions[rows], keep.numel()
-            plan = plan_sparse_attention(positions, n, dtype=r.dtype)
-            hidden = r.attend_mlp(layer, hidden, q, cache, plan)
-        stats.recomputed_tokens = n_cand
+        weights = None
+        if importance is not None:
+            weights = torch.zeros(n, dtype=importance.dtype)
+            weights[placed:placed + importance.numel()] = importance  # [n] by position
+        adaptive = cfg.adaptive_mass if cfg.mode == "adaptive" else None
+        hidden, kept = selective_recompute(r, cache, ids, positions, n_cand, budget, checks, cfg.deviation_on,
+                                           adaptive, weights, before_layer=loader.load)
+        stats.recomputed_tokens = kept.numel()
         return hidden
