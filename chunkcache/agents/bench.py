@@ -101,7 +101,8 @@ def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: AgentPrefillConfig, max_
         row = {"ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
                "tf_top1": top1, "tf_kl": kl, "anchors_hit": s.anchors_hit, "anchors_added": s.anchors_added,
                "dense_fallback": s.dense_fallback, "recomputed_tokens": s.recomputed_tokens,
-               "fallbacks": s.fallbacks}
+               "fallbacks": s.fallbacks,
+               "slots": [f"{x['placeholder']}:{x.get('decision', '-')}:{x.get('reason', x['base'])}" for x in s.slots]}
         if free_run:
             ids = _greedy(rt, pre, n, max_new)
             text = rt.tokenizer.decode(ids, skip_special_tokens=True)
@@ -177,11 +178,11 @@ def register(bench_subparsers) -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--agents", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--limit", type=int, default=3, help="measured examples (after the warm-up ones)")
-    p.add_argument("--warmup", type=int, default=2, help="examples that only fill the anchor pools")
+    p.add_argument("--limit", type=int, default=2, help="measured examples (after the warm-up ones)")
+    p.add_argument("--warmup", type=int, default=5, help="examples that only fill the anchor pools")
     p.add_argument("--passages", type=int, default=1, help="passages of each example every agent reads")
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--entropy-threshold", type=float, default=AnchorConfig.entropy_threshold)
     p.add_argument("--temperature", type=float, default=AnchorConfig.temperature)

@@ -28,7 +28,7 @@ class AnchorConfig:
     prune_window: int = 5
     min_anchors: int = 2
     entropy_threshold: float = 0.3
-    temperature: float = 0.01
+    temperature: float = 0.001
     dtype: str = "float16"
 
     def __post_init__(self) -> None:
