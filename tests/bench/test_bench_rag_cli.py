@@ -1,22 +1,21 @@
 """`chunkcache bench rag` end to end on one MuSiQue example with the real model (a smoke run, not a timing)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from chunkcache.bench.metrics import best_f1, token_f1
-from chunkcache.cli import DEFAULT_DATA, main
+from chunkcache.cli import SAMPLE_DATA, main
 
 KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "f1_mean",
         "fidelity_f1_mean", "first_token_agreement", "recompute_fraction"}
 
 
-@pytest.mark.skipif(not Path(DEFAULT_DATA).exists(), reason="sample data ../shared/data/musique_dev.json absent")
 def test_bench_rag_writes_every_figure(tmp_path, smollm):
     out = tmp_path / "rag.json"
-    rc = main(["--store", "memory", "bench", "rag", "--limit", "1", "--modes", "full,naive,cacheblend,adaptive",
-               "--max-new-tokens", "4", "--passages", "6", "--json", str(out)])
+    rc = main(["--store", "memory", "bench", "rag", "--data", str(SAMPLE_DATA), "--limit", "1",
+               "--modes", "full,naive,cacheblend,adaptive", "--max-new-tokens", "4", "--passages", "6",
+               "--json", str(out)])
     assert rc == 0
     modes = json.loads(out.read_text())["modes"]
     assert set(modes) == {"full", "naive", "cacheblend", "adaptive"}
