@@ -24,8 +24,8 @@ from chunkcache.agents.anchor_pool import AnchorPool, AnchorUnavailable, Match
 from chunkcache.agents.base_kv import BaseSource, SegmentKV, rotate
 from chunkcache.agents.config import AgentPrefillConfig
 from chunkcache.agents.prefix_cache import PrefixCache
-from chunkcache.agents.recompute import selective_recompute
 from chunkcache.agents.template import AgentPrompt
+from chunkcache.blend.recompute import selective_recompute
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.runner import ModelRunner
 
@@ -110,8 +110,9 @@ class AgentPrefiller:
         cut = prompt.offsets()[n_ok][0] if n_ok < len(prompt.slots) else prompt.suffix_start
         if cfg.blends and cut > start:
             count = round(cfg.recompute_ratio * (cut - start))
-            hidden, recomputed = selective_recompute(r, cache, ids, start, cut, count, cfg.check_layer,
-                                                     cfg.deviation_on)
+            checks = (cfg.check_layer,) if count < cut - start else ()
+            hidden, recomputed = selective_recompute(r, cache, ids, torch.arange(start, n), cut - start, count,
+                                                     checks, cfg.deviation_on)
             stats.recomputed_tokens = recomputed.numel()
         else:
             hidden = r.extend(ids[cut:], cache)
