@@ -26,7 +26,7 @@ from chunkcache.store.errors import EntryUnavailable
 
 class AnchorStore:
     def __init__(self, root: str | Path, fingerprint: str, n_layers: int, catalog_url: str | None = None) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
         self.n_layers = n_layers
