@@ -37,5 +37,5 @@ def teacher_forced(ref_logits: torch.Tensor, logits: torch.Tensor) -> tuple[floa
         raise ValueError(f"logit shapes differ: {tuple(ref_logits.shape)} vs {tuple(logits.shape)}")
     agree = (ref_logits.argmax(-1) == logits.argmax(-1)).float().mean()
     lp, lq = ref_logits.float().log_softmax(-1), logits.float().log_softmax(-1)
-    kl = (lp.exp() * (lp - lq)).sum(-1).mean()
+    kl = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0).mean()  # KL >= 0; float rounding can dip below
     return float(agree), float(kl)
