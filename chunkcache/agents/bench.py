@@ -20,7 +20,7 @@ import torch
 from chunkcache.agents.config import MODES, AgentPrefillConfig, AnchorConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
-from chunkcache.agents.workflows import Agent, round_template
+from chunkcache.agents.workflows import Agent, round_turn
 from chunkcache.bench.metrics import teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
 from chunkcache.runner.decode import SamplingConfig, decode
@@ -71,14 +71,7 @@ def dense_conversation(rt: AgentRuntime, agents: list[Agent], ex: dict, rounds: 
     for r in range(rounds):
         msgs = {}
         for a in agents:
-            others = [o for o in agents if o.name != a.name]
-            values: dict = {"question": ex["question"]}
-            if context is not None:
-                values["context"] = context
-            if previous is not None:
-                values["history"] = previous[a.name]
-                values.update({f"msg_{o.name}": previous[o.name] for o in others})
-            tpl = round_template(a, others, context is not None, previous is None)
+            tpl, values = round_turn(a, agents, ex["question"], context, previous)
             pre, n = rt.prefill(tpl, values, cfg, reserve=max_new + 1)
             answer = _greedy(rt, pre, n, max_new) or [next(iter(rt.eos_ids))]
             pre.cache.truncate(n)

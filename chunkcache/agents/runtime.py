@@ -20,7 +20,7 @@ from chunkcache.agents.config import AgentPrefillConfig, AnchorConfig
 from chunkcache.agents.prefill import AgentPrefill, AgentPrefiller, TurnStats
 from chunkcache.agents.prefix_cache import PrefixCache
 from chunkcache.agents.template import AgentTemplate, CompiledTemplate, Message
-from chunkcache.agents.workflows import Agent, pipeline_template, round_template
+from chunkcache.agents.workflows import Agent, pipeline_template, round_turn
 from chunkcache.blend.chunk_source import DictStore, KVStore
 from chunkcache.blend.prompt import PromptTemplate
 from chunkcache.runner.decode import SamplingConfig, decode
@@ -126,14 +126,7 @@ class AgentRuntime:
             raise ValueError(f"previous messages are for {sorted(previous)}, agents are {[a.name for a in agents]}")
         turns = []
         for a in agents:
-            others = [o for o in agents if o.name != a.name]
-            values: dict[str, str | Message] = {"question": question}
-            if context is not None:
-                values["context"] = context
-            if previous is not None:
-                values["history"] = previous[a.name]
-                values.update({f"msg_{o.name}": previous[o.name] for o in others})
-            tpl = round_template(a, others, context is not None, previous is None)
+            tpl, values = round_turn(a, agents, question, context, previous)
             t = self.turn(tpl, values, cfg, sampling, author=a.name)
             t.round = round_idx
             turns.append(t)

@@ -45,6 +45,20 @@ def round_template(agent: Agent, others: list[Agent], with_context: bool, first:
                          + ",".join(o.name for o in others), agent.role, body)
 
 
+def round_turn(agent: Agent, agents: list[Agent], question: str, context: str | None,
+               previous: dict | None) -> tuple[AgentTemplate, dict]:
+    """Template and placeholder values of `agent`'s turn in a fully connected round; previous maps each
+    agent's name to its message of the last round (None in round 1)."""
+    others = [o for o in agents if o.name != agent.name]
+    values: dict = {"question": question}
+    if context is not None:
+        values["context"] = context
+    if previous is not None:
+        values["history"] = previous[agent.name]
+        values.update({f"msg_{o.name}": previous[o.name] for o in others})
+    return round_template(agent, others, context is not None, previous is None), values
+
+
 def pipeline_template(agent: Agent, before: list[Agent], with_context: bool) -> AgentTemplate:
     """A pipeline stage: reads the question and the messages of every earlier stage, in order."""
     body = _head(with_context)
