@@ -95,20 +95,23 @@ def cmd_bench_rag(args) -> int:
     return 0
 
 
+PASSTHROUGH = {  # bench name -> (module whose main(argv) parses its own options, help)
+    "store": ("chunkcache.bench.store_bench",
+              "store tiers: bandwidth vs copy/dd, put, Redis, eviction, compression, streaming"),
+    "kernels": ("chunkcache.bench.kernels_bench",
+                "Triton kernels vs torch references and SDPA (GPU figures need CUDA)"),
+    "tiers": ("chunkcache.bench.tiers",
+              "cacheblend TTFT with chunks on the disk tier (pipelined / whole) vs the CPU tier"),
+    "memory": ("chunkcache.bench.memory",
+               "peak memory a request adds, blended vs full prefill (one subprocess per run)"),
+}
+
+
 def cmd_bench_passthrough(args) -> int:
-    """`bench store` / `bench kernels`: their own argument parsers take the remaining arguments."""
-    if args.bench == "store":
-        from chunkcache.bench.store_bench import main as bench_main
-    elif args.bench == "tiers":
-        from chunkcache.bench.tiers import main as bench_main
-    elif args.bench == "memory":
-        from chunkcache.bench.memory import main as bench_main
-    else:
-        from chunkcache.bench.kernels_bench import main as bench_main
-    return bench_main(args.rest)
+    """`bench store|kernels|tiers|memory`: their own argument parsers take the remaining arguments."""
+    import importlib
 
-
-PASSTHROUGH = ("store", "kernels", "tiers", "memory")
+    return importlib.import_module(PASSTHROUGH[args.bench][0]).main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,11 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)
-    helps = ("store tiers: bandwidth vs copy/dd, put, Redis, eviction, compression, streaming",
-             "Triton kernels vs torch references and SDPA (GPU figures need CUDA)",
-             "cacheblend TTFT with chunks on the disk tier (pipelined / whole) vs the CPU tier",
-             "peak memory a request adds, blended vs full prefill (one subprocess per run)")
-    for name, text in zip(PASSTHROUGH, helps):
+    for name, (_, text) in PASSTHROUGH.items():
         b = bench.add_parser(name, help=text, add_help=False)
         b.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `chunkcache bench {name}` (see --help)")
         b.set_defaults(func=cmd_bench_passthrough)

@@ -128,22 +128,20 @@ class Blender:
         n_cand = req.suffix_start - placed
         budget = round(cfg.recompute_ratio * req.context_len)
         checks = [] if budget >= n_cand else [l for l in cfg.check_layers if l < r.n_layers]
-        importance = None
+        weights = None  # [n] attention mass by position (query-aware selections)
         if checks and cfg.selection in ("attention", "attention_deviation"):
             loader.load_all()  # the probe reads every layer of the naive cache
-            importance = suffix_attention_mass(r, cache, ids[req.suffix_start:])[placed:]  # [n_cand]
+            mass = suffix_attention_mass(r, cache, ids[req.suffix_start:])  # [suffix_start]
+            weights = torch.nn.functional.pad(mass, (0, n - mass.numel()))
         if checks and cfg.selection in ("attention", "random"):
             if cfg.selection == "random":
                 keep = random_tokens(n_cand, budget, cfg.seed)
             else:
+                importance = weights[placed:req.suffix_start]  # [n_cand]
                 count = budget if cfg.mode != "adaptive" else min(budget, adaptive_count(importance, cfg.adaptive_mass))
                 keep = top_tokens(importance, count)
             positions = torch.cat((placed + keep, positions[n_cand:]))
             n_cand, checks = keep.numel(), []
-        weights = None
-        if importance is not None:
-            weights = torch.zeros(n, dtype=importance.dtype)
-            weights[placed:placed + importance.numel()] = importance  # [n] by position
         adaptive = cfg.adaptive_mass if cfg.mode == "adaptive" else None
         hidden, kept = selective_recompute(r, cache, ids, positions, n_cand, budget, checks, cfg.deviation_on,
                                            adaptive, weights, before_layer=loader.load)

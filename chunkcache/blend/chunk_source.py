@@ -61,9 +61,7 @@ class ChunkSource:
             except ValueError as err:
                 log.warning("recomputing: %s", err)
                 self.fallbacks.append(str(err))
-        kv = self.compute(token_ids, ctx)
-        self.store.put(kv)
-        return kv, False
+        return self.recompute(token_ids, ctx), False
 
     def open_layers(self, token_ids: tuple[int, ...]) -> tuple[Iterator[Layer], int, bool]:
         """(layers, base_position, hit) for a chunk behind the default context. layers yields
@@ -84,9 +82,9 @@ class ChunkSource:
         kv = self.recompute(token_ids)
         return kv_layers(kv), kv.base_position, False
 
-    def recompute(self, token_ids: tuple[int, ...]) -> ChunkKV:
-        """Precompute behind the default context and put (replacing an unusable entry)."""
-        kv = self.compute(token_ids, self.context_ids)
+    def recompute(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> ChunkKV:
+        """Precompute behind `context_ids` (default: the default context) and put, replacing any entry."""
+        kv = self.compute(token_ids, self.context_ids if context_ids is None else context_ids)
         self.store.put(kv)
         return kv
 

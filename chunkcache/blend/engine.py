@@ -96,11 +96,11 @@ class ChunkCacheEngine:
             text = full
 
     def generate(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()) -> Answer:
-        ids, ttft, stats = [], 0.0, {}
-        for tok, _, ttft, stats in self.stream(req, cfg, sampling):
+        ids, pieces, ttft, stats = [], [], 0.0, {}
+        for tok, piece, ttft, stats in self.stream(req, cfg, sampling):
             ids.append(tok)
-        text = self.tokenizer.decode([t for t in ids if t not in self.eos_ids], skip_special_tokens=True)
-        return Answer(text.strip(), ids, ttft, stats)
+            pieces.append(piece)
+        return Answer("".join(pieces).strip(), ids, ttft, stats)
 
     def answer(self, chunks: list[str], question: str, cfg: BlendConfig = BlendConfig(),
                sampling: SamplingConfig = SamplingConfig()) -> Answer:
