@@ -10,7 +10,7 @@ from pathlib import Path
 
 from chunkcache.api.cli import register as register_api
 
-from chunkcache.bench.musique import DEFAULT_DATA, SAMPLE_DATA  # noqa: F401 (DEFAULT_DATA: bench commands)
+from chunkcache.bench.musique import DEFAULT_DATA
 
 
 def _ratio(text: str) -> float:
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="RAG answer on a sample: full prefill vs blended")
-    demo.add_argument("--data", default=str(SAMPLE_DATA))
+    demo.add_argument("--data", default=str(DEFAULT_DATA))
     demo.add_argument("--example", type=int, default=0)
     demo.add_argument("--mode", default="cacheblend")
     demo.add_argument("--recompute-ratio", type=_ratio, default=0.15)

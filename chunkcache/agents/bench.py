@@ -166,7 +166,7 @@ def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds:
 def register(bench_subparsers) -> None:
     """Add `bench agents` to the `chunkcache bench` sub-commands."""
     p = bench_subparsers.add_parser("agents", help="multi-agent KV reuse (KVCOMM anchors, CacheBlend) vs dense")
-    from chunkcache.cli import DEFAULT_DATA
+    from chunkcache.bench.musique import DEFAULT_DATA
 
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--agents", type=int, default=5)

@@ -204,9 +204,10 @@ def register(sub, bench=None) -> None:  # type: ignore[no-untyped-def]
     stats.set_defaults(func=cmd_stats)
 
     if bench is not None:
+        from chunkcache.bench.musique import DEFAULT_DATA
+
         api = bench.add_parser("api", help="HTTP overhead, 50-request burst, MuSiQue ingestion rate")
-        api.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data" /
-                                              "musique_dev.json"))
+        api.add_argument("--data", default=str(DEFAULT_DATA))
         api.add_argument("--requests", type=_positive, default=50, help="sequential requests for the overhead")
         api.add_argument("--burst", type=_positive, default=50)
         api.add_argument("--max-queue", type=_positive, default=16)
