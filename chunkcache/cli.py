@@ -66,6 +66,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench_rag(args) -> int:
+    from dataclasses import replace
+
     from chunkcache.bench.musique import load_examples
     from chunkcache.bench.rag import plot_sweep, run_rag, run_sweep, write_json
     from chunkcache.blend.config import BlendConfig
@@ -85,6 +87,12 @@ def cmd_bench_rag(args) -> int:
         print(f"wrote plot {png}")
     else:
         result = run_rag(engine, examples, modes, base, args.max_new_tokens)
+    if args.profile:
+        from chunkcache.bench.profile import format_profile, profile_prefill
+
+        result["profile"] = [profile_prefill(engine, examples[0], replace(base, mode=m)) for m in modes]
+        for p in result["profile"]:
+            print(format_profile(p))
     result["config"] = {"data": str(args.data), "limit": args.limit, "recompute_ratio": args.recompute_ratio,
                         "kv_codec": args.kv_codec, "passages": args.passages,
                         "model": args.model or "SmolLM2-135M-Instruct (default)"}
@@ -142,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--kv-codec", choices=("none", "int8"), default="none",
                      help="int8: chunk KV read back through the disk tier's int8 codec (fidelity of compression)")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
+    rag.add_argument("--profile", action="store_true",
+                     help="also profile one prefill per mode on the first example (self CPU time per op group)")
     rag.add_argument("--json", default=None)
     rag.set_defaults(func=cmd_bench_rag)
     for name, (_, text) in PASSTHROUGH.items():
