@@ -24,7 +24,7 @@ SAMPLING = SamplingConfig(max_new_tokens=6)
 @pytest.fixture(scope="module")
 def setup():  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
-    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", num_threads=1))
+    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", threads=1))
     index = ChunkIndex(None)
     keys = engine.precompute(TEXTS)
     index.add(keys, TEXTS, [len(engine.prompts.chunk_ids(t)) for t in TEXTS], doc_id="facts")
