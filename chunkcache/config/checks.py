@@ -58,14 +58,13 @@ def check_catalog(cfg: EngineConfig) -> None:
         return
     url = store.resolved_catalog_url
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        parent = os.path.dirname(path) or "."
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"store.catalog_url: cannot create the SQLite catalog folder {parent} ({err})") from None
-        if not os.access(parent, os.W_OK):
-            raise ConfigError(f"store.catalog_url: the SQLite catalog folder {parent} is not writable")
+        folder = os.path.dirname(url.split("///", 1)[-1]) or "."
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing) or "."
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+            raise ConfigError(f"store.catalog_url: cannot create the SQLite catalog in {folder} ({existing} is not "
+                              f"a writable folder)")
         return
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError

@@ -112,8 +112,10 @@ def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
 def _explain(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "config"
-        if e["type"] == "extra_forbidden":
+        field = ".".join(str(p) for p in e["loc"])
+        if not field:  # a check across fields: its message names them
+            parts.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             parts.append(f"{field}: unknown key")
         elif e["type"] == "value_error":
             parts.append(f"{field}: {e['msg'].removeprefix('Value error, ')}")
