@@ -49,7 +49,7 @@ class ChunkCacheService:
         self.engine = engine if engine is not None else ChunkCacheEngine.from_config(cfg.engine)
         self.store = self.engine.source.store
         self.index = index or ChunkIndex(cfg.engine.store_root if cfg.persistent else None)
-        self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: engine})
+        self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: self.engine})
         self._lock = threading.Lock()
 
     # ---- generation --------------------------------------------------------------------------
