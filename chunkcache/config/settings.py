@@ -73,7 +73,7 @@ class StoreSettings(BaseModel):
         if self.disk:
             tiers.append(TierConfig("disk", budget_bytes=None if self.disk_bytes is None else int(self.disk_bytes),
                                     policy=self.eviction, codec=self.disk_codec, write_through=through,
-                                    path=self.disk_dir))
+                                    path=None if self.disk_dir is None else str(Path(self.disk_dir).expanduser())))
         if self.redis_url:
             tiers.append(TierConfig("remote", url=self.redis_url, codec=self.redis_codec, write_through=through,
                                     timeout_s=self.timeout_s))

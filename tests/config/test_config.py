@@ -141,3 +141,18 @@ def test_cli_exits_2_naming_the_field_before_loading_a_model(tmp_path: Path) -> 
         assert message in r.stderr, (argv, r.stderr[-2000:])
         assert "Loading weights" not in r.stderr and time.monotonic() - t0 < 20
     assert not (tmp_path / "cache" / "store").exists()
+
+
+def test_readme_example_file_loads(tmp_path: Path) -> None:
+    """The annotated file in README's Configuration section is a valid configuration."""
+    import re
+
+    from chunkcache.api.config import ServerConfig
+    from chunkcache.config import server_table
+
+    text = re.search(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    f = write(tmp_path, text)
+    cfg = load_config(f)
+    server = ServerConfig.from_layers(cfg, server_table(f), {})
+    assert [t.kind for t in cfg.store_config().tiers] == ["cpu", "disk", "remote"]
+    assert cfg.store_config().tiers[2].codec == "int8" and server.max_queue == 16
