@@ -71,11 +71,10 @@ def _check_known(data: Mapping[str, Any], where: str) -> None:
                           f"store keys: {', '.join(EngineConfig.model_fields['store'].annotation.model_fields)})")
 
 
-def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def env_layer() -> dict[str, Any]:
     """The CHUNKCACHE_* settings of the environment as a nested dict; unknown names are errors."""
-    environ = os.environ if environ is None else environ
     store_fields = EngineConfig.model_fields["store"].annotation.model_fields
-    for name in environ:
+    for name in os.environ:
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV:
             continue
@@ -86,15 +85,9 @@ def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"{name}: unknown environment setting (engine fields are CHUNKCACHE_<FIELD>, store "
                               f"fields CHUNKCACHE_STORE__<FIELD>)")
     try:
-        return _env_source(environ)()
+        return EnvSettingsSource(EngineConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False)()
     except SettingsError as err:
         raise ConfigError(f"environment: {err}") from None
-
-
-def _env_source(environ: Mapping[str, str]) -> EnvSettingsSource:
-    src = EnvSettingsSource(EngineConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False)
-    src.env_vars = {k.lower(): v for k, v in environ.items()}
-    return src
 
 
 def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,13 +117,12 @@ def _explain(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_config(file: str | Path | None = None, flags: Mapping[str, Any] | None = None,
-                environ: Mapping[str, str] | None = None) -> EngineConfig:
+def load_config(file: str | Path | None = None, flags: Mapping[str, Any] | None = None) -> EngineConfig:
     """flags > environment > file > defaults. flags: a nested dict of the values given (see config.flags)."""
     file_data = read_file(file) if file else {}
     file_data = {k: v for k, v in file_data.items() if k != SERVER_TABLE}
     _check_known(file_data, f"config file {file}")
-    layers = [file_data, env_layer(environ), dict(flags or {})]
+    layers = [file_data, env_layer(), dict(flags or {})]
     _check_known(layers[2], "flags")
     try:
         return EngineConfig(**merge(*layers))
