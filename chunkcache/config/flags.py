@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from chunkcache.config.settings import DTYPES, KERNELS
+from chunkcache.config.loading import load_config
+from chunkcache.config.settings import DTYPES, KERNELS, EngineConfig
 
 S = argparse.SUPPRESS
 # dest -> (path in EngineConfig, flag, help)
@@ -66,8 +67,6 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
     """load_config over --config, the environment and the flags given; raises ConfigError."""
-    from chunkcache.config.loading import load_config
-
     return load_config(getattr(args, "config", None), flag_layer(args))

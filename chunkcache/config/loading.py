@@ -121,6 +121,8 @@ def load_config(file: str | Path | None = None, flags: Mapping[str, Any] | None 
     """flags > environment > file > defaults. flags: a nested dict of the values given (see config.flags)."""
     file_data = read_file(file) if file else {}
     file_data = {k: v for k, v in file_data.items() if k != SERVER_TABLE}
+    if file_data.get("store") in ("disk", "memory"):  # shorthand, expanded so other layers merge into it
+        file_data["store"] = {"disk": file_data["store"] == "disk"}
     _check_known(file_data, f"config file {file}")
     layers = [file_data, env_layer(), dict(flags or {})]
     _check_known(layers[2], "flags")

@@ -66,6 +66,13 @@ def test_every_layer_overrides_the_one_below(tmp_path: Path, monkeypatch: pytest
     assert [t.kind for t in cfg.store_config().tiers] == ["cpu", "remote"]
 
 
+def test_store_shorthand_in_a_file_merges_with_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUNKCACHE_STORE__CPU_BYTES", "1MiB")
+    cfg = load_config(write(tmp_path, 'store = "memory"\n'))
+    assert (cfg.store.disk, cfg.store.cpu_bytes) == (False, 1 << 20)
+    assert [t.kind for t in cfg.store_config().tiers] == ["cpu"] and not cfg.store_config().wants_catalog
+
+
 def test_yaml_file(tmp_path: Path) -> None:
     f = write(tmp_path, "device: cpu\nstore:\n  gpu_bytes: 0\n  write: back\n", "c.yaml")
     assert load_config(f).store.write == "back"
