@@ -44,7 +44,7 @@ def main() -> None:
 
     ex = load_examples(args.data, args.example + 1)[args.example]
     passages = [passage_text(c) for c in ex["ctxs"]]
-    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", num_threads=args.threads))
+    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", threads=args.threads))
     index = ChunkIndex(None)  # in memory; ChunkIndex(dir) persists texts + faiss index
     t0 = time.perf_counter()
     keys = engine.precompute(passages)

@@ -220,15 +220,16 @@ def cmd_bench_agents(args) -> int:
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
     AgentPrefillConfig(recompute_ratio=args.recompute_ratio)
     examples = load_examples(args.data, args.warmup + args.limit)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
+    cfg = args.engine
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
     result = run_agents(ModelRunner(lm.model, lm.tokenizer), examples, args.agents, args.rounds, modes,
                         args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg)
     result["config"] = {k: getattr(args, k) for k in ("data", "agents", "rounds", "limit", "warmup", "passages",
                                                       "max_new_tokens", "recompute_ratio", "entropy_threshold",
                                                       "temperature")}
-    result["config"]["model"] = args.model or "SmolLM2-135M-Instruct (default)"
+    result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
     print(json.dumps(result["modes"], indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -5,9 +5,10 @@ import torch
 
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.config import StoreSettings
 from chunkcache.runner.decode import SamplingConfig
 from chunkcache.runner.runner import ModelRunner
-from chunkcache.store.presets import open_store
+from chunkcache.store.chunk_store import ChunkStore
 
 CHUNKS = ["Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. "
           "She was born in Warsaw in 1867.",
@@ -18,7 +19,7 @@ QUESTION = "In which city was Marie Curie born?"
 
 @pytest.fixture(scope="module")
 def engine(smollm, tmp_path_factory):
-    store = open_store(tmp_path_factory.mktemp("store"))
+    store = ChunkStore(StoreSettings().store_config(tmp_path_factory.mktemp("store")))
     yield ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), store)
     store.close()
 
