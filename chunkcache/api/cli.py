@@ -146,7 +146,7 @@ def cmd_stats(args) -> int:  # type: ignore[no-untyped-def]
                                   .group_by(ChunkRow.fingerprint)).all()
         out["catalog"] = [{"fingerprint": r[0], "chunks": r[1], "bytes": int(r[2] or 0), "tokens": int(r[3] or 0),
                            "hits": int(r[4] or 0)} for r in rows]
-    index = ChunkIndex(root if args.engine.store.disk else None)
+    index = ChunkIndex(root if args.engine.store.disk else None, table_url=args.engine.store.catalog_url)
     out["index"] = index.stats()
     index.close()
     if args.json:

@@ -37,7 +37,11 @@ class _StoreCollector:
             entries.add_metric([tier], t["entries"])
             hits.add_metric([tier], t["hits"])
             misses.add_metric([tier], t["misses"])
-        yield from (size, entries, hits, misses)
+        falls = CounterMetricFamily("chunkcache_store_fallbacks", "unusable chunk reads (served by a slower tier "
+                                    "or recomputed) by reason, e.g. remote_unavailable", labels=["reason"])
+        for reason, n in s.get("fallbacks", {}).items():
+            falls.add_metric([reason], n)
+        yield from (size, entries, hits, misses, falls)
 
 
 class ApiMetrics:

@@ -48,7 +48,7 @@ class ChunkCacheService:
         self.cfg = cfg
         self.engine = engine if engine is not None else ChunkCacheEngine.from_config(cfg.engine)
         self.store = self.engine.source.store
-        self.index = index or ChunkIndex(cfg.engine.store_root if cfg.persistent else None)
+        self.index = index or ChunkIndex(cfg.engine.store_root if cfg.persistent else None, table_url=cfg.table_url)
         self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: self.engine})
         self._lock = threading.Lock()
 
@@ -103,15 +103,17 @@ class ChunkCacheService:
         return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=opts.recompute_ratio),
                         SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
 
-    def _tier_hits(self) -> Counter[str]:
+    def _store_counts(self) -> tuple[Counter[str], Counter[str]]:
+        """(hits per tier, read fallbacks per reason) so far."""
         stats = getattr(self.store, "stats", None)
         if stats is None:
-            return Counter()
-        return Counter({t: v["hits"] for t, v in stats()["tiers"].items()})
+            return Counter(), Counter()
+        s = stats()
+        return Counter({t: v["hits"] for t, v in s["tiers"].items()}), Counter(s.get("fallbacks", {}))
 
     def stream(self, p: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[dict]:
         """Yield {"token", "text"} per generated token, then {"done": stats} (model worker only)."""
-        before = self._tier_hits()
+        hits0, falls0 = self._store_counts()
         stats: dict = {}
         ttft = 0.0
         n = 0
@@ -122,8 +124,10 @@ class ChunkCacheService:
             yield {"token": tok, "text": piece}
             if cancelled():
                 break
-        hits = self._tier_hits() - before
-        yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": n, "tiers_hit": dict(hits)}}
+        hits, falls = self._store_counts()
+        store_falls = [f"store read fell back: {reason} x{k}" for reason, k in sorted((falls - falls0).items())]
+        yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": n, "tiers_hit": dict(hits - hits0),
+                        "fallbacks": [*stats.get("fallbacks", []), *store_falls]}}
 
     def generate(self, p: Prepared) -> tuple[str, dict]:
         pieces, stats = [], {}
