@@ -84,3 +84,43 @@ def test_redis_down_mid_request():
         store.close()
     finally:
         server.cleanup()
+
+
+def test_concurrent_misses_on_two_replicas_last_complete_write_wins(redis_url, pg_url):
+    """Two replicas (stores sharing Redis and a PostgreSQL catalog) both miss one chunk and write their
+    own computation of it at once, many times: every read is one writer's KV, whole, never a mix."""
+    import threading
+
+
+    from chunkcache.store.chunk_kv import ChunkKV
+
+    base = make_kv(21, 64)
+    mine = [base, ChunkKV(base.key, base.fingerprint, base.token_ids, base.base_position,
+                          base.keys + 1e-3, base.values - 1e-3)]  # the other replica's slightly different numerics
+    cfg = StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 20), TierConfig("remote", url=redis_url,
+                                                                                  write_through=True)),
+                      catalog_url=pg_url)
+    stores = [ChunkStore(cfg), ChunkStore(cfg)]
+    go = threading.Barrier(2)
+
+    def write(i: int) -> None:
+        go.wait()
+        for _ in range(20):
+            assert stores[i].put(mine[i])
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    reader = remote_store(redis_url)
+    reads = []
+    while any(t.is_alive() for t in threads):
+        got = reader.tier("remote").get(base.key, FP) if reader.tier("remote").contains(base.key) else None
+        if got is not None:
+            reads.append(got)
+    for t in threads:
+        t.join()
+    reads.append(reader.tier("remote").get(base.key, FP))
+    assert reads and all(same(r, mine[0]) or same(r, mine[1]) for r in reads)
+    assert stores[0].catalog.get(base.key).on_remote and stores[0].stats()["put_failures"] == {}
+    for s in (*stores, reader):
+        s.close()
