@@ -175,6 +175,16 @@ def cmd_bench_api(args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+def cmd_bench_replicas(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.api.bench_replicas import run_replicas_bench
+
+    out = run_replicas_bench(args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
 def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-def]
     """Add serve / ingest / ask / stats to the `chunkcache` subparsers, and `api` to the bench subparsers.
     flags: the engine flags' parent parser (chunkcache.config.flags.engine_flags)."""
@@ -223,3 +233,12 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
         api.add_argument("--ingest-examples", type=int, default=40, help="0 skips the ingestion figure")
         api.add_argument("--json", default=None)
         api.set_defaults(func=cmd_bench_api)
+
+        rep = bench.add_parser("replicas", help="warm TTFT with chunk KV from the shared Redis tier vs the local "
+                                                "CPU tier, for N = 1 and 2 replicas")
+        rep.add_argument("--data", default=str(DEFAULT_DATA))
+        rep.add_argument("--examples", type=_positive, default=3)
+        rep.add_argument("--passages", type=_positive, default=3, help="passages (chunks) per example")
+        rep.add_argument("--redis-url", default=None, help="default: a private redis-server on a free port")
+        rep.add_argument("--json", default=None)
+        rep.set_defaults(func=cmd_bench_replicas)
