@@ -71,7 +71,7 @@ class Blender:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
         stats = BlendStats(cfg.mode, n, req.context_len)
         cache = r.new_cache(n + reserve)
-        ids = torch.tensor(req.token_ids(), dtype=torch.int64)
+        ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)
         if cfg.mode == "full":
             hidden = r.extend(ids, cache)
             stats.recomputed_tokens = req.context_len
@@ -124,7 +124,7 @@ class Blender:
         """Selective recompute over the context tokens after `placed`, plus the suffix."""
         r = self.runner
         n = req.num_tokens
-        positions = torch.arange(placed, n)  # candidates then suffix, increasing
+        positions = torch.arange(placed, n, device=r.device)  # candidates then suffix, increasing
         n_cand = req.suffix_start - placed
         budget = round(cfg.recompute_ratio * req.context_len)
         checks = [] if budget >= n_cand else [l for l in cfg.check_layers if l < r.n_layers]
@@ -135,7 +135,7 @@ class Blender:
             weights = torch.nn.functional.pad(mass, (0, n - mass.numel()))
         if checks and cfg.selection in ("attention", "random"):
             if cfg.selection == "random":
-                keep = random_tokens(n_cand, budget, cfg.seed)
+                keep = random_tokens(n_cand, budget, cfg.seed, device=r.device)
             else:
                 importance = weights[placed:req.suffix_start]  # [n_cand]
                 count = budget if cfg.mode != "adaptive" else min(budget, adaptive_count(importance, cfg.adaptive_mass))

@@ -96,7 +96,7 @@ class ChunkSource:
         if p:
             ctx, _ = self.get(context_ids, ())
             cache.write(slice(None), slice(0, p), ctx.keys, ctx.values)
-        self.runner.extend(torch.tensor(token_ids, dtype=torch.int64), cache)
+        self.runner.extend(torch.tensor(token_ids, dtype=torch.int64, device=self.runner.device), cache)
         return ChunkKV(self.key(token_ids, context_ids), self.runner.fingerprint, tuple(token_ids), p,
                        cache.keys[:, :, p:p + n].clone(), cache.values[:, :, p:p + n].clone())
 

@@ -54,7 +54,7 @@ def selective_recompute(runner: ModelRunner, cache: KVCache, ids: torch.Tensor, 
             count = min(count, adaptive_count(scores, adaptive_mass))
         keep = top_tokens(scores, count)
         cache.write(layer, positions, k, v)
-        rows = torch.cat((keep, torch.arange(n_cand, positions.numel())))  # kept candidates + suffix
+        rows = torch.cat((keep, torch.arange(n_cand, positions.numel(), device=positions.device)))  # kept candidates + suffix
         hidden, q, positions, n_cand = hidden[rows], q[:, rows], positions[rows], keep.numel()
         plan = plan_sparse_attention(positions, n, dtype=r.dtype)
         hidden = r.attend_mlp(layer, hidden, q, cache, plan)

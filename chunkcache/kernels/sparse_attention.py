@@ -61,9 +61,9 @@ def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: in
             needs_mask = int(p[0]) + 1 < k_end
             mask = None
             if needs_mask:
-                visible = torch.arange(k_end)[None, :] <= p[:, None]  # [e-s, k_end]
-                mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
-                mask = mask.to(q_positions.device)
+                dev = q_positions.device
+                visible = torch.arange(k_end, device=dev)[None, :] <= q_positions[s:e, None]  # [e-s, k_end]
+                mask = torch.zeros(visible.shape, dtype=dtype, device=dev).masked_fill_(~visible, float("-inf"))
             blocks.append((s, e, k_end, mask))
     return AttentionPlan(q_positions.to(torch.int64), kv_len, square, tuple(blocks))
 
