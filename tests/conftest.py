@@ -44,3 +44,13 @@ def smollm():
     from chunkcache.runner.loader import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The real default model's tokenizer only (fast: no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    from chunkcache.runner.loader import _fetch_default, default_cache_dir
+
+    return AutoTokenizer.from_pretrained(_fetch_default(default_cache_dir()))

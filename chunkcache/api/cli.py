@@ -105,7 +105,7 @@ def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
             raise ValueError("the index is empty: run `chunkcache ingest PATH...` first")
         opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
-        text, s = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
+        text, s, _ = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
         total = time.perf_counter() - t0
     finally:
         svc.close()

@@ -66,6 +66,7 @@ class GenerationOptions(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = Field(False, description="stream tokens as server-sent events")
+    return_token_ids: bool = Field(False, description="also return the generated token ids (EOS excluded)")
 
 
 class GenerateRequest(GenerationOptions):
@@ -97,8 +98,9 @@ class GenerationStats(BaseModel):
 
 
 class GenerateResponse(BaseModel):
-    text: str
+    text: str = Field(description="tokenizer.decode(generated ids, skip_special_tokens=True), unstripped")
     stats: GenerationStats
+    token_ids: list[int] | None = Field(None, description="generated token ids (with return_token_ids)")
 
 
 class RetrievedChunk(BaseModel):

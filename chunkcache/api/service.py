@@ -119,29 +119,37 @@ class ChunkCacheService:
         return Counter({t: v["hits"] for t, v in stats()["tiers"].items()})
 
     def stream(self, p: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[dict]:
-        """Yield {"token", "text"} per generated token, then {"done": stats} (model worker only)."""
+        """Yield {"token", "text"} per generated token, then {"done": stats, "token_ids"} (model worker only).
+
+        The "text" pieces concatenate to tokenizer.decode(token_ids, skip_special_tokens=True). EOS is not
+        yielded; text held back until EOS (an unfinished character) comes as {"token": None, "text"}.
+        """
         before = self._tier_hits()
         stats: dict = {}
         ttft = 0.0
-        n = 0
+        ids: list[int] = []
         for tok, piece, ttft, stats in p.engine.stream(p.request, p.blend, p.sampling):
             if tok in p.engine.eos_ids:
+                if piece:
+                    yield {"token": None, "text": piece}
                 break
-            n += 1
+            ids.append(tok)
             yield {"token": tok, "text": piece}
             if cancelled():
                 break
         hits = self._tier_hits() - before
-        yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": n, "tiers_hit": dict(hits)}}
+        yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": len(ids), "tiers_hit": dict(hits)},
+               "token_ids": ids}
 
-    def generate(self, p: Prepared) -> tuple[str, dict]:
-        pieces, stats = [], {}
+    def generate(self, p: Prepared) -> tuple[str, dict, list[int]]:
+        """(text, stats, generated token ids without EOS); text == decode(ids, skip_special_tokens=True)."""
+        pieces, stats, ids = [], {}, []
         for item in self.stream(p):
             if "done" in item:
-                stats = item["done"]
+                stats, ids = item["done"], item["token_ids"]
             else:
                 pieces.append(item["text"])
-        return "".join(pieces).strip(), stats
+        return "".join(pieces), stats, ids
 
     # ---- chunks ------------------------------------------------------------------------------
     def put_chunks(self, texts: list[str], doc_id: str | None, index: bool) -> list[ChunkRecord]:
