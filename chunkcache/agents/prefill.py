@@ -153,7 +153,7 @@ class AgentPrefiller:
             try:
                 m = self.pool.match(slot.name, slot.reader_key, base, digests[i])
             except AnchorUnavailable as err:
-                msg = f"placeholder {slot.name!r}: anchor unusable ({err}); dense prefill"
+                msg = f"anchor_unavailable: placeholder {slot.name!r}: anchor unusable ({err}); dense prefill"
                 log.warning(msg)
                 stats.fallbacks.append(msg)
                 stats.slots[i].update(decision="dense", reason=str(err))

@@ -57,8 +57,13 @@ class ChunkStore:
     def _cost_of(self, key: str, size: int) -> float:
         return self._costs.get(key) or max(float(size) / 1024.0, 1.0)
 
-    def _fault(self, key: str, slot: TierSlot, err: EntryUnavailable | TierWriteError, write: bool = False) -> None:
+    def _fault(self, key: str, slot: TierSlot, err: EntryUnavailable | TierWriteError, write: bool = False,
+               faults: list[str] | None = None) -> None:
+        """Record the fault in stats and, when the caller passed a list, in it as "<reason>: <detail>"."""
         self._stats.fault(key, slot.name, err.reason, err.detail, write=write)
+        if faults is not None:
+            what = "write failed" if write else "unusable"
+            faults.append(f"{err.reason.value}: chunk {key[:12]} {what} on the {slot.name} tier ({err.detail})")
         if isinstance(err, EntryUnavailable) and err.drop:
             with self._lock:
                 slot.tier.delete(key)
@@ -122,7 +127,7 @@ class ChunkStore:
         self._forget(slot, key)
         self._stats.count(slot.name, "evictions")
 
-    def _disk_catalog_check(self, slot: TierSlot, key: str, fingerprint: str) -> bool:
+    def _disk_catalog_check(self, slot: TierSlot, key: str, fingerprint: str, faults: list[str] | None) -> bool:
         """For the disk tier with a catalog: is the file backed by a row for this model? Records faults."""
         exists = slot.tier.contains(key)
         row = self.catalog.get(key) if self.catalog is not None else None
@@ -130,10 +135,12 @@ class ChunkStore:
             raise EntryUnavailable(Reason.FINGERPRINT_MISMATCH, f"catalog row is for {row.fingerprint!r}", drop=False)
         if not exists:
             if row is not None and row.on_disk:
-                self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(getattr(slot.tier, "path")(key))))
+                self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(getattr(slot.tier, "path")(key))),
+                            faults=faults)
             return False
         if row is None and self.catalog is not None:
-            self._fault(key, slot, EntryUnavailable(Reason.CATALOG_ROW_MISSING, "file without catalog row", drop=False))
+            self._fault(key, slot, EntryUnavailable(Reason.CATALOG_ROW_MISSING, "file without catalog row", drop=False),
+                        faults=faults)
             return False
         return True
 
@@ -151,24 +158,24 @@ class ChunkStore:
         if self.catalog is not None:
             self.catalog.touch(kv.key)
 
-    def _lookup(self, key: str, fingerprint: str, open_fn: str):  # type: ignore[no-untyped-def]
+    def _lookup(self, key: str, fingerprint: str, open_fn: str, faults: list[str] | None):  # type: ignore[no-untyped-def]
         """First usable (tier index, result of tier.<open_fn>) or None, recording faults."""
         for i, slot in enumerate(self._slots):
             try:
-                if slot.name == "disk" and not self._disk_catalog_check(slot, key, fingerprint):
+                if slot.name == "disk" and not self._disk_catalog_check(slot, key, fingerprint, faults):
                     continue
                 return i, getattr(slot.tier, open_fn)(key, fingerprint)
             except KeyError:
                 continue
             except EntryUnavailable as e:
-                self._fault(key, slot, e)
+                self._fault(key, slot, e, faults=faults)
                 if e.reason == Reason.FINGERPRINT_MISMATCH:
                     return None  # a read for another model is refused outright
         return None
 
     # ---- public API --------------------------------------------------------------------------
     def put(self, kv: ChunkKV, *, source_doc_id: str | None = None, text_hash: str | None = None,
-            recompute_cost: float | None = None) -> bool:
+            recompute_cost: float | None = None, faults: list[str] | None = None) -> bool:
         """Store kv (a copy: later changes to the caller's tensors do not reach the cache).
 
         recompute_cost: prefill cost of the chunk (any unit, e.g. seconds) for the cost-aware policy;
@@ -187,14 +194,17 @@ class ChunkStore:
                     self._insert(i, kv, doc=doc)
                     placed = True
                 except TierWriteError as e:
-                    self._stats.fault(kv.key, slot.name, e.reason, e.detail, write=True)
+                    self._fault(kv.key, slot, e, write=True, faults=faults)
             if placed and self.catalog is not None:  # memory-only entries get a row too
                 self.catalog.upsert(self._meta(kv, None, doc))
         return placed
 
-    def get(self, key: str, fingerprint: str, device: torch.device | str = "cpu") -> ChunkKV | None:
-        """The chunk's KV on `device`, owned by the caller; None on a miss or an unusable entry."""
-        found = self._lookup(key, fingerprint, "get")
+    def get(self, key: str, fingerprint: str, device: torch.device | str = "cpu",
+            faults: list[str] | None = None) -> ChunkKV | None:
+        """The chunk's KV on `device`, owned by the caller; None on a miss or an unusable entry.
+
+        faults: a list that receives "<reason>: <detail>" for every unusable entry met on the way."""
+        found = self._lookup(key, fingerprint, "get", faults)
         if found is None:
             self._stats.lookup(None)
             return None
@@ -206,15 +216,16 @@ class ChunkStore:
                                                    kv.keys.to(device, copy=True), kv.values.to(device, copy=True))
 
     def get_layers(self, key: str, fingerprint: str, device: torch.device | str = "cpu",
-                   borrow: bool = False) -> LayerStream | None:
+                   borrow: bool = False, faults: list[str] | None = None) -> LayerStream | None:
         """Iterable of (layer_idx, k, v), k/v [n_kv_heads, L, head_dim], read ahead in a thread; None on miss.
 
         borrow: the caller only reads each layer (e.g. copies it into its own buffer) and never writes to
         it, so a memory tier may hand out its own tensors instead of copies.
 
         Iteration raises EntryUnavailable (a StoreError) if a later layer proves corrupt: recompute then.
+        faults: as in `get` (faults met while opening; a mid-stream fault is raised to the reader).
         """
-        found = self._lookup(key, fingerprint, "open_layers")
+        found = self._lookup(key, fingerprint, "open_layers", faults)
         if found is None:
             self._stats.lookup(None)
             return None
