@@ -68,6 +68,7 @@ def test_redis_down_mid_request():
                                               TierConfig("remote", url=server.url, write_through=True,
                                                          timeout_s=0.5, retry_after_s=0.5)), catalog=False))
         assert store.put(kv) and store.put(kv2)  # kv now only in Redis (CPU holds one)
+        store.flush()
         server.stop()
         t0 = time.monotonic()
         assert store.get(kv.key, FP) is None
@@ -75,6 +76,7 @@ def test_redis_down_mid_request():
         assert time.monotonic() - t0 < 3
         assert store.stats()["fallbacks"] == {"remote_unavailable": 2}
         assert store.put(make_kv(5))  # CPU tier still works; the remote write is recorded as failed
+        store.flush()
         assert store.stats()["put_failures"].get("remote_unavailable") == 1
         assert same(store.get(make_kv(5).key, FP), make_kv(5))
         server.start()  # the same port: the tier reconnects after retry_after_s
