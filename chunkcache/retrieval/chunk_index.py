@@ -38,8 +38,11 @@ class ChunkIndex:
         self._lock = threading.Lock()
 
     def add(self, keys: list[str], texts: list[str], num_tokens: list[int], doc_id: str | None = None,
-            embeddings: np.ndarray | None = None) -> list[ChunkRecord]:
-        """Record chunks (key = their KV key) and index their embeddings ([n, 384]; computed when None)."""
+            embeddings: np.ndarray | None = None, save: bool = True) -> list[ChunkRecord]:
+        """Record chunks (key = their KV key) and index their embeddings ([n, 384]; computed when None).
+
+        save=False: leave the faiss file for one `save()` at the end of a batch (the table is the truth:
+        a crash before it only makes the file stale, and it is rebuilt on open)."""
         if not len(keys) == len(texts) == len(num_tokens):
             raise ValueError("keys, texts and num_tokens must have the same length")
         if embeddings is None:
@@ -48,8 +51,14 @@ class ChunkIndex:
             records = [self.table.add(k, t, n, doc_id, e)[0] for k, t, n, e in zip(keys, texts, num_tokens, embeddings)]
             if records:
                 self.vectors.add(np.array([r.vec_id for r in records]), embeddings)
-                self.vectors.save()
+                if save:
+                    self.vectors.save()
         return records
+
+    def save(self) -> None:
+        """Write the faiss file (atomically)."""
+        with self._lock:
+            self.vectors.save()
 
     def record(self, key: str, text: str, num_tokens: int, doc_id: str | None = None) -> ChunkRecord:
         """Record a chunk's text without indexing it for search."""
