@@ -1,4 +1,5 @@
-"""Decode loop over a KVCache: greedy or sampled, one token per step."""
+"""Decode loop over a KVCache: greedy or sampled, one token per step (`ModelRunner.decode_step`: no
+per-token planning or validation; the one host sync per token is taking the token)."""
 
 from __future__ import annotations
 
@@ -57,5 +58,4 @@ def decode_steps(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor
         yield token, last
         if last:
             return
-        hidden = runner.extend(torch.tensor([token], device=runner.device), cache)
-        logits = runner.logits(hidden[-1:])[0]
+        logits = runner.decode_step(torch.tensor([token], dtype=torch.int64, device=runner.device), cache)

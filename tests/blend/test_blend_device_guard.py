@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from chunkcache.blend.config import BlendConfig
+from chunkcache.runner.decode import SamplingConfig, decode
 from test_blender_modes import _request
 from device_guard import ImplicitDeviceError, require_device
 
@@ -31,6 +32,8 @@ def test_blend_path_names_its_device(tiny_blender, cfg):
     with require_device():
         cold = tiny_blender.prefill(req, cfg, reserve=4)
         warm = tiny_blender.prefill(req, cfg, reserve=4)
+        tokens = list(decode(tiny_blender.runner, cold.cache, cold.logits, SamplingConfig(max_new_tokens=4), set()))
     ref = tiny_blender.prefill(req, cfg)
     torch.testing.assert_close(warm.logits, ref.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cold.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    assert len(tokens) == 4 and tokens[0] == int(ref.logits.argmax())
