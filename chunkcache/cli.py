@@ -65,6 +65,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _bench_rag_extras(args, engine, examples, modes, base, result) -> None:  # type: ignore[no-untyped-def]
+    """Decode speed vs HF generate (always) and, with --cold, cold vs warm TTFT and ingestion throughput."""
+    from chunkcache.bench.coldstart import decode_speed, run_cold
+
+    result["decode"] = decode_speed(engine, examples[0], args.max_new_tokens)
+    result["decode_tok_s"] = result["decode"]["decode_tok_s"]
+    result["decode_vs_hf"] = result["decode"]["decode_vs_hf"]
+    print(f"decode: {result['decode_tok_s']:.1f} tok/s, {result['decode_vs_hf']:.2f}x HF generate")
+    if args.cold:
+        result["cold"] = run_cold(engine, examples, base, modes)
+        print(json.dumps({"cold": result["cold"]}, indent=2))
+
+
 def cmd_bench_rag(args) -> int:
     from chunkcache.bench.musique import load_examples
     from chunkcache.bench.rag import plot_sweep, run_rag, run_sweep, write_json
@@ -85,6 +98,7 @@ def cmd_bench_rag(args) -> int:
         print(f"wrote plot {png}")
     else:
         result = run_rag(engine, examples, modes, base, args.max_new_tokens)
+        _bench_rag_extras(args, engine, examples, modes, base, result)
     result["config"] = {"data": str(args.data), "limit": args.limit, "recompute_ratio": args.recompute_ratio,
                         "kv_codec": args.kv_codec, "passages": args.passages,
                         "model": args.model or "SmolLM2-135M-Instruct (default)"}
@@ -143,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="int8: chunk KV read back through the disk tier's int8 codec (fidelity of compression)")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--json", default=None)
+    rag.add_argument("--cold", action="store_true", help="also TTFT with every chunk missing vs warm and vs full "
+                     "prefill + computing the chunks alone, and ingestion vs prefill tokens/s")
     rag.set_defaults(func=cmd_bench_rag)
     for name, (_, text) in PASSTHROUGH.items():
         b = bench.add_parser(name, help=text, add_help=False)

@@ -48,6 +48,7 @@ class Answer:
 class ChunkCacheEngine:
     def __init__(self, runner: ModelRunner, store: KVStore, system: str = DEFAULT_SYSTEM) -> None:
         self.runner = runner
+        self.system = system
         self.tokenizer = runner.tokenizer
         self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
         self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
