@@ -68,7 +68,8 @@ class ApiKeyMiddleware:
     schema and the docs pages included. Checked before routing, so a request without a valid token
     gets 401 whatever its body (FastAPI would parse and validate the body before a dependency)."""
 
-    def __init__(self, app, api_key: str | None, open_paths: tuple[str, ...] = ("/healthz",)) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, api_key: str | None,  # type: ignore[no-untyped-def]
+                 open_paths: tuple[str, ...] = ("/healthz",)) -> None:
         self.app = app
         self.key = api_key.encode() if api_key is not None else None
         self.open_paths = open_paths

@@ -86,7 +86,8 @@ class ChunkSource:
             if stream.token_ids == tuple(token_ids) and stream.n_layers == self.runner.n_layers:
                 return iter(stream), stream.base_position, True
             stream.close()
-            msg = f"invalid_entry: chunk {key[:12]}: stored entry does not match the request's tokens or the model; recomputed"
+            msg = (f"invalid_entry: chunk {key[:12]}: stored entry does not match the request's tokens "
+                   "or the model; recomputed")
             log.warning(msg)
             self.fallbacks.append(msg)
         kv = self.recompute(token_ids)

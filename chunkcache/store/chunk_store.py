@@ -225,7 +225,8 @@ class ChunkStore:
                 with self._lock:
                     if not slot.fits_ever(kv.nbytes if slot.config.codec == "none"
                                           else kv.nbytes // kv.keys.element_size()):
-                        raise TierWriteError(Reason.TOO_LARGE, f"{kv.nbytes} B over the {slot.name} budget {slot.budget}")
+                        raise TierWriteError(Reason.TOO_LARGE,
+                                             f"{kv.nbytes} B over the {slot.name} budget {slot.budget}")
                     self._make_room(i, 0, protect=kv.key)
                 size = slot.tier.put(kv)
                 with self._lock:

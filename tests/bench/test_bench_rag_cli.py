@@ -40,3 +40,17 @@ def test_squad_f1_normalisation():
     assert best_f1("The Eiffel Tower!", ["eiffel tower"]) == 1.0
     assert token_f1("paris france", "paris") == pytest.approx(2 / 3)
     assert best_f1("", ["x"]) == 0.0
+
+
+@pytest.mark.slow
+def test_bench_rag_cold_and_decode_figures(tmp_path, smollm):
+    out = tmp_path / "cold.json"
+    assert main(["--store", "memory", "bench", "rag", "--data", str(SAMPLE_DATA), "--limit", "1", "--modes",
+                 "full,cacheblend", "--max-new-tokens", "6", "--passages", "2", "--cold", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["decode_tok_s"] > 0 and res["decode_vs_hf"] > 0 and res["decode"]["decode_tokens"] == 6
+    cold = res["cold"]["cacheblend"]
+    assert set(cold) == {"cold_ttft_s", "warm_ttft_s", "full_ttft_s", "chunks_alone_s", "cold_over_warm",
+                         "cold_over_full_plus_chunks", "ingest_tok_s", "prefill_tok_s", "ingest_vs_prefill"}
+    assert cold["cold_ttft_s"] > cold["warm_ttft_s"] > 0  # a cold request computes every chunk first
+    assert abs(cold["cold_over_warm"] - cold["cold_ttft_s"] / cold["warm_ttft_s"]) < 1e-9
