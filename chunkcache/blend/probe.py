@@ -31,7 +31,7 @@ def suffix_attention_mass(runner: ModelRunner, cache: KVCache, suffix_ids: torch
     hidden = runner.embed(suffix_ids)
     for layer in range(runner.n_layers):
         q, k, v = runner.qkv(layer, hidden, positions)
-        cache.write(layer, positions, k, v)
+        cache.write(layer, positions, k, v, end=plan.q_end)
         keys, _ = cache.layer(layer)  # [n_kv, start + ns, d]
         qg = q.reshape(runner.n_kv_heads, g * ns, runner.head_dim)  # [n_kv, g*ns, d]: heads of a group stacked
         scores = (qg @ keys.transpose(1, 2)).float() * runner.scale  # [n_kv, g*ns, start+ns]

@@ -53,8 +53,9 @@ def selective_recompute(runner: ModelRunner, cache: KVCache, ids: torch.Tensor, 
         if remaining == 0 and adaptive_mass is not None:
             count = min(count, adaptive_count(scores, adaptive_mass))
         keep = top_tokens(scores, count)
-        cache.write(layer, positions, k, v)
-        rows = torch.cat((keep, torch.arange(n_cand, positions.numel(), device=positions.device)))  # kept candidates + suffix
+        cache.write(layer, positions, k, v, end=plan.q_end)
+        suffix_rows = torch.arange(n_cand, positions.numel(), device=positions.device)
+        rows = torch.cat((keep, suffix_rows))  # [n_kept + n_suffix]: kept candidates, then the suffix
         hidden, q, positions, n_cand = hidden[rows], q[:, rows], positions[rows], keep.numel()
         plan = plan_sparse_attention(positions, n, dtype=r.dtype)
         hidden = r.attend_mlp(layer, hidden, q, cache, plan)

@@ -27,6 +27,7 @@ class AttentionPlan:
     """Built once per request from the query positions; reused by every layer.
 
     q_positions: [m] int64, strictly increasing. kv_len: keys visible to the last query's layer call.
+    q_end: last query position + 1 (host int: writers of these rows need no device sync to know it).
     blocks: (q_start, q_end, k_end, mask [q_end-q_start, k_end] additive or None) for the CPU path: each
     block of queries reads keys [0, k_end) only, so little of the causal triangle is wasted.
     """
@@ -35,6 +36,7 @@ class AttentionPlan:
     kv_len: int
     causal_square: bool
     blocks: tuple[tuple[int, int, int, torch.Tensor | None], ...]
+    q_end: int = 0
 
 
 def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: int = 16, min_block: int = 64,
@@ -65,7 +67,7 @@ def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: in
                 visible = torch.arange(k_end, device=dev)[None, :] <= q_positions[s:e, None]  # [e-s, k_end]
                 mask = torch.zeros(visible.shape, dtype=dtype, device=dev).masked_fill_(~visible, float("-inf"))
             blocks.append((s, e, k_end, mask))
-    return AttentionPlan(q_positions.to(torch.int64), kv_len, square, tuple(blocks))
+    return AttentionPlan(q_positions.to(torch.int64), kv_len, square, tuple(blocks), int(pos[-1]) + 1)
 
 
 def sparse_query_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,

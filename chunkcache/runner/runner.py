@@ -87,7 +87,7 @@ class ModelRunner:
                       plan: AttentionPlan) -> torch.Tensor:
         """One decoder layer for tokens at `positions`; their fresh K/V are written into the cache first."""
         q, k, v = self.qkv(layer_idx, hidden, positions)
-        cache.write(layer_idx, positions, k, v)
+        cache.write(layer_idx, positions, k, v, end=plan.q_end)
         return self.attend_mlp(layer_idx, hidden, q, cache, plan)
 
     @torch.inference_mode()
