@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 from chunkcache.api.cli import register as register_api
-
-from chunkcache.bench.musique import DEFAULT_DATA, SAMPLE_DATA  # noqa: F401 (DEFAULT_DATA: bench commands)
+from chunkcache.bench.musique import DEFAULT_DATA
+from chunkcache.blend.config import MODES
+from chunkcache.config import ConfigError, check_config
+from chunkcache.config.flags import config_from_args, engine_flags
 
 
 def _ratio(text: str) -> float:
@@ -21,10 +23,9 @@ def _ratio(text: str) -> float:
 
 
 def _engine(args, store=None):  # type: ignore[no-untyped-def]
-    from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+    from chunkcache.blend.engine import ChunkCacheEngine
 
-    return ChunkCacheEngine.from_config(EngineConfig(model_path=args.model, num_threads=args.threads,
-                                                     cache_dir=args.cache_dir, store=args.store), store=store)
+    return ChunkCacheEngine.from_config(args.engine, store=store)
 
 
 def _codec_store(codec: str):  # type: ignore[no-untyped-def]
@@ -79,6 +80,8 @@ def _bench_rag_extras(args, engine, examples, modes, base, result) -> None:  # t
 
 
 def cmd_bench_rag(args) -> int:
+    from dataclasses import replace
+
     from chunkcache.bench.musique import load_examples
     from chunkcache.bench.rag import plot_sweep, run_rag, run_sweep, write_json
     from chunkcache.blend.config import BlendConfig
@@ -90,7 +93,8 @@ def cmd_bench_rag(args) -> int:
     base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio)
     for m in modes:
         BlendConfig(mode=m)  # validates the mode name before the model loads
-    engine = _engine(args, _codec_store(args.kv_codec) if args.kv_codec != "none" else None)
+    codec = args.engine.store.disk_codec
+    engine = _engine(args, _codec_store(codec) if codec != "none" else None)
     if args.sweep:
         result = run_sweep(engine, examples, [0.0, 0.05, 0.1, 0.15, 0.3, 0.5, 1.0], base, args.max_new_tokens)
         png = str(Path(args.json).with_suffix(".png")) if args.json else "sweep.png"
@@ -99,9 +103,16 @@ def cmd_bench_rag(args) -> int:
     else:
         result = run_rag(engine, examples, modes, base, args.max_new_tokens)
         _bench_rag_extras(args, engine, examples, modes, base, result)
+    if args.profile:
+        from chunkcache.bench.profile import format_profile, profile_prefill
+
+        result["profile"] = [profile_prefill(engine, examples[0], replace(base, mode=m)) for m in modes]
+        for p in result["profile"]:
+            print(format_profile(p))
     result["config"] = {"data": str(args.data), "limit": args.limit, "recompute_ratio": args.recompute_ratio,
-                        "kv_codec": args.kv_codec, "passages": args.passages,
-                        "model": args.model or "SmolLM2-135M-Instruct (default)"}
+                        "kv_codec": codec, "passages": args.passages, "device": args.engine.device,
+                        "dtype": args.engine.resolved_dtype,
+                        "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
     print(json.dumps(result["modes"], indent=2))
     if args.json:
         write_json(result, args.json)
@@ -129,33 +140,30 @@ def cmd_bench_passthrough(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chunkcache", description=__doc__)
-    p.add_argument("--model", default=None, help="local HF model directory (default: bundled SmolLM2-135M-Instruct)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--cache-dir", default=None, help="store root (default $CHUNKCACHE_DIR or ~/.cache/chunkcache)")
-    p.add_argument("--store", choices=("disk", "memory"), default="disk",
-                   help="disk: CPU + disk tiers with a SQLite catalog under the cache dir; memory: in-process only")
+    flags = engine_flags()
+    p = argparse.ArgumentParser(prog="chunkcache", description=__doc__, parents=[flags])
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command")
 
-    demo = sub.add_parser("demo", help="RAG answer on a sample: full prefill vs blended")
-    demo.add_argument("--data", default=str(SAMPLE_DATA))
+    demo = sub.add_parser("demo", help="RAG answer on a sample: full prefill vs blended", parents=[flags])
+    demo.add_argument("--data", default=str(DEFAULT_DATA))
     demo.add_argument("--example", type=int, default=0)
-    demo.add_argument("--mode", default="cacheblend")
+    demo.add_argument("--mode", default="cacheblend", choices=MODES)
     demo.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    rag = bench.add_parser("rag", help="TTFT and fidelity of each mode vs full prefill on MuSiQue")
+    bench = sub.add_parser("bench", help="benchmarks", parents=[flags]).add_subparsers(dest="bench", required=True)
+    rag = bench.add_parser("rag", help="TTFT and fidelity of each mode vs full prefill on MuSiQue "
+                           "(--kv-codec int8: chunk KV read back through the int8 codec)", parents=[flags])
     rag.add_argument("--data", default=str(DEFAULT_DATA))
     rag.add_argument("--limit", type=int, default=8)
-    rag.add_argument("--modes", default="full,prefix,naive,cacheblend,adaptive")
+    rag.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
     rag.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=int, default=32)
     rag.add_argument("--passages", type=int, default=None, help="keep only the first N passages of each example")
-    rag.add_argument("--kv-codec", choices=("none", "int8"), default="none",
-                     help="int8: chunk KV read back through the disk tier's int8 codec (fidelity of compression)")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
+    rag.add_argument("--profile", action="store_true",
+                     help="also profile one prefill per mode on the first example (self CPU time per op group)")
     rag.add_argument("--json", default=None)
     rag.add_argument("--cold", action="store_true", help="also TTFT with every chunk missing vs warm and vs full "
                      "prefill + computing the chunks alone, and ingestion vs prefill tokens/s")
@@ -164,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         b = bench.add_parser(name, help=text, add_help=False)
         b.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `chunkcache bench {name}` (see --help)")
         b.set_defaults(func=cmd_bench_passthrough)
-    register_api(sub, bench)
+    register_api(sub, bench, flags)
     __import__("chunkcache.agents.bench", fromlist=["register"]).register(bench)
     return p
 
@@ -178,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.command is None:
         args = build_parser().parse_args(["demo", *argv])
+    try:
+        args.engine = check_config(config_from_args(args))  # before any model loads
+    except ConfigError as err:
+        print(f"chunkcache: config error: {err}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

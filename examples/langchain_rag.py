@@ -17,13 +17,13 @@ from pathlib import Path
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from chunkcache.bench.musique import load_examples, passage_text
+from chunkcache.bench.musique import DEFAULT_DATA
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
 from chunkcache.integrations.langchain import ChunkCacheRAG, ChunkCacheRetriever, MiniLMEmbeddings
 from chunkcache.retrieval.chunk_index import ChunkIndex
 from chunkcache.runner.decode import SamplingConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "musique_dev.json"
 
 
 def show(label: str, out: dict) -> None:
@@ -36,7 +36,7 @@ def show(label: str, out: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--example", type=int, default=0)
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
@@ -44,7 +44,7 @@ def main() -> None:
 
     ex = load_examples(args.data, args.example + 1)[args.example]
     passages = [passage_text(c) for c in ex["ctxs"]]
-    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", num_threads=args.threads))
+    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", threads=args.threads))
     index = ChunkIndex(None)  # in memory; ChunkIndex(dir) persists texts + faiss index
     t0 = time.perf_counter()
     keys = engine.precompute(passages)

@@ -39,18 +39,34 @@ def tiny_blender(tiny_runner):
 
 
 @pytest.fixture(scope="session")
-def smollm():
-    """The real default model (SmolLM2-135M-Instruct), converted once into the user cache."""
-    from chunkcache.runner.loader import load_model
+def smollm_dir():
+    """The default model's directory (SmolLM2-135M-Instruct), converted once into the user cache."""
+    from chunkcache.runner.loader import default_model_dir
 
-    return load_model()
+    return default_model_dir()
 
 
 @pytest.fixture(scope="session")
-def smollm_tokenizer():
+def smollm(smollm_dir):
+    """The real default model, loaded."""
+    from chunkcache.runner.loader import load_model
+
+    return load_model(smollm_dir)
+
+
+SLOW_FIXTURES = {"smollm", "live_server"}  # the real model, a live `chunkcache serve` subprocess
+
+
+def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
+    """Every test that needs the real model or a live server is `slow`: `pytest -m "not slow"` is the fast subset."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_dir):
     """The real default model's tokenizer only (fast: no weights loaded)."""
     from transformers import AutoTokenizer
 
-    from chunkcache.runner.loader import _fetch_default, default_cache_dir
-
-    return AutoTokenizer.from_pretrained(_fetch_default(default_cache_dir()))
+    return AutoTokenizer.from_pretrained(smollm_dir)

@@ -44,6 +44,7 @@ class RefTurn:
     ttft_s: float
     prompt_tokens: int
     text: str
+    round: int
 
 
 def _tf_logits(runner: ModelRunner, cache, first_logits: torch.Tensor, answer: list[int]) -> torch.Tensor:
@@ -78,7 +79,7 @@ def dense_conversation(rt: AgentRuntime, agents: list[Agent], ex: dict, rounds: 
             ref = _tf_logits(rt.runner, pre.cache, pre.logits, answer)
             text = rt.tokenizer.decode(answer, skip_special_tokens=True)
             msgs[a.name] = Message(text, tuple(answer), a.name)
-            out.append(RefTurn(tpl, values, answer, ref, pre.stats.ttft_s, n, text))
+            out.append(RefTurn(tpl, values, answer, ref, pre.stats.ttft_s, n, text, r))
         previous = msgs
     return out
 
@@ -91,7 +92,7 @@ def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: AgentPrefillConfig, max_
         if cfg.mode not in ("dense", "prefix"):
             rt.keep_response(pre, n, t.answer)
         s = pre.stats
-        row = {"ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
+        row = {"round": t.round, "ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
                "tf_top1": top1, "tf_kl": kl, "anchors_hit": s.anchors_hit, "anchors_added": s.anchors_added,
                "dense_fallback": s.dense_fallback, "recomputed_tokens": s.recomputed_tokens,
                "fallbacks": s.fallbacks,
@@ -105,14 +106,35 @@ def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: AgentPrefillConfig, max_
     return rows
 
 
+def reuse_rate(rows: list[dict]) -> float:
+    """Share of prompt tokens whose KV came from cache (token-weighted over the turns)."""
+    return sum(r["reused_tokens"] for r in rows) / sum(r["prompt_tokens"] for r in rows)
+
+
+def by_round(rows: list[dict]) -> list[dict]:
+    """The per-round split: reuse, speedup and fidelity of each round's turns."""
+    rounds = sorted({r["round"] for r in rows})
+    out = []
+    for k in rounds:
+        rs = [r for r in rows if r["round"] == k]
+        out.append({"round": k, "turns": len(rs), "reuse_rate": reuse_rate(rs),
+                    "ttft_speedup_vs_dense_median": statistics.median(r["speedup"] for r in rs),
+                    "tf_top1_agreement": statistics.fmean(r["tf_top1"] for r in rs),
+                    "dense_fallback_rate": statistics.fmean(r["dense_fallback"] for r in rs)})
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
     mean = lambda k, rs=rows: statistics.fmean(r[k] for r in rs) if rs else None  # noqa: E731
     reused = [r for r in rows if r["anchors_hit"]]
+    rounds = by_round(rows)
     return {
         "turns": len(rows),
         "ttft_s_median": statistics.median(r["ttft_s"] for r in rows),
         "ttft_speedup_vs_dense_median": statistics.median(r["speedup"] for r in rows),
-        "reuse_rate": sum(r["reused_tokens"] for r in rows) / sum(r["prompt_tokens"] for r in rows),
+        "reuse_rate": reuse_rate(rows),
+        "reuse_rate_by_round": [r["reuse_rate"] for r in rounds],
+        "by_round": rounds,
         "tf_top1_agreement": mean("tf_top1"), "tf_kl_mean": mean("tf_kl"),
         "fidelity_f1_mean": mean("fidelity_f1"), "first_token_agreement": mean("first_token"),
         "dense_fallback_rate": mean("dense_fallback"),
@@ -141,7 +163,7 @@ def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds:
         turns = dense_conversation(dense_rt, agents, ex, rounds, passages, max_new)
         if not warm:
             per_mode.setdefault("dense", [])
-            per_mode["dense"] += [{"ttft_s": t.ttft_s, "speedup": 1.0, "prompt_tokens": t.prompt_tokens,
+            per_mode["dense"] += [{"round": t.round, "ttft_s": t.ttft_s, "speedup": 1.0, "prompt_tokens": t.prompt_tokens,
                                    "reused_tokens": 0, "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0,
                                    "first_token": 1.0, "anchors_hit": 0, "anchors_added": 0,
                                    "dense_fallback": False, "recomputed_tokens": 0} for t in turns]
@@ -166,7 +188,7 @@ def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds:
 def register(bench_subparsers) -> None:
     """Add `bench agents` to the `chunkcache bench` sub-commands."""
     p = bench_subparsers.add_parser("agents", help="multi-agent KV reuse (KVCOMM anchors, CacheBlend) vs dense")
-    from chunkcache.cli import DEFAULT_DATA
+    from chunkcache.bench.musique import DEFAULT_DATA
 
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--agents", type=int, default=5)
@@ -198,15 +220,16 @@ def cmd_bench_agents(args) -> int:
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
     AgentPrefillConfig(recompute_ratio=args.recompute_ratio)
     examples = load_examples(args.data, args.warmup + args.limit)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
+    cfg = args.engine
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
     result = run_agents(ModelRunner(lm.model, lm.tokenizer), examples, args.agents, args.rounds, modes,
                         args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg)
     result["config"] = {k: getattr(args, k) for k in ("data", "agents", "rounds", "limit", "warmup", "passages",
                                                       "max_new_tokens", "recompute_ratio", "entropy_threshold",
                                                       "temperature")}
-    result["config"]["model"] = args.model or "SmolLM2-135M-Instruct (default)"
+    result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
     print(json.dumps(result["modes"], indent=2))
     if args.json:
         with open(args.json, "w") as f:

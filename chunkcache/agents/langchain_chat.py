@@ -23,6 +23,8 @@ from pydantic import ConfigDict, field_validator
 from chunkcache.agents.config import MODES, AgentPrefillConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
+from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.config import EngineConfig
 from chunkcache.runner.decode import SamplingConfig
 
 DEFAULT_ROLE = "You are a helpful assistant."
@@ -58,6 +60,16 @@ class ChunkCacheChatModel(BaseChatModel):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         return mode
+
+    @classmethod
+    def from_engine(cls, engine: ChunkCacheEngine, **kw: Any) -> "ChunkCacheChatModel":
+        """A chat model over an AgentRuntime sharing engine's model and store (kw: the model's fields)."""
+        return cls(runtime=AgentRuntime.from_engine(engine), **kw)
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig, **kw: Any) -> "ChunkCacheChatModel":
+        """Load the engine cfg describes and chat over it (kw: the model's fields)."""
+        return cls(runtime=AgentRuntime.from_config(cfg), **kw)
 
     @property
     def _llm_type(self) -> str:

@@ -21,10 +21,15 @@ from chunkcache.agents.prefill import AgentPrefill, AgentPrefiller, TurnStats
 from chunkcache.agents.prefix_cache import PrefixCache
 from chunkcache.agents.template import AgentTemplate, CompiledTemplate, Message
 from chunkcache.agents.workflows import Agent, pipeline_template, round_turn
-from chunkcache.blend.chunk_source import DictStore, KVStore
+from chunkcache.blend.chunk_source import KVStore
+from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.prompt import PromptTemplate
+from chunkcache.config import EngineConfig
+from chunkcache.config.settings import DEFAULT_CPU_BYTES
 from chunkcache.runner.decode import SamplingConfig, decode
 from chunkcache.runner.runner import ModelRunner
+from chunkcache.store.chunk_store import ChunkStore
+from chunkcache.store.config import StoreConfig
 
 PRECOMPUTE_SYSTEM = "You are a helpful assistant."
 
@@ -42,14 +47,17 @@ class Turn:
 
 
 class AgentRuntime:
-    """runner: the model; store: chunk KV store (placeholder bases, responses); anchor_dir: persist the
-    anchor pool there (None: in memory only)."""
+    """runner: the model; store: chunk KV store (placeholder bases, responses), by default a CPU-tier
+    `ChunkStore` bounded by store_bytes (LRU eviction), never an unbounded dict; anchor_dir: persist the
+    anchor pool there (None: in memory only). Build it from an engine or a config with `from_engine` /
+    `from_config` to share that engine's model and store."""
 
     def __init__(self, runner: ModelRunner, store: KVStore | None = None, anchor_config: AnchorConfig = AnchorConfig(),
-                 anchor_dir: str | Path | None = None, prefix_cache_entries: int = 8) -> None:
+                 anchor_dir: str | Path | None = None, prefix_cache_entries: int = 8,
+                 store_bytes: int = DEFAULT_CPU_BYTES) -> None:
         self.runner = runner
         self.tokenizer = runner.tokenizer
-        self.store = store if store is not None else DictStore()
+        self.store = store if store is not None else ChunkStore(StoreConfig.memory_only(store_bytes))
         ctx = PromptTemplate.from_tokenizer(self.tokenizer, PRECOMPUTE_SYSTEM).prefix_text
         self.bases = BaseSource(runner, self.store, tuple(self.tokenizer.encode(ctx, add_special_tokens=False)))
         if anchor_dir is not None:
@@ -67,6 +75,16 @@ class AgentRuntime:
         self._compiled: dict[AgentTemplate, CompiledTemplate] = {}
         self._generated: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # response text -> generated ids
         self.remember = 4096
+
+    @classmethod
+    def from_engine(cls, engine: ChunkCacheEngine, **kw: object) -> "AgentRuntime":
+        """The engine's model and store (kw: the other constructor arguments)."""
+        return cls(engine.runner, engine.source.store, **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig, **kw: object) -> "AgentRuntime":
+        """Load the engine cfg describes (device, dtype, store with its budgets) and run the agents on it."""
+        return cls.from_engine(ChunkCacheEngine.from_config(cfg), **kw)
 
     def generated_ids(self, text: str) -> tuple[int, ...] | None:
         """The token ids a response with this exact text was generated as (None if unknown)."""
@@ -163,6 +181,9 @@ class AgentRuntime:
     def close(self) -> None:
         if self.anchor_store is not None:
             self.anchor_store.close()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_agents(agents: list[Agent]) -> None:

@@ -102,8 +102,9 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
     @app.get("/healthz", response_model=Health)
     async def healthz(request: Request) -> Health:
         svc: ChunkCacheService = request.app.state.service
-        return Health(status="ok", model=cfg.model_path or "SmolLM2-135M-Instruct", fingerprint=svc.engine.runner.fingerprint,
-                      queue_depth=request.app.state.worker.depth, store=cfg.store)
+        return Health(status="ok", model=cfg.engine.model_path or "SmolLM2-135M-Instruct",
+                      fingerprint=svc.engine.runner.fingerprint, queue_depth=request.app.state.worker.depth,
+                      store="disk" if cfg.persistent else "memory")
 
     @app.get("/metrics", dependencies=[Depends(require_api_key)],
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})

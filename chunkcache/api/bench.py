@@ -141,8 +141,9 @@ def run_api_bench(args) -> dict:  # type: ignore[no-untyped-def]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="chunkcache-bench-api-") as cache:
-        cmd = [sys.executable, "-m", "chunkcache.cli", *(["--threads", str(args.threads)] if args.threads else []),
-               *(["--model", args.model] if args.model else []), "serve", "--port", str(port), "--cache-dir", cache,
+        cfg = args.engine
+        cmd = [sys.executable, "-m", "chunkcache.cli", *(["--threads", str(cfg.threads)] if cfg.threads else []),
+               *(["--model", cfg.model_path] if cfg.model_path else []), "serve", "--port", str(port), "--cache-dir", cache,
                "--api-key", key, "--max-queue", str(args.max_queue)]
         log = Path(cache) / "server.log"
         proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -179,4 +180,5 @@ def run_api_bench(args) -> dict:  # type: ignore[no-untyped-def]
                "ingest_passages_per_s": ingest["passages_per_s"] if ingest else None}
     return {"summary": summary, "overhead": overhead, "burst": burst, "ingest": ingest,
             "config": {"requests": args.requests, "burst": args.burst, "max_queue": args.max_queue,
-                       "threads": args.threads, "cpu_count": os.cpu_count(), "model": args.model or "SmolLM2-135M-Instruct"}}
+                       "threads": args.engine.threads, "cpu_count": os.cpu_count(),
+                       "model": args.engine.model_path or "SmolLM2-135M-Instruct"}}

@@ -24,24 +24,31 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _service(args, store: str = "disk"):  # type: ignore[no-untyped-def]
+SERVER_FLAGS = ("host", "port", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_body_bytes", "api_key")
+
+
+def _service(args):  # type: ignore[no-untyped-def]
     from chunkcache.api.config import ServerConfig
     from chunkcache.api.service import ChunkCacheService
 
-    return ChunkCacheService(ServerConfig(model_path=args.model, num_threads=args.threads, cache_dir=args.cache_dir,
-                                          store=store))
+    return ChunkCacheService(ServerConfig(engine=args.engine))
+
+
+def server_config(args):  # type: ignore[no-untyped-def]
+    """The server's settings: flags > $CHUNKCACHE_API_KEY > the --config file's [server] table > defaults."""
+    from chunkcache.api.config import ServerConfig
+    from chunkcache.config import server_table
+
+    flags = {k: getattr(args, k) for k in SERVER_FLAGS if getattr(args, k, None) is not None}
+    return ServerConfig.from_layers(args.engine, server_table(getattr(args, "config", None)), flags)
 
 
 def cmd_serve(args) -> int:  # type: ignore[no-untyped-def]
     import uvicorn
 
     from chunkcache.api.app import create_app
-    from chunkcache.api.config import ServerConfig
 
-    cfg = ServerConfig.from_env(host=args.host, port=args.port, model_path=args.model, num_threads=args.threads,
-                                cache_dir=args.cache_dir, store=args.store, max_queue=args.max_queue,
-                                max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                                max_body_bytes=args.max_body_bytes, api_key=args.api_key)
+    cfg = server_config(args)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
@@ -123,22 +130,23 @@ def cmd_stats(args) -> int:  # type: ignore[no-untyped-def]
     from sqlalchemy.orm import Session
 
     from chunkcache.retrieval.chunk_index import ChunkIndex
-    from chunkcache.runner.loader import default_cache_dir
     from chunkcache.store.catalog import ChunkRow
-    from chunkcache.store.presets import open_store
+    from chunkcache.store.chunk_store import ChunkStore
 
-    root = Path(args.cache_dir or default_cache_dir()) / "store"
+    root = args.engine.store_root
     out: dict = {"store_dir": str(root)}
-    with open_store(root) as store:
+    with ChunkStore(args.engine.store_config()) as store:
         s = store.stats()
         out["tiers"] = {t: {"entries": v["entries"], "bytes": v["bytes"]} for t, v in s["tiers"].items()}
-        with Session(store.catalog.engine) as db:  # type: ignore[union-attr]
-            rows = db.execute(select(ChunkRow.fingerprint, func.count(), func.sum(ChunkRow.nbytes),
-                                     func.sum(ChunkRow.num_tokens), func.sum(ChunkRow.hits))
-                              .group_by(ChunkRow.fingerprint)).all()
+        rows = []
+        if store.catalog is not None:
+            with Session(store.catalog.engine) as db:
+                rows = db.execute(select(ChunkRow.fingerprint, func.count(), func.sum(ChunkRow.nbytes),
+                                         func.sum(ChunkRow.num_tokens), func.sum(ChunkRow.hits))
+                                  .group_by(ChunkRow.fingerprint)).all()
         out["catalog"] = [{"fingerprint": r[0], "chunks": r[1], "bytes": int(r[2] or 0), "tokens": int(r[3] or 0),
                            "hits": int(r[4] or 0)} for r in rows]
-    index = ChunkIndex(root)
+    index = ChunkIndex(root if args.engine.store.disk else None)
     out["index"] = index.stats()
     index.close()
     if args.json:
@@ -167,46 +175,48 @@ def cmd_bench_api(args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def register(sub, bench=None) -> None:  # type: ignore[no-untyped-def]
-    """Add serve / ingest / ask / stats to the `chunkcache` subparsers, and `api` to the bench subparsers."""
-    serve = sub.add_parser("serve", help="REST API (FastAPI + uvicorn)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--cache-dir", default=None, help="store root (default $CHUNKCACHE_DIR or ~/.cache/chunkcache)")
-    serve.add_argument("--store", choices=("disk", "memory"), default="disk")
-    serve.add_argument("--max-queue", type=_positive, default=16, help="waiting requests before 429")
-    serve.add_argument("--max-new-tokens", type=_positive, default=512)
-    serve.add_argument("--max-prompt-tokens", type=_positive, default=8192)
-    serve.add_argument("--max-body-bytes", type=_positive, default=4 << 20)
+def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-def]
+    """Add serve / ingest / ask / stats to the `chunkcache` subparsers, and `api` to the bench subparsers.
+    flags: the engine flags' parent parser (chunkcache.config.flags.engine_flags)."""
+    from chunkcache.blend.config import MODES
+
+    parents = [flags] if flags is not None else []
+    serve = sub.add_parser("serve", help="REST API (FastAPI + uvicorn); server settings: flags > env > the "
+                                         "--config file's [server] table > defaults", parents=parents)
+    serve.add_argument("--host", default=None, help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default 8000")
+    serve.add_argument("--max-queue", type=_positive, default=None, help="waiting requests before 429 (default 16)")
+    serve.add_argument("--max-new-tokens", type=_positive, default=None, help="default 512")
+    serve.add_argument("--max-prompt-tokens", type=_positive, default=None, help="default 8192")
+    serve.add_argument("--max-body-bytes", type=_positive, default=None, help="default 4 MiB")
     serve.add_argument("--api-key", default=None, help="bearer token (default $CHUNKCACHE_API_KEY; none: open)")
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(func=cmd_serve)
 
-    ingest = sub.add_parser("ingest", help="chunk, embed, index and precompute .txt/.md files or folders")
+    ingest = sub.add_parser("ingest", help="chunk, embed, index and precompute .txt/.md files or folders",
+                            parents=parents)
     ingest.add_argument("paths", nargs="+")
-    ingest.add_argument("--cache-dir", default=None)
     ingest.add_argument("--chunk-tokens", type=_positive, default=256)
     ingest.add_argument("--overlap-tokens", type=int, default=32)
     ingest.set_defaults(func=cmd_ingest)
 
-    ask = sub.add_parser("ask", help="retrieve from the index and answer with blending")
+    ask = sub.add_parser("ask", help="retrieve from the index and answer with blending", parents=parents)
     ask.add_argument("question")
-    ask.add_argument("--cache-dir", default=None)
     ask.add_argument("-k", type=_positive, default=4)
-    ask.add_argument("--mode", default="cacheblend", choices=("full", "prefix", "naive", "cacheblend", "adaptive"))
+    ask.add_argument("--mode", default="cacheblend", choices=MODES)
     ask.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     ask.add_argument("--max-tokens", type=_positive, default=32)
     ask.set_defaults(func=cmd_ask)
 
-    stats = sub.add_parser("stats", help="store, catalog and index summary")
-    stats.add_argument("--cache-dir", default=None)
+    stats = sub.add_parser("stats", help="store, catalog and index summary", parents=parents)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
 
     if bench is not None:
+        from chunkcache.bench.musique import DEFAULT_DATA
+
         api = bench.add_parser("api", help="HTTP overhead, 50-request burst, MuSiQue ingestion rate")
-        api.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data" /
-                                              "musique_dev.json"))
+        api.add_argument("--data", default=str(DEFAULT_DATA))
         api.add_argument("--requests", type=_positive, default=50, help="sequential requests for the overhead")
         api.add_argument("--burst", type=_positive, default=50)
         api.add_argument("--max-queue", type=_positive, default=16)

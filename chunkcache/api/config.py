@@ -1,34 +1,35 @@
-"""Validated server configuration."""
+"""Validated server configuration: the server's own settings, with the engine's configuration beside them."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from chunkcache.blend.prompt import DEFAULT_SYSTEM
+from chunkcache.config import ConfigError, EngineConfig
+
+API_KEY_ENV = "CHUNKCACHE_API_KEY"
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """model_path: local HF directory (None: bundled SmolLM2-135M-Instruct).
-    store: "disk" (CPU + disk tiers, catalog, chunk texts and faiss index under cache_dir/store) or
-        "memory" (nothing persists).
+    """engine: model, device, store... (`EngineConfig`); with store.disk False nothing persists and the
+        chunk texts and faiss index stay in memory, otherwise they live in engine.store_root.
     max_queue: requests waiting for the model worker beyond the one running; more answer 429.
     max_body_bytes: larger request bodies answer 413.
     max_new_tokens: the largest max_tokens a request may ask for.
     max_prompt_tokens: the largest prompt (system + chunks + query), capped by the model context.
+    max_systems: engine views kept for other system prompts (LRU).
     api_key: bearer token required on every endpoint but /healthz (None: open); default from
         $CHUNKCACHE_API_KEY.
-    max_jobs: ingestion jobs waiting or running; more answer 429.
+    max_jobs: ingestion jobs waiting or running; more answer 429. keep_jobs: finished jobs remembered.
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
-    model_path: str | None = None
-    cache_dir: str | None = None
-    store: str = "disk"
-    num_threads: int | None = None
-    system: str = DEFAULT_SYSTEM
     max_queue: int = 16
     max_body_bytes: int = 4 << 20
     max_new_tokens: int = 512
@@ -38,10 +39,9 @@ class ServerConfig:
     api_key: str | None = None
     max_jobs: int = 8
     keep_jobs: int = 256
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
-        if self.store not in ("disk", "memory"):
-            raise ValueError(f"store must be 'disk' or 'memory', got {self.store!r}")
         for name in ("max_queue", "max_body_bytes", "max_new_tokens", "max_prompt_tokens", "max_chunks",
                      "max_systems", "max_jobs", "keep_jobs"):
             if getattr(self, name) < 1:
@@ -51,9 +51,33 @@ class ServerConfig:
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be blank")
 
+    @property
+    def system(self) -> str:
+        """The default system prompt (the engine's, else the prompt builder's default)."""
+        return self.engine.system if self.engine.system is not None else DEFAULT_SYSTEM
+
+    @property
+    def persistent(self) -> bool:
+        return self.engine.store.disk
+
     @classmethod
     def from_env(cls, **kw: object) -> "ServerConfig":
         """kw overrides; api_key falls back to $CHUNKCACHE_API_KEY."""
-        if kw.get("api_key") is None and os.environ.get("CHUNKCACHE_API_KEY"):
-            kw["api_key"] = os.environ["CHUNKCACHE_API_KEY"]
+        if kw.get("api_key") is None and os.environ.get(API_KEY_ENV):
+            kw["api_key"] = os.environ[API_KEY_ENV]
         return cls(**kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_layers(cls, engine: EngineConfig, table: Mapping[str, Any], flags: Mapping[str, Any]) -> "ServerConfig":
+        """flags > $CHUNKCACHE_API_KEY > the config file's [server] table > defaults; errors name the key."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"engine"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(f"server.{unknown[0]}: unknown key in the [server] table (known: {', '.join(sorted(known))})")
+        kw = {**table, **{k: v for k, v in flags.items() if v is not None}}
+        if "api_key" not in flags and os.environ.get(API_KEY_ENV):
+            kw["api_key"] = os.environ[API_KEY_ENV]
+        try:
+            return cls(engine=engine, **kw)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"server.{err}") from None

@@ -11,11 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from chunkcache.blend.config import MODES
 from chunkcache.blend.prompt import DEFAULT_SYSTEM
 
 MAX_TEXT_CHARS = 200_000
 MAX_QUERY_CHARS = 8_000
-Mode = Literal["full", "prefix", "naive", "cacheblend", "adaptive"]
+Mode = Literal[MODES]  # type: ignore[valid-type]  # the one list, in chunkcache.blend.config
 
 
 def _text(value: str) -> str:

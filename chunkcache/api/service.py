@@ -13,19 +13,15 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import BlendConfig
-from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
 from chunkcache.retrieval.chunk_table import ChunkRecord
 from chunkcache.runner.decode import SamplingConfig
-from chunkcache.runner.loader import default_cache_dir
-from chunkcache.store.chunk_store import ChunkStore
-from chunkcache.store.config import StoreConfig
 
 
 class RequestError(ValueError):
@@ -50,15 +46,10 @@ class ChunkCacheService:
     def __init__(self, cfg: ServerConfig, engine: ChunkCacheEngine | None = None,
                  index: ChunkIndex | None = None) -> None:
         self.cfg = cfg
-        if engine is None:
-            store = ChunkStore(StoreConfig.memory_only()) if cfg.store == "memory" else None
-            engine = ChunkCacheEngine.from_config(
-                EngineConfig(cfg.model_path, cfg.system, cfg.num_threads, cfg.cache_dir, "disk"), store=store)
-        self.engine = engine
-        self.store = engine.source.store
-        store_dir = None if cfg.store == "memory" else Path(cfg.cache_dir or default_cache_dir()) / "store"
-        self.index = index or ChunkIndex(store_dir)
-        self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: engine})
+        self.engine = engine if engine is not None else ChunkCacheEngine.from_config(cfg.engine)
+        self.store = self.engine.source.store
+        self.index = index or ChunkIndex(cfg.engine.store_root if cfg.persistent else None)
+        self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: self.engine})
         self._lock = threading.Lock()
 
     # ---- generation --------------------------------------------------------------------------

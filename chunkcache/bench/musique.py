@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SAMPLE_DATA = Path(__file__).resolve().parents[1] / "data" / "musique_sample.json"  # bundled, 3 examples
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "musique_dev.json"  # 40 examples
-DEFAULT_DATA = SHARED_DATA if SHARED_DATA.exists() else SAMPLE_DATA
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "musique_dev.json"  # bundled: 40 examples, CC BY 4.0
 
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:

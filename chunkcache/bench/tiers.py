@@ -19,10 +19,10 @@ from pathlib import Path
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+from chunkcache.config import StoreSettings
 from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.chunk_store import ChunkStore
 from chunkcache.store.config import StoreConfig, TierConfig
-from chunkcache.store.presets import open_store
 
 
 class WholeEntryStore:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio)
     base = ChunkCacheEngine.from_config(EngineConfig(model_path=args.model, store="memory"))
     root = Path(tempfile.mkdtemp(prefix="chunkcache-tiers-", dir=args.dir))
-    warm = open_store(root)
+    warm = ChunkStore(StoreSettings().store_config(root))
     disk = ChunkStore(StoreConfig(tiers=(TierConfig("disk", path=str(root / "chunks")),), cache_dir=str(root),
                                   promote_on_hit=False))
     cpu_engine = ChunkCacheEngine(base.runner, warm)

@@ -10,31 +10,18 @@ from pathlib import Path
 import torch
 
 from chunkcache.blend.blender import Blender, BlendResult
-from chunkcache.blend.chunk_source import ChunkSource, DictStore, KVStore
+from chunkcache.blend.chunk_source import ChunkSource, KVStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
 from chunkcache.blend.request import BlendRequest
+from chunkcache.config import EngineConfig, check_config
 from chunkcache.runner.decode import SamplingConfig, decode_steps
 from chunkcache.runner.detokenize import Detokenizer
-from chunkcache.runner.loader import default_cache_dir, load_model
+from chunkcache.runner.loader import load_model
 from chunkcache.runner.runner import ModelRunner
-from chunkcache.store.presets import open_store
+from chunkcache.store.chunk_store import ChunkStore
 
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """model_path: local HF directory, None for the bundled default. system: the default system prompt;
-    chunks are precomputed behind the prompt prefix it makes (recorded in each chunk's key)."""
-
-    model_path: str | None = None
-    system: str = DEFAULT_SYSTEM
-    num_threads: int | None = None
-    cache_dir: str | None = None  # store root (default $CHUNKCACHE_DIR or ~/.cache/chunkcache)
-    store: str = "disk"  # disk: CPU tier + disk tier + SQLite catalog under cache_dir; memory: in-process only
-
-    def __post_init__(self) -> None:
-        if self.store not in ("disk", "memory"):
-            raise ValueError(f"store must be 'disk' or 'memory', got {self.store!r}")
+__all__ = ["Answer", "ChunkCacheEngine", "EngineConfig"]
 
 
 @dataclass
@@ -58,14 +45,18 @@ class ChunkCacheEngine:
         self.eos_ids = {int(t) for t in [self.tokenizer.eos_token_id, *gen_eos] if t is not None}
 
     @classmethod
-    def from_config(cls, cfg: EngineConfig, store: KVStore | None = None) -> "ChunkCacheEngine":
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        lm = load_model(Path(cfg.model_path) if cfg.model_path else None)
+    def from_config(cls, cfg: EngineConfig = EngineConfig(), store: KVStore | None = None) -> "ChunkCacheEngine":
+        """Check cfg against this machine (device, kernels, URLs), then load the model on cfg.device in
+        cfg.dtype and open the store it describes (store: an already-built one instead)."""
+        check_config(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         if store is None:
-            store = open_store(Path(cfg.cache_dir or default_cache_dir()) / "store") if cfg.store == "disk" \
-                else DictStore()
-        return cls(ModelRunner(lm.model, lm.tokenizer), store, cfg.system)
+            store = ChunkStore(cfg.store_config())
+        lm = load_model(Path(cfg.model_path).expanduser() if cfg.model_path else None,
+                        getattr(torch, cfg.resolved_dtype), cfg.device)
+        runner = ModelRunner(lm.model, lm.tokenizer, use_triton=cfg.use_triton)
+        return cls(runner, store, cfg.system if cfg.system is not None else DEFAULT_SYSTEM)
 
     def precompute(self, chunks: list[str]) -> list[str]:
         """Compute (or find) each chunk's KV; returns their keys."""

@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field
 
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.config import EngineConfig
 from chunkcache.retrieval.chunk_index import ChunkIndex
 from chunkcache.retrieval.embedder import Embedder
 from chunkcache.runner.decode import SamplingConfig
@@ -46,9 +47,11 @@ class ChunkCacheRAG(Runnable[Any, dict]):
     stats: the blend stats of the generation (ttft_s, chunk_hits, chunk_misses, reused_tokens, ...).
     """
 
-    def __init__(self, engine: ChunkCacheEngine, retriever: BaseRetriever, index: ChunkIndex | None = None,
-                 blend: BlendConfig = BlendConfig(), sampling: SamplingConfig = SamplingConfig()) -> None:
-        self.engine = engine
+    def __init__(self, engine: ChunkCacheEngine | EngineConfig, retriever: BaseRetriever,
+                 index: ChunkIndex | None = None, blend: BlendConfig = BlendConfig(),
+                 sampling: SamplingConfig = SamplingConfig()) -> None:
+        """engine: a built engine, or the EngineConfig to build one from."""
+        self.engine = engine if isinstance(engine, ChunkCacheEngine) else ChunkCacheEngine.from_config(engine)
         self.retriever = retriever
         self.index = index
         self.blend = blend

@@ -15,13 +15,15 @@ class KVCache:
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, capacity: int, inv_freq: torch.Tensor,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 use_triton: bool | None = None) -> None:
         if capacity <= 0:
             raise ValueError(f"KVCache capacity must be positive, got {capacity}")
         shape = (n_layers, n_kv_heads, capacity, head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.inv_freq = inv_freq
+        self.use_triton = use_triton  # RoPE-shift kernel choice (None: auto)
         self.length = 0
 
     @property
@@ -68,7 +70,7 @@ class KVCache:
                 raise ValueError(f"KVCache.write: k {tuple(k.shape)} v {tuple(v.shape)} do not fit {tuple(dst_k.shape)}")
             if rope_delta:
                 deltas = torch.full((k.shape[-2],), rope_delta, dtype=torch.int64, device=k.device)
-                rope_shift(k, deltas, self.inv_freq, out=dst_k)
+                rope_shift(k, deltas, self.inv_freq, out=dst_k, use_triton=self.use_triton)
             else:
                 dst_k.copy_(k)
             dst_v.copy_(v)

@@ -70,6 +70,11 @@ def _fetch_default(cache_dir: Path) -> Path:
     return out
 
 
+def default_model_dir(cache_dir: Path | None = None) -> Path:
+    """The default model's HF directory, fetched and converted on first use."""
+    return _fetch_default(cache_dir or default_cache_dir())
+
+
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
                cache_dir: Path | None = None) -> LoadedModel:
     """Load a local HF directory (llama / qwen2 / mistral), or the default model when path is None."""

@@ -25,7 +25,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class ModelRunner:
     """Layer-wise forward over a transformers causal LM (batch size 1, one request at a time)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: object | None = None, use_triton: bool | None = None) -> None:
+        """use_triton: the kernel choice passed to the attention and RoPE-shift kernels (None: auto)."""
         cfg = model.config
         rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
         if rope.get("rope_type", rope.get("type", "default")) == "dynamic":
@@ -46,10 +47,11 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         self.fingerprint = model_fingerprint(model, tokenizer)
+        self.use_triton = use_triton
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.n_layers, self.n_kv_heads, self.head_dim, capacity, self.inv_freq.to(self.device),
-                       self.dtype, self.device)
+                       self.dtype, self.device, use_triton=self.use_triton)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [m] -> hidden [m, hidden_size]."""
@@ -78,7 +80,7 @@ class ModelRunner:
         """Attention of q over the cache, then o_proj, residual, MLP. hidden [m, H] -> [m, H]."""
         layer = self.layers[layer_idx]
         k, v = cache.layer(layer_idx)
-        o = sparse_query_attention(q, k, v, plan, self.scale)  # [n_heads, m, d]
+        o = sparse_query_attention(q, k, v, plan, self.scale, use_triton=self.use_triton)  # [n_heads, m, d]
         o = o.transpose(0, 1).reshape(hidden.shape[0], self.n_heads * self.head_dim)  # [m, n_heads*d]
         hidden = hidden + layer.self_attn.o_proj(o)
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))

@@ -3,11 +3,11 @@
 import json
 
 from chunkcache.agents.bench import run_agents
-from chunkcache.bench.musique import load_examples
+from chunkcache.bench.musique import DEFAULT_DATA, load_examples
 from chunkcache.cli import main
 from chunkcache.runner.runner import ModelRunner
 
-DATA = "/work/shared/data/musique_dev.json"
+DATA = str(DEFAULT_DATA)  # bundled with the package
 KEYS = {"ttft_s_median", "reuse_rate", "tf_top1_agreement", "tf_kl_mean", "fidelity_f1_mean", "first_token_agreement",
         "ttft_speedup_vs_dense_median"}
 
@@ -21,8 +21,14 @@ def test_run_agents_small(smollm):
     assert set(modes) == {"dense", "prefix", "kvcomm+blend"}
     for m in modes.values():
         assert KEYS <= set(m) and m["turns"] == 4
-    assert modes["dense"]["tf_top1_agreement"] == 1.0 and modes["dense"]["reuse_rate"] == 0.0
     assert 0 < modes["prefix"]["reuse_rate"] < 1 and modes["prefix"]["tf_top1_agreement"] > 0.99  # exact reuse
+    for m, rows in res["per_turn"].items():  # the per-round split adds up to the whole
+        split = modes[m]["by_round"]
+        assert [r["round"] for r in split] == [0, 1] and sum(r["turns"] for r in split) == len(rows)
+        prompt = [sum(t["prompt_tokens"] for t in rows if t["round"] == k) for k in (0, 1)]
+        whole = sum(r * p for r, p in zip(modes[m]["reuse_rate_by_round"], prompt)) / sum(prompt)
+        assert abs(whole - modes[m]["reuse_rate"]) < 1e-9
+    assert modes["prefix"]["reuse_rate_by_round"][1] > 0
     assert modes["kvcomm+blend"]["anchors_added"] > 0  # a cold pool: every placeholder is measured
     assert res["anchors"]["kvcomm+blend"] > 0
 

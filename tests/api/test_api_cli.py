@@ -1,4 +1,4 @@
-"""`chunkcache ingest`, `stats` and `ask` as real subprocesses on a temp cache dir."""
+"""`chunkcache ingest`, `stats` and `ask` as real subprocesses on a temp cache dir (the real model: slow)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 
 def _cli(cache, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ from transformers import AutoTokenizer
 
 from chunkcache.retrieval.chunk_index import ChunkIndex
 from chunkcache.retrieval.chunking import ChunkingConfig, split_text
-from chunkcache.runner.loader import default_cache_dir
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -62,8 +61,8 @@ def test_api_index_file_rebuilt_from_table(filled, damage: str) -> None:  # type
     assert len(index.vectors) == 5 and [_nearest(index, v) for v in vecs] == [f"k{i}" for i in range(5)]
 
 
-def test_api_chunking_respects_token_budget() -> None:
-    tok = AutoTokenizer.from_pretrained(default_cache_dir() / "models" / "SmolLM2-135M-Instruct")
+def test_api_chunking_respects_token_budget(smollm_dir) -> None:  # type: ignore[no-untyped-def]
+    tok = AutoTokenizer.from_pretrained(smollm_dir)
     paras = [" ".join(f"Sentence {p}.{s} talks about topic {p * 7 + s}." for s in range(6)) for p in range(5)]
     text = "\n\n".join(paras)
     cfg = ChunkingConfig(chunk_tokens=48, overlap_tokens=8)

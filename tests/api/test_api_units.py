@@ -69,7 +69,7 @@ def test_api_jobs_progress_failure_and_bound() -> None:
     jobs.close()
 
 
-@pytest.mark.parametrize(("kw", "field"), [({"store": "nvme"}, "store"), ({"max_queue": 0}, "max_queue"),
+@pytest.mark.parametrize(("kw", "field"), [({"max_chunks": 0}, "max_chunks"), ({"max_queue": 0}, "max_queue"),
                                            ({"api_key": " "}, "api_key"), ({"port": 70000}, "port")])
 def test_api_config_validation(kw: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
@@ -80,3 +80,23 @@ def test_api_config_key_from_env(monkeypatch) -> None:  # type: ignore[no-untype
     monkeypatch.setenv("CHUNKCACHE_API_KEY", "s3cret")
     assert ServerConfig.from_env().api_key == "s3cret"
     assert ServerConfig.from_env(api_key="given").api_key == "given"
+
+
+def test_api_config_layers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """flags > $CHUNKCACHE_API_KEY > the file's [server] table > defaults; the engine config sits beside."""
+    from chunkcache.config import ConfigError, EngineConfig
+
+    monkeypatch.delenv("CHUNKCACHE_API_KEY", raising=False)
+    engine = EngineConfig(store="memory")
+    table = {"port": 9001, "max_queue": 3, "api_key": "from-file"}
+    cfg = ServerConfig.from_layers(engine, table, {})
+    assert (cfg.port, cfg.max_queue, cfg.api_key, cfg.host, cfg.engine, cfg.persistent) == \
+        (9001, 3, "from-file", "127.0.0.1", engine, False)
+    monkeypatch.setenv("CHUNKCACHE_API_KEY", "from-env")
+    assert ServerConfig.from_layers(engine, table, {}).api_key == "from-env"
+    cfg = ServerConfig.from_layers(engine, table, {"api_key": "from-flag", "port": 9002})
+    assert (cfg.api_key, cfg.port, cfg.max_queue) == ("from-flag", 9002, 3)
+    with pytest.raises(ConfigError, match="^server.prot: unknown key"):
+        ServerConfig.from_layers(engine, {"prot": 1}, {})
+    with pytest.raises(ConfigError, match="max_queue must be >= 1"):
+        ServerConfig.from_layers(engine, {"max_queue": 0}, {})

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from chunkcache.bench.metrics import best_f1, token_f1
-from chunkcache.cli import SAMPLE_DATA, main
+from chunkcache.bench.musique import DEFAULT_DATA
+from chunkcache.cli import main
 
 KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "f1_mean",
         "fidelity_f1_mean", "first_token_agreement", "recompute_fraction"}
@@ -13,7 +14,7 @@ KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_
 
 def test_bench_rag_writes_every_figure(tmp_path, smollm):
     out = tmp_path / "rag.json"
-    rc = main(["--store", "memory", "bench", "rag", "--data", str(SAMPLE_DATA), "--limit", "1",
+    rc = main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1",
                "--modes", "full,naive,cacheblend,adaptive", "--max-new-tokens", "4", "--passages", "6",
                "--json", str(out)])
     assert rc == 0
@@ -21,11 +22,11 @@ def test_bench_rag_writes_every_figure(tmp_path, smollm):
     assert set(modes) == {"full", "naive", "cacheblend", "adaptive"}
     for fig in modes.values():
         assert KEYS <= set(fig)
-    assert modes["full"]["tf_top1_agreement"] == 1.0 and modes["full"]["tf_kl_mean"] == 0.0
     assert modes["naive"]["recompute_fraction"] == 0.0
     assert 0.149 < modes["cacheblend"]["recompute_fraction"] < 0.151  # round(0.15 * context tokens)
     assert 0 < modes["adaptive"]["recompute_fraction"] < 0.151
-    assert 0.0 <= modes["cacheblend"]["tf_top1_agreement"] <= 1.0 and modes["cacheblend"]["tf_kl_mean"] >= 0.0
+    assert modes["naive"]["tf_kl_mean"] > 1e-4  # chunks computed apart: naive reuse is measurably not full prefill
+    assert modes["cacheblend"]["tf_kl_mean"] > 0 and modes["cacheblend"]["tf_top1_agreement"] > 0.5
 
 
 def test_bad_arguments_exit_with_usage_error(capsys):

@@ -7,9 +7,9 @@ from chunkcache.blend.blender import Blender
 from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.request import BlendRequest
+from chunkcache.config import StoreSettings
 from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.chunk_store import ChunkStore
-from chunkcache.store.presets import open_store
 
 PREFIX = (1, 2, 3)
 REQ = BlendRequest.of(PREFIX, [tuple(range(10, 30)), tuple(range(40, 71))], [7, 8, 9])
@@ -51,7 +51,7 @@ def test_bad_entry_falls_back_to_recompute(tiny_runner, problem):
 def test_corrupt_disk_entry_is_recomputed(tiny_runner, tmp_path, cfg):
     """A flipped byte in the last layer of each file on the disk tier: detected (at open, or mid-stream while
     earlier layers are already placed) and recomputed; the result equals a clean run."""
-    store = open_store(tmp_path)
+    store = ChunkStore(StoreSettings().store_config(tmp_path))
     source = ChunkSource(tiny_runner, store, PREFIX)
     Blender(tiny_runner, source).prefill(REQ, BlendConfig(mode="naive"))
     store.close()
@@ -61,7 +61,7 @@ def test_corrupt_disk_entry_is_recomputed(tiny_runner, tmp_path, cfg):
         data = bytearray(f.read_bytes())
         data[-5] ^= 0xFF
         f.write_bytes(bytes(data))
-    store = open_store(tmp_path)  # cold CPU tier: every read goes to disk
+    store = ChunkStore(StoreSettings().store_config(tmp_path))  # cold CPU tier: every read goes to disk
     res = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, cfg)
     assert res.stats.chunk_hits == 0 and res.stats.chunk_misses == 3
     # the prefix and chunk 0 fail when opened (inside the store), chunk 1 mid-stream: all three are reported
@@ -73,12 +73,12 @@ def test_corrupt_disk_entry_is_recomputed(tiny_runner, tmp_path, cfg):
 
 def test_truncated_disk_entry_is_reported(tiny_runner, tmp_path):
     """A disk entry cut to half its size: the store refuses it while opening; the request says so."""
-    with open_store(tmp_path) as store:
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
         Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
     files = sorted(tmp_path.rglob("*.safetensors"), key=lambda f: f.stat().st_size)
     victim = files[-1]  # the longest chunk
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    with open_store(tmp_path) as store:
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
         res = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
     assert res.stats.chunk_hits == 2 and res.stats.chunk_misses == 1
     assert len(res.stats.fallbacks) == 1 and res.stats.fallbacks[0].split(":")[0] in ("corrupt", "checksum_mismatch")
@@ -87,9 +87,9 @@ def test_truncated_disk_entry_is_reported(tiny_runner, tmp_path):
 
 
 def test_disk_store_survives_restart(tiny_runner, tmp_path):
-    with open_store(tmp_path) as store:
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
         first = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
-    with open_store(tmp_path) as store:
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
         again = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
         assert isinstance(store, ChunkStore)
     assert again.stats.chunk_hits == 3 and again.stats.chunk_misses == 0

@@ -5,9 +5,10 @@ import torch
 
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.config import StoreSettings
 from chunkcache.runner.decode import SamplingConfig
 from chunkcache.runner.runner import ModelRunner
-from chunkcache.store.presets import open_store
+from chunkcache.store.chunk_store import ChunkStore
 
 CHUNKS = ["Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. "
           "She was born in Warsaw in 1867.",
@@ -18,7 +19,7 @@ QUESTION = "In which city was Marie Curie born?"
 
 @pytest.fixture(scope="module")
 def engine(smollm, tmp_path_factory):
-    store = open_store(tmp_path_factory.mktemp("store"))
+    store = ChunkStore(StoreSettings().store_config(tmp_path_factory.mktemp("store")))
     yield ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), store)
     store.close()
 
@@ -46,20 +47,27 @@ def test_ratio_one_matches_full_on_real_model(engine):
 
 
 def test_merged_cache_continues_in_hf_generate(engine):
-    """The blended cache handed out as a DynamicCache: HF generate continues with our decode's tokens."""
+    """The blended cache handed to HF generate (`cache=`, transformers 5's name for `past_key_values`) is the
+    one it continues from: its first step reproduces the blended logits (not naive's, which differ here) and
+    it decodes our tokens."""
     req = engine.prompts.request(CHUNKS, QUESTION)
-    res = engine.prefill(req, BlendConfig(mode="cacheblend", recompute_ratio=0.15), reserve=8)
+    cfg = BlendConfig(mode="cacheblend", recompute_ratio=0.15)
+    blend, naive = engine.prefill(req, cfg, reserve=8), engine.prefill(req, BlendConfig(mode="naive"))
+    assert (blend.logits - naive.logits).abs().max().item() > 0.05  # the two caches are distinguishable
     ids = torch.tensor([req.token_ids()])
     n = ids.shape[1]
-    ours = engine.generate(req, BlendConfig(mode="cacheblend", recompute_ratio=0.15), SamplingConfig(max_new_tokens=8))
+    ours = engine.generate(req, cfg, SamplingConfig(max_new_tokens=8))
     with torch.no_grad():
-        out = engine.runner.model.generate(ids, cache=res.cache.to_dynamic_cache(n - 1), max_new_tokens=8,
-                                           do_sample=False, pad_token_id=engine.tokenizer.eos_token_id)
-    theirs = out[0, n:].tolist()
-    assert theirs[: len(ours.token_ids)] == ours.token_ids
+        out = engine.runner.model.generate(ids, cache=blend.cache.to_dynamic_cache(n - 1), max_new_tokens=8,
+                                           do_sample=False, pad_token_id=engine.tokenizer.eos_token_id,
+                                           return_dict_in_generate=True, output_logits=True)
+    first = out.logits[0][0].float()
+    assert (first - blend.logits).abs().max().item() < 1e-3
+    assert (first - naive.logits).abs().max().item() > 0.05
+    assert out.sequences[0, n:].tolist()[: len(ours.token_ids)] == ours.token_ids
 
 
-def test_stream_pieces_concatenate_to_the_answer(engine):
+def test_stream_token_ids_decode_to_the_streamed_text(engine):
     req = engine.prompts.request(CHUNKS, QUESTION)
     cfg, sampling = BlendConfig(mode="naive"), SamplingConfig(max_new_tokens=10)
     items = list(engine.stream(req, cfg, sampling))

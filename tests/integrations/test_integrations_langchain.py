@@ -24,7 +24,7 @@ SAMPLING = SamplingConfig(max_new_tokens=6)
 @pytest.fixture(scope="module")
 def setup():  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
-    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", num_threads=1))
+    engine = ChunkCacheEngine.from_config(EngineConfig(store="memory", threads=1))
     index = ChunkIndex(None)
     keys = engine.precompute(TEXTS)
     index.add(keys, TEXTS, [len(engine.prompts.chunk_ids(t)) for t in TEXTS], doc_id="facts")
@@ -77,3 +77,24 @@ def test_integrations_any_langchain_retriever_gets_kv_by_content(setup) -> None:
     assert first["answer"] == second["answer"]
     with pytest.raises(ValueError, match="question"):
         rag.invoke("  ")
+
+
+def test_integrations_classes_take_the_engine_config(setup) -> None:  # type: ignore[no-untyped-def]
+    """ChunkCacheRAG and ChunkCacheChatModel build from an EngineConfig, or share a built engine."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from chunkcache.agents.langchain_chat import ChunkCacheChatModel
+    from chunkcache.config import StoreSettings
+
+    engine, index, _ = setup
+    cfg = EngineConfig(threads=1, store=StoreSettings(disk=False, cpu_bytes=64 << 20))
+    rag = ChunkCacheRAG(cfg, ChunkCacheRetriever(index=index, k=2), index, sampling=SAMPLING)
+    assert isinstance(rag.engine, ChunkCacheEngine) and rag.engine is not engine
+    assert rag.engine.source.store.stats()["tiers"]["cpu"]["budget_bytes"] == 64 << 20
+    out = rag.invoke("Which is the highest mountain in Africa?")
+    assert out["stats"]["chunk_misses"] >= 2 and out["answer"]
+
+    chat = ChunkCacheChatModel.from_engine(rag.engine, mode="blend", max_new_tokens=4)
+    assert chat.runtime.runner is rag.engine.runner and chat.runtime.store is rag.engine.source.store
+    reply = chat.invoke([SystemMessage("You are terse."), HumanMessage("Name a river in Brazil.")])
+    assert reply.content and reply.response_metadata["chunkcache"]["prompt_tokens"] > 0

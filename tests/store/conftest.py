@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from store_servers import PostgresServer, RedisServer
+from servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import redis
 import store_worker
 from store_kvgen import FP, make_kv, same
-from store_servers import RedisServer
+from servers import RedisServer
 
 from chunkcache.store.chunk_store import ChunkStore
 from chunkcache.store.config import StoreConfig, TierConfig

@@ -1,0 +1,96 @@
+"""Start-up checks of an `EngineConfig` against this machine: the device exists, the kernels can run,
+the Redis server and the catalog database answer. Run before any model loads; each failure is a
+`ConfigError` naming the field. torch, redis and SQLAlchemy are imported only here, lazily."""
+
+from __future__ import annotations
+
+import os
+
+from chunkcache.config.loading import ConfigError
+from chunkcache.config.settings import EngineConfig
+
+
+def check_device(cfg: EngineConfig) -> None:
+    if cfg.device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {cfg.device!r} is not present (torch.cuda.is_available() is False on this "
+                          f"machine; use device = \"cpu\")")
+    index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {cfg.device!r} is not present (this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s))")
+
+
+def check_kernels(cfg: EngineConfig) -> None:
+    if cfg.kernels != "triton":
+        return
+    from chunkcache.kernels._triton import interpreting, triton_available
+
+    if not triton_available():
+        raise ConfigError("kernels: 'triton' needs the triton package (pip install triton)")
+    if cfg.device == "cpu" and not interpreting():
+        raise ConfigError("kernels: 'triton' on device cpu needs TRITON_INTERPRET=1 (the Triton CPU interpreter)")
+
+
+def check_redis(cfg: EngineConfig) -> None:
+    url = cfg.store.redis_url
+    if url is None:
+        return
+    import redis
+
+    t = cfg.store.timeout_s
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=t, socket_timeout=t)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as err:
+        raise ConfigError(f"store.redis_url: cannot reach {url} within {t:g}s ({err})") from None
+
+
+def check_catalog(cfg: EngineConfig) -> None:
+    store = cfg.store_config()
+    if not store.wants_catalog:
+        return
+    url = store.resolved_catalog_url
+    if url.startswith("sqlite"):
+        folder = os.path.dirname(url.split("///", 1)[-1]) or "."
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing) or "."
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+            raise ConfigError(f"store.catalog_url: cannot create the SQLite catalog in {folder} ({existing} is not "
+                              f"a writable folder)")
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    t = cfg.store.timeout_s
+    args = {"connect_timeout": max(1, round(t))} if url.startswith("postgresql") else {}
+    try:
+        engine = create_engine(url, connect_args=args, pool_pre_ping=True)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except (ArgumentError, NoSuchModuleError) as err:
+        raise ConfigError(f"store.catalog_url: not a usable SQLAlchemy URL ({err})") from None
+    except SQLAlchemyError as err:
+        raise ConfigError(f"store.catalog_url: cannot connect within {t:g}s ({str(err).splitlines()[0]})") from None
+
+
+def check_config(cfg: EngineConfig) -> EngineConfig:
+    """Every check, cheapest first; returns cfg so calls chain."""
+    check_device(cfg)
+    check_kernels(cfg)
+    if cfg.model_path is not None and not os.path.isfile(os.path.join(os.path.expanduser(cfg.model_path),
+                                                                      "config.json")):
+        raise ConfigError(f"model_path: {cfg.model_path} is not a Hugging Face model directory (no config.json)")
+    check_redis(cfg)
+    check_catalog(cfg)
+    return cfg

