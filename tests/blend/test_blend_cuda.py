@@ -1,5 +1,6 @@
 """The blend and agents paths on CUDA agree with the CPU path (tiny llama, fp32). Skipped without CUDA."""
 
+import copy
 import sys
 from pathlib import Path
 
@@ -12,7 +13,6 @@ from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.runner.decode import SamplingConfig, decode
 from chunkcache.runner.runner import ModelRunner
-from conftest import tiny_llama
 from test_blender_modes import _request
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "agents"))
@@ -22,8 +22,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 @pytest.fixture(scope="module")
-def runners():
-    return ModelRunner(tiny_llama()), ModelRunner(tiny_llama().cuda())
+def runners(tiny_runner):
+    """(CPU runner, CUDA runner) over the same tiny llama weights."""
+    return tiny_runner, ModelRunner(copy.deepcopy(tiny_runner.model).cuda())
 
 
 @pytest.mark.parametrize("cfg", [BlendConfig(mode="full"), BlendConfig(mode="naive"),
