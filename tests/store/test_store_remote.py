@@ -71,7 +71,9 @@ def test_redis_down_mid_request():
         store.flush()
         server.stop()
         t0 = time.monotonic()
-        assert store.get(kv.key, FP) is None
+        faults: list[str] = []
+        assert store.get(kv.key, FP, faults=faults) is None
+        assert len(faults) == 1 and faults[0].startswith("remote_unavailable: ") and "remote tier" in faults[0]
         assert store.get(kv.key, FP) is None  # second request fails fast (server marked down)
         assert time.monotonic() - t0 < 3
         assert store.stats()["fallbacks"] == {"remote_unavailable": 2}
