@@ -37,3 +37,23 @@ def test_blend_path_names_its_device(tiny_blender, cfg):
     torch.testing.assert_close(warm.logits, ref.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cold.logits, ref.logits, atol=1e-5, rtol=1e-5)
     assert len(tokens) == 4 and tokens[0] == int(ref.logits.argmax())
+
+
+def test_blend_over_a_tiered_store_names_its_device(tiny_runner, tmp_path):
+    """The store path too: misses computed and put (CPU tier + background disk write), then memory hits,
+    then disk hits from a fresh store (layer streams), all under the guard."""
+    from chunkcache.blend.blender import Blender
+    from chunkcache.blend.chunk_source import ChunkSource
+    from chunkcache.config import StoreSettings
+    from chunkcache.store.chunk_store import ChunkStore
+
+    req, cfg = _request(), BlendConfig(mode="cacheblend", recompute_ratio=0.3)
+    results = []
+    for _ in range(2):
+        with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
+            blender = Blender(tiny_runner, ChunkSource(tiny_runner, store, (1, 2, 3)))
+            with require_device():
+                results += [blender.prefill(req, cfg), blender.prefill(req, cfg)]
+    assert [r.stats.chunk_misses for r in results] == [4, 0, 0, 0]
+    for r in results[1:]:
+        torch.testing.assert_close(r.logits, results[0].logits, atol=1e-5, rtol=1e-5)
