@@ -35,7 +35,7 @@ class BlendConfig:
         from the suffix to the context tokens (APE repo default 0.9 / 0.9; T=S=1 is naive).
     """
 
-    mode: str = "cacheblend"
+    mode: str = "blend"
     recompute_ratio: float = 0.15
     check_layers: tuple[int, ...] = (1,)
     deviation_on: str = "kv"

@@ -14,8 +14,9 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
   query       A3-style query-aware selection: the suffix's attention over the naive cache, top ratio.
   prophet     ProphetKV (arXiv 2602.02579) as far as published: the suffix's attention over the naive
               cache, normalised per layer and fused across layers by the max, top ratio.
-  blend       chunkcache's own: the first `sink_tokens` of every chunk always kept (EPIC's sink fix),
-              the rest of the budget by deviation at the check layer (CacheBlend).
+  blend       chunkcache's own (the default): the first `sink_tokens` of every chunk always kept (EPIC's
+              sink fix, inside the budget), the rest by CacheBlend's deviation at the check layer weighted
+              by the suffix's attention over the naive cache (query-aware, A3 / ProphetKV's insight).
 With the budget covering every candidate (ratio 1.0; epic with k >= chunk length) all are recomputed.
 """
 
@@ -118,11 +119,14 @@ def _prophet(c: Candidates) -> Selection:
 
 
 def _blend(c: Candidates) -> Selection:
-    spans = c.chunk_spans()
-    sink = min(c.cfg.sink_tokens, c.budget // max(1, len(spans)))
+    """Sinks pinned (first sink_tokens of every chunk), the rest by deviation x the suffix's attention over the
+    naive cache (summed over layers): what measured best at equal budget (see README, "Modes")."""
+    sink = min(c.cfg.sink_tokens, c.budget // max(1, len(c.chunk_spans())))
     pinned = torch.zeros(c.count, dtype=torch.bool, device=c.runner.device)
     pinned[c.heads(sink)] = True
-    return Selection(checks=c.cfg.check_layers, pinned=pinned)
+    importance = c.suffix_attention().sum(0)  # [n_cand]
+    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.req.suffix_start))  # [n]
+    return Selection(checks=c.cfg.check_layers, pinned=pinned, weights=weights)
 
 
 SELECTORS: dict[str, Callable[[Candidates], Selection]] = {

@@ -147,8 +147,15 @@ def test_blend_always_recomputes_the_chunk_sinks_inside_the_budget(tiny_blender)
     assert sinks <= got and len(got) == res.stats.recomputed_tokens
 
 
-def test_blend_without_sinks_is_cacheblend(tiny_blender):
+def test_blend_without_sinks_is_attention_weighted_deviation(tiny_blender):
+    """sink_tokens=0 leaves the query-weighted deviation: cacheblend's attention_deviation selection."""
     req = _request(seed=8)
-    cb = _run(tiny_blender, req, mode="cacheblend", recompute_ratio=0.2)
+    ad = _run(tiny_blender, req, mode="cacheblend", recompute_ratio=0.2, selection="attention_deviation")
     bl = _run(tiny_blender, req, mode="blend", recompute_ratio=0.2, sink_tokens=0)
-    torch.testing.assert_close(bl.logits, cb.logits)
+    torch.testing.assert_close(bl.logits, ad.logits)
+    cb = _run(tiny_blender, req, mode="cacheblend", recompute_ratio=0.2)
+    assert not torch.equal(cb.logits, bl.logits)  # the question's attention does change the choice
+
+
+def test_blend_is_the_default_mode():
+    assert BlendConfig().mode == "blend"
