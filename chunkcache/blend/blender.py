@@ -72,7 +72,7 @@ class Blender:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
         stats = BlendStats(cfg.mode, n, req.context_len)
         cache = r.new_cache(n + reserve)
-        ids = torch.tensor(req.token_ids(), dtype=torch.int64)
+        ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)
         if cfg.mode == "full":
             hidden = r.extend(ids, cache)
             stats.recomputed_tokens = req.context_len

@@ -18,6 +18,18 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
               sink fix, inside the budget), the rest by CacheBlend's deviation at the check layer weighted
               by the suffix's attention over the naive cache (query-aware, A3 / ProphetKV's insight).
 With the budget covering every candidate (ratio 1.0; epic with k >= chunk length) all are recomputed.
+
+Guessed or left out (the papers' text available here did not settle it):
+  - epic: k = 16 (the paper's range is k <= 32); its own TTFT model is not reproduced, only its rule.
+  - ape: T = S = 0.9 is the APE repository's default, not tuned for this model. The paper encodes every
+    context at the same positions after the shared prefix and puts the query after the longest one;
+    here chunks keep their sequential positions (so T = S = 1 is exactly naive). Only the prompt's
+    question is tempered: generated tokens attend normally (decode has no hook).
+  - prophet: the published abstract gives "query-driven selection, a dual-stage recomputation pipeline
+    fusing layer-wise attention". Implemented: the question's attention over the naive cache, each
+    layer's share normalised, fused by the max over layers, top ratio. Left out: the second stage
+    (a refinement pass after the first recompute) and any per-layer budget, whose details were not
+    available.
 """
 
 from __future__ import annotations
