@@ -148,7 +148,7 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
         log(f"[{i + 1}/{len(examples)}] " + "  ".join(
             f"{m}: {r['ttft_s']:.2f}s top1={r['tf_top1']:.3f} kl={r['tf_kl']:.3f}" for m, r in row.items()))
     summary = summarize(rows)
-    out = {"modes": {k: v for k, v in summary.items() if k in configs and "@" not in k or k == "full"},
+    out = {"modes": {k: v for k, v in summary.items() if (k in configs and "@" not in k) or k == "full"},
            "examples": rows}
     if ratios:
         out["pareto"] = pareto_rows(summary, modes, ratios)
