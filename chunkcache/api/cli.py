@@ -178,7 +178,7 @@ def cmd_bench_api(args) -> int:  # type: ignore[no-untyped-def]
 def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-def]
     """Add serve / ingest / ask / stats to the `chunkcache` subparsers, and `api` to the bench subparsers.
     flags: the engine flags' parent parser (chunkcache.config.flags.engine_flags)."""
-    from chunkcache.blend.config import MODES
+    from chunkcache.blend.config import DEFAULT_MODE, MODES
 
     parents = [flags] if flags is not None else []
     serve = sub.add_parser("serve", help="REST API (FastAPI + uvicorn); server settings: flags > env > the "
@@ -203,7 +203,7 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
     ask = sub.add_parser("ask", help="retrieve from the index and answer with blending", parents=parents)
     ask.add_argument("question")
     ask.add_argument("-k", type=_positive, default=4)
-    ask.add_argument("--mode", default="cacheblend", choices=MODES)
+    ask.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     ask.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     ask.add_argument("--max-tokens", type=_positive, default=32)
     ask.set_defaults(func=cmd_ask)
