@@ -220,6 +220,8 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
         api.add_argument("--requests", type=_positive, default=50, help="sequential requests for the overhead")
         api.add_argument("--burst", type=_positive, default=50)
         api.add_argument("--max-queue", type=_positive, default=16)
+        api.add_argument("--soak", type=int, default=1000, help="sequential requests with fresh chunks (0 skips)")
+        api.add_argument("--soak-cpu-bytes", type=_positive, default=256 << 20, help="the server's CPU-tier budget")
         api.add_argument("--ingest-examples", type=int, default=40, help="0 skips the ingestion figure")
         api.add_argument("--json", default=None)
         api.set_defaults(func=cmd_bench_api)
