@@ -10,7 +10,7 @@ from pathlib import Path
 
 from chunkcache.api.cli import register as register_api
 from chunkcache.bench.musique import DEFAULT_DATA
-from chunkcache.blend.config import MODES
+from chunkcache.blend.config import DEFAULT_MODE, DEVIATION_ON, MODES, SELECTIONS
 from chunkcache.config import ConfigError, check_config
 from chunkcache.config.flags import config_from_args, engine_flags
 
@@ -20,6 +20,10 @@ def _ratio(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"recompute ratio must be in [0, 1], got {value}")
     return value
+
+
+def _ratios(text: str) -> list[float]:
+    return [_ratio(r) for r in text.split(",") if r.strip()]
 
 
 def _engine(args, store=None):  # type: ignore[no-untyped-def]
@@ -66,18 +70,35 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _bench_rag_extras(args, engine, examples, modes, base, result) -> None:  # type: ignore[no-untyped-def]
+    """Decode speed vs HF generate (always) and, with --cold, cold vs warm TTFT and ingestion throughput."""
+    from chunkcache.bench.coldstart import decode_speed, run_cold
+
+    result["decode"] = decode_speed(engine, examples[0], args.max_new_tokens)
+    result["decode_tok_s"] = result["decode"]["decode_tok_s"]
+    result["decode_vs_hf"] = result["decode"]["decode_vs_hf"]
+    print(f"decode: {result['decode_tok_s']:.1f} tok/s, {result['decode_vs_hf']:.2f}x HF generate")
+    if args.cold:
+        result["cold"] = run_cold(engine, examples, base, modes)
+        print(json.dumps({"cold": result["cold"]}, indent=2))
+
+
 def cmd_bench_rag(args) -> int:
     from dataclasses import replace
 
     from chunkcache.bench.musique import load_examples
-    from chunkcache.bench.rag import plot_sweep, run_rag, run_sweep, write_json
+    from chunkcache.bench.rag import plot_pareto, plot_sweep, run_rag, run_sweep, write_json
     from chunkcache.blend.config import BlendConfig
 
     examples = load_examples(args.data, args.limit)
     if args.passages:
         examples = [dict(ex, ctxs=ex["ctxs"][: args.passages]) for ex in examples]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio)
+    ratios = args.ratios
+    base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio, selection=args.selection,
+                       deviation_on=args.deviation_on, check_layers=tuple(int(x) for x in args.check_layers.split(",")),
+                       epic_k=args.epic_k, sink_tokens=args.sink_tokens, ape_temperature=args.ape_temperature,
+                       ape_scale=args.ape_scale)
     for m in modes:
         BlendConfig(mode=m)  # validates the mode name before the model loads
     codec = args.engine.store.disk_codec
@@ -88,7 +109,11 @@ def cmd_bench_rag(args) -> int:
         plot_sweep(result, png)
         print(f"wrote plot {png}")
     else:
-        result = run_rag(engine, examples, modes, base, args.max_new_tokens)
+        result = run_rag(engine, examples, modes, base, args.max_new_tokens, ratios=ratios)
+        if ratios and args.plot:
+            plot_pareto(result["pareto"], args.plot)
+            print(f"wrote plot {args.plot}")
+        _bench_rag_extras(args, engine, examples, modes, base, result)
     if args.profile:
         from chunkcache.bench.profile import format_profile, profile_prefill
 
@@ -96,8 +121,11 @@ def cmd_bench_rag(args) -> int:
         for p in result["profile"]:
             print(format_profile(p))
     result["config"] = {"data": str(args.data), "limit": args.limit, "recompute_ratio": args.recompute_ratio,
-                        "kv_codec": codec, "passages": args.passages, "device": args.engine.device,
-                        "dtype": args.engine.resolved_dtype,
+                        "ratios": ratios, "selection": args.selection, "deviation_on": args.deviation_on,
+                        "check_layers": list(base.check_layers), "epic_k": args.epic_k,
+                        "sink_tokens": args.sink_tokens, "ape_temperature": args.ape_temperature,
+                        "ape_scale": args.ape_scale, "kv_codec": codec, "passages": args.passages,
+                        "device": args.engine.device, "dtype": args.engine.resolved_dtype,
                         "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
     print(json.dumps(result["modes"], indent=2))
     if args.json:
@@ -134,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="RAG answer on a sample: full prefill vs blended", parents=[flags])
     demo.add_argument("--data", default=str(DEFAULT_DATA))
     demo.add_argument("--example", type=int, default=0)
-    demo.add_argument("--mode", default="cacheblend", choices=MODES)
+    demo.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     demo.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     demo.set_defaults(func=cmd_demo)
 
@@ -150,7 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--profile", action="store_true",
                      help="also profile one prefill per mode on the first example (self CPU time per op group)")
+    rag.add_argument("--ratios", type=_ratios, default=None,
+                     help="comma list: also run every mode at each ratio (JSON `pareto`; ratio-free modes once)")
+    rag.add_argument("--plot", default=None, help="with --ratios: PNG of KL and top-1 vs TTFT speedup per mode")
+    rag.add_argument("--selection", choices=SELECTIONS, default="deviation", help="cacheblend/adaptive token score")
+    rag.add_argument("--deviation-on", choices=DEVIATION_ON, default="kv")
+    rag.add_argument("--check-layers", default="1", help="comma list of check layers (gradual filtering)")
+    rag.add_argument("--epic-k", type=int, default=16, help="epic: first k tokens of every chunk recomputed")
+    rag.add_argument("--sink-tokens", type=int, default=4, help="blend: first tokens of every chunk always recomputed")
+    rag.add_argument("--ape-temperature", type=float, default=0.9)
+    rag.add_argument("--ape-scale", type=float, default=0.9)
     rag.add_argument("--json", default=None)
+    rag.add_argument("--cold", action="store_true", help="also TTFT with every chunk missing vs warm and vs full "
+                     "prefill + computing the chunks alone, and ingestion vs prefill tokens/s")
     rag.set_defaults(func=cmd_bench_rag)
     for name, (_, text) in PASSTHROUGH.items():
         b = bench.add_parser(name, help=text, add_help=False)

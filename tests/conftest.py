@@ -57,8 +57,29 @@ def smollm(smollm_dir):
 SLOW_FIXTURES = {"smollm", "live_server"}  # the real model, a live `chunkcache serve` subprocess
 
 
-def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
-    """Every test that needs the real model or a live server is `slow`: `pytest -m "not slow"` is the fast subset."""
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """Every test that needs the real model or a live server is `slow`: `pytest -m "not slow"` is the fast subset.
+    Tests marked `cuda` are deselected (not skipped) where no CUDA device exists, and the run says so."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if not torch.cuda.is_available():
+        cuda = [item for item in items if item.get_closest_marker("cuda")]
+        if cuda:
+            config.hook.pytest_deselected(items=cuda)
+            items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+            config._chunkcache_cuda_deselected = len(cuda)
+
+
+def pytest_terminal_summary(terminalreporter, config):  # type: ignore[no-untyped-def]
+    n = getattr(config, "_chunkcache_cuda_deselected", 0)
+    if n:
+        terminalreporter.write_line(f"{n} CUDA tests deselected: no CUDA device on this machine")
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_dir):
+    """The real default model's tokenizer only (fast: no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm_dir)

@@ -136,11 +136,12 @@ class AnchorPool:
         same = [a for a in cands if a.anchor_id == aid and a.contexts.get(reader_key) == context_digest]
         if same and context_digest:
             self._checked(same[0], reader_key)
-            one = torch.ones(1)
+            one = torch.ones(1, device=base.keys.device)
             return Match(same, one, one, 0.0, True, "exact anchor")
         n = len(cands)
         if n < self.cfg.min_anchors:
-            return Match(cands, torch.ones(n) / max(n, 1), torch.ones(n) / max(n, 1), 0.0, False,
+            flat = torch.ones(n, device=base.keys.device) / max(n, 1)
+            return Match(cands, flat, flat, 0.0, False,
                          f"{n} matching anchors < {self.cfg.min_anchors}")
         bk = base.keys[1:].float()  # [n_layers-1, n_kv, L, d]
         bv = base.values[1:].float()

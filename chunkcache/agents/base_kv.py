@@ -69,7 +69,7 @@ class BaseSource:
                 return SegmentKV(kv.token_ids, rotate(kv.keys, -kv.base_position, r.inv_freq), kv.values), "response"
             except ValueError as err:
                 log.warning("recomputing response base: %s", err)
-                self.fallbacks.append(str(err))
+                self.fallbacks.append(f"invalid_entry: {err}; recomputed")
         kv, hit = self.chunks.get(tuple(token_ids))
         self.fallbacks.extend(self.chunks.fallbacks)
         self.chunks.fallbacks.clear()

@@ -83,7 +83,7 @@ class AgentPrefiller:
         if cfg.uses_anchors and self.pool is None:
             raise ValueError(f"mode {cfg.mode!r} needs an anchor pool")
         stats = TurnStats(cfg.mode, n)
-        ids = torch.tensor(prompt.token_ids(), dtype=torch.int64)
+        ids = torch.tensor(prompt.token_ids(), dtype=torch.int64, device=r.device)
         cache = r.new_cache(n + reserve)
         if cfg.mode == "dense":
             return AgentPrefill(cache, r.logits(r.extend(ids, cache)[-1:])[0], stats)
@@ -111,7 +111,7 @@ class AgentPrefiller:
         if cfg.blends and cut > start:
             count = round(cfg.recompute_ratio * (cut - start))
             checks = (cfg.check_layer,) if count < cut - start else ()
-            hidden, recomputed = selective_recompute(r, cache, ids, torch.arange(start, n), cut - start, count,
+            hidden, recomputed = selective_recompute(r, cache, ids, torch.arange(start, n, device=r.device), cut - start, count,
                                                      checks, cfg.deviation_on)
             stats.recomputed_tokens = recomputed.numel()
         else:
@@ -153,7 +153,7 @@ class AgentPrefiller:
             try:
                 m = self.pool.match(slot.name, slot.reader_key, base, digests[i])
             except AnchorUnavailable as err:
-                msg = f"placeholder {slot.name!r}: anchor unusable ({err}); dense prefill"
+                msg = f"anchor_unavailable: placeholder {slot.name!r}: anchor unusable ({err}); dense prefill"
                 log.warning(msg)
                 stats.fallbacks.append(msg)
                 stats.slots[i].update(decision="dense", reason=str(err))

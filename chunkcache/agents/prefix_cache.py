@@ -17,7 +17,7 @@ def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     n = min(len(a), len(b))
     if n == 0:
         return 0
-    x, y = torch.tensor(a[:n]), torch.tensor(b[:n])
+    x, y = torch.tensor(a[:n], device="cpu"), torch.tensor(b[:n], device="cpu")  # host token ids
     diff = (x != y).nonzero()
     return int(diff[0]) if diff.numel() else n
 

@@ -117,7 +117,7 @@ class AgentRuntime:
         have = pre.cache.length - prompt_len
         if have < len(answer):
             with torch.inference_mode():
-                self.runner.extend(torch.tensor(answer[have:]), pre.cache)
+                self.runner.extend(torch.tensor(answer[have:], device=self.runner.device), pre.cache)
         sl = slice(prompt_len, prompt_len + len(answer))
         self.bases.put_response(tuple(answer), pre.cache.keys[:, :, sl], pre.cache.values[:, :, sl], prompt_len)
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from chunkcache.api.config import ServerConfig
 from chunkcache.api.jobs import JobRegistry
 from chunkcache.api.metrics import ApiMetrics
-from chunkcache.api.middleware import ServingMiddleware
+from chunkcache.api.middleware import ApiKeyMiddleware, ServingMiddleware
 from chunkcache.api.routes import router
 from chunkcache.api.schemas import Health
 from chunkcache.api.service import ChunkCacheService, RequestError
@@ -103,6 +103,7 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
         return stats() if stats else {"tiers": {}}
 
     app.state.metrics = ApiMetrics(store_stats, lambda: app.state.worker.depth if hasattr(app.state, "worker") else 0)
+    app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)  # inner: runs after the size check and counting
     app.add_middleware(ServingMiddleware, max_body_bytes=cfg.max_body_bytes, metrics=app.state.metrics)
     _install_handlers(app)
     app.include_router(router, dependencies=[Depends(require_api_key)])

@@ -112,7 +112,7 @@ def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
             raise ValueError("the index is empty: run `chunkcache ingest PATH...` first")
         opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
-        text, s = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
+        text, s, _ = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
         total = time.perf_counter() - t0
     finally:
         svc.close()
@@ -188,7 +188,7 @@ def cmd_bench_replicas(args) -> int:  # type: ignore[no-untyped-def]
 def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-def]
     """Add serve / ingest / ask / stats to the `chunkcache` subparsers, and `api` to the bench subparsers.
     flags: the engine flags' parent parser (chunkcache.config.flags.engine_flags)."""
-    from chunkcache.blend.config import MODES
+    from chunkcache.blend.config import DEFAULT_MODE, MODES
 
     parents = [flags] if flags is not None else []
     serve = sub.add_parser("serve", help="REST API (FastAPI + uvicorn); server settings: flags > env > the "
@@ -213,7 +213,7 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
     ask = sub.add_parser("ask", help="retrieve from the index and answer with blending", parents=parents)
     ask.add_argument("question")
     ask.add_argument("-k", type=_positive, default=4)
-    ask.add_argument("--mode", default="cacheblend", choices=MODES)
+    ask.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     ask.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     ask.add_argument("--max-tokens", type=_positive, default=32)
     ask.set_defaults(func=cmd_ask)
@@ -230,6 +230,8 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
         api.add_argument("--requests", type=_positive, default=50, help="sequential requests for the overhead")
         api.add_argument("--burst", type=_positive, default=50)
         api.add_argument("--max-queue", type=_positive, default=16)
+        api.add_argument("--soak", type=int, default=1000, help="sequential requests with fresh chunks (0 skips)")
+        api.add_argument("--soak-cpu-bytes", type=_positive, default=256 << 20, help="the server's CPU-tier budget")
         api.add_argument("--ingest-examples", type=int, default=40, help="0 skips the ingestion figure")
         api.add_argument("--json", default=None)
         api.set_defaults(func=cmd_bench_api)

@@ -1,6 +1,9 @@
 """Run one generation on the model worker: a JSON answer, or server-sent events while it decodes.
 
 SSE events: `token` ({"token", "text"}) per generated token, then `done` ({"text", "stats", ...}),
+("token_ids" too with return_token_ids). The text is exactly tokenizer.decode(generated ids,
+skip_special_tokens=True), unstripped; the token pieces concatenate to it (a piece is "" while a
+UTF-8 character is incomplete; "token" is null on a piece flushed at EOS).
 or `error` ({"detail"}) if the engine fails mid-stream. Errors found before the first token
 (validation, unknown chunk ids, token limits, a full queue) are plain HTTP errors instead.
 """
@@ -24,6 +27,10 @@ def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def _ids(opts: GenerationOptions, ids: list[int]) -> dict:
+    return {"token_ids": ids} if opts.return_token_ids else {}
+
+
 async def submit(request: Request, fn: Callable[[], object]) -> Timed:
     """Run fn on the model worker; QueueFull / WorkerClosed propagate to the app's handlers."""
     worker: ModelWorker = request.app.state.worker
@@ -36,16 +43,16 @@ async def generate(request: Request, texts: Callable[[], tuple[list[str], dict]]
     svc: ChunkCacheService = request.app.state.service
     metrics = request.app.state.metrics
     if not opts.stream:
-        def job() -> tuple[str, dict, dict]:
+        def job() -> tuple[str, dict, list[int], dict]:
             chunks, extra = texts()
-            text, stats = svc.generate(svc.prepare(chunks, query, opts))
-            return text, stats, extra
+            text, stats, ids = svc.generate(svc.prepare(chunks, query, opts))
+            return text, stats, ids, extra
 
         timed = await submit(request, job)
-        text, stats, extra = timed.value
+        text, stats, ids, extra = timed.value
         stats.update(engine_s=timed.run_s, queue_s=timed.queue_s)
         metrics.observe_generation(stats)
-        return {"text": text, "stats": stats, **extra}
+        return {"text": text, "stats": stats, **_ids(opts, ids), **extra}
 
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
@@ -86,7 +93,8 @@ async def generate(request: Request, texts: Callable[[], tuple[list[str], dict]]
                     timed: Timed = await asyncio.wrap_future(future)
                     stats = {**value["done"], "engine_s": timed.run_s, "queue_s": timed.queue_s}
                     metrics.observe_generation(stats)
-                    yield _sse("done", {"text": "".join(pieces).strip(), "stats": stats, **extra})
+                    yield _sse("done", {"text": "".join(pieces), "stats": stats, **_ids(opts, value["token_ids"]),
+                                        **extra})
                     return
                 pieces.append(value["text"])
                 yield _sse("token", value)

@@ -1,8 +1,8 @@
 """Prometheus metrics of one app (its own CollectorRegistry: no process-global state).
 
 Request counters and latency by route, TTFT by mode, reuse ratio, tokens reused/recomputed,
-per-request tier hits, refused requests; store bytes, entries, hits and misses per tier and the
-model queue depth are read at scrape time.
+per-request tier hits, refused requests, request fallbacks by reason; store bytes, entries, hits and
+misses per tier, store faults by reason and the model queue depth are read at scrape time.
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ class _StoreCollector:
         size = GaugeMetricFamily("chunkcache_store_bytes", "KV bytes held per store tier", labels=["tier"])
         entries = GaugeMetricFamily("chunkcache_store_entries", "chunks held per store tier", labels=["tier"])
         hits = CounterMetricFamily("chunkcache_store_hits", "store lookups answered per tier", labels=["tier"])
+        faults = CounterMetricFamily("chunkcache_store_faults", "unusable entries (op=get) and failed writes "
+                                     "(op=put, write-backs included) by reason", labels=["op", "reason"])
+        for op, key in (("get", "fallbacks"), ("put", "put_failures")):
+            for reason, n in s.get(key, {}).items():
+                faults.add_metric([op, reason], n)
         misses = CounterMetricFamily("chunkcache_store_misses", "store lookups missed per tier", labels=["tier"])
         for tier, t in s["tiers"].items():
             size.add_metric([tier], t["bytes"])
             entries.add_metric([tier], t["entries"])
             hits.add_metric([tier], t["hits"])
             misses.add_metric([tier], t["misses"])
-        falls = CounterMetricFamily("chunkcache_store_fallbacks", "unusable chunk reads (served by a slower tier "
-                                    "or recomputed) by reason, e.g. remote_unavailable", labels=["reason"])
-        for reason, n in s.get("fallbacks", {}).items():
-            falls.add_metric([reason], n)
-        yield from (size, entries, hits, misses, falls)
+        yield from (size, entries, hits, misses, faults)
 
 
 class ApiMetrics:
@@ -61,6 +62,9 @@ class ApiMetrics:
         self.chunks = Counter("chunkcache_request_chunks", "chunks of requests by cache result", ["result"],
                               registry=r)
         self.refused = Counter("chunkcache_refused_requests", "requests refused for load", ["reason"], registry=r)
+        self.fallbacks = Counter("chunkcache_request_fallbacks", "fallbacks reported in responses' stats.fallbacks "
+                                 "by reason (corrupt entry recomputed, tier down, failed write, ...)", ["reason"],
+                                 registry=r)
         r.register(_StoreCollector(store_stats, queue_depth))
 
     def observe_generation(self, stats: dict) -> None:
@@ -73,6 +77,8 @@ class ApiMetrics:
         self.chunks.labels("miss").inc(stats["chunk_misses"])
         for tier, n in stats["tiers_hit"].items():
             self.tier_hits.labels(tier).inc(n)
+        for fallback in stats.get("fallbacks", ()):
+            self.fallbacks.labels(fallback.split(":", 1)[0]).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

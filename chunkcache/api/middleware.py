@@ -1,8 +1,10 @@
-"""ASGI middleware: request body size limit (413), request timing (Server-Timing header), metrics."""
+"""ASGI middleware: API key (401, before routing and body parsing), request body size limit (413),
+request timing (Server-Timing header), metrics."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 
 from fastapi import HTTPException
@@ -59,3 +61,29 @@ class ServingMiddleware:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+
+
+class ApiKeyMiddleware:
+    """With an API key, every path but `open_paths` needs `Authorization: Bearer <key>`, the OpenAPI
+    schema and the docs pages included. Checked before routing, so a request without a valid token
+    gets 401 whatever its body (FastAPI would parse and validate the body before a dependency)."""
+
+    def __init__(self, app, api_key: str | None,  # type: ignore[no-untyped-def]
+                 open_paths: tuple[str, ...] = ("/healthz",)) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key is not None else None
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http" or self.key is None or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        scheme, _, token = dict(scope.get("headers") or []).get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.key):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"detail": "authorization: a valid bearer token is required", "field": None}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})

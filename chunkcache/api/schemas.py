@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from chunkcache.blend.config import MODES
+from chunkcache.blend.config import DEFAULT_MODE, MODES
 from chunkcache.blend.prompt import DEFAULT_SYSTEM
 
 MAX_TEXT_CHARS = 200_000
@@ -60,13 +60,14 @@ ChunkItem = Annotated[Annotated[Text, Tag("text")] | Annotated[ChunkRef, Tag("re
 class GenerationOptions(BaseModel):
     model_config = _STRICT
     system: Query | None = Field(None, description=f"system prompt (default: {DEFAULT_SYSTEM!r})")
-    mode: Mode = "cacheblend"
+    mode: Mode = DEFAULT_MODE
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0)
     max_tokens: int = Field(32, ge=1, le=8192, description="new tokens at most (server limit applies)")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = Field(False, description="stream tokens as server-sent events")
+    return_token_ids: bool = Field(False, description="also return the generated token ids (EOS excluded)")
 
 
 class GenerateRequest(GenerationOptions):
@@ -98,8 +99,9 @@ class GenerationStats(BaseModel):
 
 
 class GenerateResponse(BaseModel):
-    text: str
+    text: str = Field(description="tokenizer.decode(generated ids, skip_special_tokens=True), unstripped")
     stats: GenerationStats
+    token_ids: list[int] | None = Field(None, description="generated token ids (with return_token_ids)")
 
 
 class RetrievedChunk(BaseModel):

@@ -103,45 +103,52 @@ class ChunkCacheService:
         return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=opts.recompute_ratio),
                         SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
 
-    def _store_counts(self) -> tuple[Counter[str], Counter[str]]:
-        """(hits per tier, read fallbacks per reason) so far."""
+    def _tier_hits(self) -> Counter[str]:
         stats = getattr(self.store, "stats", None)
         if stats is None:
-            return Counter(), Counter()
-        s = stats()
-        return Counter({t: v["hits"] for t, v in s["tiers"].items()}), Counter(s.get("fallbacks", {}))
+            return Counter()
+        return Counter({t: v["hits"] for t, v in stats()["tiers"].items()})
 
     def stream(self, p: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[dict]:
-        """Yield {"token", "text"} per generated token, then {"done": stats} (model worker only)."""
-        hits0, falls0 = self._store_counts()
+        """Yield {"token", "text"} per generated token, then {"done": stats, "token_ids"} (model worker only).
+
+        The "text" pieces concatenate to tokenizer.decode(token_ids, skip_special_tokens=True). EOS is not
+        yielded; text held back until EOS (an unfinished character) comes as {"token": None, "text"}.
+        """
+        before = self._tier_hits()
         stats: dict = {}
         ttft = 0.0
-        n = 0
+        ids: list[int] = []
         for tok, piece, ttft, stats in p.engine.stream(p.request, p.blend, p.sampling):
             if tok in p.engine.eos_ids:
+                if piece:
+                    yield {"token": None, "text": piece}
                 break
-            n += 1
+            ids.append(tok)
             yield {"token": tok, "text": piece}
             if cancelled():
                 break
-        hits, falls = self._store_counts()
-        store_falls = [f"store read fell back: {reason} x{k}" for reason, k in sorted((falls - falls0).items())]
-        yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": n, "tiers_hit": dict(hits - hits0),
-                        "fallbacks": [*stats.get("fallbacks", []), *store_falls]}}
+        hits = self._tier_hits() - before
+        yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": len(ids), "tiers_hit": dict(hits)},
+               "token_ids": ids}
 
-    def generate(self, p: Prepared) -> tuple[str, dict]:
-        pieces, stats = [], {}
+    def generate(self, p: Prepared) -> tuple[str, dict, list[int]]:
+        """(text, stats, generated token ids without EOS); text == decode(ids, skip_special_tokens=True)."""
+        pieces, stats, ids = [], {}, []
         for item in self.stream(p):
             if "done" in item:
-                stats = item["done"]
+                stats, ids = item["done"], item["token_ids"]
             else:
                 pieces.append(item["text"])
-        return "".join(pieces).strip(), stats
+        return "".join(pieces), stats, ids
 
     # ---- chunks ------------------------------------------------------------------------------
     def put_chunks(self, texts: list[str], doc_id: str | None, index: bool) -> list[ChunkRecord]:
         """Precompute KV behind the default system prefix and record the texts (model worker only)."""
         keys = self.engine.precompute(texts)
+        flush = getattr(self.store, "flush", None)
+        if flush is not None:  # the KV is in every tier (Redis: other replicas) before the texts are recorded
+            flush()
         ntok = [len(self.engine.prompts.chunk_ids(t)) for t in texts]
         if index:
             return self.index.add(keys, texts, ntok, doc_id)

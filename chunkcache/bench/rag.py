@@ -17,7 +17,7 @@ import torch
 from chunkcache.bench.metrics import best_f1, teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
 from chunkcache.blend.blender import BlendResult
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.request import BlendRequest
 from chunkcache.runner.decode import SamplingConfig, decode
@@ -98,16 +98,85 @@ def summarize(rows: list[dict]) -> dict:
     return modes
 
 
+def pareto_configs(modes: list[str], ratios: list[float], base: BlendConfig) -> dict[str, BlendConfig]:
+    """Label -> config of the Pareto sweep: `mode@ratio` for every ratio, or `mode` once for the modes whose
+    cost has no ratio (full is the reference, always measured). epic sweeps k budget-matched (epic_k=0)."""
+    out = {}
+    for m in modes:
+        if m in RATIO_FREE_MODES:
+            if m != "full":
+                out[m] = replace(base, mode=m)
+            continue
+        for r in ratios:
+            out[f"{m}@{r}"] = replace(base, mode=m, recompute_ratio=r, epic_k=0 if m == "epic" else base.epic_k)
+    return out
+
+
+def pareto_rows(summary: dict, modes: list[str], ratios: list[float]) -> list[dict]:
+    """The JSON `pareto` list: one row per (mode, ratio), ratio-free modes once (ratio = recomputed share)."""
+    keys = ("ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "fidelity_f1_mean", "f1_mean",
+            "recompute_fraction")
+    rows = []
+    for m in modes:
+        if m in RATIO_FREE_MODES:
+            points = [(summary[m]["recompute_fraction"], m)]
+        else:
+            points = [(r, f"{m}@{r}") for r in ratios]
+        for ratio, label in points:
+            rows.append({"mode": m, "ratio": ratio, **{k: summary[label][k] for k in keys}})
+    return rows
+
+
 def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], base: BlendConfig,
-            max_new: int = 32, log=print) -> dict:
+            max_new: int = 32, log=print, ratios: list[float] | None = None) -> dict:
+    """`modes.<mode>` at base.recompute_ratio; with `ratios`, also the `pareto` rows of every mode at every
+    ratio, all from one pass per example (same token ids, full prefill once, each distinct config once)."""
     configs = {m: replace(base, mode=m) for m in modes if m != "full"}
+    if ratios:
+        configs.update(pareto_configs(modes, ratios, base))
+    labels_of: dict[BlendConfig, list[str]] = {}
+    for label, cfg in configs.items():
+        labels_of.setdefault(cfg, []).append(label)
+    unique = {labels[0]: cfg for cfg, labels in labels_of.items()}
     rows = []
     for i, ex in enumerate(examples):
-        row = evaluate_example(engine, ex, configs, max_new)
+        row = evaluate_example(engine, ex, unique, max_new)
+        for cfg, labels in labels_of.items():
+            for label in labels[1:]:
+                row[label] = row[labels[0]]
         rows.append(row)
         log(f"[{i + 1}/{len(examples)}] " + "  ".join(
             f"{m}: {r['ttft_s']:.2f}s top1={r['tf_top1']:.3f} kl={r['tf_kl']:.3f}" for m, r in row.items()))
-    return {"modes": summarize(rows), "examples": rows}
+    summary = summarize(rows)
+    out = {"modes": {k: v for k, v in summary.items() if (k in configs and "@" not in k) or k == "full"},
+           "examples": rows}
+    if ratios:
+        out["pareto"] = pareto_rows(summary, modes, ratios)
+    return out
+
+
+def plot_pareto(pareto: list[dict], path: str) -> None:
+    """KL and top-1 against TTFT speedup, one line per mode; full, naive and ape as marked points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for m in dict.fromkeys(r["mode"] for r in pareto):
+        pts = sorted((r for r in pareto if r["mode"] == m), key=lambda r: r["ttft_speedup_vs_full_median"])
+        x = [r["ttft_speedup_vs_full_median"] for r in pts]
+        style = {"full": "k*", "naive": "rX", "ape": "mD", "prefix": "cs"}.get(m, "o-")
+        for ax, key in zip(axes, ("tf_kl_mean", "tf_top1_agreement")):
+            ax.plot(x, [r[key] for r in pts], style, label=m, markersize=9 if len(pts) == 1 else 5)
+    for ax, title in zip(axes, ("mean teacher-forced KL vs full", "teacher-forced top-1 agreement")):
+        ax.set_xscale("log")
+        ax.set_xlabel("TTFT speedup vs full prefill (median, log)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def run_sweep(engine: ChunkCacheEngine, examples: list[dict], ratios: list[float], base: BlendConfig,

@@ -120,6 +120,7 @@ def bench_layer_stream(chunk: ChunkKV, root: Path, compute_ms: float) -> dict[st
     out = {}
     with ChunkStore(cfg) as store:
         store.put(chunk)
+        store.flush()  # the disk copy is written in the background
         disk_only = ChunkStore(StoreConfig(tiers=(TierConfig("disk"),), cache_dir=str(root)))
         for name, s in (("cpu", store), ("disk", disk_only)):
             _drop(store.tier("disk").path(chunk.key))

@@ -8,7 +8,9 @@ Modes (BlendConfig.mode):
   cacheblend  layers before the first check layer computed for every context token; at each check
               layer fresh K/V of the computed tokens are compared with the cached ones and the set is
               narrowed, down to recompute_ratio * context tokens; their fresh K/V overwrite the cache;
-  adaptive    as cacheblend, the count chosen per request from the deviation mass (capped by the ratio).
+  adaptive    as cacheblend, the count chosen per request from the deviation mass (capped by the ratio);
+  epic, ape, query, prophet, blend: the published successors and chunkcache's own default, each a
+              selector in blend/modes.py feeding the same recompute loop.
 The suffix is computed in every mode.
 """
 
@@ -21,10 +23,9 @@ import torch
 from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.layer_loader import LayerLoader
-from chunkcache.blend.probe import suffix_attention_mass
+from chunkcache.blend.modes import Candidates, select
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.recompute import selective_recompute
-from chunkcache.blend.selection import adaptive_count, random_tokens, top_tokens
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.runner import ModelRunner
 
@@ -71,7 +72,7 @@ class Blender:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
         stats = BlendStats(cfg.mode, n, req.context_len)
         cache = r.new_cache(n + reserve)
-        ids = torch.tensor(req.token_ids(), dtype=torch.int64)
+        ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)
         if cfg.mode == "full":
             hidden = r.extend(ids, cache)
             stats.recomputed_tokens = req.context_len
@@ -121,29 +122,19 @@ class Blender:
 
     def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int,
                stats: BlendStats, loader: LayerLoader) -> torch.Tensor:
-        """Selective recompute over the context tokens after `placed`, plus the suffix."""
+        """Selective recompute over the context tokens after `placed`, plus the suffix; the mode's selector
+        (blend/modes.py) decides which."""
         r = self.runner
-        n = req.num_tokens
-        positions = torch.arange(placed, n)  # candidates then suffix, increasing
+        positions = torch.arange(placed, req.num_tokens, device=r.device)  # candidates then suffix, increasing
         n_cand = req.suffix_start - placed
         budget = round(cfg.recompute_ratio * req.context_len)
-        checks = [] if budget >= n_cand else [l for l in cfg.check_layers if l < r.n_layers]
-        weights = None  # [n] attention mass by position (query-aware selections)
-        if checks and cfg.selection in ("attention", "attention_deviation"):
-            loader.load_all()  # the probe reads every layer of the naive cache
-            mass = suffix_attention_mass(r, cache, ids[req.suffix_start:])  # [suffix_start]
-            weights = torch.nn.functional.pad(mass, (0, n - mass.numel()))
-        if checks and cfg.selection in ("attention", "random"):
-            if cfg.selection == "random":
-                keep = random_tokens(n_cand, budget, cfg.seed)
-            else:
-                importance = weights[placed:req.suffix_start]  # [n_cand]
-                count = budget if cfg.mode != "adaptive" else min(budget, adaptive_count(importance, cfg.adaptive_mass))
-                keep = top_tokens(importance, count)
-            positions = torch.cat((placed + keep, positions[n_cand:]))
-            n_cand, checks = keep.numel(), []
+        sel = select(Candidates(r, cache, ids, req, cfg, placed, budget, loader.load_all))
+        if sel.keep is not None:
+            positions = torch.cat((placed + sel.keep, positions[n_cand:]))
+            n_cand = sel.keep.numel()
         adaptive = cfg.adaptive_mass if cfg.mode == "adaptive" else None
-        hidden, kept = selective_recompute(r, cache, ids, positions, n_cand, budget, checks, cfg.deviation_on,
-                                           adaptive, weights, before_layer=loader.load)
+        hidden, kept = selective_recompute(r, cache, ids, positions, n_cand, budget, sel.checks, cfg.deviation_on,
+                                           adaptive, sel.weights, before_layer=loader.load, pinned=sel.pinned,
+                                           temper=sel.temper)
         stats.recomputed_tokens = kept.numel()
         return hidden

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator
 from typing import Protocol
@@ -37,6 +38,8 @@ class ChunkSource:
     """Chunk KV by content: store hit, or precompute behind `context_ids` and put.
 
     The prefix itself is a chunk computed behind an empty context at position 0, so it is exact.
+    `fallbacks` collects "<reason>: <detail>" for every unusable entry met (the store's own faults
+    too, when its get/get_layers/put take `faults=`); the blender moves them into the request's stats.
     """
 
     def __init__(self, runner: ModelRunner, store: KVStore, context_ids: tuple[int, ...]) -> None:
@@ -44,6 +47,12 @@ class ChunkSource:
         self.store = store
         self.context_ids = tuple(context_ids)
         self.fallbacks: list[str] = []
+        self._tells = {name: "faults" in inspect.signature(getattr(store, name)).parameters
+                       for name in ("get", "get_layers", "put") if hasattr(store, name)}
+
+    def _faults(self, method: str) -> dict:
+        """{"faults": self.fallbacks} for store methods that report their faults into a list."""
+        return {"faults": self.fallbacks} if self._tells.get(method) else {}
 
     def key(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> str:
         ctx = self.context_ids if context_ids is None else context_ids
@@ -53,14 +62,14 @@ class ChunkSource:
         """(kv, hit). An unusable cached entry is reported in `fallbacks` and recomputed."""
         ctx = self.context_ids if context_ids is None else context_ids
         key = self.key(token_ids, ctx)
-        kv = self.store.get(key, self.runner.fingerprint, device=str(self.runner.device))
+        kv = self.store.get(key, self.runner.fingerprint, device=str(self.runner.device), **self._faults("get"))
         if kv is not None:
             try:
                 validate_chunk_kv(kv, self.runner, token_ids)
                 return kv, True
             except ValueError as err:
                 log.warning("recomputing: %s", err)
-                self.fallbacks.append(str(err))
+                self.fallbacks.append(f"invalid_entry: {err}; recomputed")
         return self.recompute(token_ids, ctx), False
 
     def open_layers(self, token_ids: tuple[int, ...]) -> tuple[Iterator[Layer], int, bool]:
@@ -71,12 +80,14 @@ class ChunkSource:
             kv, hit = self.get(token_ids)
             return kv_layers(kv), kv.base_position, hit
         key = self.key(token_ids)
-        stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device), borrow=True)
+        stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device), borrow=True,
+                            **self._faults("get_layers"))
         if stream is not None:
             if stream.token_ids == tuple(token_ids) and stream.n_layers == self.runner.n_layers:
                 return iter(stream), stream.base_position, True
             stream.close()
-            msg = f"chunk {key[:12]}: stored entry does not match the request's tokens or the model; recomputed"
+            msg = (f"invalid_entry: chunk {key[:12]}: stored entry does not match the request's tokens "
+                   "or the model; recomputed")
             log.warning(msg)
             self.fallbacks.append(msg)
         kv = self.recompute(token_ids)
@@ -85,7 +96,7 @@ class ChunkSource:
     def recompute(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> ChunkKV:
         """Precompute behind `context_ids` (default: the default context) and put, replacing any entry."""
         kv = self.compute(token_ids, self.context_ids if context_ids is None else context_ids)
-        self.store.put(kv)
+        self.store.put(kv, **self._faults("put"))
         return kv
 
     @torch.inference_mode()
@@ -96,7 +107,7 @@ class ChunkSource:
         if p:
             ctx, _ = self.get(context_ids, ())
             cache.write(slice(None), slice(0, p), ctx.keys, ctx.values)
-        self.runner.extend(torch.tensor(token_ids, dtype=torch.int64), cache)
+        self.runner.extend(torch.tensor(token_ids, dtype=torch.int64, device=self.runner.device), cache)
         return ChunkKV(self.key(token_ids, context_ids), self.runner.fingerprint, tuple(token_ids), p,
                        cache.keys[:, :, p:p + n].clone(), cache.values[:, :, p:p + n].clone())
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("full", "prefix", "naive", "cacheblend", "adaptive")
+MODES = ("full", "prefix", "naive", "cacheblend", "adaptive", "epic", "ape", "query", "prophet", "blend")
+DEFAULT_MODE = "blend"  # chosen by measurement on the dev set (README, BENCHMARKS.md)
+RATIO_FREE_MODES = ("full", "prefix", "naive", "ape")  # modes whose cost does not depend on recompute_ratio
 SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
 DEVIATION_ON = ("k", "v", "kv")
 
@@ -13,9 +15,10 @@ DEVIATION_ON = ("k", "v", "kv")
 class BlendConfig:
     """How one request reuses chunk KV.
 
-    mode: full | prefix | naive | cacheblend | adaptive.
+    mode: one of MODES (see blend/blender.py and blend/modes.py for what each one recomputes).
     recompute_ratio: fraction of context (chunk) tokens recomputed from the check layer on
-        (cacheblend: exactly this many; adaptive: at most this many).
+        (cacheblend, query, prophet, blend: exactly this many; adaptive: at most this many; epic with
+        epic_k=0: k per chunk derived from it; ape: unused).
     check_layers: layers where fresh K/V are compared with cached K/V. Layers before the first are
         computed for every context token; each check layer narrows the set (gradual filtering), the
         last one down to the budget.
@@ -24,16 +27,26 @@ class BlendConfig:
     selection: deviation (CacheBlend: measured at the check layers); attention (query-aware: the
         tokens the question suffix attends most over the naive merged cache, chosen before layer 0,
         so no layer is computed for every context token); attention_deviation (attention mass x
-        deviation at the check layer); random (a baseline at the same budget).
+        deviation at the check layer); random (a baseline at the same budget). Used by cacheblend
+        and adaptive; the other modes fix their own selection.
+    epic_k: epic mode recomputes the first epic_k tokens of every chunk (EPIC/LegoLink, k <= 32 in the
+        paper; 16 here). 0: k = recompute_ratio * context tokens / chunks (budget-matched, for sweeps).
+    sink_tokens: blend mode always recomputes the first sink_tokens of every chunk (inside the budget).
+    ape_temperature, ape_scale: APE's attention temperature T and scaling factor S on the attention
+        from the suffix to the context tokens (APE repo default 0.9 / 0.9; T=S=1 is naive).
     """
 
-    mode: str = "cacheblend"
+    mode: str = DEFAULT_MODE
     recompute_ratio: float = 0.15
     check_layers: tuple[int, ...] = (1,)
     deviation_on: str = "kv"
     adaptive_mass: float = 0.5
     selection: str = "deviation"
     seed: int = 0
+    epic_k: int = 16
+    sink_tokens: int = 4
+    ape_temperature: float = 0.9
+    ape_scale: float = 0.9
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,3 +61,8 @@ class BlendConfig:
             raise ValueError(f"adaptive_mass must be in (0, 1], got {self.adaptive_mass}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.epic_k < 0 or self.sink_tokens < 0:
+            raise ValueError(f"epic_k and sink_tokens must be >= 0, got {self.epic_k}, {self.sink_tokens}")
+        if not (self.ape_temperature > 0 and self.ape_scale > 0):
+            raise ValueError(f"ape_temperature and ape_scale must be > 0, "
+                             f"got {self.ape_temperature}, {self.ape_scale}")

@@ -15,7 +15,8 @@ from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
 from chunkcache.blend.request import BlendRequest
 from chunkcache.config import EngineConfig, check_config
-from chunkcache.runner.decode import SamplingConfig, decode
+from chunkcache.runner.decode import SamplingConfig, decode_steps
+from chunkcache.runner.detokenize import Detokenizer
 from chunkcache.runner.loader import load_model
 from chunkcache.runner.runner import ModelRunner
 from chunkcache.store.chunk_store import ChunkStore
@@ -34,6 +35,7 @@ class Answer:
 class ChunkCacheEngine:
     def __init__(self, runner: ModelRunner, store: KVStore, system: str = DEFAULT_SYSTEM) -> None:
         self.runner = runner
+        self.system = system
         self.tokenizer = runner.tokenizer
         self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
         self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
@@ -72,26 +74,25 @@ class ChunkCacheEngine:
 
     def stream(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()
                ) -> Iterator[tuple[int, str, float, dict]]:
-        """Yield (token_id, text_piece, ttft_s, stats) per generated token; text pieces concatenate to the
-        answer (EOS yields an empty piece). The prefill runs when the first item is requested."""
+        """Yield (token_id, text_piece, ttft_s, stats) per generated token. The pieces concatenate to exactly
+        `tokenizer.decode(non-EOS ids, skip_special_tokens=True)`: a piece is "" while the text ends in an
+        incomplete UTF-8 character, and the final token's piece carries whatever was held back (an EOS
+        token's piece is "" unless text was held back). The prefill runs when the first item is requested."""
         t0 = time.perf_counter()
         res = self.prefill(req, cfg, reserve=sampling.max_new_tokens)
         ttft, stats = time.perf_counter() - t0, res.stats.as_dict()
-        ids: list[int] = []
-        text = ""
-        for tok in decode(self.runner, res.cache, res.logits, sampling, self.eos_ids):
-            if tok not in self.eos_ids:
-                ids.append(tok)
-            full = self.tokenizer.decode(ids, skip_special_tokens=True)
-            yield tok, full[len(text):], ttft, stats
-            text = full
+        detok = Detokenizer(self.tokenizer)
+        for tok, last in decode_steps(self.runner, res.cache, res.logits, sampling, self.eos_ids):
+            piece = detok.add(tok) if tok not in self.eos_ids else ""
+            yield tok, piece + (detok.flush() if last else ""), ttft, stats
 
     def generate(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()) -> Answer:
+        """Answer.text == tokenizer.decode(answer ids without EOS, skip_special_tokens=True), unstripped."""
         ids, pieces, ttft, stats = [], [], 0.0, {}
         for tok, piece, ttft, stats in self.stream(req, cfg, sampling):
             ids.append(tok)
             pieces.append(piece)
-        return Answer("".join(pieces).strip(), ids, ttft, stats)
+        return Answer("".join(pieces), ids, ttft, stats)
 
     def answer(self, chunks: list[str], question: str, cfg: BlendConfig = BlendConfig(),
                sampling: SamplingConfig = SamplingConfig()) -> Answer:

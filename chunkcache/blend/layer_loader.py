@@ -64,7 +64,9 @@ class LayerLoader:
             if got != layer or tuple(k.shape) != want or tuple(v.shape) != want:
                 raise ValueError(f"layer {got} of shape {tuple(k.shape)}, expected layer {layer} of {want}")
         except Exception as err:  # StoreError (corrupt, I/O), ValueError, StopIteration: recompute the chunk
-            msg = f"chunk at {p.offset}: stored KV unusable at layer {layer} ({type(err).__name__}: {err}); recomputed"
+            reason = getattr(getattr(err, "reason", None), "value", "invalid_entry")
+            msg = (f"{reason}: chunk at {p.offset}: stored KV unusable at layer {layer} "
+                   f"({type(err).__name__}: {err}); recomputed")
             log.warning(msg)
             self.source.fallbacks.append(msg)
             self.hits, self.misses = self.hits - 1, self.misses + 1  # counted as a hit when it opened

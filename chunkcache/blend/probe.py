@@ -17,7 +17,15 @@ from chunkcache.runner.runner import ModelRunner
 
 @torch.inference_mode()
 def suffix_attention_mass(runner: ModelRunner, cache: KVCache, suffix_ids: torch.Tensor) -> torch.Tensor:
-    """Attention mass [start] on positions 0..start-1 from the suffix placed at start = cache.length.
+    """Attention mass [start] on positions 0..start-1 from the suffix placed at start = cache.length,
+    summed over layers and heads (see `suffix_attention_by_layer`)."""
+    return suffix_attention_by_layer(runner, cache, suffix_ids).sum(0)
+
+
+@torch.inference_mode()
+def suffix_attention_by_layer(runner: ModelRunner, cache: KVCache, suffix_ids: torch.Tensor) -> torch.Tensor:
+    """Attention mass [n_layers, start] on positions 0..start-1 from the suffix placed at start = cache.length,
+    per layer, summed over heads and suffix queries.
 
     Writes the suffix's K/V into the cache (positions start..start+ns-1); callers that recompute the
     suffix later simply overwrite them.
@@ -25,17 +33,24 @@ def suffix_attention_mass(runner: ModelRunner, cache: KVCache, suffix_ids: torch
     start, ns = cache.length, suffix_ids.numel()
     positions = torch.arange(start, start + ns, device=runner.device)
     plan = plan_sparse_attention(positions, start + ns, dtype=runner.dtype)
-    causal = torch.ones(ns, ns, dtype=torch.bool, device=runner.device).tril()  # [ns, ns]
-    g = runner.n_heads // runner.n_kv_heads
-    mass = torch.zeros(start, dtype=torch.float32, device=runner.device)
+    mass = torch.zeros(runner.n_layers, start, dtype=torch.float32, device=runner.device)
     hidden = runner.embed(suffix_ids)
     for layer in range(runner.n_layers):
         q, k, v = runner.qkv(layer, hidden, positions)
-        cache.write(layer, positions, k, v)
-        keys, _ = cache.layer(layer)  # [n_kv, start + ns, d]
-        qg = q.reshape(runner.n_kv_heads, g * ns, runner.head_dim)  # [n_kv, g*ns, d]: heads of a group stacked
-        scores = (qg @ keys.transpose(1, 2)).float() * runner.scale  # [n_kv, g*ns, start+ns]
-        scores[..., start:].masked_fill_(~causal.repeat(g, 1), float("-inf"))
-        mass += scores.softmax(-1)[..., :start].sum(dim=(0, 1))
+        cache.write(layer, positions, k, v, end=plan.q_end)
+        mass[layer] = suffix_mass(q, cache.layer(layer)[0], start, runner.scale)
         hidden = runner.attend_mlp(layer, hidden, q, cache, plan)
     return mass
+
+
+def suffix_mass(q: torch.Tensor, keys: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+    """Attention mass [start] on positions 0..start-1 from suffix queries q [n_heads, ns, d] at positions
+    start..start+ns-1 over keys [n_kv, >= start+ns, d] (causal inside the suffix), summed over heads and queries."""
+    n_heads, ns, d = q.shape
+    n_kv = keys.shape[0]
+    g = n_heads // n_kv
+    causal = torch.ones(ns, ns, dtype=torch.bool, device=q.device).tril()  # [ns, ns]
+    qg = q.reshape(n_kv, g * ns, d)  # [n_kv, g*ns, d]: heads of a group stacked
+    scores = (qg @ keys[:, : start + ns].transpose(1, 2)).float() * scale  # [n_kv, g*ns, start+ns]
+    scores[..., start:].masked_fill_(~causal.repeat(g, 1), float("-inf"))
+    return scores.softmax(-1)[..., :start].sum(dim=(0, 1))

@@ -29,7 +29,7 @@ def adaptive_count(scores: torch.Tensor, mass: float) -> int:
     total = float(s.sum())
     if total <= 0:
         return 0
-    return int(torch.searchsorted(s.cumsum(0), torch.tensor(mass * total, dtype=s.dtype))) + 1
+    return int(torch.searchsorted(s.cumsum(0), torch.tensor(mass * total, dtype=s.dtype, device=s.device))) + 1
 
 
 def top_tokens(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def top_tokens(scores: torch.Tensor, count: int) -> torch.Tensor:
     return scores.topk(count).indices.sort().values
 
 
-def random_tokens(n: int, count: int, seed: int) -> torch.Tensor:
-    """A random subset [count] of range(n), sorted ascending."""
+def random_tokens(n: int, count: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A random subset [count] of range(n), sorted ascending, on `device` (drawn on the CPU: same set everywhere)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=gen)[: max(0, min(count, n))].sort().values
+    return torch.randperm(n, generator=gen, device="cpu")[: max(0, min(count, n))].sort().values.to(device)

@@ -7,6 +7,8 @@ The Triton kernel is FlashAttention-style: one program per (block of query rows,
 query heads of a GQA group packed as rows (row r = query r // g, head kv*g + r % g), so every key
 tile is loaded once per group. Key tiles run up to the block's last position only; tiles below the
 block's first position need no mask. Online softmax in fp32 (exp2), fp16/bf16/fp32 inputs.
+
+A plan that carries a `ContextTemper` (APE mode) always runs `ape_attention_ref` (torch, fp32).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from chunkcache.kernels._triton import cdiv, interpreting, lazy_jit, next_pow2, want_triton
+from chunkcache.kernels.ape_attention import ContextTemper, ape_attention_ref
 
 tl: Any = None  # triton.language, bound by lazy_jit before the first compile
 
@@ -27,6 +30,7 @@ class AttentionPlan:
     """Built once per request from the query positions; reused by every layer.
 
     q_positions: [m] int64, strictly increasing. kv_len: keys visible to the last query's layer call.
+    q_end: last query position + 1 (host int: writers of these rows need no device sync to know it).
     blocks: (q_start, q_end, k_end, mask [q_end-q_start, k_end] additive or None) for the CPU path: each
     block of queries reads keys [0, k_end) only, so little of the causal triangle is wasted.
     """
@@ -35,10 +39,12 @@ class AttentionPlan:
     kv_len: int
     causal_square: bool
     blocks: tuple[tuple[int, int, int, torch.Tensor | None], ...]
+    q_end: int = 0  # last query position + 1 (known without a host sync)
+    temper: ContextTemper | None = None  # APE: tempered attention of queries after the context span
 
 
 def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: int = 16, min_block: int = 64,
-                          dtype: torch.dtype = torch.float32) -> AttentionPlan:
+                          dtype: torch.dtype = torch.float32, temper: ContextTemper | None = None) -> AttentionPlan:
     """Split sorted query positions into at most `num_blocks` blocks of at least `min_block` queries and
     precompute their additive causal masks (0 / -inf, dtype). Each block reads every key up to its last
     position, so tiny blocks would re-read the keys for a handful of rows (a 20-token suffix: one block)."""
@@ -61,11 +67,11 @@ def plan_sparse_attention(q_positions: torch.Tensor, kv_len: int, num_blocks: in
             needs_mask = int(p[0]) + 1 < k_end
             mask = None
             if needs_mask:
-                visible = torch.arange(k_end)[None, :] <= p[:, None]  # [e-s, k_end]
-                mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
-                mask = mask.to(q_positions.device)
+                dev = q_positions.device
+                visible = torch.arange(k_end, device=dev)[None, :] <= q_positions[s:e, None]  # [e-s, k_end]
+                mask = torch.zeros(visible.shape, dtype=dtype, device=dev).masked_fill_(~visible, float("-inf"))
             blocks.append((s, e, k_end, mask))
-    return AttentionPlan(q_positions.to(torch.int64), kv_len, square, tuple(blocks))
+    return AttentionPlan(q_positions.to(torch.int64), kv_len, square, tuple(blocks), int(pos[-1]) + 1, temper)
 
 
 def sparse_query_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
@@ -192,7 +198,11 @@ def sparse_query_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 def sparse_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
                            scale: float, *, use_triton: bool | None = None) -> torch.Tensor:
-    """Dispatch: Triton kernel on CUDA when triton imports (or when use_triton=True), else the torch reference."""
+    """Dispatch: Triton kernel on CUDA when triton imports (or when use_triton=True), else the torch reference.
+
+    A plan with a ContextTemper (APE) always takes the torch path `ape_attention_ref`."""
+    if plan.temper is not None:
+        return ape_attention_ref(q, k, v, plan, scale, plan.temper)
     if want_triton(use_triton, q, k, v):
         return sparse_query_attention_triton(q, k, v, plan, scale)
     return sparse_query_attention_ref(q, k, v, plan, scale)

@@ -68,8 +68,11 @@ class ChunkIndex:
             return True
 
     def add(self, keys: list[str], texts: list[str], num_tokens: list[int], doc_id: str | None = None,
-            embeddings: np.ndarray | None = None) -> list[ChunkRecord]:
-        """Record chunks (key = their KV key) and index their embeddings ([n, 384]; computed when None)."""
+            embeddings: np.ndarray | None = None, save: bool = True) -> list[ChunkRecord]:
+        """Record chunks (key = their KV key) and index their embeddings ([n, 384]; computed when None).
+
+        save=False: leave the faiss file for one `save()` at the end of a batch (the table is the truth:
+        a crash before it only makes the file stale, and it is rebuilt on open)."""
         if not len(keys) == len(texts) == len(num_tokens):
             raise ValueError("keys, texts and num_tokens must have the same length")
         if embeddings is None:
@@ -82,8 +85,14 @@ class ChunkIndex:
                 records.append(rec)
             if records:
                 self.vectors.add(np.array([r.vec_id for r in records]), embeddings)
-                self.vectors.save()
+                if save:
+                    self.vectors.save()
         return records
+
+    def save(self) -> None:
+        """Write the faiss file (atomically)."""
+        with self._lock:
+            self.vectors.save()
 
     def record(self, key: str, text: str, num_tokens: int, doc_id: str | None = None) -> ChunkRecord:
         """Record a chunk's text without indexing it for search."""

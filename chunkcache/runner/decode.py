@@ -1,7 +1,9 @@
-"""Decode loop over a KVCache: greedy or sampled, one token per step."""
+"""Decode loop over a KVCache: greedy or sampled, one token per step (`ModelRunner.decode_step`: no
+per-token planning or validation; the one host sync per token is taking the token)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,14 +41,21 @@ def pick_token(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator |
 
 
 def decode(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, cfg: SamplingConfig,
-           eos_ids: set[int]):
+           eos_ids: set[int]) -> Iterator[int]:
     """Yield token ids starting from the prompt's last logits [vocab]; stops at EOS or max_new_tokens."""
+    for token, _ in decode_steps(runner, cache, first_logits, cfg, eos_ids):
+        yield token
+
+
+def decode_steps(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, cfg: SamplingConfig,
+                 eos_ids: set[int]) -> Iterator[tuple[int, bool]]:
+    """As `decode`, yielding (token, last): last is True on the final token (so text can be flushed)."""
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
     logits = first_logits
     for step in range(cfg.max_new_tokens):
         token = pick_token(logits, cfg, gen)
-        yield token
-        if token in eos_ids or step == cfg.max_new_tokens - 1 or cache.length >= runner.max_positions:
+        last = token in eos_ids or step == cfg.max_new_tokens - 1 or cache.length >= runner.max_positions
+        yield token, last
+        if last:
             return
-        hidden = runner.extend(torch.tensor([token], device=runner.device), cache)
-        logits = runner.logits(hidden[-1:])[0]
+        logits = runner.decode_step(torch.tensor([token], dtype=torch.int64, device=runner.device), cache)

@@ -47,18 +47,19 @@ class KVCache:
             setattr(self, name, new)
 
     def write(self, layers: int | slice, index: slice | torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              rope_delta: int = 0) -> None:
+              rope_delta: int = 0, end: int | None = None) -> None:
         """Write K/V for `layers` at positions `index`.
 
         layers=int: k, v [n_kv, m, d]; layers=slice: k, v [n_layers_in_slice, n_kv, m, d].
         index: a contiguous slice of positions, or an int64 tensor [m] of positions.
         rope_delta: rotate keys by this many positions on the way in (placing a cached chunk).
+        end: for a tensor index, max(index) + 1 when the caller knows it (skips a device->host sync).
         """
         if isinstance(index, slice):
             start, stop = index.start or 0, index.stop
             end = stop
         else:
-            end = int(index.max()) + 1 if index.numel() else 0
+            end = end if end is not None else (int(index.max()) + 1 if index.numel() else 0)
         if end > self.capacity:
             raise ValueError(f"write up to position {end} exceeds KVCache capacity {self.capacity}")
         dst_k = self.keys[layers]  # [(L,) n_kv, cap, d] view

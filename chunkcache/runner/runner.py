@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from chunkcache.kernels.sparse_attention import AttentionPlan, plan_sparse_attention, sparse_query_attention
 from chunkcache.runner.fingerprint import model_fingerprint
@@ -88,7 +89,7 @@ class ModelRunner:
                       plan: AttentionPlan) -> torch.Tensor:
         """One decoder layer for tokens at `positions`; their fresh K/V are written into the cache first."""
         q, k, v = self.qkv(layer_idx, hidden, positions)
-        cache.write(layer_idx, positions, k, v)
+        cache.write(layer_idx, positions, k, v, end=plan.q_end)
         return self.attend_mlp(layer_idx, hidden, q, cache, plan)
 
     @torch.inference_mode()
@@ -115,3 +116,38 @@ class ModelRunner:
                 before_layer(layer_idx)
             hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
         return hidden
+
+    @torch.inference_mode()
+    def decode_step(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decode token: token [1] int64 at position cache.length -> next-token logits [vocab] fp32.
+
+        No planning, no validation, no host sync: the position is the host-side cache.length, the K/V go
+        in by a contiguous `KVCache.write`, and the single query attends over every cached key (no mask).
+        The caller keeps the position under max_positions; reserve capacity ahead (prefill's `reserve`).
+        """
+        pos = cache.length
+        cache.reserve(pos + 1)
+        positions = torch.arange(pos, pos + 1, device=self.device)  # [1]
+        hidden = self.embed(token)  # [1, H]
+        cos, sin = self.model.model.rotary_emb(hidden[None], positions[None])  # [1, 1, d] each
+        cos, sin = cos[0].to(hidden.dtype), sin[0].to(hidden.dtype)  # [1, d]
+        g = self.n_heads // self.n_kv_heads
+        for layer_idx in range(self.n_layers):
+            layer = self.layers[layer_idx]
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(1, self.n_heads, self.head_dim)  # [1, n_heads, d]
+            k = attn.k_proj(x).view(1, self.n_kv_heads, self.head_dim)  # [1, n_kv, d]
+            v = attn.v_proj(x).view(1, self.n_kv_heads, self.head_dim).transpose(0, 1)  # [n_kv, 1, d]
+            if getattr(attn, "q_norm", None) is not None:
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = q.transpose(0, 1), k.transpose(0, 1)  # [n_heads, 1, d], [n_kv, 1, d]
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            cache.write(layer_idx, slice(pos, pos + 1), k, v)
+            keys, values = cache.layer(layer_idx)  # [n_kv, pos + 1, d]
+            o = F.scaled_dot_product_attention(q[None], keys[None], values[None], scale=self.scale,
+                                               enable_gqa=g > 1)[0]  # [n_heads, 1, d]
+            hidden = hidden + attn.o_proj(o.transpose(0, 1).reshape(1, self.n_heads * self.head_dim))  # [1, H]
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.logits(hidden)[0]

@@ -7,7 +7,10 @@ fault is logged and counted under its reason in `stats()["fallbacks"]`. Wrong or
 never returned. A hit in a slower tier is promoted (copied) into the fastest tier.
 Writes: `put(kv)` stores into the fastest tier whose budget can hold it and into every
 write-through tier; a full tier evicts by its policy and demotes (writes back) the victim into
-the next slower tier when that tier can hold it. Pinned keys are never evicted.
+the next slower tier when that tier can hold it. Pinned keys are never evicted. Once a memory tier
+holds the entry, the writes to disk/remote tiers and the catalog row are queued to a bounded
+background writer (StoreConfig.write_queue): the request path never waits on a file or a server.
+A failed background write is counted in `stats()["put_failures"]`; `flush()` and `close()` drain it.
 `get_layers` returns a LayerStream (see layer_stream.py) for pipelined per-layer loading.
 """
 
@@ -29,6 +32,7 @@ from chunkcache.store.stats import StoreStats
 from chunkcache.store.tier import Tier
 from chunkcache.store.tier_factory import build_tier
 from chunkcache.store.tier_slot import TierSlot
+from chunkcache.store.write_behind import WriteBehind
 
 log = logging.getLogger("chunkcache.store")
 
@@ -50,6 +54,8 @@ class ChunkStore:
         self._lock = threading.RLock()
         self._pinned: set[str] = set()
         self._costs: dict[str, float] = {}
+        slow = any(s.tier.persistent for s in self._slots)
+        self._writer = WriteBehind(config.write_queue) if config.write_queue and slow else None
         for i, slot in enumerate(self._slots):
             for key, size in slot.tier.scan():
                 slot.record(key, size, self._cost_of(key, size))
@@ -59,8 +65,13 @@ class ChunkStore:
     def _cost_of(self, key: str, size: int) -> float:
         return self._costs.get(key) or max(float(size) / 1024.0, 1.0)
 
-    def _fault(self, key: str, slot: TierSlot, err: EntryUnavailable | TierWriteError, write: bool = False) -> None:
+    def _fault(self, key: str, slot: TierSlot, err: EntryUnavailable | TierWriteError, write: bool = False,
+               faults: list[str] | None = None) -> None:
+        """Record the fault in stats and, when the caller passed a list, in it as "<reason>: <detail>"."""
         self._stats.fault(key, slot.name, err.reason, err.detail, write=write)
+        if faults is not None:
+            what = "write failed" if write else "unusable"
+            faults.append(f"{err.reason.value}: chunk {key[:12]} {what} on the {slot.name} tier ({err.detail})")
         if isinstance(err, EntryUnavailable) and err.drop:
             with self._lock:
                 slot.tier.delete(key)
@@ -124,7 +135,7 @@ class ChunkStore:
         self._forget(slot, key)
         self._stats.count(slot.name, "evictions")
 
-    def _disk_catalog_check(self, slot: TierSlot, key: str, fingerprint: str) -> bool:
+    def _disk_catalog_check(self, slot: TierSlot, key: str, fingerprint: str, faults: list[str] | None) -> bool:
         """For the disk tier with a catalog: is the file backed by a row for this model? Records faults."""
         exists = slot.tier.contains(key)
         row = self.catalog.get(key) if self.catalog is not None else None
@@ -132,10 +143,12 @@ class ChunkStore:
             raise EntryUnavailable(Reason.FINGERPRINT_MISMATCH, f"catalog row is for {row.fingerprint!r}", drop=False)
         if not exists:
             if row is not None and row.on_disk and not self._shared:
-                self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(getattr(slot.tier, "path")(key))))
+                self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(getattr(slot.tier, "path")(key))),
+                            faults=faults)
             return False
         if row is None and self.catalog is not None:
-            self._fault(key, slot, EntryUnavailable(Reason.CATALOG_ROW_MISSING, "file without catalog row", drop=False))
+            self._fault(key, slot, EntryUnavailable(Reason.CATALOG_ROW_MISSING, "file without catalog row", drop=False),
+                        faults=faults)
             return False
         return True
 
@@ -153,24 +166,24 @@ class ChunkStore:
         if self.catalog is not None:
             self.catalog.touch(kv.key)
 
-    def _lookup(self, key: str, fingerprint: str, open_fn: str):  # type: ignore[no-untyped-def]
+    def _lookup(self, key: str, fingerprint: str, open_fn: str, faults: list[str] | None):  # type: ignore[no-untyped-def]
         """First usable (tier index, result of tier.<open_fn>) or None, recording faults."""
         for i, slot in enumerate(self._slots):
             try:
-                if slot.name == "disk" and not self._disk_catalog_check(slot, key, fingerprint):
+                if slot.name == "disk" and not self._disk_catalog_check(slot, key, fingerprint, faults):
                     continue
                 return i, getattr(slot.tier, open_fn)(key, fingerprint)
             except KeyError:
                 continue
             except EntryUnavailable as e:
-                self._fault(key, slot, e)
+                self._fault(key, slot, e, faults=faults)
                 if e.reason == Reason.FINGERPRINT_MISMATCH:
                     return None  # a read for another model is refused outright
         return None
 
     # ---- public API --------------------------------------------------------------------------
     def put(self, kv: ChunkKV, *, source_doc_id: str | None = None, text_hash: str | None = None,
-            recompute_cost: float | None = None) -> bool:
+            recompute_cost: float | None = None, faults: list[str] | None = None) -> bool:
         """Store kv (a copy: later changes to the caller's tensors do not reach the cache).
 
         recompute_cost: prefill cost of the chunk (any unit, e.g. seconds) for the cost-aware policy;
@@ -179,24 +192,68 @@ class ChunkStore:
         if not isinstance(kv, ChunkKV):
             raise TypeError(f"put expects a ChunkKV, got {type(kv).__name__}")
         placed, doc = False, (source_doc_id, text_hash)
+        held: ChunkKV | None = None  # the memory tier's own copy, once it holds the entry
+        deferred: list[int] = []
         with self._lock:
             if recompute_cost is not None:
                 self._costs[kv.key] = float(recompute_cost)
             for i, slot in enumerate(self._slots):
                 if placed and not slot.config.write_through:
                     continue
+                if held is not None and self._writer is not None and slot.tier.persistent:
+                    deferred.append(i)
+                    continue
                 try:
                     self._insert(i, kv, doc=doc)
                     placed = True
+                    if isinstance(slot.tier, MemoryTier) and held is None:
+                        held = slot.tier.get(kv.key, None)
                 except TierWriteError as e:
-                    self._stats.fault(kv.key, slot.name, e.reason, e.detail, write=True)
-            if placed and self.catalog is not None:  # memory-only entries get a row too
+                    self._fault(kv.key, slot, e, write=True, faults=faults)
+            if placed and self.catalog is not None and held is None:  # memory-only entries get a row too
                 self.catalog.upsert(self._meta(kv, None, doc))
+        if held is not None and self._writer is not None and (deferred or self.catalog is not None):
+            self._writer.submit(lambda: self._write_behind(held, deferred, doc))
         return placed
 
-    def get(self, key: str, fingerprint: str, device: torch.device | str = "cpu") -> ChunkKV | None:
-        """The chunk's KV on `device`, owned by the caller; None on a miss or an unusable entry."""
-        found = self._lookup(key, fingerprint, "get")
+    def _write_behind(self, kv: ChunkKV, tiers: list[int], doc: tuple[str | None, str | None]) -> None:
+        """Background: the catalog row, then kv into each persistent tier in `tiers`; the file is written
+        outside the store lock, so lookups and memory-tier puts go on meanwhile."""
+        if self.catalog is not None:
+            self.catalog.upsert(self._meta(kv, None, doc))
+        for i in tiers:
+            slot = self._slots[i]
+            try:
+                with self._lock:
+                    if not slot.fits_ever(kv.nbytes if slot.config.codec == "none"
+                                          else kv.nbytes // kv.keys.element_size()):
+                        raise TierWriteError(Reason.TOO_LARGE,
+                                             f"{kv.nbytes} B over the {slot.name} budget {slot.budget}")
+                    self._make_room(i, 0, protect=kv.key)
+                size = slot.tier.put(kv)
+                with self._lock:
+                    slot.record(kv.key, size, self._cost_of(kv.key, size))
+                    self._stats.count(slot.name, "puts")
+                if self.catalog is not None:
+                    self.catalog.upsert(self._meta(kv, slot.name, doc))
+                with self._lock:
+                    self._make_room(i, 0, protect=kv.key)
+            except TierWriteError as e:
+                self._fault(kv.key, slot, e, write=True)
+            except Exception as e:  # noqa: BLE001 - a write-back must never kill the writer
+                self._fault(kv.key, slot, TierWriteError(Reason.IO_ERROR, f"{type(e).__name__}: {e}"), write=True)
+
+    def flush(self) -> None:
+        """Wait until every queued background write has landed."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def get(self, key: str, fingerprint: str, device: torch.device | str = "cpu",
+            faults: list[str] | None = None) -> ChunkKV | None:
+        """The chunk's KV on `device`, owned by the caller; None on a miss or an unusable entry.
+
+        faults: a list that receives "<reason>: <detail>" for every unusable entry met on the way."""
+        found = self._lookup(key, fingerprint, "get", faults)
         if found is None:
             self._stats.lookup(None)
             return None
@@ -208,15 +265,17 @@ class ChunkStore:
                                                    kv.keys.to(device, copy=True), kv.values.to(device, copy=True))
 
     def get_layers(self, key: str, fingerprint: str, device: torch.device | str = "cpu",
-                   borrow: bool = False) -> LayerStream | None:
-        """Iterable of (layer_idx, k, v), k/v [n_kv_heads, L, head_dim], read ahead in a thread; None on miss.
+                   borrow: bool = False, faults: list[str] | None = None) -> LayerStream | None:
+        """Iterable of (layer_idx, k, v), k/v [n_kv_heads, L, head_dim]; None on miss. From a disk or remote
+        tier a thread reads ahead; from a memory tier it is a plain iterator in the caller's thread.
 
         borrow: the caller only reads each layer (e.g. copies it into its own buffer) and never writes to
         it, so a memory tier may hand out its own tensors instead of copies.
 
         Iteration raises EntryUnavailable (a StoreError) if a later layer proves corrupt: recompute then.
+        faults: as in `get` (faults met while opening; a mid-stream fault is raised to the reader).
         """
-        found = self._lookup(key, fingerprint, "open_layers")
+        found = self._lookup(key, fingerprint, "open_layers", faults)
         if found is None:
             self._stats.lookup(None)
             return None
@@ -234,6 +293,7 @@ class ChunkStore:
             self.catalog.touch(key)
         copy = not borrow and (not slot.tier.persistent or promote)
         return LayerStream(src, slot.name, device, self.config.prefetch_depth, copy=copy,
+                           threaded=slot.tier.persistent,  # a memory tier's layers are at hand: no thread
                            on_complete=complete if promote else None,
                            on_fault=lambda err: self._fault(key, slot, err))
 
@@ -241,6 +301,7 @@ class ChunkStore:
         return any(slot.holds(key) for slot in self._slots)
 
     def delete(self, key: str) -> None:
+        self.flush()  # a queued write must not bring the entry back
         with self._lock:
             for slot in self._slots:
                 slot.tier.delete(key)
@@ -275,6 +336,9 @@ class ChunkStore:
         return next(s.tier for s in self._slots if s.name == name)
 
     def close(self) -> None:
+        """Drain the background writer, then close the catalog and the tiers."""
+        if self._writer is not None:
+            self._writer.close()
         if self.catalog is not None:
             self.catalog.close()
         for slot in self._slots:

@@ -98,6 +98,9 @@ class StoreConfig:
     catalog: force the catalog on (True) or off (False); None = auto as above.
     prefetch_depth: layers get_layers reads ahead in its background thread (>= 1).
     promote_on_hit: copy a slower tier's hit into the fastest tier.
+    write_queue: once a memory tier holds a new entry, its writes to disk/remote tiers and its catalog
+        rows go to a background writer with at most this many queued chunks (a put blocks while it is
+        full: bounded memory); flushed by `ChunkStore.flush` and `close`. 0 = write inline.
     """
 
     tiers: tuple[TierConfig, ...] = field(default_factory=lambda: (TierConfig("cpu", budget_bytes=4 * GiB),))
@@ -108,6 +111,7 @@ class StoreConfig:
     promote_on_hit: bool = True
     max_recent_faults: int = 100
     catalog_flush_every: int = 256
+    write_queue: int = 64
 
     def __post_init__(self) -> None:
         if isinstance(self.tiers, list):
@@ -122,6 +126,8 @@ class StoreConfig:
             raise ValueError(f"tiers must be ordered fastest first ({' < '.join(TIER_ORDER)}), got {kinds}")
         if self.prefetch_depth < 1:
             raise ValueError(f"prefetch_depth must be >= 1, got {self.prefetch_depth}")
+        if self.write_queue < 0:
+            raise ValueError(f"write_queue must be >= 0, got {self.write_queue}")
         if self.max_recent_faults < 0 or self.catalog_flush_every < 1:
             raise ValueError("max_recent_faults must be >= 0 and catalog_flush_every >= 1")
 

@@ -95,7 +95,7 @@ class DiskTier:
             size = os.fstat(f.fileno()).st_size
         if self.direct_io and hasattr(os, "O_DIRECT"):
             padded = -(-size // _ALIGN) * _ALIGN
-            raw = torch.empty(padded + _ALIGN, dtype=torch.uint8)
+            raw = torch.empty(padded + _ALIGN, dtype=torch.uint8, device="cpu")
             start = (-raw.data_ptr()) % _ALIGN
             buf = raw[start:start + padded]
             try:
@@ -116,7 +116,7 @@ class DiskTier:
                 if e.errno != errno.EINVAL:
                     raise
                 self.direct_io = False  # filesystem without O_DIRECT (tmpfs): buffered from now on
-        buf = torch.empty(size, dtype=torch.uint8)
+        buf = torch.empty(size, dtype=torch.uint8, device="cpu")
         with open(path, "rb", buffering=0) as f:
             view, got = memoryview(buf.numpy()), 0
             while got < size:
@@ -151,7 +151,7 @@ class DiskTier:
             raise
 
         def reader(offset: int, nbytes: int) -> torch.Tensor:
-            out = torch.empty(nbytes, dtype=torch.uint8)
+            out = torch.empty(nbytes, dtype=torch.uint8, device="cpu")
             view, got = memoryview(out.numpy()), 0
             while got < nbytes:
                 n = os.preadv(fd, [view[got:]], offset + got)

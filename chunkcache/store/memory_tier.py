@@ -35,7 +35,7 @@ class MemoryTier:
 
     def _own(self, t: torch.Tensor) -> torch.Tensor:
         if self.pin_memory:
-            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
             out.copy_(t)
             return out
         if t.device == self.device and t.is_contiguous():

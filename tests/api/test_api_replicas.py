@@ -155,8 +155,8 @@ def test_redis_outage_falls_back_and_recovers(cluster: Cluster) -> None:
         stats = r.json()["stats"]
         assert stats["chunk_misses"] == 1 and any("remote_unavailable" in f for f in stats["fallbacks"]), stats
         metrics = httpx.get(f"{b.url}/metrics", timeout=10).text
-        assert re.search(r'chunkcache_store_fallbacks_total\{reason="remote_unavailable"\} [1-9]', metrics), \
-            [line for line in metrics.splitlines() if "fallbacks" in line]
+        assert re.search(r'chunkcache_store_faults_total\{op="get",reason="remote_unavailable"\} [1-9]', metrics), \
+            [line for line in metrics.splitlines() if "faults" in line]
     finally:
         cluster.redis = RedisServer(port=cluster.redis.port).start()  # empty: no persistence
     time.sleep(5.5)  # the tier's retry_after_s: it tries the server again after that

@@ -46,7 +46,7 @@ def test_api_stream_matches_plain_answer(client) -> None:
     kinds = [e for e, _ in events]
     assert kinds[-1] == "done" and set(kinds[:-1]) == {"token"} and len(kinds) >= 2
     done = events[-1][1]
-    assert "".join(d["text"] for _, d in events[:-1]).strip() == done["text"] == plain["text"]
+    assert "".join(d["text"] for _, d in events[:-1]) == done["text"] == plain["text"]
     assert done["stats"]["generated_tokens"] == len(events) - 1
     assert done["stats"]["prompt_tokens"] == plain["stats"]["prompt_tokens"]
 

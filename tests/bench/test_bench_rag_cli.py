@@ -41,3 +41,42 @@ def test_squad_f1_normalisation():
     assert best_f1("The Eiffel Tower!", ["eiffel tower"]) == 1.0
     assert token_f1("paris france", "paris") == pytest.approx(2 / 3)
     assert best_f1("", ["x"]) == 0.0
+
+
+@pytest.mark.slow
+def test_bench_rag_cold_and_decode_figures(tmp_path, smollm):
+    out = tmp_path / "cold.json"
+    assert main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1", "--modes",
+                 "full,cacheblend", "--max-new-tokens", "6", "--passages", "2", "--cold", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["decode_tok_s"] > 0 and res["decode_vs_hf"] > 0 and res["decode"]["decode_tokens"] == 6
+    cold = res["cold"]["cacheblend"]
+    assert set(cold) == {"cold_ttft_s", "warm_ttft_s", "full_ttft_s", "chunks_alone_s", "cold_over_warm",
+                         "cold_over_full_plus_chunks", "ingest_tok_s", "prefill_tok_s", "ingest_vs_prefill"}
+    assert cold["cold_ttft_s"] > cold["warm_ttft_s"] > 0  # a cold request computes every chunk first
+    assert abs(cold["cold_over_warm"] - cold["cold_ttft_s"] / cold["warm_ttft_s"]) < 1e-9
+
+
+def test_bench_rag_pareto_runs_every_mode_at_every_ratio(tmp_path, smollm):
+    out, png = tmp_path / "pareto.json", tmp_path / "pareto.png"
+    modes, ratios = ["full", "naive", "ape", "cacheblend", "epic", "query", "blend"], [0.1, 1.0]
+    rc = main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1",
+               "--modes", ",".join(modes), "--ratios", ",".join(map(str, ratios)), "--max-new-tokens", "3",
+               "--passages", "3", "--json", str(out), "--plot", str(png)])
+    assert rc == 0 and png.stat().st_size > 0
+    result = json.loads(out.read_text())
+    assert set(result["modes"]) == set(modes)  # the existing keys, at --recompute-ratio
+    rows = result["pareto"]
+    ratio_free = [m for m in modes if m in ("full", "naive", "ape")]
+    assert len(rows) == len(ratio_free) + (len(modes) - len(ratio_free)) * len(ratios)
+    by = {(r["mode"], r["ratio"]): r for r in rows}
+    assert by[("naive", 0.0)]["recompute_fraction"] == 0.0 and by[("ape", 0.0)]["recompute_fraction"] == 0.0
+    for m in ("cacheblend", "query", "blend"):  # every candidate recomputed at ratio 1.0: full prefill again
+        assert by[(m, 1.0)]["tf_top1_agreement"] == 1.0 and by[(m, 1.0)]["tf_kl_mean"] < 1e-4
+        assert abs(by[(m, 0.1)]["recompute_fraction"] - 0.1) < 0.002  # round(0.1 * context tokens)
+    chunk0 = 1.0 - by[("cacheblend", 1.0)]["recompute_fraction"]  # chunk 0 is placed exactly behind the prefix
+    assert 0.0 < chunk0 < 0.9
+    # epic sweeps k budget-matched: about the ratio's share of the context
+    assert 0.0 < by[("epic", 0.1)]["recompute_fraction"] < 0.2
+    ex = result["examples"][0]
+    assert ex["cacheblend"] == ex["cacheblend@0.1"] or result["config"]["recompute_ratio"] not in ratios

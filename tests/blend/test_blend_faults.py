@@ -64,9 +64,26 @@ def test_corrupt_disk_entry_is_recomputed(tiny_runner, tmp_path, cfg):
     store = ChunkStore(StoreSettings().store_config(tmp_path))  # cold CPU tier: every read goes to disk
     res = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, cfg)
     assert res.stats.chunk_hits == 0 and res.stats.chunk_misses == 3
-    assert len(res.stats.fallbacks) == 1 and "checksum" in res.stats.fallbacks[0]  # chunk 1 failed mid-stream
+    # the prefix and chunk 0 fail when opened (inside the store), chunk 1 mid-stream: all three are reported
+    assert len(res.stats.fallbacks) == 3, res.stats.fallbacks
+    assert all(f.startswith("checksum_mismatch: ") for f in res.stats.fallbacks), res.stats.fallbacks
     torch.testing.assert_close(res.logits, _clean(tiny_runner, cfg).logits)
     store.close()
+
+
+def test_truncated_disk_entry_is_reported(tiny_runner, tmp_path):
+    """A disk entry cut to half its size: the store refuses it while opening; the request says so."""
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
+        Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
+    files = sorted(tmp_path.rglob("*.safetensors"), key=lambda f: f.stat().st_size)
+    victim = files[-1]  # the longest chunk
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
+        res = Blender(tiny_runner, ChunkSource(tiny_runner, store, PREFIX)).prefill(REQ, BlendConfig(mode="naive"))
+    assert res.stats.chunk_hits == 2 and res.stats.chunk_misses == 1
+    assert len(res.stats.fallbacks) == 1 and res.stats.fallbacks[0].split(":")[0] in ("corrupt", "checksum_mismatch")
+    assert "disk tier" in res.stats.fallbacks[0]
+    torch.testing.assert_close(res.logits, _clean(tiny_runner).logits)
 
 
 def test_disk_store_survives_restart(tiny_runner, tmp_path):

@@ -69,9 +69,22 @@ def test_merged_cache_continues_in_hf_generate(engine):
 
 def test_stream_token_ids_decode_to_the_streamed_text(engine):
     req = engine.prompts.request(CHUNKS, QUESTION)
-    items = list(engine.stream(req, BlendConfig(mode="naive"), SamplingConfig(max_new_tokens=10)))
-    ids = [tok for tok, *_ in items if tok not in engine.eos_ids]
-    assert ids and "".join(piece for _, piece, _, _ in items) == engine.tokenizer.decode(ids, skip_special_tokens=True)
+    cfg, sampling = BlendConfig(mode="naive"), SamplingConfig(max_new_tokens=10)
+    items = list(engine.stream(req, cfg, sampling))
+    ids = [tok for tok, _, _, _ in items if tok not in engine.eos_ids]
+    exact = engine.tokenizer.decode(ids, skip_special_tokens=True)
+    assert "".join(piece for _, piece, _, _ in items) == exact
+    assert engine.generate(req, cfg, sampling).text == exact
+
+
+@pytest.mark.slow
+def test_cjk_answer_is_the_exact_decode(engine):
+    """The issue's example: byte-level tokens split CJK characters; none may be lost."""
+    req = engine.prompts.request(["北京是中国的首都。上海是中国最大的城市。"], "请用中文回答：上海是什么？")
+    ans = engine.generate(req, BlendConfig(mode="full"), SamplingConfig(max_new_tokens=16))
+    ids = [t for t in ans.token_ids if t not in engine.eos_ids]
+    assert ans.text == engine.tokenizer.decode(ids, skip_special_tokens=True)
+    assert "\ufffd" not in ans.text and any(ord(c) > 0x2E80 for c in ans.text), ans.text
 
 
 @pytest.mark.parametrize("chunks, question, msg", [([], QUESTION, "chunk list is empty"),

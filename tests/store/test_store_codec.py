@@ -30,6 +30,7 @@ def test_int8_disk_tier_roundtrip(tmp_path):
                       cache_dir=str(tmp_path))
     with ChunkStore(cfg) as store:
         store.put(kv)
+        store.flush()  # the disk write is queued behind the CPU tier's copy
         path = store.tier("disk").path(kv.key)
         assert kv.nbytes / path.stat().st_size > 3.0  # header and token ids included
     with ChunkStore(cfg) as store:

@@ -119,6 +119,7 @@ def test_disk_full(tmp_path, monkeypatch):
                                 cache_dir=str(tmp_path))) as store:
         monkeypatch.setattr(os, "write", full)
         assert store.put(kv)  # the CPU tier still took it
+        store.flush()  # the disk write runs in the background, and fails there
         monkeypatch.setattr(os, "write", real_write)
         assert store.stats()["put_failures"] == {"disk_full": 1}
         assert store.tier_of(kv.key) == ["cpu"]

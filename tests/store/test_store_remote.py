@@ -68,13 +68,17 @@ def test_redis_down_mid_request():
                                               TierConfig("remote", url=server.url, write_through=True,
                                                          timeout_s=0.5, retry_after_s=0.5)), catalog=False))
         assert store.put(kv) and store.put(kv2)  # kv now only in Redis (CPU holds one)
+        store.flush()
         server.stop()
         t0 = time.monotonic()
-        assert store.get(kv.key, FP) is None
+        faults: list[str] = []
+        assert store.get(kv.key, FP, faults=faults) is None
+        assert len(faults) == 1 and faults[0].startswith("remote_unavailable: ") and "remote tier" in faults[0]
         assert store.get(kv.key, FP) is None  # second request fails fast (server marked down)
         assert time.monotonic() - t0 < 3
         assert store.stats()["fallbacks"] == {"remote_unavailable": 2}
         assert store.put(make_kv(5))  # CPU tier still works; the remote write is recorded as failed
+        store.flush()
         assert store.stats()["put_failures"].get("remote_unavailable") == 1
         assert same(store.get(make_kv(5).key, FP), make_kv(5))
         server.start()  # the same port: the tier reconnects after retry_after_s
@@ -114,11 +118,14 @@ def test_concurrent_misses_on_two_replicas_last_complete_write_wins(redis_url, p
     reader = remote_store(redis_url)
     reads = []
     while any(t.is_alive() for t in threads):
-        got = reader.tier("remote").get(base.key, FP) if reader.tier("remote").contains(base.key) else None
-        if got is not None:
-            reads.append(got)
+        try:
+            reads.append(reader.tier("remote").get(base.key, FP))
+        except KeyError:  # not written yet
+            pass
     for t in threads:
         t.join()
+    for s in stores:
+        s.flush()  # the Redis writes run in each store's background writer
     reads.append(reader.tier("remote").get(base.key, FP))
     assert reads and all(same(r, mine[0]) or same(r, mine[1]) for r in reads)
     assert stores[0].catalog.get(base.key).on_remote and stores[0].stats()["put_failures"] == {}

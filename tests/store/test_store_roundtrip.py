@@ -33,6 +33,7 @@ def test_put_get_exact_memory_and_disk(tmp_path, dtype):
     with disk_store(tmp_path) as store:
         assert store.put(kv)
         assert same(store.get(kv.key, FP), kv)
+        store.flush()
         assert store.tier_of(kv.key) == ["cpu", "disk"]
     with disk_store(tmp_path) as store:  # new process view: only the disk has it
         got = store.get(kv.key, FP)
@@ -61,6 +62,7 @@ def test_contains_delete_miss(tmp_path):
         assert not store.contains(kv.key) and store.get(kv.key, FP) is None
         store.put(kv, source_doc_id="doc-9", text_hash="abc")
         assert store.contains(kv.key)
+        store.flush()  # the catalog row and the file are written in the background
         row = store.catalog.get(kv.key)
         assert row.source_doc_id == "doc-9" and row.text_hash == "abc" and row.tiers == ("disk",)
         assert row.shape == tuple(kv.keys.shape) and row.num_tokens == 16 and row.dtype == "float32"

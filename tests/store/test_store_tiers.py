@@ -51,6 +51,7 @@ def test_disk_budget_drops_when_no_slower_tier(tmp_path):
     with two_tier(tmp_path, cpu=1, disk=2) as store:
         for kv in kvs:
             store.put(kv)
+        store.flush()
         st = store.stats()["tiers"]["disk"]
         assert st["entries"] == 2 and st["evictions"] >= 3
         assert sum(store.contains(kv.key) for kv in kvs) == 3  # 1 in cpu + 2 on disk

@@ -1,0 +1,155 @@
+"""Which context tokens each blending mode recomputes: one selection interface for every mode.
+
+Every recomputing mode is a selector: it looks at the request (and, if query-aware, at the naive
+merged cache) and returns a `Selection`, which Blender._blend hands to the one recompute loop in
+blend/recompute.py. Candidates are the context tokens after the exactly placed prefix, indexed
+0..n_cand-1 in position order.
+
+  cacheblend  CacheBlend / LMCache: deviation of fresh vs cached K/V at the check layer(s), top ratio
+              (cfg.selection swaps the score: random, attention, attention x deviation).
+  adaptive    as cacheblend, the count from the deviation mass, capped by the ratio.
+  epic        EPIC / LegoLink (arXiv 2410.15332): the first k tokens of every chunk, fixed before layer 0.
+  ape         APE (arXiv 2502.05431): nothing recomputed; the suffix attends to the contexts with
+              temperature T and scaling factor S (kernels/ape_attention.py).
+  query       A3-style query-aware selection: the suffix's attention over the naive cache, top ratio.
+  prophet     ProphetKV (arXiv 2602.02579) as far as published: the suffix's attention over the naive
+              cache, normalised per layer and fused across layers by the max, top ratio.
+  blend       chunkcache's own (the default): the first `sink_tokens` of every chunk always kept (EPIC's
+              sink fix, inside the budget), the rest by CacheBlend's deviation at the check layer weighted
+              by the suffix's attention over the naive cache (query-aware, A3 / ProphetKV's insight).
+With the budget covering every candidate (ratio 1.0; epic with k >= chunk length) all are recomputed.
+
+Guessed or left out (the papers' text available here did not settle it):
+  - epic: k = 16 (the paper's range is k <= 32); its own TTFT model is not reproduced, only its rule.
+  - ape: T = S = 0.9 is the APE repository's default, not tuned for this model. The paper encodes every
+    context at the same positions after the shared prefix and puts the query after the longest one;
+    here chunks keep their sequential positions (so T = S = 1 is exactly naive). Only the prompt's
+    question is tempered: generated tokens attend normally (decode has no hook).
+  - prophet: the published abstract gives "query-driven selection, a dual-stage recomputation pipeline
+    fusing layer-wise attention". Implemented: the question's attention over the naive cache, each
+    layer's share normalised, fused by the max over layers, top ratio. Left out: the second stage
+    (a refinement pass after the first recompute) and any per-layer budget, whose details were not
+    available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.probe import suffix_attention_by_layer
+from chunkcache.blend.request import BlendRequest
+from chunkcache.blend.selection import adaptive_count, random_tokens, top_tokens
+from chunkcache.kernels.ape_attention import ContextTemper
+from chunkcache.runner.kv_cache import KVCache
+from chunkcache.runner.runner import ModelRunner
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What a selector sees. ids [n]: the prompt; placed: positions before it are exact (not candidates);
+    budget: context tokens the mode may recompute; load_all(): load every layer of the placed chunk KV."""
+
+    runner: ModelRunner
+    cache: KVCache
+    ids: torch.Tensor
+    req: BlendRequest
+    cfg: BlendConfig
+    placed: int
+    budget: int
+    load_all: Callable[[], None]
+
+    @property
+    def count(self) -> int:
+        return self.req.suffix_start - self.placed
+
+    def chunk_spans(self) -> list[tuple[int, int]]:
+        """(start, end) candidate indices of every chunk that is a candidate."""
+        spans = zip(self.req.chunks, self.req.chunk_offsets)
+        return [(off - self.placed, off - self.placed + len(c)) for c, off in spans if off >= self.placed]
+
+    def heads(self, k: int) -> torch.Tensor:
+        """Candidate indices [m] of the first k tokens of every candidate chunk, increasing."""
+        idx = [torch.arange(s, min(e, s + k), device=self.runner.device) for s, e in self.chunk_spans()]
+        return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=self.runner.device)
+
+    def suffix_attention(self) -> torch.Tensor:
+        """Attention [n_layers, n_cand] of the suffix over the naive merged cache, per layer."""
+        self.load_all()
+        mass = suffix_attention_by_layer(self.runner, self.cache, self.ids[self.req.suffix_start:])
+        return mass[:, self.placed:]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """keep [k]: candidates fixed before layer 0 (None: decided at the check layers); checks: layers where
+    deviation narrows the candidates; pinned [n_cand] bool: kept at every check; weights [n] by position:
+    multiply the deviation; temper: APE attention for the suffix. Selection() recomputes every candidate."""
+
+    keep: torch.Tensor | None = None
+    checks: tuple[int, ...] = ()
+    pinned: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    temper: ContextTemper | None = None
+
+
+def _cacheblend(c: Candidates) -> Selection:
+    cfg = c.cfg
+    if cfg.selection == "random":
+        return Selection(keep=random_tokens(c.count, c.budget, cfg.seed, device=c.runner.device))
+    if cfg.selection == "deviation":
+        return Selection(checks=cfg.check_layers)
+    importance = c.suffix_attention().sum(0)  # [n_cand]
+    if cfg.selection == "attention":
+        count = c.budget if cfg.mode != "adaptive" else min(c.budget, adaptive_count(importance, cfg.adaptive_mass))
+        return Selection(keep=top_tokens(importance, count))
+    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.req.suffix_start))  # [n]
+    return Selection(checks=cfg.check_layers, weights=weights)
+
+
+def _epic(c: Candidates) -> Selection:
+    k = c.cfg.epic_k or max(1, round(c.budget / max(1, len(c.chunk_spans()))))
+    return Selection(keep=c.heads(k))
+
+
+def _ape(c: Candidates) -> Selection:
+    temper = ContextTemper(len(c.req.prefix_ids), c.req.suffix_start, c.cfg.ape_temperature, c.cfg.ape_scale)
+    return Selection(keep=torch.zeros(0, dtype=torch.int64, device=c.runner.device), temper=temper)
+
+
+def _query(c: Candidates) -> Selection:
+    return Selection(keep=top_tokens(c.suffix_attention().sum(0), c.budget))
+
+
+def _prophet(c: Candidates) -> Selection:
+    mass = c.suffix_attention()  # [n_layers, n_cand]
+    fused = (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).amax(0)  # each layer's share, best layer
+    return Selection(keep=top_tokens(fused, c.budget))
+
+
+def _blend(c: Candidates) -> Selection:
+    """Sinks pinned (first sink_tokens of every chunk), the rest by deviation x the suffix's attention over the
+    naive cache (summed over layers): what measured best at equal budget (see README, "Modes")."""
+    sink = min(c.cfg.sink_tokens, c.budget // max(1, len(c.chunk_spans())))
+    pinned = torch.zeros(c.count, dtype=torch.bool, device=c.runner.device)
+    pinned[c.heads(sink)] = True
+    importance = c.suffix_attention().sum(0)  # [n_cand]
+    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.req.suffix_start))  # [n]
+    return Selection(checks=c.cfg.check_layers, pinned=pinned, weights=weights)
+
+
+SELECTORS: dict[str, Callable[[Candidates], Selection]] = {
+    "cacheblend": _cacheblend, "adaptive": _cacheblend, "epic": _epic, "ape": _ape, "query": _query,
+    "prophet": _prophet, "blend": _blend,
+}
+FULL_BUDGET_EXEMPT = ("epic", "ape")  # modes whose own rule, not the ratio, sets what is recomputed
+
+
+def select(c: Candidates) -> Selection:
+    """The selection of c.cfg.mode; every candidate when the ratio's budget covers them all."""
+    if c.cfg.mode not in FULL_BUDGET_EXEMPT and c.budget >= c.count:
+        return Selection()
+    return SELECTORS[c.cfg.mode](c)

@@ -1,0 +1,63 @@
+"""The blend and agents paths on CUDA agree with the CPU path (tiny llama, fp32). Skipped without CUDA."""
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chunkcache.agents.config import AgentPrefillConfig
+from chunkcache.blend.blender import Blender
+from chunkcache.blend.chunk_source import ChunkSource, DictStore
+from chunkcache.blend.config import BlendConfig
+from chunkcache.runner.decode import SamplingConfig, decode
+from chunkcache.runner.runner import ModelRunner
+from test_blender_modes import _request
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "agents"))
+import agents_tiny  # noqa: E402
+
+pytestmark = pytest.mark.cuda  # deselected where CUDA is absent (tests/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def runners(tiny_runner):
+    """(CPU runner, CUDA runner) over the same tiny llama weights."""
+    return tiny_runner, ModelRunner(copy.deepcopy(tiny_runner.model).cuda())
+
+
+@pytest.mark.parametrize("cfg", [BlendConfig(mode="full"), BlendConfig(mode="naive"),
+                                 BlendConfig(mode="cacheblend", recompute_ratio=0.3),
+                                 BlendConfig(mode="adaptive", recompute_ratio=0.5),
+                                 BlendConfig(mode="cacheblend", selection="attention_deviation")],
+                         ids=lambda c: f"{c.mode}-{c.selection}")
+def test_blend_cuda_matches_cpu(runners, cfg):
+    req = _request()
+    out = []
+    for r in runners:
+        blender = Blender(r, ChunkSource(r, DictStore(), context_ids=(1, 2, 3)))
+        blender.prefill(req, cfg)  # cold: computes the chunks
+        res = blender.prefill(req, cfg, reserve=8)
+        toks = list(decode(r, res.cache, res.logits, SamplingConfig(max_new_tokens=8), set()))
+        out.append((res, toks))
+    (cpu, cpu_toks), (gpu, gpu_toks) = out
+    assert gpu.cache.keys.is_cuda and gpu.logits.is_cuda
+    assert gpu.stats.recomputed_tokens == cpu.stats.recomputed_tokens
+    torch.testing.assert_close(gpu.logits.cpu(), cpu.logits, atol=2e-3, rtol=2e-3)
+    n = req.num_tokens
+    torch.testing.assert_close(gpu.cache.keys[:, :, :n].cpu(), cpu.cache.keys[:, :, :n], atol=2e-3, rtol=2e-3)
+    assert gpu_toks == cpu_toks
+
+
+@pytest.mark.parametrize("mode", ["dense", "kvcomm", "blend"])
+def test_agents_cuda_matches_cpu(runners, mode):
+    cfg = AgentPrefillConfig(mode=mode)
+    logits = []
+    for r in runners:
+        pre = agents_tiny.prefiller(r)
+        for seed in (1, 2, 3):  # build anchors first
+            pre.prefill(agents_tiny.prompt(seed), cfg)
+        logits.append(pre.prefill(agents_tiny.prompt(7), cfg).logits)
+    assert logits[1].is_cuda
+    torch.testing.assert_close(logits[1].cpu(), logits[0], atol=2e-3, rtol=2e-3)

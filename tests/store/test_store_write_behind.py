@@ -1,0 +1,118 @@
+"""Writes to slow tiers leave the request path: queued, bounded, flushed on close, failures reported."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from store_kvgen import FP, make_kv, same
+
+from chunkcache.store.chunk_store import ChunkStore
+from chunkcache.store.config import StoreConfig, TierConfig
+from chunkcache.store.write_behind import WriteBehind
+
+
+def _store(tmp_path, write_queue=64) -> ChunkStore:  # type: ignore[no-untyped-def]
+    return ChunkStore(StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 24), TierConfig("disk", write_through=True)),
+                                  cache_dir=str(tmp_path), write_queue=write_queue))
+
+
+def _disk_only(tmp_path) -> ChunkStore:  # type: ignore[no-untyped-def]
+    return ChunkStore(StoreConfig(tiers=(TierConfig("disk"),), cache_dir=str(tmp_path)))
+
+
+def _slow_disk(store, monkeypatch, seconds):  # type: ignore[no-untyped-def]
+    disk = store.tier("disk")
+    real = disk.put
+    monkeypatch.setattr(disk, "put", lambda kv: (time.sleep(seconds), real(kv))[1])
+
+
+def test_put_returns_before_the_disk_write_and_flush_lands_it(tmp_path, monkeypatch):
+    kv = make_kv(1)
+    with _store(tmp_path) as store:
+        _slow_disk(store, monkeypatch, 0.4)
+        t0 = time.perf_counter()
+        assert store.put(kv)
+        assert time.perf_counter() - t0 < 0.2  # did not wait for the 0.4 s disk write
+        assert store.tier_of(kv.key) == ["cpu"] and same(store.get(kv.key, FP), kv)  # memory tier at once
+        store.flush()
+        assert store.tier_of(kv.key) == ["cpu", "disk"]
+        assert store.catalog.get(kv.key).on_disk
+    with _disk_only(tmp_path) as fresh:  # readable from disk by another store
+        assert same(fresh.get(kv.key, FP), kv)
+
+
+def test_close_flushes_pending_writes(tmp_path, monkeypatch):
+    kvs = [make_kv(i) for i in range(4)]
+    store = _store(tmp_path)
+    _slow_disk(store, monkeypatch, 0.05)
+    for kv in kvs:
+        store.put(kv)
+    assert store._writer.pending > 0  # still queued when close() is called
+    store.close()
+    with _disk_only(tmp_path) as fresh:
+        assert all(same(fresh.get(kv.key, FP), kv) for kv in kvs)
+
+
+def test_failed_write_back_is_reported_and_the_writer_goes_on(tmp_path, monkeypatch):
+    bad, good = make_kv(1), make_kv(2)
+    with _store(tmp_path) as store:
+        disk = store.tier("disk")
+        real = disk.put
+
+        def put(kv):  # type: ignore[no-untyped-def]
+            if kv.key == bad.key:
+                raise RuntimeError("controller on fire")
+            return real(kv)
+
+        monkeypatch.setattr(disk, "put", put)
+        assert store.put(bad) and store.put(good)
+        store.flush()
+        st = store.stats()
+        assert st["put_failures"] == {"io_error": 1}
+        assert st["recent_faults"][-1]["op"] == "put" and "controller on fire" in st["recent_faults"][-1]["detail"]
+        assert store.tier_of(bad.key) == ["cpu"] and store.tier_of(good.key) == ["cpu", "disk"]
+
+
+def test_the_queue_is_bounded(tmp_path, monkeypatch):
+    """write_queue=1: a put blocks while a write is queued, so at most ~2 chunks wait in memory."""
+    with _store(tmp_path, write_queue=1) as store:
+        _slow_disk(store, monkeypatch, 0.2)
+        seen = []
+        for i in range(4):
+            store.put(make_kv(i))
+            seen.append(store._writer.pending)
+        assert max(seen) <= 2
+        store.flush()
+        assert store.stats()["tiers"]["disk"]["entries"] == 4
+
+
+def test_memory_hit_streams_without_a_thread(tmp_path):
+    kv = make_kv(3)
+    with _store(tmp_path) as store:
+        store.put(kv)
+        store.flush()
+        before = threading.active_count()
+        stream = store.get_layers(kv.key, FP, borrow=True)
+        layers = list(stream)
+        assert stream._thread is None and threading.active_count() == before
+        assert [i for i, _, _ in layers] == list(range(kv.keys.shape[0]))
+        assert all((k == kv.keys[i]).all() and (v == kv.values[i]).all() for i, k, v in layers)
+    with _disk_only(tmp_path) as fresh:  # a disk hit still reads ahead in a thread
+        stream = fresh.get_layers(kv.key, FP)
+        layers = list(stream)
+        assert stream._thread is not None and len(layers) == kv.keys.shape[0]
+
+
+def test_write_behind_runs_jobs_in_order_and_inline_after_close():
+    done: list[int] = []
+    w = WriteBehind(2)
+    for i in range(5):
+        w.submit(lambda i=i: done.append(i))
+    w.close()
+    assert done == [0, 1, 2, 3, 4]
+    w.submit(lambda: done.append(5))  # closed: runs inline
+    assert done[-1] == 5
+    with pytest.raises(ValueError, match="max_pending"):
+        WriteBehind(0)
