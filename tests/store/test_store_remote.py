@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import redis
+import torch
 import store_worker
 from store_kvgen import FP, make_kv, same
 from servers import RedisServer
@@ -131,3 +132,26 @@ def test_concurrent_misses_on_two_replicas_last_complete_write_wins(redis_url, p
     assert stores[0].catalog.get(base.key).on_remote and stores[0].stats()["put_failures"] == {}
     for s in (*stores, reader):
         s.close()
+
+
+def test_entry_replaced_while_streaming_layers_is_never_served(redis_url):
+    """Layers are read from Redis as the stream asks for them; if another node overwrites the entry in
+    between (here: a shorter, int8 copy), the next layer fails verification instead of mixing versions."""
+    import pytest
+
+    from chunkcache.store.errors import EntryUnavailable
+    from chunkcache.store.remote_tier import RemoteTier
+
+    kv = make_kv(31, 64)
+    tier, other = RemoteTier(redis_url), RemoteTier(redis_url, codec="int8")
+    tier.put(kv)
+    src = tier.open_layers(kv.key, FP)
+    k0, v0 = src.read(0)
+    assert torch.equal(k0, kv.keys[0]) and torch.equal(v0, kv.values[0])
+    other.put(kv)  # same chunk, another encoding: a concurrent writer's last complete write
+    with pytest.raises(EntryUnavailable):
+        src.read(1)
+    again = tier.open_layers(kv.key, FP)  # a new open sees the new entry whole
+    assert again.read(1)[0].shape == kv.keys[1].shape
+    tier.close()
+    other.close()
