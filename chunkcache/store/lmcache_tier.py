@@ -106,6 +106,13 @@ class LMCacheBridge:
             self._run(self.client.put(key, obj))
         finally:
             obj.ref_count_down()
+        self._stored(key)
+
+    def _stored(self, key) -> None:  # type: ignore[no-untyped-def]
+        """A PUT has no reply; the server serves one connection in order, so an EXIST after it on the same
+        connection answers once the PUT is stored (then other connections see it too)."""
+        if not self.client.exists_sync(key):
+            raise ConnectionError(f"the LMCache server at {self.url} did not store {key.to_string()}")
 
     def _get(self, key) -> tuple[torch.Tensor | bytes, object] | None:  # type: ignore[no-untyped-def]
         """(a tensor, or bytes for a BINARY_BUFFER object, and its MemoryFormat); None on a miss."""
@@ -127,6 +134,7 @@ class LMCacheBridge:
         found = self._get(key)
         if found is None:
             self._run(self.client.put(key, BytesBufferMemoryObj(bytearray(self.fingerprint.encode()))))
+            self._stored(key)
             return
         recorded = bytes(found[0]).decode(errors="replace") if isinstance(found[0], bytes) else repr(found[1])
         if recorded != self.fingerprint:

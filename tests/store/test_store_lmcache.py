@@ -81,6 +81,10 @@ class LMCacheClient:
         obj.tensor.copy_(tensor)
         asyncio.run_coroutine_threadsafe(self.conn.put(key, obj), self.loop).result()
         obj.ref_count_down()
+        deadline = time.monotonic() + 10  # a PUT has no reply: stored once the server's EXIST says so
+        while not self.conn.exists_sync(key):
+            assert time.monotonic() < deadline, f"LMCache server never stored {key.to_string()}"
+            time.sleep(0.01)
 
     def get(self, key):  # type: ignore[no-untyped-def]
         obj = asyncio.run_coroutine_threadsafe(self.conn.get(key), self.loop).result()
