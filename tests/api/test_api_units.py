@@ -127,3 +127,19 @@ def test_api_jobs_are_shared_through_sql_and_a_dead_owner_reads_as_failed(tmp_pa
     again = JobRegistry(4, 8, url)  # a restart: the finished jobs are still there
     assert again.get(job.id).status == "done" and again.get("nope") is None
     again.close()
+
+
+def test_api_worker_returns_freed_heap_when_idle() -> None:
+    """After the last queued call the worker trims the heap once; not between calls still waiting."""
+    import threading
+
+    from chunkcache.api.worker import ModelWorker
+
+    worker, trims, gate = ModelWorker(max_queue=4), [], threading.Event()
+    worker._trim = lambda: trims.append(worker.depth)
+    first = worker.submit(gate.wait)
+    rest = [worker.submit(lambda i=i: i) for i in range(2)]
+    gate.set()
+    assert [f.result(5).value for f in rest] == [0, 1] and first.result(5).value is True
+    worker.close()
+    assert trims == [0]  # once, with nothing left waiting
