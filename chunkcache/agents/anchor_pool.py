@@ -1,4 +1,5 @@
-"""KVCOMM anchor pool: measured KV offsets of earlier placeholder samples, matched to estimate new ones.
+"""KVCOMM anchor pool: measured KV offsets of earlier placeholder samples, matched to estimate new ones
+(the AnchorIndex the blender's KVCOMM step calls, blend/anchoring.py).
 
 An anchor is one placeholder sample (its token ids and base KV). For each reader (a placeholder's
 position in one compiled template, `Slot.reader_key`) where that sample was prefilled densely, it
@@ -24,12 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chunkcache.agents.base_kv import SegmentKV
 from chunkcache.agents.config import AnchorConfig
+from chunkcache.blend.anchoring import AnchorUnavailable
+from chunkcache.blend.segment import SegmentKV
 
-
-class AnchorUnavailable(Exception):
-    """An anchor's tensors are corrupt or missing; the turn falls back to dense prefill."""
+__all__ = ["Anchor", "AnchorOffset", "AnchorPool", "AnchorUnavailable", "Match", "anchor_id", "entropy_bits"]
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 import json
 
-from chunkcache.agents.bench import run_agents
+from chunkcache.bench.agents import run_agents
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples
 from chunkcache.cli import main
 from chunkcache.runner.runner import ModelRunner
@@ -18,7 +18,7 @@ def test_run_agents_small(smollm):
     res = run_agents(runner, ex, n_agents=2, rounds=2, modes=["dense", "prefix", "kvcomm+blend"], passages=0,
                      max_new=3, warmup=0, log=lambda *_: None)
     modes = res["modes"]
-    assert set(modes) == {"dense", "prefix", "kvcomm+blend"}
+    assert set(modes) == {"full", "prefix", "kvcomm+blend"}  # dense is full prefill's alias
     for m in modes.values():
         assert KEYS <= set(m) and m["turns"] == 4
     assert 0 < modes["prefix"]["reuse_rate"] < 1 and modes["prefix"]["tf_top1_agreement"] > 0.99  # exact reuse
