@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from chunkcache.agents.anchor_pool import AnchorPool
+from chunkcache.agents.anchor_tensors import StoreAnchorTensors
 from chunkcache.agents.config import AnchorConfig
 from chunkcache.agents.template import AgentTemplate, CompiledTemplate, Message
 from chunkcache.agents.workflows import Agent, pipeline_template, round_turn
@@ -71,9 +72,10 @@ class AgentRuntime:
 
             self.anchor_store = AnchorStore(anchor_dir, runner.fingerprint, runner.n_layers)
             self.pool = self.anchor_store.open_pool(anchor_config)
-        else:
+        else:  # anchor tensors are entries of the chunk store: bounded by its budgets, evicted with it
             self.anchor_store = None
-            self.pool = AnchorPool(anchor_config, runner.fingerprint)
+            self.pool = AnchorPool(anchor_config, runner.fingerprint,
+                                   loader=StoreAnchorTensors(self.store, runner.fingerprint, str(runner.device)))
         self.blender = Blender(runner, source, self.pool, PrefixCache(prefix_cache_entries))
         self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
         self._compiled: dict[AgentTemplate, CompiledTemplate] = {}

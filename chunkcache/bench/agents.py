@@ -203,6 +203,10 @@ def register(bench_subparsers) -> None:
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--entropy-threshold", type=float, default=AnchorConfig.entropy_threshold)
     p.add_argument("--temperature", type=float, default=AnchorConfig.temperature)
+    p.add_argument("--turns", type=int, default=0,
+                   help="instead: a long discussion of this many turns, reporting memory (bench/agents_long.py)")
+    p.add_argument("--long-mode", default="kvcomm+blend", help="--turns: the mode of every turn")
+    p.add_argument("--cpu-budget-mib", type=int, default=256, help="--turns: the store's CPU-tier budget")
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_bench_agents)
 
@@ -216,10 +220,12 @@ def cmd_bench_agents(args) -> int:
     modes = mode_names(args.modes)
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
     BlendConfig(recompute_ratio=args.recompute_ratio)
-    examples = load_examples(args.data, args.warmup + args.limit)
     cfg = args.engine
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if args.turns:
+        return _cmd_long(args, cfg)
+    examples = load_examples(args.data, args.warmup + args.limit)
     lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
     result = run_agents(ModelRunner(lm.model, lm.tokenizer), examples, args.agents, args.rounds, modes,
                         args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg)
@@ -228,6 +234,24 @@ def cmd_bench_agents(args) -> int:
                                                       "temperature")}
     result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
     print(json.dumps(result["modes"], indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_long(args, cfg) -> int:
+    from chunkcache.bench.agents_long import run_long
+    from chunkcache.bench.musique import load_examples
+    from chunkcache.runner.loader import load_model
+
+    check_mode_name(args.long_mode)
+    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
+    result = run_long(ModelRunner(lm.model, lm.tokenizer), load_examples(args.data, 200), make_agents(args.agents),
+                      args.turns, args.long_mode, args.cpu_budget_mib * 2**20)
+    result["config"] = {"model": cfg.model_path or "SmolLM2-135M-Instruct (default)", "data": args.data}
+    print(json.dumps({k: v for k, v in result.items() if k != "checkpoints"}, indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
