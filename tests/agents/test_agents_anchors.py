@@ -1,6 +1,7 @@
 """KVCOMM anchors on a tiny random llama: admission, exact estimate, entropy rule, pruning, blend modes."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -153,3 +154,21 @@ def test_config_validation():
         AnchorConfig(entropy_threshold=2.0)
     with pytest.raises(ValueError, match="prune_window"):
         AnchorConfig(max_anchors=3, prune_window=5)
+
+
+def test_rejected_documents_take_the_chunk_path_in_recomputing_modes(tiny_runner):
+    """A document placeholder (user text) without anchors is placed as a chunk and blended in kvcomm+<mode>;
+    a message placeholder is computed and measured (KVCOMM's fallback), as is everything in plain kvcomm."""
+    p = _prompt(1)
+    docs = replace(p, placeholders=tuple(replace(x, document=True) for x in p.placeholders))
+    assert not any(x.document for x in p.placeholders)  # raw-id Messages in agents_tiny
+    res = _prefiller(tiny_runner).prefill(docs, BlendConfig.named("kvcomm+cacheblend", recompute_ratio=0.25))
+    assert [s["decision"] for s in res.stats.slots] == ["chunk", "chunk"]
+    assert not res.stats.dense_fallback and res.stats.anchors_added == 0
+    ctx = docs.suffix_start - len(PREFIX)
+    assert res.stats.recomputed_tokens == round(0.25 * ctx)
+    assert res.stats.reused_tokens == docs.suffix_start - res.stats.recomputed_tokens
+    msgs = _prefiller(tiny_runner).prefill(p, BlendConfig.named("kvcomm+cacheblend", recompute_ratio=0.25))
+    assert msgs.stats.dense_fallback and msgs.stats.anchors_added == 2 and msgs.stats.reused_tokens == len(PREFIX)
+    plain = _prefiller(tiny_runner).prefill(docs, BlendConfig.named("kvcomm"))
+    assert plain.stats.dense_fallback and plain.stats.anchors_added == 2
