@@ -12,6 +12,7 @@ Speedups are medians of per-turn paired ratios dense TTFT / mode TTFT measured i
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import dataclass
 
@@ -250,7 +251,8 @@ def _cmd_long(args, cfg) -> int:
     lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
     result = run_long(ModelRunner(lm.model, lm.tokenizer), load_examples(args.data, 200), make_agents(args.agents),
                       args.turns, args.long_mode, args.cpu_budget_mib * 2**20)
-    result["config"] = {"model": cfg.model_path or "SmolLM2-135M-Instruct (default)", "data": args.data}
+    result["config"] = {"model": cfg.model_path or "SmolLM2-135M-Instruct (default)", "data": args.data,
+                        "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_")}  # glibc: see BENCHMARKS
     print(json.dumps({k: v for k, v in result.items() if k != "checkpoints"}, indent=2))
     if args.json:
         with open(args.json, "w") as f:
