@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
 import torch
 
@@ -57,11 +60,31 @@ def smollm(smollm_dir):
 SLOW_FIXTURES = {"smollm", "live_server"}  # the real model, a live `chunkcache serve` subprocess
 
 
-def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
-    """Every test that needs the real model or a live server is `slow`: `pytest -m "not slow"` is the fast subset."""
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """Every test that needs the real model or a live server is `slow`: `pytest -m "not slow"` is the fast subset.
+    Tests marked `cuda` are deselected (not skipped) where no CUDA device exists, and the run says so."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    config._chunkcache_deselected = []
+    if not torch.cuda.is_available():
+        _deselect(config, items, "cuda", "no CUDA device on this machine")
+    if os.environ.get("CHUNKCACHE_REQUIRE_LMCACHE") != "1" and importlib.util.find_spec("lmcache") is None:
+        _deselect(config, items, "lmcache", "LMCache not installed (optional extra; .ci/run installs it and "
+                  "sets CHUNKCACHE_REQUIRE_LMCACHE=1)")
+
+
+def _deselect(config, items, marker: str, why: str) -> None:  # type: ignore[no-untyped-def]
+    chosen = [item for item in items if item.get_closest_marker(marker)]
+    if chosen:
+        config.hook.pytest_deselected(items=chosen)
+        items[:] = [item for item in items if not item.get_closest_marker(marker)]
+        config._chunkcache_deselected.append(f"{len(chosen)} {marker} tests deselected: {why}")
+
+
+def pytest_terminal_summary(terminalreporter, config):  # type: ignore[no-untyped-def]
+    for line in getattr(config, "_chunkcache_deselected", []):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

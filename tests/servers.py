@@ -169,6 +169,10 @@ class PostgresServer:
     def start(self) -> "PostgresServer":
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "chunkcache", "--auth=trust",
                   "-E", "UTF8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> "PostgresServer":
+        """Start the initialised cluster again (after stop(): a PostgreSQL restart, data kept)."""
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"),
                   "-w", "-t", "60", "-o", opts, "start")
@@ -183,3 +187,56 @@ class PostgresServer:
             self.stop()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ServeProcess:
+    """`python -m chunkcache.cli serve --config FILE --port P [args]` as a subprocess, log in `log`."""
+
+    def __init__(self, config: Path, log: Path, *args: str, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.config, self.log, self.args = config, log, list(args)
+        self.port = port or free_port()
+        self.env = {k: v for k, v in os.environ.items() if k not in ("CHUNKCACHE_API_KEY", "CHUNKCACHE_DIR")}
+        self.env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **(env or {}))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServeProcess":
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "chunkcache.cli", "serve", "--config", str(self.config),
+                                      "--port", str(self.port), *self.args],
+                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def wait_ready(self, timeout_s: float = 240.0) -> "ServeProcess":
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"chunkcache serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"chunkcache serve not ready in {timeout_s} s: {self.log.read_text()[-3000:]}")
+            time.sleep(0.25)
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGINT (graceful) or SIGKILL (kill -9)."""
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from chunkcache.api.config import ServerConfig
 from chunkcache.api.jobs import JobRegistry
@@ -64,6 +65,14 @@ def _install_handlers(app: FastAPI) -> None:
         request.app.state.metrics.refused.labels("shutting_down").inc()
         return JSONResponse({"detail": str(exc), "field": None}, status_code=503)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_away(request: Request, exc: DBAPIError) -> JSONResponse:
+        request.app.state.metrics.refused.labels("database_unavailable").inc()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        return JSONResponse({"detail": f"catalog database unavailable ({reason}); retry shortly", "field": None},
+                            status_code=503, headers={"Retry-After": "2"})
+
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "field": None}, status_code=422)
@@ -76,7 +85,7 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         app.state.service = service or await asyncio.to_thread(ChunkCacheService, cfg)
         app.state.worker = ModelWorker(cfg.max_queue)
-        app.state.jobs = JobRegistry(cfg.max_jobs, cfg.keep_jobs)
+        app.state.jobs = JobRegistry(cfg.max_jobs, cfg.keep_jobs, cfg.jobs_url, cfg.job_stale_s)
         try:
             yield
         finally:

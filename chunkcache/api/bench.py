@@ -6,6 +6,9 @@ Starts `chunkcache serve` (disk store in a temp cache dir) on a free loopback po
             time (stats.engine_s + stats.queue_s), and the client round trip minus the same; p50/p90.
   burst     N concurrent generations; every request must get an answer (2xx or 429); server RSS
             before, peak during, and after.
+  soak      N sequential generations, each over two chunks never seen before (so every request adds KV
+            to the store), with the server's CPU tier capped at --soak-cpu-bytes: server RSS after the
+            first 100 requests and after all N, and the store's bytes per tier (bounded memory).
   ingest    the passages of the MuSiQue examples as one POST /documents job (one chunk per passage:
             chunk_tokens above the longest passage), with embedding, indexing and KV precompute;
             passages/s from the job's start to its finish.
@@ -115,6 +118,29 @@ def measure_burst(url: str, headers: dict, pid: int, n: int) -> dict:
             "rss_mib_before": before / 2**20, "rss_mib_peak": max(peak) / 2**20, "rss_mib_after": after / 2**20}
 
 
+def measure_soak(client: httpx.Client, pid: int, n: int, cpu_budget: int) -> dict:
+    """n requests with fresh chunks; RSS (MiB) after request 1, 100 and n; tier bytes at the end."""
+    proc = psutil.Process(pid)
+    rss: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for i in range(n):
+        chunks = [f"Record {i}-{j}: the warehouse in sector {i * 7 + j} holds {i * 13 + j} crates of item "
+                  f"{(i * 31 + j) % 997}, checked on day {i % 365}." for j in range(2)]
+        r = client.post("/generate_with_chunks", json={"chunks": chunks, "query": f"How many crates in record {i}-0?",
+                                                       "max_tokens": 1, "mode": "naive"})
+        r.raise_for_status()
+        if i + 1 in (1, min(100, n), n):
+            rss[str(i + 1)] = proc.memory_info().rss / 2**20
+    wall = time.perf_counter() - t0
+    metrics = client.get("/metrics").text
+    tiers = {line.split('tier="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+             for line in metrics.splitlines() if line.startswith("chunkcache_store_bytes{")}
+    after_100 = rss[str(min(100, n))]
+    return {"requests": n, "seconds": wall, "rss_mib": rss, "store_bytes_by_tier": tiers,
+            "cpu_budget_bytes": cpu_budget, "growth_after_100_mib": rss[str(n)] - after_100,
+            "growth_after_100_vs_cpu_budget": (rss[str(n)] - after_100) * 2**20 / cpu_budget}
+
+
 def measure_ingest(client: httpx.Client, data: str, n_examples: int) -> dict:
     examples = load_examples(data, n_examples)
     docs = [{"id": f"musique-{i}-{j}", "text": passage_text(c)} for i, ex in enumerate(examples)
@@ -144,7 +170,7 @@ def run_api_bench(args) -> dict:  # type: ignore[no-untyped-def]
         cfg = args.engine
         cmd = [sys.executable, "-m", "chunkcache.cli", *(["--threads", str(cfg.threads)] if cfg.threads else []),
                *(["--model", cfg.model_path] if cfg.model_path else []), "serve", "--port", str(port), "--cache-dir", cache,
-               "--api-key", key, "--max-queue", str(args.max_queue)]
+               "--api-key", key, "--max-queue", str(args.max_queue), "--cpu-bytes", str(args.soak_cpu_bytes)]
         log = Path(cache) / "server.log"
         proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -166,6 +192,10 @@ def run_api_bench(args) -> dict:  # type: ignore[no-untyped-def]
                 print(f"burst of {args.burst}: {burst['status_counts']}, lost {burst['lost']}, RSS "
                       f"{burst['rss_mib_before']:.0f} -> peak {burst['rss_mib_peak']:.0f} -> "
                       f"{burst['rss_mib_after']:.0f} MiB")
+                soak = measure_soak(client, proc.pid, args.soak, args.soak_cpu_bytes) if args.soak else None
+                if soak:
+                    print(f"soak: {soak['requests']} requests with fresh chunks in {soak['seconds']:.0f}s, RSS "
+                          f"{soak['rss_mib']} MiB, store bytes {soak['store_bytes_by_tier']}")
                 ingest = measure_ingest(client, args.data, args.ingest_examples) if args.ingest_examples else None
                 if ingest:
                     print(f"ingest: {ingest['passages']} passages in {ingest['seconds']:.1f}s = "
@@ -177,8 +207,10 @@ def run_api_bench(args) -> dict:  # type: ignore[no-untyped-def]
                "http_overhead_client_ms_p50": overhead["client_overhead_ms_p50"],
                "burst_status_counts": burst["status_counts"], "burst_lost": burst["lost"],
                "burst_rss_mib": [burst["rss_mib_before"], burst["rss_mib_peak"], burst["rss_mib_after"]],
+               "soak_rss_mib": soak["rss_mib"] if soak else None,
                "ingest_passages_per_s": ingest["passages_per_s"] if ingest else None}
-    return {"summary": summary, "overhead": overhead, "burst": burst, "ingest": ingest,
+    return {"summary": summary, "overhead": overhead, "burst": burst, "soak": soak, "ingest": ingest,
             "config": {"requests": args.requests, "burst": args.burst, "max_queue": args.max_queue,
+                       "soak": args.soak, "soak_cpu_bytes": args.soak_cpu_bytes,
                        "threads": args.engine.threads, "cpu_count": os.cpu_count(),
                        "model": args.engine.model_path or "SmolLM2-135M-Instruct"}}

@@ -146,7 +146,7 @@ def cmd_stats(args) -> int:  # type: ignore[no-untyped-def]
                                   .group_by(ChunkRow.fingerprint)).all()
         out["catalog"] = [{"fingerprint": r[0], "chunks": r[1], "bytes": int(r[2] or 0), "tokens": int(r[3] or 0),
                            "hits": int(r[4] or 0)} for r in rows]
-    index = ChunkIndex(root if args.engine.store.disk else None)
+    index = ChunkIndex(root if args.engine.store.disk else None, table_url=args.engine.store.catalog_url)
     out["index"] = index.stats()
     index.close()
     if args.json:
@@ -172,6 +172,16 @@ def cmd_bench_api(args) -> int:  # type: ignore[no-untyped-def]
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_replicas(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.api.bench_replicas import run_replicas_bench
+
+    out = run_replicas_bench(args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
@@ -220,6 +230,17 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
         api.add_argument("--requests", type=_positive, default=50, help="sequential requests for the overhead")
         api.add_argument("--burst", type=_positive, default=50)
         api.add_argument("--max-queue", type=_positive, default=16)
+        api.add_argument("--soak", type=int, default=1000, help="sequential requests with fresh chunks (0 skips)")
+        api.add_argument("--soak-cpu-bytes", type=_positive, default=256 << 20, help="the server's CPU-tier budget")
         api.add_argument("--ingest-examples", type=int, default=40, help="0 skips the ingestion figure")
         api.add_argument("--json", default=None)
         api.set_defaults(func=cmd_bench_api)
+
+        rep = bench.add_parser("replicas", help="warm TTFT with chunk KV from the shared Redis tier vs the local "
+                                                "CPU tier, for N = 1 and 2 replicas")
+        rep.add_argument("--data", default=str(DEFAULT_DATA))
+        rep.add_argument("--examples", type=_positive, default=3)
+        rep.add_argument("--passages", type=_positive, default=3, help="passages (chunks) per example")
+        rep.add_argument("--redis-url", default=None, help="default: a private redis-server on a free port")
+        rep.add_argument("--json", default=None)
+        rep.set_defaults(func=cmd_bench_replicas)

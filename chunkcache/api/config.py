@@ -26,6 +26,8 @@ class ServerConfig:
     api_key: bearer token required on every endpoint but /healthz (None: open); default from
         $CHUNKCACHE_API_KEY.
     max_jobs: ingestion jobs waiting or running; more answer 429. keep_jobs: finished jobs remembered.
+    job_stale_s: a queued or running job whose replica has not written for this long reads as failed
+        (that replica was killed); jobs live in the catalog's database (`jobs_url`).
     """
 
     host: str = "127.0.0.1"
@@ -39,6 +41,7 @@ class ServerConfig:
     api_key: str | None = None
     max_jobs: int = 8
     keep_jobs: int = 256
+    job_stale_s: float = 60.0
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class ServerConfig:
                      "max_systems", "max_jobs", "keep_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.job_stale_s > 0:
+            raise ValueError(f"job_stale_s must be > 0, got {self.job_stale_s}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
@@ -59,6 +64,18 @@ class ServerConfig:
     @property
     def persistent(self) -> bool:
         return self.engine.store.disk
+
+    @property
+    def table_url(self) -> str | None:
+        """The SQL database shared by replicas (the catalog's), for chunk texts; None: local files."""
+        return self.engine.store.catalog_url
+
+    @property
+    def jobs_url(self) -> str | None:
+        """Where ingestion jobs live: the catalog's database (SQLite by default); None: in memory."""
+        if self.engine.store.catalog_url or self.persistent:
+            return self.engine.store_config().resolved_catalog_url
+        return None
 
     @classmethod
     def from_env(cls, **kw: object) -> "ServerConfig":

@@ -48,7 +48,7 @@ class ChunkCacheService:
         self.cfg = cfg
         self.engine = engine if engine is not None else ChunkCacheEngine.from_config(cfg.engine)
         self.store = self.engine.source.store
-        self.index = index or ChunkIndex(cfg.engine.store_root if cfg.persistent else None)
+        self.index = index or ChunkIndex(cfg.engine.store_root if cfg.persistent else None, table_url=cfg.table_url)
         self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: self.engine})
         self._lock = threading.Lock()
 
@@ -146,6 +146,9 @@ class ChunkCacheService:
     def put_chunks(self, texts: list[str], doc_id: str | None, index: bool) -> list[ChunkRecord]:
         """Precompute KV behind the default system prefix and record the texts (model worker only)."""
         keys = self.engine.precompute(texts)
+        flush = getattr(self.store, "flush", None)
+        if flush is not None:  # the KV is in every tier (Redis: other replicas) before the texts are recorded
+            flush()
         ntok = [len(self.engine.prompts.chunk_ids(t)) for t in texts]
         if index:
             return self.index.add(keys, texts, ntok, doc_id)

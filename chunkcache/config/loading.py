@@ -25,7 +25,7 @@ SERVER_TABLE = "server"
 # CHUNKCACHE_* variables that are not engine settings: the cache root read by default_cache_dir,
 # the server's API key, and the test harness's server binaries.
 OTHER_ENV = frozenset({"CHUNKCACHE_DIR", "CHUNKCACHE_API_KEY", "CHUNKCACHE_REDIS_SERVER", "CHUNKCACHE_PG_BIN",
-                       "CHUNKCACHE_PG_USER"})  # not engine settings: the cache root, the server key, test servers
+                       "CHUNKCACHE_PG_USER", "CHUNKCACHE_REQUIRE_LMCACHE", "CHUNKCACHE_WHEELS"})  # not engine settings: the cache root, the server key, test servers
 
 
 class ConfigError(ValueError):

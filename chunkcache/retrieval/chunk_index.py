@@ -1,7 +1,11 @@
 """ChunkIndex: chunk texts (ChunkTable) + embeddings (Embedder) + vector search (VectorIndex).
 
-Files, beside the store catalog in `<cache_dir>/store/`: `chunk_texts.sqlite` and `index.faiss`.
-The table is the source of truth; the faiss file is rebuilt from it when missing or stale.
+Files, beside the store catalog in `<cache_dir>/store/`: `chunk_texts.sqlite` and `index.faiss`;
+with a table URL (the catalog's PostgreSQL database, shared by replicas) the texts live there and
+only the faiss file is local. The table is the source of truth: the faiss index is rebuilt from it
+when its file is missing or stale, and, before each search, when the table's version counter is not
+the one this process last saw (another replica added or deleted chunks). That check is one
+one-row SELECT; the rebuild reads every embedding (exact IndexFlatIP, fine up to ~1e6 chunks).
 Search results carry the chunk key, which is the key of the chunk's KV in the ChunkStore.
 """
 
@@ -27,15 +31,41 @@ class Hit:
 
 
 class ChunkIndex:
-    def __init__(self, directory: str | Path | None, embedder: Embedder | None = None) -> None:
-        """directory None: everything in memory."""
+    def __init__(self, directory: str | Path | None, embedder: Embedder | None = None,
+                 table_url: str | None = None) -> None:
+        """directory None: everything in memory. table_url: the chunk table's SQL database (shared)."""
         self.directory = Path(directory) if directory is not None else None
-        self.table = ChunkTable(self.directory / "chunk_texts.sqlite" if self.directory else None)
+        if table_url is not None:
+            self.table = ChunkTable(url=table_url)
+        else:
+            self.table = ChunkTable(self.directory / "chunk_texts.sqlite" if self.directory else None)
         self.embedder = embedder or Embedder()
+        self._lock = threading.Lock()
+        self._seen = self.table.version()
         vec_ids, vectors = self.table.embeddings()
         self.vectors = VectorIndex.open(DIM, self.directory / "index.faiss" if self.directory else None,
                                         vec_ids, vectors)
-        self._lock = threading.Lock()
+        self.refreshes = 0  # rebuilds after another process changed the table
+
+    def _advance(self, version: int | None) -> None:
+        """Our own change produced `version`: skip the rebuild only if no other change came between."""
+        if version is not None and version == self._seen + 1:
+            self._seen = version
+
+    def refresh(self) -> bool:
+        """Rebuild the faiss index from the table if the table's version moved; True if it did."""
+        version = self.table.version()
+        with self._lock:
+            if version == self._seen:
+                return False
+            vec_ids, vectors = self.table.embeddings()
+            fresh = VectorIndex(DIM, self.vectors.path)
+            if len(vec_ids):
+                fresh.add(vec_ids, vectors)
+            fresh.save()
+            self.vectors, self._seen = fresh, version
+            self.refreshes += 1
+            return True
 
     def add(self, keys: list[str], texts: list[str], num_tokens: list[int], doc_id: str | None = None,
             embeddings: np.ndarray | None = None, save: bool = True) -> list[ChunkRecord]:
@@ -48,7 +78,11 @@ class ChunkIndex:
         if embeddings is None:
             embeddings = self.embedder.encode(texts)
         with self._lock:
-            records = [self.table.add(k, t, n, doc_id, e)[0] for k, t, n, e in zip(keys, texts, num_tokens, embeddings)]
+            records = []
+            for k, t, n, e in zip(keys, texts, num_tokens, embeddings):
+                rec, _, version = self.table.add_versioned(k, t, n, doc_id, e)
+                self._advance(version)
+                records.append(rec)
             if records:
                 self.vectors.add(np.array([r.vec_id for r in records]), embeddings)
                 if save:
@@ -70,14 +104,18 @@ class ChunkIndex:
 
     def delete(self, key: str) -> ChunkRecord | None:
         with self._lock:
+            before = self.table.version()
             rec = self.table.delete(key)
             if rec is not None and rec.has_embedding:
+                if before == self._seen:
+                    self._advance(before + 1)
                 self.vectors.remove([rec.vec_id])
                 self.vectors.save()
             return rec
 
     def search(self, query: str, k: int = 4) -> list[Hit]:
         qvec = self.embedder.encode([query])[0]  # [384]
+        self.refresh()
         with self._lock:
             found = self.vectors.search(qvec, k)
             rows = self.table.by_vec_ids([i for i, _ in found])

@@ -1,9 +1,14 @@
-"""The text behind each stored chunk key, in SQLAlchemy (a SQLite file beside the store catalog).
+"""The text behind each stored chunk key, in SQLAlchemy: a SQLite file beside the store catalog, or
+the catalog's own database (PostgreSQL) when several replicas share it.
 
 The store catalog keeps only a hash of a chunk's text; generation from a chunk id needs the text
 itself (it is re-tokenized, which gives the same token ids and so the same KV key). Each row also
 holds the faiss vector id and the embedding (float32 bytes), so the vector index can be rebuilt
-from this table when its file is missing or stale.
+from this table when its file is missing or stale. A one-row version counter
+(`chunkcache_index_version`) is bumped in the same transaction as every change to the embedded
+rows, so a replica learns with one cheap SELECT that another one changed the table.
+Vector ids derive from the chunk key (60 bits of its hash): two replicas adding different chunks at
+once never pick the same id, and two adding the same chunk converge on one row.
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text, create_engine, delete, func, select
+import hashlib
+
+from sqlalchemy import (BigInteger, DateTime, Integer, LargeBinary, String, Text, create_engine, delete, func, select,
+                        update)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
@@ -34,6 +44,18 @@ class ChunkTextRow(_Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class IndexVersionRow(_Base):
+    __tablename__ = "chunkcache_index_version"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+def vec_id_of(key: str) -> int:
+    """A positive int64 faiss id from the chunk key (60 bits of its SHA-1)."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") >> 4
+
+
 @dataclass(frozen=True)
 class ChunkRecord:
     key: str
@@ -51,33 +73,71 @@ def _record(row: ChunkTextRow) -> ChunkRecord:
 
 
 class ChunkTable:
-    """key -> text, doc id, vector id, embedding. path None: in-memory (lost at exit)."""
+    """key -> text, doc id, vector id, embedding.
 
-    def __init__(self, path: str | Path | None) -> None:
-        if path is None:
+    path: a SQLite file, or None for in memory (lost at exit); url: any SQLAlchemy URL instead
+    (e.g. the catalog's PostgreSQL database, shared by replicas).
+    """
+
+    def __init__(self, path: str | Path | None = None, url: str | None = None) -> None:
+        if url is not None:
+            self.engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
+        elif path is None:
             self.engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
-        _Base.metadata.create_all(self.engine)
+        for attempt in range(3):  # replicas starting together race on CREATE TABLE and the first row
+            try:
+                _Base.metadata.create_all(self.engine)
+                with Session(self.engine) as s, s.begin():
+                    if s.get(IndexVersionRow, "index") is None:
+                        s.add(IndexVersionRow(name="index", version=0))
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+
+    def version(self) -> int:
+        """The index version: changes whenever an embedded row is added, changed or deleted (any replica)."""
+        with Session(self.engine) as s:
+            return int(s.scalar(select(IndexVersionRow.version).where(IndexVersionRow.name == "index")) or 0)
+
+    @staticmethod
+    def _bump(s: Session) -> int:
+        s.execute(update(IndexVersionRow).where(IndexVersionRow.name == "index")
+                  .values(version=IndexVersionRow.version + 1))
+        return int(s.scalar(select(IndexVersionRow.version).where(IndexVersionRow.name == "index")))
 
     def add(self, key: str, text: str, num_tokens: int, doc_id: str | None = None,
             embedding: np.ndarray | None = None) -> tuple[ChunkRecord, bool]:
         """Insert a row (or refresh doc id / embedding of an existing one). Returns (record, created)."""
+        rec, created, _ = self.add_versioned(key, text, num_tokens, doc_id, embedding)
+        return rec, created
+
+    def add_versioned(self, key: str, text: str, num_tokens: int, doc_id: str | None = None,
+                      embedding: np.ndarray | None = None) -> tuple[ChunkRecord, bool, int | None]:
+        """add(), also returning the index version this change produced (None: no embedding changed)."""
         blob = None if embedding is None else np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
-        with Session(self.engine) as s, s.begin():
-            row = s.get(ChunkTextRow, key)
-            created = row is None
-            if row is None:
-                next_id = (s.scalar(select(func.max(ChunkTextRow.vec_id))) or 0) + 1
-                row = ChunkTextRow(key=key, vec_id=next_id, text=text, num_tokens=num_tokens, doc_id=doc_id,
-                                   embedding=blob, created=datetime.now(timezone.utc))
-                s.add(row)
-            else:
-                row.doc_id = doc_id or row.doc_id
-                row.embedding = blob if blob is not None else row.embedding
-            s.flush()
-            return _record(row), created
+        for attempt in range(2):  # a concurrent insert of the same key by another replica: then update it
+            try:
+                with Session(self.engine) as s, s.begin():
+                    row = s.get(ChunkTextRow, key)
+                    created = row is None
+                    if row is None:
+                        row = ChunkTextRow(key=key, vec_id=vec_id_of(key), text=text, num_tokens=num_tokens,
+                                           doc_id=doc_id, embedding=blob, created=datetime.now(timezone.utc))
+                        s.add(row)
+                    else:
+                        row.doc_id = doc_id or row.doc_id
+                        row.embedding = blob if blob is not None else row.embedding
+                    s.flush()
+                    version = self._bump(s) if blob is not None else None
+                    return _record(row), created, version
+            except IntegrityError:
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def get(self, key: str) -> ChunkRecord | None:
         with Session(self.engine) as s:
@@ -96,6 +156,8 @@ class ChunkTable:
                 return None
             rec = _record(row)
             s.execute(delete(ChunkTextRow).where(ChunkTextRow.key == key))
+            if rec.has_embedding:
+                self._bump(s)
             return rec
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:

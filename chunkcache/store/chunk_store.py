@@ -49,6 +49,8 @@ class ChunkStore:
         self._slots = [TierSlot(tc, build_tier(tc, cache_dir)) for tc in tcs]
         self.catalog = Catalog(config.resolved_catalog_url, config.catalog_flush_every) if config.wants_catalog else None
         self._stats = StoreStats([s.name for s in self._slots], config.max_recent_faults)
+        # With a remote tier the catalog is shared by replicas: its on_disk flag is some node's, not ours.
+        self._shared = any(s.name == "remote" for s in self._slots)
         self._lock = threading.RLock()
         self._pinned: set[str] = set()
         self._costs: dict[str, float] = {}
@@ -79,7 +81,7 @@ class ChunkStore:
         slot.forget(key)
         if not any(s.holds(key) for s in self._slots):
             self._costs.pop(key, None)  # gone from every tier: per-key bookkeeping must not outlive the entry
-        if self.catalog is not None and slot.tier.persistent:
+        if self.catalog is not None and slot.tier.persistent and not (self._shared and slot.name == "disk"):
             self.catalog.set_tier(key, slot.name, False)
 
     def _meta(self, kv: ChunkKV, tier: str | None, doc: tuple[str | None, str | None]) -> ChunkMeta:
@@ -142,7 +144,7 @@ class ChunkStore:
         if row is not None and row.fingerprint != fingerprint:
             raise EntryUnavailable(Reason.FINGERPRINT_MISMATCH, f"catalog row is for {row.fingerprint!r}", drop=False)
         if not exists:
-            if row is not None and row.on_disk:
+            if row is not None and row.on_disk and not self._shared:
                 self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(getattr(slot.tier, "path")(key))),
                             faults=faults)
             return False

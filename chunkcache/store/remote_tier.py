@@ -6,6 +6,10 @@ budget and eviction (`maxmemory`, `maxmemory-policy allkeys-lru`); ttl_s optiona
 entries. A connection error or timeout marks the server down for retry_after_s: meanwhile reads
 are misses with reason remote_unavailable and writes fail fast, so a dead server costs one
 timeout, not one per request. A SET is atomic, so concurrent writers of one key never interleave.
+`open_layers` reads the header with GETRANGE and then each layer's bytes when the stream's reader
+thread asks for them, so a remote chunk loads while the model computes earlier layers, as the disk
+tier does. Every layer is checked against the header's checksums; if another node replaced or Redis
+evicted the entry meanwhile, the read fails verification and the caller recomputes.
 """
 
 from __future__ import annotations
@@ -81,12 +85,39 @@ class RemoteTier:
         data = self._fetch(key)
         return decode_buffer(torch.frombuffer(bytearray(data), dtype=torch.uint8), key, fingerprint)
 
+    def _range(self, name: str, offset: int, nbytes: int) -> bytes:
+        """nbytes of the entry from offset (GETRANGE); a shorter answer means the entry changed or went."""
+        try:
+            data = self.client.getrange(name, offset, offset + nbytes - 1)
+        except self._errors as e:
+            self._mark_down()
+            raise EntryUnavailable(Reason.REMOTE_UNAVAILABLE, f"{self.url}: {e}", drop=False) from e
+        if len(data) != nbytes:
+            raise EntryUnavailable(Reason.CORRUPT, f"entry changed or vanished while read ({len(data)} of {nbytes} "
+                                                   f"bytes at {offset})", drop=False)
+        return data
+
     def open_layers(self, key: str, fingerprint: str) -> LayerSource:
-        buf = torch.frombuffer(bytearray(self._fetch(key)), dtype=torch.uint8)
-        header = parse_header(buf[: header_length(buf[:8].numpy().tobytes())].numpy().tobytes(), buf.numel())
+        down = self._check_up()
+        if down:
+            raise EntryUnavailable(Reason.REMOTE_UNAVAILABLE, down, drop=False)
+        name = self._name(key)
+        try:
+            total = self.client.strlen(name)
+        except self._errors as e:
+            self._mark_down()
+            raise EntryUnavailable(Reason.REMOTE_UNAVAILABLE, f"{self.url}: {e}", drop=False) from e
+        if not total:
+            raise KeyError(key)
+        first8 = self._range(name, 0, min(8, total))
+        header = parse_header(self._range(name, 0, min(header_length(first8), total)), total)
         check(header, key, fingerprint)
+
+        def reader(offset: int, nbytes: int) -> torch.Tensor:
+            return torch.frombuffer(bytearray(self._range(name, offset, nbytes)), dtype=torch.uint8)
+
         return LayerSource(header.key, header.fingerprint, header.token_ids, header.base_position,
-                           header.n_layers, read=lambda i: read_layer(header, lambda o, n: buf[o:o + n], i))
+                           header.n_layers, read=lambda i: read_layer(header, reader, i))
 
     def delete(self, key: str) -> None:
         if self._check_up():

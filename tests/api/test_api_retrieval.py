@@ -76,3 +76,23 @@ def test_api_chunking_respects_token_budget(smollm_dir) -> None:  # type: ignore
     assert windows[-1].endswith("end.") and split_text("  \n\n ", tok, cfg) == []
     with pytest.raises(ValueError, match="overlap_tokens"):
         ChunkingConfig(chunk_tokens=32, overlap_tokens=16)
+
+
+def test_api_index_refreshes_from_a_table_shared_with_another_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two replicas over one chunk table: each sees the other's adds and deletes at its next refresh."""
+    rng = np.random.default_rng(1)
+    vecs = _unit(rng, 4)
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    a, b = ChunkIndex(tmp_path / "a", table_url=url), ChunkIndex(tmp_path / "b", table_url=url)
+    a.add(["k0", "k1"], ["t0", "t1"], [2, 2], "doc", vecs[:2])
+    assert a.refresh() is False and len(a.vectors) == 2  # its own change needs no rebuild
+    assert len(b.vectors) == 0 and b.refresh() is True and len(b.vectors) == 2
+    assert [_nearest(b, v) for v in vecs[:2]] == ["k0", "k1"]
+    b.add(["k2", "k0"], ["t2", "t0"], [2, 2], "doc", vecs[2:4])  # k0 re-added by b: one row, new vector
+    assert a.table.count()["chunks"] == 3 and a.refresh() is True
+    assert [_nearest(a, v) for v in vecs[1:4]] == ["k1", "k2", "k0"]
+    a.delete("k1")
+    assert b.refresh() is True and len(b.vectors) == 2 and b.get("k1") is None
+    assert b.refresh() is False and b.refreshes == 2
+    a.close()
+    b.close()

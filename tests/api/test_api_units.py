@@ -100,3 +100,30 @@ def test_api_config_layers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
         ServerConfig.from_layers(engine, {"prot": 1}, {})
     with pytest.raises(ConfigError, match="max_queue must be >= 1"):
         ServerConfig.from_layers(engine, {"max_queue": 0}, {})
+
+
+def test_api_jobs_are_shared_through_sql_and_a_dead_owner_reads_as_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two registries over one database (two replicas): each reads the other's jobs; a job whose owner
+    stops writing is reported failed once stale."""
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    a, b = JobRegistry(4, 8, url, stale_after_s=0.6), JobRegistry(4, 8, url, stale_after_s=0.6)
+    job = a.start("ingest", lambda job: {"chunks": 1})
+    deadline = time.monotonic() + 5
+    while (seen := b.get(job.id)).status != "done":
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+    assert seen.result == {"chunks": 1} and seen.finished is not None
+    gate = threading.Event()
+    slow = a.start("ingest", lambda job: (job.progress("precompute", 1, 3), gate.wait(5), {})[-1])
+    time.sleep(1.0)  # longer than stale_after_s: a's heartbeat keeps its running job alive
+    assert b.get(slow.id).status == "running"
+    a._stop.set()  # a "dies": its heartbeat stops (its thread is still blocked in the job)
+    time.sleep(1.0)
+    dead = b.get(slow.id)
+    assert dead.status == "failed" and "stopped updating this job" in dead.error and "precompute" in dead.error
+    gate.set()
+    a.close()
+    b.close()
+    again = JobRegistry(4, 8, url)  # a restart: the finished jobs are still there
+    assert again.get(job.id).status == "done" and again.get("nope") is None
+    again.close()

@@ -17,7 +17,7 @@ from test_blender_modes import _request
 sys.path.insert(0, str(Path(__file__).parents[1] / "agents"))
 import agents_tiny  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = pytest.mark.cuda  # deselected where CUDA is absent (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
