@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `chunkcache bench {name}` (see --help)")
         b.set_defaults(func=cmd_bench_passthrough)
     register_api(sub, bench, flags)
-    __import__("chunkcache.agents.bench", fromlist=["register"]).register(bench)
+    __import__("chunkcache.bench.agents", fromlist=["register"]).register(bench)
     return p
 
 

@@ -1,4 +1,5 @@
-"""KVCOMM anchor pool: measured KV offsets of earlier placeholder samples, matched to estimate new ones.
+"""KVCOMM anchor pool: measured KV offsets of earlier placeholder samples, matched to estimate new ones
+(the AnchorIndex the blender's KVCOMM step calls, blend/anchoring.py).
 
 An anchor is one placeholder sample (its token ids and base KV). For each reader (a placeholder's
 position in one compiled template, `Slot.reader_key`) where that sample was prefilled densely, it
@@ -24,12 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chunkcache.agents.base_kv import SegmentKV
 from chunkcache.agents.config import AnchorConfig
+from chunkcache.blend.anchoring import AnchorUnavailable
+from chunkcache.blend.segment import SegmentKV
 
-
-class AnchorUnavailable(Exception):
-    """An anchor's tensors are corrupt or missing; the turn falls back to dense prefill."""
+__all__ = ["Anchor", "AnchorOffset", "AnchorPool", "AnchorUnavailable", "Match", "anchor_id", "entropy_bits"]
 
 
 @dataclass
@@ -101,17 +101,28 @@ class AnchorPool:
         self.anchors.setdefault(anchor.placeholder, []).append(anchor)
         self._seq = max(self._seq, anchor.seq + 1)
 
-    def _loaded(self, a: Anchor, reader_key: str) -> AnchorOffset:
-        if a.base_k is None:
+    @property
+    def _keeps(self) -> bool:
+        """Whether loaded tensors stay on the Anchor (not when the loader is a store with its own budget)."""
+        return not getattr(self.loader, "holds_tensors", False)
+
+    def _loaded(self, a: Anchor, reader_key: str) -> tuple[torch.Tensor, torch.Tensor, AnchorOffset]:
+        """(base_k, base_v [n_layers-1, n_kv, L, d], offsets for the reader)."""
+        base_k, base_v = a.base_k, a.base_v
+        if base_k is None:
             if self.loader is None:
                 raise AnchorUnavailable(f"anchor {a.anchor_id[:12]} ({a.placeholder}) has no base KV")
-            a.base_k, a.base_v = self.loader.load_base(a)
+            base_k, base_v = self.loader.load_base(a)
+            if self._keeps:
+                a.base_k, a.base_v = base_k, base_v
         off = a.offsets.get(reader_key)
         if off is None:
             if self.loader is None:
                 raise AnchorUnavailable(f"anchor {a.anchor_id[:12]} ({a.placeholder}) has no offsets")
-            off = a.offsets[reader_key] = self.loader.load_offset(a, reader_key)
-        return off
+            off = self.loader.load_offset(a, reader_key)
+            if self._keeps:
+                a.offsets[reader_key] = off
+        return base_k, base_v, off
 
     def drop(self, a: Anchor) -> None:
         pool = self.anchors.get(a.placeholder, [])
@@ -120,7 +131,7 @@ class AnchorPool:
         if self.loader is not None:
             self.loader.delete(a)
 
-    def _checked(self, a: Anchor, reader_key: str) -> AnchorOffset:
+    def _checked(self, a: Anchor, reader_key: str) -> tuple[torch.Tensor, torch.Tensor, AnchorOffset]:
         try:
             return self._loaded(a, reader_key)
         except AnchorUnavailable:
@@ -147,9 +158,9 @@ class AnchorPool:
         bv = base.values[1:].float()
         d_ph, d_fo = [], []
         for a in cands:
-            self._checked(a, reader_key)
-            dk = bk - a.base_k[:, :, :L].float()  # [n_layers-1, n_kv, L, d]
-            dv = bv - a.base_v[:, :, :L].float()
+            base_k, base_v, _ = self._checked(a, reader_key)
+            dk = bk - base_k[:, :, :L].float()  # [n_layers-1, n_kv, L, d]
+            dv = bv - base_v[:, :, :L].float()
             d_ph.append(0.5 * (dk.abs().mean() + dv.abs().mean()))
             per_token = (dk.square().sum((0, 1, 3)) + dv.square().sum((0, 1, 3))).sqrt()  # [L]
             d_fo.append(per_token.mean() / math.sqrt(dk[..., 0, :].numel()))
@@ -168,7 +179,7 @@ class AnchorPool:
         pk, pv = base.keys.clone(), base.values.clone()
         fk, fv = follow.keys.clone(), follow.values.clone()
         for a, w, wf in zip(m.anchors, m.w_ph.tolist(), m.w_follow.tolist()):
-            off = self._loaded(a, reader_key)
+            off = self._loaded(a, reader_key)[2]
             if w > 1e-4:
                 pk[1:].add_(off.ph_k[:, :, :L].to(pk.dtype), alpha=w)
                 pv[1:].add_(off.ph_v[:, :, :L].to(pv.dtype), alpha=w)
@@ -202,6 +213,9 @@ class AnchorPool:
         a.contexts[reader_key] = context_digest
         if self.loader is not None:
             self.loader.save(a, reader_key, off, new)
+            if not self._keeps:  # the store holds them now, under its budget
+                a.base_k = a.base_v = None
+                a.offsets[reader_key] = None
         self._prune(pool)
         return a
 

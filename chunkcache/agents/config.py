@@ -1,4 +1,4 @@
-"""Validated configs of the anchor pool and of one agent prefill."""
+"""Validated config of the KVCOMM anchor pool (how a turn is prefilled is a BlendConfig: blend/config.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-MODES = ("dense", "prefix", "kvcomm", "blend", "kvcomm+blend")
-DEVIATION_ON = ("k", "v", "kv")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -48,39 +46,3 @@ class AnchorConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
-
-
-@dataclass(frozen=True)
-class AgentPrefillConfig:
-    """How one agent turn's prompt is prefilled.
-
-    mode: dense (full prefill, the reference) | prefix (longest token prefix shared with a recent
-        prompt, vLLM-style) | kvcomm (anchor offset estimate) | blend (CacheBlend over the
-        placeholders' base KV) | kvcomm+blend (anchor estimate, then CacheBlend recompute).
-    recompute_ratio: blend modes: fraction of the placeholder and following-text tokens recomputed
-        from the check layer on.
-    check_layer: blend modes: layer where fresh and cached K/V are compared.
-    """
-
-    mode: str = "kvcomm"
-    recompute_ratio: float = 0.15
-    check_layer: int = 1
-    deviation_on: str = "kv"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not 0.0 <= self.recompute_ratio <= 1.0:
-            raise ValueError(f"recompute_ratio must be in [0, 1], got {self.recompute_ratio}")
-        if self.check_layer < 1:
-            raise ValueError(f"check_layer must be >= 1, got {self.check_layer}")
-        if self.deviation_on not in DEVIATION_ON:
-            raise ValueError(f"deviation_on must be one of {DEVIATION_ON}, got {self.deviation_on!r}")
-
-    @property
-    def uses_anchors(self) -> bool:
-        return self.mode in ("kvcomm", "kvcomm+blend")
-
-    @property
-    def blends(self) -> bool:
-        return self.mode in ("blend", "kvcomm+blend")

@@ -20,9 +20,9 @@ from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, field_validator
 
-from chunkcache.agents.config import MODES, AgentPrefillConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
+from chunkcache.blend.config import BlendConfig, check_mode_name
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.config import EngineConfig
 from chunkcache.runner.decode import SamplingConfig
@@ -44,7 +44,8 @@ def _text(msg: BaseMessage) -> str:
 
 
 class ChunkCacheChatModel(BaseChatModel):
-    """runtime: an AgentRuntime (model, store, anchor pool); mode: dense | prefix | kvcomm | blend | kvcomm+blend."""
+    """runtime: an AgentRuntime (model, store, anchor pool); mode: a BlendConfig.named name (full, prefix, kvcomm,
+    blend, kvcomm+blend, ...)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -57,9 +58,7 @@ class ChunkCacheChatModel(BaseChatModel):
     @field_validator("mode")
     @classmethod
     def _check_mode(cls, mode: str) -> str:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        return mode
+        return check_mode_name(mode)
 
     @classmethod
     def from_engine(cls, engine: ChunkCacheEngine, **kw: Any) -> "ChunkCacheChatModel":
@@ -102,7 +101,7 @@ class ChunkCacheChatModel(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         template, values = self.to_template(messages)
-        cfg = AgentPrefillConfig(mode=self.mode, recompute_ratio=self.recompute_ratio)
+        cfg = BlendConfig.named(self.mode, recompute_ratio=self.recompute_ratio)
         sampling = SamplingConfig(max_new_tokens=int(kwargs.get("max_new_tokens", self.max_new_tokens)))
         turn = self.runtime.turn(template, values, cfg, sampling, author=self.agent_name)
         text = turn.message.text

@@ -1,8 +1,11 @@
 """In-process multi-agent runtime: one turn, a fully connected round, a discussion, a sequential pipeline.
 
-Every turn prefills its prompt in the chosen mode (AgentPrefillConfig.mode), decodes, and (for the
-modes that reuse placeholder KV) stores the response's KV rotated back to position 0, so the agents
-that read it next start from the KV the generating agent already computed.
+A turn binds its template into a BlendRequest and prefills it on the one prefill path (blend/blender.py) in
+the chosen BlendConfig (`BlendConfig.named("kvcomm")` by default), decodes, and, for the modes that place KV,
+stores the response's KV as an ordinary chunk entry (ChunkSource.put_response), so the agents that read it
+next start from the KV the generating agent already computed. Chunks are computed behind the same
+precompute context as the RAG engine's (its system prompt), so a passage cached for RAG is a chunk hit for
+an agent and the other way round: one key space, one bounded store.
 """
 
 from __future__ import annotations
@@ -15,23 +18,24 @@ from pathlib import Path
 import torch
 
 from chunkcache.agents.anchor_pool import AnchorPool
-from chunkcache.agents.base_kv import BaseSource
-from chunkcache.agents.config import AgentPrefillConfig, AnchorConfig
-from chunkcache.agents.prefill import AgentPrefill, AgentPrefiller, TurnStats
-from chunkcache.agents.prefix_cache import PrefixCache
+from chunkcache.agents.anchor_tensors import StoreAnchorTensors
+from chunkcache.agents.config import AnchorConfig
 from chunkcache.agents.template import AgentTemplate, CompiledTemplate, Message
 from chunkcache.agents.workflows import Agent, pipeline_template, round_turn
-from chunkcache.blend.chunk_source import KVStore
+from chunkcache.blend.blender import Blender, BlendResult, BlendStats
+from chunkcache.blend.chunk_source import ChunkSource, KVStore
+from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.blend.prompt import PromptTemplate
+from chunkcache.blend.prefix_cache import PrefixCache
+from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
 from chunkcache.config import EngineConfig
 from chunkcache.config.settings import DEFAULT_CPU_BYTES
-from chunkcache.runner.decode import SamplingConfig, decode
+from chunkcache.runner.decode import SamplingConfig, decode, eos_token_ids
 from chunkcache.runner.runner import ModelRunner
 from chunkcache.store.chunk_store import ChunkStore
 from chunkcache.store.config import StoreConfig
 
-PRECOMPUTE_SYSTEM = "You are a helpful assistant."
+DEFAULT_CONFIG = BlendConfig.named("kvcomm")
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Turn:
     agent: str
     round: int
     message: Message
-    stats: TurnStats
+    stats: BlendStats
 
     @property
     def text(self) -> str:
@@ -48,30 +52,32 @@ class Turn:
 
 class AgentRuntime:
     """runner: the model; store: chunk KV store (placeholder bases, responses), by default a CPU-tier
-    `ChunkStore` bounded by store_bytes (LRU eviction), never an unbounded dict; anchor_dir: persist the
-    anchor pool there (None: in memory only). Build it from an engine or a config with `from_engine` /
-    `from_config` to share that engine's model and store."""
+    `ChunkStore` bounded by store_bytes (LRU eviction), never an unbounded dict; source: an engine's chunk
+    source instead (its store and precompute context); anchor_dir: persist the anchor pool there (None: in
+    memory only). `from_engine` / `from_config` share an engine's model, store and key space."""
 
     def __init__(self, runner: ModelRunner, store: KVStore | None = None, anchor_config: AnchorConfig = AnchorConfig(),
                  anchor_dir: str | Path | None = None, prefix_cache_entries: int = 8,
-                 store_bytes: int = DEFAULT_CPU_BYTES) -> None:
+                 store_bytes: int = DEFAULT_CPU_BYTES, source: ChunkSource | None = None) -> None:
         self.runner = runner
         self.tokenizer = runner.tokenizer
-        self.store = store if store is not None else ChunkStore(StoreConfig.memory_only(store_bytes))
-        ctx = PromptTemplate.from_tokenizer(self.tokenizer, PRECOMPUTE_SYSTEM).prefix_text
-        self.bases = BaseSource(runner, self.store, tuple(self.tokenizer.encode(ctx, add_special_tokens=False)))
+        if source is None:
+            store = store if store is not None else ChunkStore(StoreConfig.memory_only(store_bytes))
+            ctx = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, DEFAULT_SYSTEM))
+            source = ChunkSource(runner, store, ctx.prefix_ids)
+        self.source = source
+        self.store = source.store
         if anchor_dir is not None:
             from chunkcache.agents.anchor_store import AnchorStore
 
             self.anchor_store = AnchorStore(anchor_dir, runner.fingerprint, runner.n_layers)
             self.pool = self.anchor_store.open_pool(anchor_config)
-        else:
+        else:  # anchor tensors are entries of the chunk store: bounded by its budgets, evicted with it
             self.anchor_store = None
-            self.pool = AnchorPool(anchor_config, runner.fingerprint)
-        self.prefiller = AgentPrefiller(runner, self.bases, self.pool, PrefixCache(prefix_cache_entries))
-        gen_eos = getattr(runner.model.generation_config, "eos_token_id", None)
-        gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        self.eos_ids = {int(t) for t in [self.tokenizer.eos_token_id, *gen_eos] if t is not None}
+            self.pool = AnchorPool(anchor_config, runner.fingerprint,
+                                   loader=StoreAnchorTensors(self.store, runner.fingerprint, str(runner.device)))
+        self.blender = Blender(runner, source, self.pool, PrefixCache(prefix_cache_entries))
+        self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
         self._compiled: dict[AgentTemplate, CompiledTemplate] = {}
         self._generated: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # response text -> generated ids
         self.remember = 4096
@@ -79,7 +85,7 @@ class AgentRuntime:
     @classmethod
     def from_engine(cls, engine: ChunkCacheEngine, **kw: object) -> "AgentRuntime":
         """The engine's model and store (kw: the other constructor arguments)."""
-        return cls(engine.runner, engine.source.store, **kw)  # type: ignore[arg-type]
+        return cls(engine.runner, source=engine.source, **kw)  # type: ignore[arg-type]
 
     @classmethod
     def from_config(cls, cfg: EngineConfig, **kw: object) -> "AgentRuntime":
@@ -101,33 +107,36 @@ class AgentRuntime:
             self._compiled[template] = CompiledTemplate.compile(template, self.tokenizer)
         return self._compiled[template]
 
-    def prefill(self, template: AgentTemplate, values: dict[str, str | Message], cfg: AgentPrefillConfig,
-                reserve: int = 0) -> tuple[AgentPrefill, int]:
+    def prefill(self, template: AgentTemplate, values: dict[str, str | Message], cfg: BlendConfig = DEFAULT_CONFIG,
+                reserve: int = 0) -> tuple[BlendResult, int]:
         """(prefill, prompt length) of one agent prompt, timed into stats.ttft_s."""
-        prompt = self.compile(template).bind(values, self.tokenizer, self.runner.max_positions)
+        req = self.compile(template).bind(values, self.tokenizer, self.runner.max_positions)
         t0 = time.perf_counter()
-        pre = self.prefiller.prefill(prompt, cfg, reserve)
+        pre = self.blender.prefill(req, cfg, reserve)
+        if pre.logits.is_cuda:
+            torch.cuda.synchronize()
         pre.stats.ttft_s = time.perf_counter() - t0
-        return pre, prompt.num_tokens
+        return pre, req.num_tokens
 
-    def keep_response(self, pre: AgentPrefill, prompt_len: int, answer: list[int]) -> None:
-        """Store the response's KV (positions prompt_len.. of pre.cache) as its base, at position 0."""
+    def keep_response(self, pre: BlendResult, prompt_len: int, answer: list[int]) -> None:
+        """Store the response's KV (positions prompt_len.. of pre.cache) as an ordinary chunk entry, at position 0."""
         if not answer:
             return
         have = pre.cache.length - prompt_len
         if have < len(answer):
             with torch.inference_mode():
-                self.runner.extend(torch.tensor(answer[have:], device=self.runner.device), pre.cache)
+                self.runner.extend(torch.tensor(answer[have:], dtype=torch.int64, device=self.runner.device),
+                                   pre.cache)
         sl = slice(prompt_len, prompt_len + len(answer))
-        self.bases.put_response(tuple(answer), pre.cache.keys[:, :, sl], pre.cache.values[:, :, sl], prompt_len)
+        self.source.put_response(tuple(answer), pre.cache.keys[:, :, sl], pre.cache.values[:, :, sl], prompt_len)
 
-    def turn(self, template: AgentTemplate, values: dict[str, str | Message], cfg: AgentPrefillConfig,
+    def turn(self, template: AgentTemplate, values: dict[str, str | Message], cfg: BlendConfig = DEFAULT_CONFIG,
              sampling: SamplingConfig = SamplingConfig(max_new_tokens=32), author: str | None = None) -> Turn:
         pre, n = self.prefill(template, values, cfg, reserve=sampling.max_new_tokens + 1)
         with torch.inference_mode():
             ids = list(decode(self.runner, pre.cache, pre.logits, sampling, self.eos_ids))
         answer = [t for t in ids if t not in self.eos_ids]
-        if cfg.mode not in ("dense", "prefix"):
+        if cfg.mode not in ("full", "prefix"):
             self.keep_response(pre, n, answer)
         text = self.tokenizer.decode(answer, skip_special_tokens=True)
         if answer:
@@ -135,7 +144,7 @@ class AgentRuntime:
         return Turn(author or template.name, 0, Message(text, tuple(answer), author), pre.stats)
 
     def round(self, agents: list[Agent], question: str, context: str | None = None,
-              previous: dict[str, Message] | None = None, cfg: AgentPrefillConfig = AgentPrefillConfig(),
+              previous: dict[str, Message] | None = None, cfg: BlendConfig = DEFAULT_CONFIG,
               sampling: SamplingConfig = SamplingConfig(max_new_tokens=32), round_idx: int = 1) -> list[Turn]:
         """Fully connected round: every agent reads the question (and context); with `previous`
         (agent name -> its last message) also its own previous message and every other agent's."""
@@ -151,7 +160,7 @@ class AgentRuntime:
         return turns
 
     def discussion(self, agents: list[Agent], question: str, context: str | None = None, rounds: int = 2,
-                   cfg: AgentPrefillConfig = AgentPrefillConfig(),
+                   cfg: BlendConfig = DEFAULT_CONFIG,
                    sampling: SamplingConfig = SamplingConfig(max_new_tokens=32)) -> list[list[Turn]]:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -163,7 +172,7 @@ class AgentRuntime:
         return out
 
     def pipeline(self, agents: list[Agent], question: str, context: str | None = None,
-                 cfg: AgentPrefillConfig = AgentPrefillConfig(),
+                 cfg: BlendConfig = DEFAULT_CONFIG,
                  sampling: SamplingConfig = SamplingConfig(max_new_tokens=32)) -> list[Turn]:
         """Sequential pipeline: stage i reads the question and the messages of stages 0..i-1."""
         _check_agents(agents)

@@ -3,7 +3,7 @@
 A template is a system prompt (the agent's role) and a user body with `{name}` placeholders, e.g.
 "Passages:\n{passages}\n\nQuestion: {question}". Rendered with the model's chat template it becomes
 
-    [prefix][P1][F1][P2][F2]...[Pk][suffix]
+    [prefix][P1][F1][P2][F2]...[Pk][suffix]   (a BlendRequest: `CompiledTemplate.bind`)
 
 prefix: everything before the first placeholder (chat header + role + body head), exact per agent;
 Pi: a placeholder's text (a chunk: its KV is shared by every agent that reads it);
@@ -19,6 +19,7 @@ import string
 from dataclasses import dataclass
 
 from chunkcache.blend.prompt import PromptTemplate
+from chunkcache.blend.request import BlendRequest, Placeholder
 
 _MARK = "\uE000AGENT\uE000"
 
@@ -112,8 +113,10 @@ class CompiledTemplate:
             slots.append(Slot(name, follow, h.copy().hexdigest()[:32]))
         return cls(template, prefix, tuple(slots), suffix)
 
-    def bind(self, values: dict[str, str | Message], tokenizer, max_positions: int) -> "AgentPrompt":
-        """Fill every placeholder. Raises ValueError naming the placeholder on any mismatch."""
+    def bind(self, values: dict[str, str | Message], tokenizer, max_positions: int) -> BlendRequest:
+        """Fill every placeholder: the blend request [prefix][P1][F1]...[Pk][suffix], each Pi and non-empty Fi a
+        chunk, each Pi an anchored Placeholder (a plain str value is a document; a Message with token ids may
+        be a stored response). Raises ValueError naming the placeholder on any mismatch."""
         names = {s.name for s in self.slots}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -122,7 +125,10 @@ class CompiledTemplate:
         missing = [s.name for s in self.slots if s.name not in values]
         if missing:
             raise ValueError(f"template {self.template.name!r}: no value for placeholder {missing[0]!r}")
-        contents = []
+        if not self.slots:
+            raise ValueError(f"template {self.template.name!r} has no placeholders: nothing to place")
+        chunks, placeholders, responses = [], [], []
+        digest = hashlib.sha256(b"ctx")
         for s in self.slots:
             v = values[s.name]
             msg = v if isinstance(v, Message) else Message(str(v))
@@ -130,63 +136,18 @@ class CompiledTemplate:
                                                                                          add_special_tokens=False))
             if not ids:
                 raise ValueError(f"template {self.template.name!r}: placeholder {s.name!r} is empty")
-            contents.append(tuple(int(t) for t in ids))
-        prompt = AgentPrompt(self, tuple(contents))
-        if prompt.num_tokens > max_positions:
-            longest = max(range(len(contents)), key=lambda i: len(contents[i]))
-            raise ValueError(f"template {self.template.name!r}: prompt of {prompt.num_tokens} tokens exceeds the "
-                             f"model context of {max_positions} (longest placeholder {self.slots[longest].name!r}: "
-                             f"{len(contents[longest])} tokens)")
-        return prompt
-
-
-@dataclass(frozen=True)
-class AgentPrompt:
-    """A compiled template with its placeholder contents. Positions follow the layout from 0."""
-
-    compiled: CompiledTemplate
-    contents: tuple[tuple[int, ...], ...]  # token ids per slot
-
-    @property
-    def prefix_ids(self) -> tuple[int, ...]:
-        return self.compiled.prefix_ids
-
-    @property
-    def suffix_ids(self) -> tuple[int, ...]:
-        return self.compiled.suffix_ids
-
-    @property
-    def slots(self) -> tuple[Slot, ...]:
-        return self.compiled.slots
-
-    def offsets(self) -> list[tuple[int, int]]:
-        """(placeholder start, following-text start) for each slot."""
-        out, pos = [], len(self.prefix_ids)
-        for slot, ids in zip(self.slots, self.contents):
-            out.append((pos, pos + len(ids)))
-            pos += len(ids) + len(slot.follow_ids)
-        return out
-
-    def context_digests(self) -> list[str]:
-        """Per slot: a digest of the contents of the slots before it (what its offsets depend on besides
-        the reader_key)."""
-        h, out = hashlib.sha256(b"ctx"), []
-        for ids in self.contents:
-            out.append(h.hexdigest()[:32])
-            h.update(repr(ids).encode())
-        return out
-
-    @property
-    def suffix_start(self) -> int:
-        return len(self.prefix_ids) + sum(len(c) + len(s.follow_ids) for s, c in zip(self.slots, self.contents))
-
-    @property
-    def num_tokens(self) -> int:
-        return self.suffix_start + len(self.suffix_ids)
-
-    def token_ids(self) -> list[int]:
-        out = list(self.prefix_ids)
-        for slot, ids in zip(self.slots, self.contents):
-            out.extend(ids)
-            out.extend(slot.follow_ids)
-        return out + list(self.suffix_ids)
+            if msg.token_ids is not None:
+                responses.append(len(chunks))
+            placeholders.append(Placeholder(len(chunks), len(chunks) + 1 if s.follow_ids else None, s.name,
+                                            s.reader_key, digest.hexdigest()[:32], not isinstance(v, Message)))
+            digest.update(repr(tuple(int(t) for t in ids)).encode())
+            chunks.append(ids)
+            if s.follow_ids:
+                chunks.append(s.follow_ids)
+        req = BlendRequest.of(self.prefix_ids, chunks, self.suffix_ids, placeholders, responses)
+        if req.num_tokens > max_positions:
+            longest = max(placeholders, key=lambda p: len(req.chunks[p.chunk]))
+            raise ValueError(f"template {self.template.name!r}: prompt of {req.num_tokens} tokens exceeds the "
+                             f"model context of {max_positions} (longest placeholder {longest.name!r}: "
+                             f"{len(req.chunks[longest.chunk])} tokens)")
+        return req

@@ -16,11 +16,11 @@ import torch
 
 from chunkcache.bench.metrics import best_f1, teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
+from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import BlendResult
 from chunkcache.blend.config import RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.request import BlendRequest
-from chunkcache.runner.decode import SamplingConfig, decode
 
 
 def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig, reserve: int):
@@ -30,21 +30,11 @@ def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig
 
 
 def _tf_logits(engine: ChunkCacheEngine, res: BlendResult, answer: list[int]) -> torch.Tensor:
-    """Next-token logits [len(answer), vocab] when the answer is fed over this mode's cache."""
-    n = res.cache.length
-    rows = [res.logits[None]]
-    if len(answer) > 1:
-        with torch.inference_mode():
-            hidden = engine.runner.extend(torch.tensor(answer[:-1]), res.cache)
-            rows.append(engine.runner.logits(hidden))
-    res.cache.truncate(n)
-    return torch.cat(rows)
+    return tf_logits(engine.runner, res.cache, res.logits, answer)
 
 
 def _greedy(engine: ChunkCacheEngine, res: BlendResult, max_new: int) -> list[int]:
-    with torch.inference_mode():
-        return list(decode(engine.runner, res.cache, res.logits, SamplingConfig(max_new_tokens=max_new),
-                           engine.eos_ids))
+    return greedy(engine.runner, res.cache, res.logits, max_new, engine.eos_ids)
 
 
 def _text(engine: ChunkCacheEngine, ids: list[int]) -> str:

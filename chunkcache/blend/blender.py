@@ -1,9 +1,11 @@
-"""Prefill a request from chunk KV: place each chunk by RoPE shift, recompute what deviates.
+"""The one prefill path: place every cached segment of a request, recompute what the mode selects.
 
-Modes (BlendConfig.mode):
+A request is [exact prefix][chunks...][suffix] (blend/request.py); chunks may be RAG passages, agent
+placeholders (anchored, KVCOMM) and the literal text between them. Modes (BlendConfig.mode):
   full        every token computed (the reference);
-  prefix      exact prefix reuse only: the system prefix, plus the first chunk when it was
-              precomputed behind exactly this prefix; everything after is computed;
+  prefix      exact prefix reuse only: the longest exactly known prefix (the request's prefix, plus the first
+              chunk when it was precomputed behind exactly this prefix, or the longest token prefix shared
+              with a recent prompt when the blender keeps a prefix cache); everything after is computed;
   naive       all chunk KV placed, only the suffix computed;
   cacheblend  layers before the first check layer computed for every context token; at each check
               layer fresh K/V of the computed tokens are compared with the cached ones and the set is
@@ -11,7 +13,9 @@ Modes (BlendConfig.mode):
   adaptive    as cacheblend, the count chosen per request from the deviation mass (capped by the ratio);
   epic, ape, query, prophet, blend: the published successors and chunkcache's own default, each a
               selector in blend/modes.py feeding the same recompute loop.
-The suffix is computed in every mode.
+With cfg.kvcomm the anchored placeholders are first placed from the KVCOMM anchor estimate
+(blend/anchoring.py); a rejected one makes the prompt from there on fresh (computed) and becomes an anchor.
+The suffix (and any fresh region) is computed in every mode.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from chunkcache.blend.anchoring import AnchorIndex, Placement, measure, place_anchored
 from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.layer_loader import LayerLoader
 from chunkcache.blend.modes import Candidates, select
-from chunkcache.blend.request import BlendRequest
+from chunkcache.blend.prefix_cache import PrefixCache
 from chunkcache.blend.recompute import selective_recompute
+from chunkcache.blend.request import BlendRequest
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.runner import ModelRunner
 
@@ -35,19 +41,29 @@ class BlendStats:
     mode: str
     prompt_tokens: int
     context_tokens: int
-    recomputed_tokens: int = 0  # context tokens recomputed past the first check layer (suffix excluded)
-    reused_tokens: int = 0  # prompt tokens whose KV came from cache at any layer
+    recomputed_tokens: int = 0  # context tokens recomputed past the first check layer (fresh region excluded)
+    reused_tokens: int = 0  # prompt tokens whose KV came from cache at layers >= 1
     chunk_hits: int = 0
     chunk_misses: int = 0
+    anchors_hit: int = 0  # kvcomm: placeholders placed from an anchor estimate
+    anchors_added: int = 0  # kvcomm: placeholders computed and measured as anchors
+    dense_fallback: bool = False  # kvcomm: the prompt was computed from a rejected placeholder on
+    slots: list[dict] = field(default_factory=list)  # per placeholder: base origin, decision, anchors, reason
     fallbacks: list[str] = field(default_factory=list)
+    ttft_s: float = 0.0  # set by callers that time the prefill
 
     @property
     def recompute_fraction(self) -> float:
         return self.recomputed_tokens / max(1, self.context_tokens)
 
+    @property
+    def reuse_rate(self) -> float:
+        return self.reused_tokens / max(1, self.prompt_tokens)
+
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["recompute_fraction"] = self.recompute_fraction
+        d["reuse_rate"] = self.reuse_rate
         return d
 
 
@@ -59,9 +75,15 @@ class BlendResult:
 
 
 class Blender:
-    def __init__(self, runner: ModelRunner, source: ChunkSource) -> None:
+    """anchors: the KVCOMM anchor pool (needed by kvcomm modes on requests with placeholders); prefix_cache:
+    recent prompts for prefix mode (None: the request's exact prefix only)."""
+
+    def __init__(self, runner: ModelRunner, source: ChunkSource, anchors: AnchorIndex | None = None,
+                 prefix_cache: PrefixCache | None = None) -> None:
         self.runner = runner
         self.source = source
+        self.anchors = anchors
+        self.prefix_cache = prefix_cache
 
     @torch.inference_mode()
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
@@ -70,9 +92,12 @@ class Blender:
         n = req.num_tokens
         if n > r.max_positions:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
-        stats = BlendStats(cfg.mode, n, req.context_len)
+        anchored = cfg.kvcomm and bool(req.placeholders)
+        if anchored and self.anchors is None:
+            raise ValueError(f"mode {cfg.name!r} needs an anchor pool (Blender(anchors=...))")
+        stats = BlendStats(cfg.name, n, req.context_len)
         cache = r.new_cache(n + reserve)
-        ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)
+        ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)  # [n]
         if cfg.mode == "full":
             hidden = r.extend(ids, cache)
             stats.recomputed_tokens = req.context_len
@@ -80,25 +105,38 @@ class Blender:
 
         placed = self._place_prefix(req, cache, stats)
         if cfg.mode == "prefix":
+            placed = self._recent_prefix(req, cache, placed)
             hidden = r.extend(ids[placed:], cache)
-            stats.recomputed_tokens = n - placed - len(req.suffix_ids)
+            if self.prefix_cache is not None:
+                self.prefix_cache.insert(tuple(req.token_ids()), cache)
+            stats.recomputed_tokens = max(0, req.suffix_start - placed)
+            fresh = placed
         else:
             loader = LayerLoader(self.source, cache)
             try:
-                for chunk, offset in zip(req.chunks, req.chunk_offsets):
-                    if offset >= placed:
-                        loader.add(chunk, offset)
-                loader.load(0)  # every position before the suffix now exists in layer 0
-                if cfg.mode == "naive":
-                    hidden = r.extend(ids[req.suffix_start:], cache, before_layer=loader.load)
+                plc = (place_anchored(r, self.source, self.anchors, req, cfg, loader, stats) if anchored
+                       else Placement(req.suffix_start))
+                fresh = plc.fresh
+                origins = {}
+                for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets)):
+                    if placed <= offset < fresh and i not in plc.placed:
+                        origins[i] = loader.add(chunk, offset, i in req.responses)
+                if not anchored:
+                    stats.slots = [{"placeholder": p.name, "base": origins.get(p.chunk, "exact")}
+                                   for p in req.placeholders]
+                loader.load(0)  # every position before the fresh region now exists in layer 0
+                if cfg.mode == "naive" or fresh <= placed:
+                    hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
                 else:
-                    hidden = self._blend(req, cfg, cache, ids, placed, stats, loader)
+                    hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader)
             finally:
                 loader.close()
             stats.chunk_hits += loader.hits
             stats.chunk_misses += loader.misses
-        stats.reused_tokens = n - len(req.suffix_ids) - stats.recomputed_tokens
-        stats.fallbacks = list(self.source.fallbacks)
+            if plc.rejected:
+                stats.anchors_added = measure(r, self.anchors, req, cache, plc.rejected)
+        stats.reused_tokens = fresh - stats.recomputed_tokens if cfg.mode != "prefix" else placed
+        stats.fallbacks.extend(self.source.fallbacks)
         self.source.fallbacks.clear()
         return BlendResult(cache, r.logits(hidden[-1:])[0], stats)
 
@@ -120,15 +158,26 @@ class Blender:
         cache.write(slice(None), slice(offset, end), kv.keys, kv.values, rope_delta=offset - kv.base_position)
         return end
 
-    def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int,
+    def _recent_prefix(self, req: BlendRequest, cache: KVCache, placed: int) -> int:
+        """Extend the exact prefix with the longest token prefix shared with a recent prompt (prefix cache)."""
+        if self.prefix_cache is None:
+            return placed
+        m, kv = self.prefix_cache.lookup(tuple(req.token_ids()))
+        m = min(m, req.num_tokens - 1)  # at least one token computed for the logits
+        if m <= placed:
+            return placed
+        cache.write(slice(None), slice(0, m), kv[0][:, :, :m], kv[1][:, :, :m])
+        return m
+
+    def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int, fresh: int,
                stats: BlendStats, loader: LayerLoader) -> torch.Tensor:
-        """Selective recompute over the context tokens after `placed`, plus the suffix; the mode's selector
-        (blend/modes.py) decides which."""
+        """Selective recompute over the context tokens in [placed, fresh), plus the fresh region; the mode's
+        selector (blend/modes.py) decides which."""
         r = self.runner
-        positions = torch.arange(placed, req.num_tokens, device=r.device)  # candidates then suffix, increasing
-        n_cand = req.suffix_start - placed
-        budget = round(cfg.recompute_ratio * req.context_len)
-        sel = select(Candidates(r, cache, ids, req, cfg, placed, budget, loader.load_all))
+        positions = torch.arange(placed, req.num_tokens, device=r.device)  # candidates then fresh rows, increasing
+        n_cand = fresh - placed
+        budget = round(cfg.recompute_ratio * (fresh - len(req.prefix_ids)))
+        sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all))
         if sel.keep is not None:
             positions = torch.cat((placed + sel.keep, positions[n_cand:]))
             n_cand = sel.keep.numel()

@@ -1,4 +1,9 @@
-"""Where the blender gets chunk KV: the store, or a precompute behind the fixed precompute context."""
+"""Where the blender gets chunk KV: the store, or a precompute behind the fixed precompute context.
+
+One key space: a chunk's key is (model, the context it was computed behind, its tokens), so the same passage
+behind the same context is one entry whether a RAG request or an agent put it there. A generated response is
+an ordinary entry too, keyed by RESPONSE_CONTEXT: its KV as the generating turn computed it, at position 0.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ from typing import Protocol
 
 import torch
 
+from chunkcache.blend.segment import SegmentKV, rotate
 from chunkcache.runner.runner import ModelRunner
 from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.keys import chunk_key
 
 log = logging.getLogger(__name__)
+
+RESPONSE_CONTEXT = (2**32 - 1,)  # not a token: marks KV computed inside the generating agent's prompt
 
 
 class KVStore(Protocol):
@@ -72,26 +80,61 @@ class ChunkSource:
                 self.fallbacks.append(f"invalid_entry: {err}; recomputed")
         return self.recompute(token_ids, ctx), False
 
-    def open_layers(self, token_ids: tuple[int, ...]) -> tuple[Iterator[Layer], int, bool]:
-        """(layers, base_position, hit) for a chunk behind the default context. layers yields
-        (layer, k, v), k/v [n_kv, L, d]; from a store that streams, a reader thread runs ahead."""
+    def open_layers(self, token_ids: tuple[int, ...], response: bool = False) -> tuple[Iterator[Layer], int, str]:
+        """(layers, base_position, origin) for a chunk behind the default context (response: a stored generated
+        response first). layers yields (layer, k, v), k/v [n_kv, L, d]; from a store that streams, a reader
+        thread runs ahead. origin: "response" | "chunk_hit" | "computed"."""
         get_layers = getattr(self.store, "get_layers", None)
         if get_layers is None:
-            kv, hit = self.get(token_ids)
-            return kv_layers(kv), kv.base_position, hit
-        key = self.key(token_ids)
-        stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device), borrow=True,
-                            **self._faults("get_layers"))
-        if stream is not None:
+            kv, origin = self.find(token_ids, response)
+            return kv_layers(kv), kv.base_position, origin
+        keys = ((self.response_key(token_ids), "response"),) if response else ()
+        for key, origin in (*keys, (self.key(token_ids), "chunk_hit")):
+            stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device), borrow=True,
+                                **self._faults("get_layers"))
+            if stream is None:
+                continue
             if stream.token_ids == tuple(token_ids) and stream.n_layers == self.runner.n_layers:
-                return iter(stream), stream.base_position, True
+                return iter(stream), stream.base_position, origin
             stream.close()
             msg = (f"invalid_entry: chunk {key[:12]}: stored entry does not match the request's tokens "
                    "or the model; recomputed")
             log.warning(msg)
             self.fallbacks.append(msg)
         kv = self.recompute(token_ids)
-        return kv_layers(kv), kv.base_position, False
+        return kv_layers(kv), kv.base_position, "computed"
+
+    def response_key(self, token_ids: tuple[int, ...]) -> str:
+        return self.key(token_ids, RESPONSE_CONTEXT)
+
+    def find(self, token_ids: tuple[int, ...], response: bool = False) -> tuple[ChunkKV, str]:
+        """(kv, origin): a stored response (when `response`), else the chunk behind the default context."""
+        if response:
+            kv = self.store.get(self.response_key(token_ids), self.runner.fingerprint, device=str(self.runner.device),
+                                **self._faults("get"))
+            if kv is not None:
+                try:
+                    validate_chunk_kv(kv, self.runner, token_ids)
+                    return kv, "response"
+                except ValueError as err:
+                    log.warning("ignoring response entry: %s", err)
+                    self.fallbacks.append(f"invalid_entry: {err}; recomputed")
+        kv, hit = self.get(token_ids)
+        return kv, "chunk_hit" if hit else "computed"
+
+    def base(self, token_ids: tuple[int, ...], response: bool = False) -> tuple[SegmentKV, str]:
+        """(KV in its own frame, origin): `find`, keys rotated back to position 0."""
+        kv, origin = self.find(token_ids, response)
+        return SegmentKV(kv.token_ids, rotate(kv.keys, -kv.base_position, self.runner.inv_freq), kv.values), origin
+
+    def put_response(self, token_ids: tuple[int, ...], keys: torch.Tensor, values: torch.Tensor, offset: int) -> str:
+        """Store a generated response's KV (keys/values [n_layers, n_kv, L, d] at positions offset..) as an
+        ordinary entry under RESPONSE_CONTEXT, at position 0. Returns its key."""
+        ids = tuple(int(t) for t in token_ids)
+        key = self.response_key(ids)
+        self.store.put(ChunkKV(key, self.runner.fingerprint, ids, 0, rotate(keys, -offset, self.runner.inv_freq),
+                               values.clone()), **self._faults("put"))
+        return key
 
     def recompute(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> ChunkKV:
         """Precompute behind `context_ids` (default: the default context) and put, replacing any entry."""
@@ -115,8 +158,8 @@ class ChunkSource:
 Layer = tuple[int, torch.Tensor, torch.Tensor]
 
 
-def kv_layers(kv: ChunkKV) -> Iterator[Layer]:
-    """(layer, k [n_kv, L, d], v [n_kv, L, d]) for every layer of a ChunkKV."""
+def kv_layers(kv: ChunkKV | SegmentKV) -> Iterator[Layer]:
+    """(layer, k [n_kv, L, d], v [n_kv, L, d]) for every layer of a ChunkKV or SegmentKV."""
     for layer in range(kv.keys.shape[0]):
         yield layer, kv.keys[layer], kv.values[layer]
 

@@ -9,6 +9,9 @@ DEFAULT_MODE = "blend"  # chosen by measurement on the dev set (README, BENCHMAR
 RATIO_FREE_MODES = ("full", "prefix", "naive", "ape")  # modes whose cost does not depend on recompute_ratio
 SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
 DEVIATION_ON = ("k", "v", "kv")
+ALIASES = {"dense": "full"}  # the agents' old name of full prefill
+KVCOMM_PREFIX = "kvcomm"  # "kvcomm" = naive + KVCOMM offsets; "kvcomm+<mode>" = <mode> over KVCOMM offsets
+AGENT_MODES = ("full", "prefix", "kvcomm", "blend", "kvcomm+blend")  # what `bench agents` compares by default
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class BlendConfig:
     sink_tokens: blend mode always recomputes the first sink_tokens of every chunk (inside the budget).
     ape_temperature, ape_scale: APE's attention temperature T and scaling factor S on the attention
         from the suffix to the context tokens (APE repo default 0.9 / 0.9; T=S=1 is naive).
+    kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
+        anchor offsets; blend/anchoring.py) before the mode's selection runs. Named "kvcomm" (with mode
+        naive: nothing recomputed) or "kvcomm+<mode>" (see `named`).
     """
 
     mode: str = DEFAULT_MODE
@@ -47,6 +53,7 @@ class BlendConfig:
     sink_tokens: int = 4
     ape_temperature: float = 0.9
     ape_scale: float = 0.9
+    kvcomm: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -66,3 +73,37 @@ class BlendConfig:
         if not (self.ape_temperature > 0 and self.ape_scale > 0):
             raise ValueError(f"ape_temperature and ape_scale must be > 0, "
                              f"got {self.ape_temperature}, {self.ape_scale}")
+        if self.kvcomm and self.mode in ("full", "prefix"):
+            raise ValueError(f"kvcomm places estimated KV; mode {self.mode!r} places none")
+
+    @property
+    def name(self) -> str:
+        """The mode's name as `named` reads it: full, blend, kvcomm, kvcomm+blend, ..."""
+        if not self.kvcomm:
+            return self.mode
+        return KVCOMM_PREFIX if self.mode == "naive" else f"{KVCOMM_PREFIX}+{self.mode}"
+
+    @property
+    def recomputes(self) -> bool:
+        """Whether the mode recomputes context tokens past the first layers (a selector runs)."""
+        return self.mode not in ("full", "prefix", "naive", "ape")
+
+    @classmethod
+    def named(cls, name: str, **kw) -> "BlendConfig":
+        """The config of a mode name: one of MODES, an alias (dense = full), kvcomm, or kvcomm+<mode>."""
+        name = ALIASES.get(name, name)
+        if name == KVCOMM_PREFIX:
+            return cls(mode="naive", kvcomm=True, **kw)
+        if name.startswith(KVCOMM_PREFIX + "+"):
+            return cls(mode=name[len(KVCOMM_PREFIX) + 1:], kvcomm=True, **kw)
+        return cls(mode=name, **kw)
+
+
+def check_mode_name(name: str) -> str:
+    """`name` if BlendConfig.named accepts it; else ValueError listing the names."""
+    try:
+        BlendConfig.named(name)
+    except ValueError:
+        raise ValueError(f"unknown mode {name!r}: mode must be one of {MODES}, {tuple(ALIASES)}, "
+                         f"{KVCOMM_PREFIX} or {KVCOMM_PREFIX}+<mode>") from None
+    return name

@@ -15,7 +15,7 @@ from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
 from chunkcache.blend.request import BlendRequest
 from chunkcache.config import EngineConfig, check_config
-from chunkcache.runner.decode import SamplingConfig, decode_steps
+from chunkcache.runner.decode import SamplingConfig, decode_steps, eos_token_ids
 from chunkcache.runner.detokenize import Detokenizer
 from chunkcache.runner.loader import load_model
 from chunkcache.runner.runner import ModelRunner
@@ -40,9 +40,7 @@ class ChunkCacheEngine:
         self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
         self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
         self.blender = Blender(runner, self.source)
-        gen_eos = getattr(runner.model.generation_config, "eos_token_id", None)
-        gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        self.eos_ids = {int(t) for t in [self.tokenizer.eos_token_id, *gen_eos] if t is not None}
+        self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
 
     @classmethod
     def from_config(cls, cfg: EngineConfig = EngineConfig(), store: KVStore | None = None) -> "ChunkCacheEngine":

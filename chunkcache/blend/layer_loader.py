@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from chunkcache.blend.chunk_source import ChunkSource, Layer, kv_layers
+from chunkcache.blend.segment import SegmentKV
 from chunkcache.runner.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,18 @@ class LayerLoader:
         self.next_layer = 0
         self.hits = self.misses = 0
 
-    def add(self, token_ids: tuple[int, ...], offset: int) -> None:
-        layers, base, hit = self.source.open_layers(token_ids)
+    def add(self, token_ids: tuple[int, ...], offset: int, response: bool = False) -> str:
+        """Place a chunk (response: a stored generated response first); returns its origin (ChunkSource)."""
+        layers, base, origin = self.source.open_layers(token_ids, response)
+        hit = origin != "computed"
         self.hits += hit
         self.misses += not hit
         self.pending.append(_Pending(token_ids, offset, base, layers))
+        return origin
+
+    def add_kv(self, seg: SegmentKV, offset: int) -> None:
+        """Place KV already in hand (a KVCOMM estimate, keys in their own frame) at `offset`."""
+        self.pending.append(_Pending(seg.token_ids, offset, 0, kv_layers(seg)))
 
     def load(self, layer: int) -> None:
         """Write layer `layer` of every added chunk (and any skipped earlier layers) into the cache."""

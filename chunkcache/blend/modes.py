@@ -51,6 +51,7 @@ from chunkcache.runner.runner import ModelRunner
 @dataclass(frozen=True)
 class Candidates:
     """What a selector sees. ids [n]: the prompt; placed: positions before it are exact (not candidates);
+    fresh: positions from it on are computed in full (the suffix, or from a placeholder KVCOMM rejected);
     budget: context tokens the mode may recompute; load_all(): load every layer of the placed chunk KV."""
 
     runner: ModelRunner
@@ -59,17 +60,18 @@ class Candidates:
     req: BlendRequest
     cfg: BlendConfig
     placed: int
+    fresh: int
     budget: int
     load_all: Callable[[], None]
 
     @property
     def count(self) -> int:
-        return self.req.suffix_start - self.placed
+        return self.fresh - self.placed
 
     def chunk_spans(self) -> list[tuple[int, int]]:
         """(start, end) candidate indices of every chunk that is a candidate."""
         spans = zip(self.req.chunks, self.req.chunk_offsets)
-        return [(off - self.placed, off - self.placed + len(c)) for c, off in spans if off >= self.placed]
+        return [(off - self.placed, off - self.placed + len(c)) for c, off in spans if self.placed <= off < self.fresh]
 
     def heads(self, k: int) -> torch.Tensor:
         """Candidate indices [m] of the first k tokens of every candidate chunk, increasing."""
@@ -79,7 +81,7 @@ class Candidates:
     def suffix_attention(self) -> torch.Tensor:
         """Attention [n_layers, n_cand] of the suffix over the naive merged cache, per layer."""
         self.load_all()
-        mass = suffix_attention_by_layer(self.runner, self.cache, self.ids[self.req.suffix_start:])
+        mass = suffix_attention_by_layer(self.runner, self.cache, self.ids[self.fresh:])
         return mass[:, self.placed:]
 
 
@@ -106,7 +108,7 @@ def _cacheblend(c: Candidates) -> Selection:
     if cfg.selection == "attention":
         count = c.budget if cfg.mode != "adaptive" else min(c.budget, adaptive_count(importance, cfg.adaptive_mass))
         return Selection(keep=top_tokens(importance, count))
-    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.req.suffix_start))  # [n]
+    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.fresh))  # [n]
     return Selection(checks=cfg.check_layers, weights=weights)
 
 
@@ -116,7 +118,7 @@ def _epic(c: Candidates) -> Selection:
 
 
 def _ape(c: Candidates) -> Selection:
-    temper = ContextTemper(len(c.req.prefix_ids), c.req.suffix_start, c.cfg.ape_temperature, c.cfg.ape_scale)
+    temper = ContextTemper(len(c.req.prefix_ids), c.fresh, c.cfg.ape_temperature, c.cfg.ape_scale)
     return Selection(keep=torch.zeros(0, dtype=torch.int64, device=c.runner.device), temper=temper)
 
 
@@ -137,7 +139,7 @@ def _blend(c: Candidates) -> Selection:
     pinned = torch.zeros(c.count, dtype=torch.bool, device=c.runner.device)
     pinned[c.heads(sink)] = True
     importance = c.suffix_attention().sum(0)  # [n_cand]
-    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.req.suffix_start))  # [n]
+    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.fresh))  # [n]
     return Selection(checks=c.cfg.check_layers, pinned=pinned, weights=weights)
 
 

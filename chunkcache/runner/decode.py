@@ -59,3 +59,10 @@ def decode_steps(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor
         if last:
             return
         logits = runner.decode_step(torch.tensor([token], dtype=torch.int64, device=runner.device), cache)
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end a turn: the tokenizer's EOS and the model's generation config's (one or a list)."""
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    gen = [gen] if isinstance(gen, int) else list(gen or [])
+    return {int(t) for t in [tokenizer.eos_token_id, *gen] if t is not None}

@@ -79,6 +79,8 @@ class ChunkStore:
 
     def _forget(self, slot: TierSlot, key: str) -> None:
         slot.forget(key)
+        if not any(s.holds(key) for s in self._slots):
+            self._costs.pop(key, None)  # gone from every tier: per-key bookkeeping must not outlive the entry
         if self.catalog is not None and slot.tier.persistent and not (self._shared and slot.name == "disk"):
             self.catalog.set_tier(key, slot.name, False)
 

@@ -1,6 +1,7 @@
 """KVCOMM anchors on a tiny random llama: admission, exact estimate, entropy rule, pruning, blend modes."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,25 +11,26 @@ from agents_tiny import content as _content
 from agents_tiny import dense as _dense
 from agents_tiny import prefiller as _prefiller
 from agents_tiny import prompt as _prompt
+from agents_tiny import request as _request
 
 from chunkcache.agents.anchor_pool import AnchorPool, entropy_bits
-from chunkcache.agents.base_kv import SegmentKV
-from chunkcache.agents.config import AgentPrefillConfig, AnchorConfig
-from chunkcache.agents.template import AgentPrompt
+from chunkcache.agents.config import AnchorConfig
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.segment import SegmentKV
 
 
 def test_admission_then_exact_reuse(tiny_runner):
     """Two samples are prefilled densely and become anchors; a sample equal to an anchor is then estimated
     as base + its own measured offset, i.e. exactly the dense KV."""
     pf = _prefiller(tiny_runner)
-    kv = AgentPrefillConfig(mode="kvcomm")
+    kv = BlendConfig.named("kvcomm")
     first = pf.prefill(_prompt(1), kv)
     assert first.stats.dense_fallback and first.stats.anchors_added == 2 and first.stats.anchors_hit == 0
     assert first.stats.reused_tokens == len(PREFIX)
     assert "matching anchors" in first.stats.slots[0]["reason"]
     second = pf.prefill(_prompt(2), kv)
     assert second.stats.dense_fallback and second.stats.anchors_added == 2
-    assert len(pf.pool) == 4
+    assert len(pf.anchors) == 4
     again = pf.prefill(_prompt(1), kv)
     assert not again.stats.dense_fallback and again.stats.anchors_hit == 2 and again.stats.anchors_added == 0
     prompt = _prompt(1)
@@ -43,12 +45,12 @@ def test_admission_then_exact_reuse(tiny_runner):
 def test_estimate_beats_base_alone(tiny_runner):
     """With anchors for other samples, the estimate is closer to dense than the bare base (blend mode, ratio 0)."""
     pf = _prefiller(tiny_runner, AnchorConfig(temperature=1.0, entropy_threshold=1.0))
-    kv = AgentPrefillConfig(mode="kvcomm")
+    kv = BlendConfig.named("kvcomm")
     for seed in (1, 2, 3):
         pf.prefill(_prompt(seed), kv)
     est = pf.prefill(_prompt(7, la=20, lb=15), kv)
     assert est.stats.anchors_hit == 2
-    naive = pf.prefill(_prompt(7, la=20, lb=15), AgentPrefillConfig(mode="blend", recompute_ratio=0.0))
+    naive = pf.prefill(_prompt(7, la=20, lb=15), BlendConfig(mode="cacheblend", recompute_ratio=0.0))
     dense = _dense(tiny_runner, _prompt(7, la=20, lb=15))
     n = _prompt(7, la=20, lb=15).suffix_start
     err = lambda x: (x.cache.values[1:, :, :n] - dense.cache.values[1:, :, :n]).norm().item()  # noqa: E731
@@ -60,7 +62,7 @@ def test_estimate_beats_base_alone(tiny_runner):
 def test_flat_weights_fall_back_to_dense(tiny_runner):
     """An enormous temperature makes the match weights uniform: entropy log2(N) > 0.3 log2(N) -> dense."""
     pf = _prefiller(tiny_runner, AnchorConfig(temperature=1e9))
-    kv = AgentPrefillConfig(mode="kvcomm")
+    kv = BlendConfig.named("kvcomm")
     for seed in (1, 2):
         pf.prefill(_prompt(seed), kv)
     third = pf.prefill(_prompt(3), kv)
@@ -73,7 +75,7 @@ def test_flat_weights_fall_back_to_dense(tiny_runner):
 
 def test_longer_sample_needs_longer_anchors(tiny_runner):
     pf = _prefiller(tiny_runner)
-    kv = AgentPrefillConfig(mode="kvcomm")
+    kv = BlendConfig.named("kvcomm")
     for seed in (1, 2):
         pf.prefill(_prompt(seed, la=10), kv)
     longer = pf.prefill(_prompt(3, la=30), kv)
@@ -85,14 +87,14 @@ def test_blend_modes_at_full_ratio_are_exact(tiny_runner):
     pf = _prefiller(tiny_runner, AnchorConfig(temperature=1.0, entropy_threshold=1.0))
     prompt = _prompt(5)
     dense = _dense(tiny_runner, prompt)
-    blend = pf.prefill(prompt, AgentPrefillConfig(mode="blend", recompute_ratio=1.0))
+    blend = pf.prefill(prompt, BlendConfig(mode="cacheblend", recompute_ratio=1.0))
     assert (blend.logits - dense.logits).abs().max().item() < 1e-4
     for seed in (1, 2):
-        pf.prefill(_prompt(seed), AgentPrefillConfig(mode="kvcomm"))
-    both = pf.prefill(prompt, AgentPrefillConfig(mode="kvcomm+blend", recompute_ratio=1.0))
+        pf.prefill(_prompt(seed), BlendConfig.named("kvcomm"))
+    both = pf.prefill(prompt, BlendConfig.named("kvcomm+blend", recompute_ratio=1.0))
     assert both.stats.anchors_hit == 2
     assert (both.logits - dense.logits).abs().max().item() < 1e-4
-    partial = pf.prefill(prompt, AgentPrefillConfig(mode="kvcomm+blend", recompute_ratio=0.25))
+    partial = pf.prefill(prompt, BlendConfig.named("kvcomm+blend", recompute_ratio=0.25))
     ctx = prompt.suffix_start - len(PREFIX)
     assert partial.stats.recomputed_tokens == round(0.25 * ctx)
     assert partial.stats.reused_tokens == prompt.suffix_start - partial.stats.recomputed_tokens
@@ -100,12 +102,12 @@ def test_blend_modes_at_full_ratio_are_exact(tiny_runner):
 
 def test_prefix_mode_reuses_longest_shared_prefix_exactly(tiny_runner):
     pf = _prefiller(tiny_runner)
-    cfg = AgentPrefillConfig(mode="prefix")
+    cfg = BlendConfig(mode="prefix")
     a = _prompt(1)
-    b = AgentPrompt(a.compiled, (a.contents[0], _content(55, 17)))
+    b = _request(a.chunks[0], _content(55, 17))
     pf.prefill(a, cfg)
     res = pf.prefill(b, cfg)
-    assert res.stats.reused_tokens == len(PREFIX) + len(a.contents[0]) + 3
+    assert res.stats.reused_tokens == len(PREFIX) + len(a.chunks[0]) + 3
     assert (res.logits - _dense(tiny_runner, b).logits).abs().max().item() < 1e-4
 
 
@@ -142,8 +144,31 @@ def test_match_weights_and_entropy():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="mode"):
-        AgentPrefillConfig(mode="fast")
+        BlendConfig.named("fast")
+    with pytest.raises(ValueError, match="kvcomm"):
+        BlendConfig(mode="full", kvcomm=True)
+    assert BlendConfig.named("dense") == BlendConfig(mode="full")
+    assert BlendConfig.named("kvcomm") == BlendConfig(mode="naive", kvcomm=True)
+    assert BlendConfig.named("kvcomm+epic").name == "kvcomm+epic"
     with pytest.raises(ValueError, match="entropy_threshold"):
         AnchorConfig(entropy_threshold=2.0)
     with pytest.raises(ValueError, match="prune_window"):
         AnchorConfig(max_anchors=3, prune_window=5)
+
+
+def test_rejected_documents_take_the_chunk_path_in_recomputing_modes(tiny_runner):
+    """A document placeholder (user text) without anchors is placed as a chunk and blended in kvcomm+<mode>;
+    a message placeholder is computed and measured (KVCOMM's fallback), as is everything in plain kvcomm."""
+    p = _prompt(1)
+    docs = replace(p, placeholders=tuple(replace(x, document=True) for x in p.placeholders))
+    assert not any(x.document for x in p.placeholders)  # raw-id Messages in agents_tiny
+    res = _prefiller(tiny_runner).prefill(docs, BlendConfig.named("kvcomm+cacheblend", recompute_ratio=0.25))
+    assert [s["decision"] for s in res.stats.slots] == ["chunk", "chunk"]
+    assert not res.stats.dense_fallback and res.stats.anchors_added == 0
+    ctx = docs.suffix_start - len(PREFIX)
+    assert res.stats.recomputed_tokens == round(0.25 * ctx)
+    assert res.stats.reused_tokens == docs.suffix_start - res.stats.recomputed_tokens
+    msgs = _prefiller(tiny_runner).prefill(p, BlendConfig.named("kvcomm+cacheblend", recompute_ratio=0.25))
+    assert msgs.stats.dense_fallback and msgs.stats.anchors_added == 2 and msgs.stats.reused_tokens == len(PREFIX)
+    plain = _prefiller(tiny_runner).prefill(docs, BlendConfig.named("kvcomm"))
+    assert plain.stats.dense_fallback and plain.stats.anchors_added == 2

@@ -1,8 +1,7 @@
 """`bench agents` end to end on a tiny workload: the JSON carries every mode's figures, dense is the reference."""
 
-import json
-
-from chunkcache.agents.bench import run_agents
+from chunkcache.bench.agents import make_agents, run_agents
+from chunkcache.bench.agents_long import run_long
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples
 from chunkcache.cli import main
 from chunkcache.runner.runner import ModelRunner
@@ -18,7 +17,7 @@ def test_run_agents_small(smollm):
     res = run_agents(runner, ex, n_agents=2, rounds=2, modes=["dense", "prefix", "kvcomm+blend"], passages=0,
                      max_new=3, warmup=0, log=lambda *_: None)
     modes = res["modes"]
-    assert set(modes) == {"dense", "prefix", "kvcomm+blend"}
+    assert set(modes) == {"full", "prefix", "kvcomm+blend"}  # dense is full prefill's alias
     for m in modes.values():
         assert KEYS <= set(m) and m["turns"] == 4
     assert 0 < modes["prefix"]["reuse_rate"] < 1 and modes["prefix"]["tf_top1_agreement"] > 0.99  # exact reuse
@@ -38,3 +37,15 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "--agents must be >= 2" in capsys.readouterr().err
     assert main(["bench", "agents", "--modes", "dense,turbo", "--limit", "1", "--warmup", "0", "--data", DATA]) == 2
     assert "unknown mode 'turbo'" in capsys.readouterr().err
+
+
+def test_long_discussion_reports_bounded_memory(smollm):
+    runner = ModelRunner(smollm.model, smollm.tokenizer)
+    budget = 2 * 2**20
+    res = run_long(runner, load_examples(DATA, 3), make_agents(2), turns=12, mode="kvcomm+blend", cpu_budget=budget,
+                   passage_tokens=24, max_new=2, checkpoint=4, log=lambda *_: None)
+    first, last = res["checkpoints"]
+    assert res["turns"] == 12 and (first["turn"], last["turn"]) == (4, 12)
+    assert 0 < last["store_bytes_by_tier"]["cpu"] <= budget and last["evictions"] > 0  # full, and evicting
+    assert last["rss_peak_bytes"] >= first["rss_peak_bytes"] > 0
+    assert 0 < last["reuse_rate_so_far"] < 1

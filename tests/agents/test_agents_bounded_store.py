@@ -2,7 +2,7 @@
 
 import torch
 
-from chunkcache.agents.config import AgentPrefillConfig
+from chunkcache.blend.config import BlendConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.workflows import Agent
 from chunkcache.config.settings import DEFAULT_CPU_BYTES
@@ -23,7 +23,7 @@ def test_default_store_is_bounded_and_evicts(smollm):
 
     budget = 400_000  # SmolLM2 KV is about 46 KB per token: a few short chunks fit, a pipeline does not
     rt = AgentRuntime(runner, store_bytes=budget)
-    turns = rt.pipeline(AGENTS, "Who built the Eiffel Tower?", context=CONTEXT, cfg=AgentPrefillConfig(mode="kvcomm"),
+    turns = rt.pipeline(AGENTS, "Who built the Eiffel Tower?", context=CONTEXT, cfg=BlendConfig.named("kvcomm"),
                         sampling=SamplingConfig(max_new_tokens=4))
     assert len(turns) == 2
     cpu = rt.store.stats()["tiers"]["cpu"]

@@ -5,14 +5,14 @@ import pytest
 import torch
 from device_guard import require_device
 
-from chunkcache.agents.config import AgentPrefillConfig
+from chunkcache.blend.config import BlendConfig
 
 
-@pytest.mark.parametrize("mode", ["dense", "prefix", "kvcomm", "blend", "kvcomm+blend"])
+@pytest.mark.parametrize("mode", ["full", "prefix", "kvcomm", "cacheblend", "blend", "kvcomm+blend", "kvcomm+epic"])
 def test_agents_prefill_names_its_device(tiny_runner, mode):
     pre = agents_tiny.prefiller(tiny_runner)
     p, q = agents_tiny.prompt(3), agents_tiny.prompt(4)
-    cfg = AgentPrefillConfig(mode=mode)
+    cfg = BlendConfig.named(mode)
     with require_device():
         first = pre.prefill(p, cfg)
         second = pre.prefill(q, cfg)

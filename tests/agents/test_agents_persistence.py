@@ -4,9 +4,10 @@ import pytest
 from agents_tiny import dense, prefiller, prompt
 
 from chunkcache.agents.anchor_store import AnchorStore
-from chunkcache.agents.config import AgentPrefillConfig, AnchorConfig
+from chunkcache.agents.config import AnchorConfig
+from chunkcache.blend.config import BlendConfig
 
-KV = AgentPrefillConfig(mode="kvcomm")
+KV = BlendConfig.named("kvcomm")
 
 
 def _open(runner, root):
@@ -26,14 +27,14 @@ def test_restart_keeps_anchors(tiny_runner, tmp_path):
     assert len(list(tmp_path.glob("*.base.safetensors"))) == 4
     assert len(list(tmp_path.glob("*.safetensors"))) == 8  # 4 bases + 4 (anchor, reader) offsets
     pf, store = _open(tiny_runner, tmp_path)
-    assert len(pf.pool) == 4
+    assert len(pf.anchors) == 4
     res = pf.prefill(prompt(1), KV)
     assert not res.stats.dense_fallback and res.stats.anchors_hit == 2 and res.stats.anchors_added == 0
     assert (res.logits - dense(tiny_runner, prompt(1)).logits).abs().max().item() < 5e-2
-    uses = {a.anchor_id: a.uses for v in pf.pool.anchors.values() for a in v}
+    uses = {a.anchor_id: a.uses for v in pf.anchors.anchors.values() for a in v}
     store.close()
     pf2, store2 = _open(tiny_runner, tmp_path)
-    assert {a.anchor_id: a.uses for v in pf2.pool.anchors.values() for a in v} == uses
+    assert {a.anchor_id: a.uses for v in pf2.anchors.anchors.values() for a in v} == uses
     assert sum(uses.values()) >= 2
     store2.close()
 

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from chunkcache.agents.config import AgentPrefillConfig, AnchorConfig
+from chunkcache.agents.config import AnchorConfig
+from chunkcache.blend.config import BlendConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import Message
-from chunkcache.agents.workflows import Agent
+from chunkcache.agents.workflows import Agent, pipeline_template
 from chunkcache.bench.metrics import teacher_forced
 from chunkcache.runner.decode import SamplingConfig
 from chunkcache.runner.runner import ModelRunner
@@ -27,7 +28,7 @@ def runner(smollm):
 
 def test_discussion_dense_and_kvcomm(runner):
     dense_rt = AgentRuntime(runner)
-    rounds = dense_rt.discussion(AGENTS, QUESTIONS[0], CONTEXT, rounds=2, cfg=AgentPrefillConfig(mode="dense"),
+    rounds = dense_rt.discussion(AGENTS, QUESTIONS[0], CONTEXT, rounds=2, cfg=BlendConfig(mode="full"),
                                  sampling=SAMPLING)
     assert [len(r) for r in rounds] == [3, 3]
     assert all(t.text.strip() and t.stats.ttft_s > 0 for r in rounds for t in r)
@@ -36,7 +37,7 @@ def test_discussion_dense_and_kvcomm(runner):
 
     # entropy_threshold=1: reuse whenever two anchors match (the admission policy is tested on the tiny model)
     rt = AgentRuntime(runner, anchor_config=AnchorConfig(entropy_threshold=1.0))
-    kv = AgentPrefillConfig(mode="kvcomm")
+    kv = BlendConfig.named("kvcomm")
     first = rt.discussion(AGENTS, QUESTIONS[0], CONTEXT, rounds=2, cfg=kv, sampling=SAMPLING)
     assert all(t.stats.dense_fallback and t.stats.anchors_added > 0 for r in first for t in r)
     assert [t.text for t in first[0]] == [t.text for t in rounds[0]]  # dense from the first placeholder: exact
@@ -61,7 +62,7 @@ def test_anchor_estimate_tracks_dense(runner):
     from chunkcache.agents.workflows import round_template
 
     tpl = round_template(AGENTS[0], AGENTS[1:], True, True)
-    kv, dense_cfg = AgentPrefillConfig(mode="kvcomm"), AgentPrefillConfig(mode="dense")
+    kv, dense_cfg = BlendConfig.named("kvcomm"), BlendConfig(mode="full")
     for q in QUESTIONS[:2]:
         rt.prefill(tpl, {"context": CONTEXT, "question": q}, kv)
     values = {"context": CONTEXT, "question": QUESTIONS[2]}
@@ -72,7 +73,7 @@ def test_anchor_estimate_tracks_dense(runner):
 
     def tf(pre):
         with torch.inference_mode():
-            h = runner.extend(torch.tensor(answer[:-1]), pre.cache)
+            h = runner.extend(torch.tensor(answer[:-1], device=runner.device), pre.cache)
             return torch.cat((pre.logits[None], runner.logits(h)))
 
     top1, kl = teacher_forced(tf(ref), tf(est))
@@ -81,17 +82,18 @@ def test_anchor_estimate_tracks_dense(runner):
 
 def test_pipeline_blend_reads_earlier_stages(runner):
     rt = AgentRuntime(runner)
-    turns = rt.pipeline(AGENTS, QUESTIONS[0], CONTEXT, cfg=AgentPrefillConfig(mode="blend", recompute_ratio=0.2),
+    turns = rt.pipeline(AGENTS, QUESTIONS[0], CONTEXT, cfg=BlendConfig(mode="cacheblend", recompute_ratio=0.2),
                         sampling=SAMPLING)
     assert [t.round for t in turns] == [1, 2, 3]
     assert [len(t.stats.slots) for t in turns] == [2, 3, 4]
     assert [s["base"] for s in turns[2].stats.slots if s["placeholder"].startswith("msg_")] == ["response"] * 2
     for t in turns:
         assert 0 < t.stats.recomputed_tokens < t.stats.reused_tokens
-    pre = AgentPrefillConfig(mode="prefix")
+    pre = BlendConfig(mode="prefix")
     once = rt.pipeline(AGENTS, QUESTIONS[0], CONTEXT, cfg=pre, sampling=SAMPLING)
     twice = rt.pipeline(AGENTS, QUESTIONS[0], CONTEXT, cfg=pre, sampling=SAMPLING)
-    assert once[0].stats.reused_tokens == 0
+    first_prefix = rt.compile(pipeline_template(AGENTS[0], [], True)).prefix_ids
+    assert once[0].stats.reused_tokens == len(first_prefix)  # prefix mode: the exact agent prefix only
     assert [t.text for t in twice] == [t.text for t in once]
     assert all(t.stats.reused_tokens == t.stats.prompt_tokens - 1 for t in twice)  # identical prompts
 

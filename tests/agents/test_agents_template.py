@@ -20,12 +20,17 @@ def test_layout_matches_piecewise_tokenization(tok):
     assert tok.decode(ct.prefix_ids).endswith("You are a judge.<|im_end|>\n<|im_start|>user\nPassages:\n")
     assert tok.decode(ct.suffix_ids) == "\nAnswer briefly.<|im_end|>\n<|im_start|>assistant\n"
     p = ct.bind({"context": "Paris is in France.", "question": Message("Where is Paris?")}, tok, 8192)
-    assert p.contents[0] == enc("Paris is in France.")
+    ctx, q = p.placeholders
+    assert p.chunks[ctx.chunk] == enc("Paris is in France.") and p.chunks[ctx.follow] == ct.slots[0].follow_ids
+    assert (ctx.name, ctx.document, q.name, q.document, q.follow) == ("context", True, "question", False, None)
+    assert ctx.context_digest != q.context_digest  # q's offsets depend on the context's contents
     assert p.token_ids() == list(ct.prefix_ids) + list(enc("Paris is in France.")) + list(ct.slots[0].follow_ids) \
         + list(enc("Where is Paris?")) + list(ct.suffix_ids)
-    assert p.offsets()[1][0] == len(ct.prefix_ids) + len(p.contents[0]) + len(ct.slots[0].follow_ids)
+    ctx_end = len(ct.prefix_ids) + len(enc("Paris is in France."))
+    assert p.chunk_offsets[q.chunk] == ctx_end + len(ct.slots[0].follow_ids)
+    assert p.responses == ()  # no generated ids given
     gen = ct.bind({"context": Message("x", (1, 2, 3)), "question": "q?"}, tok, 8192)
-    assert gen.contents[0] == (1, 2, 3)  # a generated message keeps the ids it was generated as
+    assert gen.chunks[0] == (1, 2, 3) and gen.responses == (0,)  # a generated message keeps its ids
 
 
 def test_reader_keys_depend_on_what_precedes(tok):

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from chunkcache.agents.config import AgentPrefillConfig
 from chunkcache.blend.blender import Blender
 from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
@@ -50,9 +49,9 @@ def test_blend_cuda_matches_cpu(runners, cfg):
     assert gpu_toks == cpu_toks
 
 
-@pytest.mark.parametrize("mode", ["dense", "kvcomm", "blend"])
+@pytest.mark.parametrize("mode", ["full", "kvcomm", "blend"])
 def test_agents_cuda_matches_cpu(runners, mode):
-    cfg = AgentPrefillConfig(mode=mode)
+    cfg = BlendConfig.named(mode)
     logits = []
     for r in runners:
         pre = agents_tiny.prefiller(r)

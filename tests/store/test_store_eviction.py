@@ -80,3 +80,20 @@ def test_cost_aware_beats_lru_on_zipf():
     lru, cost = simulate("lru"), simulate("cost")
     assert cost[0] > lru[0] + 0.05, (lru, cost)
     assert cost[1] > lru[1], (lru, cost)
+
+
+def test_per_key_bookkeeping_is_dropped_with_the_entry():
+    """A long-running process puts endless distinct keys (agent responses): the store's per-key costs must
+    leave with the evicted entries, or memory grows without bound."""
+    from store_kvgen import make_kv
+
+    from chunkcache.store.chunk_store import ChunkStore
+    from chunkcache.store.config import StoreConfig
+
+    one = make_kv(0).nbytes
+    store = ChunkStore(StoreConfig.memory_only(budget_bytes=5 * one))
+    for seed in range(200):
+        store.put(make_kv(seed))
+    cpu = store.stats()["tiers"]["cpu"]
+    assert cpu["entries"] == 5 and cpu["evictions"] == 195
+    assert set(store._costs) == {make_kv(s).key for s in range(195, 200)}

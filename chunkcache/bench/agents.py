@@ -12,18 +12,20 @@ Speedups are medians of per-turn paired ratios dense TTFT / mode TTFT measured i
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import dataclass
 
 import torch
 
-from chunkcache.agents.config import MODES, AgentPrefillConfig, AnchorConfig
+from chunkcache.agents.config import AnchorConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
 from chunkcache.agents.workflows import Agent, round_turn
 from chunkcache.bench.metrics import teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
-from chunkcache.runner.decode import SamplingConfig, decode
+from chunkcache.bench.teacher_forcing import greedy, tf_logits
+from chunkcache.blend.config import AGENT_MODES, BlendConfig, check_mode_name
 from chunkcache.runner.runner import ModelRunner
 
 ROLES = ("a careful fact checker", "a historian", "a geographer", "a skeptical reviewer", "a concise summarizer",
@@ -47,27 +49,15 @@ class RefTurn:
     round: int
 
 
-def _tf_logits(runner: ModelRunner, cache, first_logits: torch.Tensor, answer: list[int]) -> torch.Tensor:
-    """Logits [len(answer), vocab] with the answer fed over `cache` (left extended by the whole answer)."""
-    rows = [first_logits[None]]
-    with torch.inference_mode():
-        hidden = runner.extend(torch.tensor(answer), cache)
-        if len(answer) > 1:
-            rows.append(runner.logits(hidden[:-1]))
-    return torch.cat(rows)
-
-
 def _greedy(rt: AgentRuntime, pre, n: int, max_new: int) -> list[int]:
     pre.cache.truncate(n)
-    with torch.inference_mode():
-        ids = list(decode(rt.runner, pre.cache, pre.logits, SamplingConfig(max_new_tokens=max_new), rt.eos_ids))
-    return [t for t in ids if t not in rt.eos_ids]
+    return [t for t in greedy(rt.runner, pre.cache, pre.logits, max_new, rt.eos_ids) if t not in rt.eos_ids]
 
 
 def dense_conversation(rt: AgentRuntime, agents: list[Agent], ex: dict, rounds: int, passages: int,
                        max_new: int) -> list[RefTurn]:
     context = "".join(passage_text(c) for c in ex["ctxs"][:passages]) if passages else None
-    cfg = AgentPrefillConfig(mode="dense")
+    cfg = BlendConfig(mode="full")
     out, previous = [], None
     for r in range(rounds):
         msgs = {}
@@ -76,7 +66,7 @@ def dense_conversation(rt: AgentRuntime, agents: list[Agent], ex: dict, rounds: 
             pre, n = rt.prefill(tpl, values, cfg, reserve=max_new + 1)
             answer = _greedy(rt, pre, n, max_new) or [next(iter(rt.eos_ids))]
             pre.cache.truncate(n)
-            ref = _tf_logits(rt.runner, pre.cache, pre.logits, answer)
+            ref = tf_logits(rt.runner, pre.cache, pre.logits, answer)
             text = rt.tokenizer.decode(answer, skip_special_tokens=True)
             msgs[a.name] = Message(text, tuple(answer), a.name)
             out.append(RefTurn(tpl, values, answer, ref, pre.stats.ttft_s, n, text, r))
@@ -84,12 +74,13 @@ def dense_conversation(rt: AgentRuntime, agents: list[Agent], ex: dict, rounds: 
     return out
 
 
-def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: AgentPrefillConfig, max_new: int, free_run: bool) -> list[dict]:
+def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: BlendConfig, max_new: int, free_run: bool) -> list[dict]:
     rows = []
     for t in turns:
         pre, n = rt.prefill(t.template, t.values, cfg, reserve=max_new + len(t.answer) + 1)
-        top1, kl = teacher_forced(t.ref_logits, _tf_logits(rt.runner, pre.cache, pre.logits, t.answer))
-        if cfg.mode not in ("dense", "prefix"):
+        keep = cfg.mode not in ("full", "prefix")
+        top1, kl = teacher_forced(t.ref_logits, tf_logits(rt.runner, pre.cache, pre.logits, t.answer, keep=keep))
+        if keep:
             rt.keep_response(pre, n, t.answer)
         s = pre.stats
         row = {"round": t.round, "ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
@@ -149,27 +140,25 @@ def summarize(rows: list[dict]) -> dict:
 def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds: int, modes: list[str],
                passages: int = 2, max_new: int = 24, warmup: int = 2, recompute_ratio: float = 0.15,
                anchor_config: AnchorConfig = AnchorConfig(), log=print) -> dict:
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise ValueError(f"--modes: unknown mode {bad[0]!r}; expected some of {MODES}")
+    modes = mode_names(",".join(modes))
     agents = make_agents(n_agents)
     dense_rt = AgentRuntime(runner)
-    others = [m for m in modes if m != "dense"]
+    others = [m for m in modes if m != "full"]
     rts = {m: AgentRuntime(runner, anchor_config=anchor_config) for m in others}
-    cfgs = {m: AgentPrefillConfig(mode=m, recompute_ratio=recompute_ratio) for m in others}
+    cfgs = {m: BlendConfig.named(m, recompute_ratio=recompute_ratio) for m in others}
     per_mode: dict[str, list[dict]] = {m: [] for m in modes}
     for i, ex in enumerate(examples):
         warm = i < warmup
         turns = dense_conversation(dense_rt, agents, ex, rounds, passages, max_new)
         if not warm:
-            per_mode.setdefault("dense", [])
-            per_mode["dense"] += [{"round": t.round, "ttft_s": t.ttft_s, "speedup": 1.0, "prompt_tokens": t.prompt_tokens,
+            per_mode.setdefault("full", [])
+            per_mode["full"] += [{"round": t.round, "ttft_s": t.ttft_s, "speedup": 1.0, "prompt_tokens": t.prompt_tokens,
                                    "reused_tokens": 0, "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0,
                                    "first_token": 1.0, "anchors_hit": 0, "anchors_added": 0,
                                    "dense_fallback": False, "recomputed_tokens": 0} for t in turns]
         line = []
         for m in others:
-            if warm and not cfgs[m].uses_anchors:
+            if warm and not cfgs[m].kvcomm:
                 continue
             rows = replay(rts[m], turns, cfgs[m], max_new, free_run=not warm)
             if not warm:
@@ -185,6 +174,19 @@ def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds:
             "anchors": {m: len(rt.pool) for m, rt in rts.items()}}
 
 
+def mode_names(spec: str) -> list[str]:
+    """The modes of a comma-separated list, canonical names (dense -> full), full first."""
+    out = []
+    for m in (x.strip() for x in spec.split(",") if x.strip()):
+        try:
+            name = BlendConfig.named(check_mode_name(m)).name
+        except ValueError as err:
+            raise ValueError(f"--modes: {err}") from None
+        if name not in out:
+            out.append(name)
+    return ["full"] + [m for m in out if m != "full"]
+
+
 def register(bench_subparsers) -> None:
     """Add `bench agents` to the `chunkcache bench` sub-commands."""
     p = bench_subparsers.add_parser("agents", help="multi-agent KV reuse (KVCOMM anchors, CacheBlend) vs dense")
@@ -196,11 +198,16 @@ def register(bench_subparsers) -> None:
     p.add_argument("--limit", type=int, default=2, help="measured examples (after the warm-up ones)")
     p.add_argument("--warmup", type=int, default=5, help="examples that only fill the anchor pools")
     p.add_argument("--passages", type=int, default=1, help="passages of each example every agent reads")
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=",".join(AGENT_MODES),
+                   help="comma-separated BlendConfig.named names (dense = full, the reference, always run)")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--entropy-threshold", type=float, default=AnchorConfig.entropy_threshold)
     p.add_argument("--temperature", type=float, default=AnchorConfig.temperature)
+    p.add_argument("--turns", type=int, default=0,
+                   help="instead: a long discussion of this many turns, reporting memory (bench/agents_long.py)")
+    p.add_argument("--long-mode", default="kvcomm+blend", help="--turns: the mode of every turn")
+    p.add_argument("--cpu-budget-mib", type=int, default=256, help="--turns: the store's CPU-tier budget")
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_bench_agents)
 
@@ -211,18 +218,15 @@ def cmd_bench_agents(args) -> int:
 
     if args.agents < 2 or args.rounds < 1 or args.limit < 1 or args.warmup < 0 or args.passages < 0:
         raise ValueError("--agents must be >= 2, --rounds and --limit >= 1, --warmup and --passages >= 0")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise ValueError(f"--modes: unknown mode {bad[0]!r}; expected some of {MODES}")
-    if "dense" not in modes:
-        modes.insert(0, "dense")
+    modes = mode_names(args.modes)
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
-    AgentPrefillConfig(recompute_ratio=args.recompute_ratio)
-    examples = load_examples(args.data, args.warmup + args.limit)
+    BlendConfig(recompute_ratio=args.recompute_ratio)
     cfg = args.engine
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if args.turns:
+        return _cmd_long(args, cfg)
+    examples = load_examples(args.data, args.warmup + args.limit)
     lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
     result = run_agents(ModelRunner(lm.model, lm.tokenizer), examples, args.agents, args.rounds, modes,
                         args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg)
@@ -231,6 +235,25 @@ def cmd_bench_agents(args) -> int:
                                                       "temperature")}
     result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
     print(json.dumps(result["modes"], indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_long(args, cfg) -> int:
+    from chunkcache.bench.agents_long import run_long
+    from chunkcache.bench.musique import load_examples
+    from chunkcache.runner.loader import load_model
+
+    check_mode_name(args.long_mode)
+    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
+    result = run_long(ModelRunner(lm.model, lm.tokenizer), load_examples(args.data, 200), make_agents(args.agents),
+                      args.turns, args.long_mode, args.cpu_budget_mib * 2**20)
+    result["config"] = {"model": cfg.model_path or "SmolLM2-135M-Instruct (default)", "data": args.data,
+                        "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_")}  # glibc: see BENCHMARKS
+    print(json.dumps({k: v for k, v in result.items() if k != "checkpoints"}, indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -1,7 +1,8 @@
-"""The `prefix` baseline: reuse the longest token prefix shared with a recent prompt (vLLM-style APC).
+"""Prefix mode's memory of recent prompts: the longest token prefix shared with one is reused (vLLM-style APC).
 
-Holds the prompt KV of the last `capacity` prefills (LRU). A new prompt copies the KV of its longest
-common token prefix with any entry and computes the rest; KV of an identical prefix is exact.
+Holds the prompt KV of the last `capacity` prefix-mode prefills (LRU); a Blender has one when its owner asks
+(the agents runtime does: its turns repeat long prefixes). A new prompt copies the KV of its longest common
+token prefix with any entry and computes the rest; KV of an identical prefix is exact.
 """
 
 from __future__ import annotations
