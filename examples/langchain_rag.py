@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from langchain_core.vectorstores import InMemoryVectorStore
 
