@@ -139,13 +139,15 @@ def summarize(rows: list[dict]) -> dict:
 
 def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds: int, modes: list[str],
                passages: int = 2, max_new: int = 24, warmup: int = 2, recompute_ratio: float = 0.15,
-               anchor_config: AnchorConfig = AnchorConfig(), log=print) -> dict:
+               anchor_config: AnchorConfig = AnchorConfig(), log=print, epic_k: int = BlendConfig.epic_k,
+               sink_tokens: int = BlendConfig.sink_tokens) -> dict:
     modes = mode_names(",".join(modes))
     agents = make_agents(n_agents)
     dense_rt = AgentRuntime(runner)
     others = [m for m in modes if m != "full"]
     rts = {m: AgentRuntime(runner, anchor_config=anchor_config) for m in others}
-    cfgs = {m: BlendConfig.named(m, recompute_ratio=recompute_ratio) for m in others}
+    cfgs = {m: BlendConfig.named(m, recompute_ratio=recompute_ratio, epic_k=epic_k, sink_tokens=sink_tokens)
+            for m in others}
     per_mode: dict[str, list[dict]] = {m: [] for m in modes}
     for i, ex in enumerate(examples):
         warm = i < warmup
@@ -202,6 +204,8 @@ def register(bench_subparsers) -> None:
                    help="comma-separated BlendConfig.named names (dense = full, the reference, always run)")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--recompute-ratio", type=float, default=0.15)
+    p.add_argument("--epic-k", type=int, default=BlendConfig.epic_k, help="epic modes: first k tokens of every chunk")
+    p.add_argument("--sink-tokens", type=int, default=BlendConfig.sink_tokens, help="blend modes: sinks per chunk")
     p.add_argument("--entropy-threshold", type=float, default=AnchorConfig.entropy_threshold)
     p.add_argument("--temperature", type=float, default=AnchorConfig.temperature)
     p.add_argument("--turns", type=int, default=0,
@@ -220,7 +224,7 @@ def cmd_bench_agents(args) -> int:
         raise ValueError("--agents must be >= 2, --rounds and --limit >= 1, --warmup and --passages >= 0")
     modes = mode_names(args.modes)
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
-    BlendConfig(recompute_ratio=args.recompute_ratio)
+    BlendConfig(recompute_ratio=args.recompute_ratio, epic_k=args.epic_k, sink_tokens=args.sink_tokens)
     cfg = args.engine
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -229,10 +233,11 @@ def cmd_bench_agents(args) -> int:
     examples = load_examples(args.data, args.warmup + args.limit)
     lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
     result = run_agents(ModelRunner(lm.model, lm.tokenizer), examples, args.agents, args.rounds, modes,
-                        args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg)
+                        args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg,
+                        epic_k=args.epic_k, sink_tokens=args.sink_tokens)
     result["config"] = {k: getattr(args, k) for k in ("data", "agents", "rounds", "limit", "warmup", "passages",
-                                                      "max_new_tokens", "recompute_ratio", "entropy_threshold",
-                                                      "temperature")}
+                                                      "max_new_tokens", "recompute_ratio", "epic_k", "sink_tokens",
+                                                      "entropy_threshold", "temperature")}
     result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
     print(json.dumps(result["modes"], indent=2))
     if args.json:

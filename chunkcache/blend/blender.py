@@ -128,7 +128,7 @@ class Blender:
                 if cfg.mode == "naive" or fresh <= placed:
                     hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
                 else:
-                    hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader)
+                    hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed))
             finally:
                 loader.close()
             stats.chunk_hits += loader.hits
@@ -170,14 +170,14 @@ class Blender:
         return m
 
     def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int, fresh: int,
-               stats: BlendStats, loader: LayerLoader) -> torch.Tensor:
+               stats: BlendStats, loader: LayerLoader, anchored: frozenset[int]) -> torch.Tensor:
         """Selective recompute over the context tokens in [placed, fresh), plus the fresh region; the mode's
-        selector (blend/modes.py) decides which."""
+        selector (blend/modes.py) decides which. anchored: chunk indices placed from KVCOMM estimates."""
         r = self.runner
         positions = torch.arange(placed, req.num_tokens, device=r.device)  # candidates then fresh rows, increasing
         n_cand = fresh - placed
         budget = round(cfg.recompute_ratio * (fresh - len(req.prefix_ids)))
-        sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all))
+        sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all, anchored))
         if sel.keep is not None:
             positions = torch.cat((placed + sel.keep, positions[n_cand:]))
             n_cand = sel.keep.numel()

@@ -9,6 +9,8 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
               (cfg.selection swaps the score: random, attention, attention x deviation).
   adaptive    as cacheblend, the count from the deviation mass, capped by the ratio.
   epic        EPIC / LegoLink (arXiv 2410.15332): the first k tokens of every chunk, fixed before layer 0.
+              Under KVCOMM (kvcomm+epic) a segment placed from an anchor estimate already carries its
+              measured offset, so only its first `sink_tokens` are recomputed; chunk-path segments get k.
   ape         APE (arXiv 2502.05431): nothing recomputed; the suffix attends to the contexts with
               temperature T and scaling factor S (kernels/ape_attention.py).
   query       A3-style query-aware selection: the suffix's attention over the naive cache, top ratio.
@@ -63,6 +65,7 @@ class Candidates:
     fresh: int
     budget: int
     load_all: Callable[[], None]
+    anchored: frozenset[int] = frozenset()  # chunk indices placed from a KVCOMM anchor estimate
 
     @property
     def count(self) -> int:
@@ -73,9 +76,15 @@ class Candidates:
         spans = zip(self.req.chunks, self.req.chunk_offsets)
         return [(off - self.placed, off - self.placed + len(c)) for c, off in spans if self.placed <= off < self.fresh]
 
-    def heads(self, k: int) -> torch.Tensor:
-        """Candidate indices [m] of the first k tokens of every candidate chunk, increasing."""
-        idx = [torch.arange(s, min(e, s + k), device=self.runner.device) for s, e in self.chunk_spans()]
+    def heads(self, k: int, k_anchored: int | None = None) -> torch.Tensor:
+        """Candidate indices [m] of the first k tokens of every candidate chunk (k_anchored of those in
+        `anchored`, when given), increasing."""
+        idx = []
+        for i, (chunk, off) in enumerate(zip(self.req.chunks, self.req.chunk_offsets)):
+            if self.placed <= off < self.fresh:
+                kk = k_anchored if k_anchored is not None and i in self.anchored else k
+                s = off - self.placed
+                idx.append(torch.arange(s, s + min(len(chunk), kk), device=self.runner.device))
         return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=self.runner.device)
 
     def suffix_attention(self) -> torch.Tensor:
@@ -114,7 +123,7 @@ def _cacheblend(c: Candidates) -> Selection:
 
 def _epic(c: Candidates) -> Selection:
     k = c.cfg.epic_k or max(1, round(c.budget / max(1, len(c.chunk_spans()))))
-    return Selection(keep=c.heads(k))
+    return Selection(keep=c.heads(k, min(k, c.cfg.sink_tokens) if c.cfg.kvcomm else None))
 
 
 def _ape(c: Candidates) -> Selection:

@@ -172,3 +172,25 @@ def test_rejected_documents_take_the_chunk_path_in_recomputing_modes(tiny_runner
     assert msgs.stats.dense_fallback and msgs.stats.anchors_added == 2 and msgs.stats.reused_tokens == len(PREFIX)
     plain = _prefiller(tiny_runner).prefill(docs, BlendConfig.named("kvcomm"))
     assert plain.stats.dense_fallback and plain.stats.anchors_added == 2
+
+
+def test_kvcomm_epic_recomputes_only_sinks_of_anchor_estimated_segments(tiny_runner):
+    """kvcomm+epic: a segment placed from an anchor estimate gets its first sink_tokens recomputed, a chunk
+    placed by the chunk path its first epic_k (plain epic: epic_k everywhere)."""
+    pf = _prefiller(tiny_runner, AnchorConfig(temperature=1.0, entropy_threshold=1.0))
+    for seed in (1, 2):
+        pf.prefill(_prompt(seed), BlendConfig.named("kvcomm"))
+    p = _prompt(5)
+    lengths = [len(c) for c in p.chunks]  # a, the text after it, b
+    assert len(lengths) == 3 and min(lengths) > 2
+    est = pf.prefill(p, BlendConfig.named("kvcomm+epic", epic_k=8, sink_tokens=2))
+    assert est.stats.anchors_hit == 2 and not est.stats.dense_fallback
+    assert est.stats.recomputed_tokens == 2 * len(lengths)
+    plain = pf.prefill(p, BlendConfig(mode="epic", epic_k=8))
+    assert plain.stats.recomputed_tokens == sum(min(8, n) for n in lengths)
+    docs = replace(p, placeholders=tuple(replace(x, document=True) for x in p.placeholders))
+    cold = _prefiller(tiny_runner).prefill(docs, BlendConfig.named("kvcomm+epic", epic_k=8, sink_tokens=2))
+    assert [s["decision"] for s in cold.stats.slots] == ["chunk", "chunk"]  # no anchors: the chunk path, k each
+    assert cold.stats.recomputed_tokens == sum(min(8, n) for n in lengths)
+    whole = pf.prefill(p, BlendConfig.named("kvcomm+epic", epic_k=64, sink_tokens=64))
+    assert (whole.logits - _dense(tiny_runner, p).logits).abs().max().item() < 1e-4  # every token: exact
