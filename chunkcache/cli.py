@@ -90,7 +90,11 @@ def cmd_bench_rag(args) -> int:
     from chunkcache.bench.rag import plot_pareto, plot_sweep, run_rag, run_sweep, write_json
     from chunkcache.blend.config import BlendConfig
 
-    examples = load_examples(args.data, args.limit)
+    if args.skip < 0 or args.limit < 1:
+        raise ValueError("--skip must be >= 0 and --limit >= 1")
+    examples = load_examples(args.data, args.skip + args.limit)[args.skip:]
+    if not examples:
+        raise ValueError(f"--skip {args.skip}: {args.data} has no example after the first {args.skip}")
     if args.passages:
         examples = [dict(ex, ctxs=ex["ctxs"][: args.passages]) for ex in examples]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -120,7 +124,8 @@ def cmd_bench_rag(args) -> int:
         result["profile"] = [profile_prefill(engine, examples[0], replace(base, mode=m)) for m in modes]
         for p in result["profile"]:
             print(format_profile(p))
-    result["config"] = {"data": str(args.data), "limit": args.limit, "recompute_ratio": args.recompute_ratio,
+    result["config"] = {"data": str(args.data), "skip": args.skip, "limit": args.limit,
+                        "recompute_ratio": args.recompute_ratio,
                         "ratios": ratios, "selection": args.selection, "deviation_on": args.deviation_on,
                         "check_layers": list(base.check_layers), "epic_k": args.epic_k,
                         "sink_tokens": args.sink_tokens, "ape_temperature": args.ape_temperature,
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(--kv-codec int8: chunk KV read back through the int8 codec)", parents=[flags])
     rag.add_argument("--data", default=str(DEFAULT_DATA))
     rag.add_argument("--limit", type=int, default=8)
+    rag.add_argument("--skip", type=int, default=0, help="start after the first N examples of --data")
     rag.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
     rag.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=int, default=32)

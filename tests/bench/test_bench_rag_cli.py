@@ -35,6 +35,8 @@ def test_bad_arguments_exit_with_usage_error(capsys):
     assert exc.value.code == 2 and "recompute ratio must be in [0, 1]" in capsys.readouterr().err
     assert main(["bench", "rag", "--modes", "full,bogus"]) == 2  # refused before the model loads
     assert "mode must be one of" in capsys.readouterr().err
+    assert main(["bench", "rag", "--skip", "40"]) == 2  # the bundled dev set has 40 examples
+    assert "no example after the first 40" in capsys.readouterr().err
 
 
 def test_squad_f1_normalisation():
