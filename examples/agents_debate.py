@@ -6,7 +6,7 @@ Every turn is one `AgentRuntime.turn` on the engine's single prefill path: the p
 and is a chunk hit for every later reader, each argument is read back as the KV its author computed, and
 with `kvcomm` modes the anchor pool estimates how that KV shifts behind each reader's prompt.
 
-    python examples/agents_debate.py --mode kvcomm+blend --rounds 3
+    python examples/agents_debate.py --mode kvcomm+epic --rounds 3
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def run_debate(rt: AgentRuntime, rounds: int = 3, cfg: BlendConfig = BlendConfig
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", default="kvcomm+blend", help="a BlendConfig.named mode: full, blend, kvcomm, ...")
+    ap.add_argument("--mode", default="kvcomm+epic", help="a BlendConfig.named mode: full, blend, kvcomm, ...")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=24)
     args = ap.parse_args()

@@ -4,7 +4,7 @@ The graph is plain LangGraph: each node sends its role as a system message plus 
 to the chat model and appends the reply. Swapping in `ChunkCacheChatModel` is the only chunkcache-
 specific line: messages read by several agents reuse their KV (KVCOMM anchors once the pool is warm).
 
-    python examples/agents_langgraph.py --mode kvcomm --questions 4
+    python examples/agents_langgraph.py --mode kvcomm+epic --questions 4
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def run(llm, questions: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--mode", default="kvcomm")
+    ap.add_argument("--mode", default="kvcomm+epic")
     ap.add_argument("--questions", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--anchor-dir", default=None)

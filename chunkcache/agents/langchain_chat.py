@@ -50,7 +50,7 @@ class ChunkCacheChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     runtime: AgentRuntime
-    mode: str = "kvcomm"
+    mode: str = "kvcomm+epic"
     max_new_tokens: int = 32
     recompute_ratio: float = 0.15
     agent_name: str | None = None

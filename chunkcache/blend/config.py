@@ -11,7 +11,7 @@ SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
 DEVIATION_ON = ("k", "v", "kv")
 ALIASES = {"dense": "full"}  # the agents' old name of full prefill
 KVCOMM_PREFIX = "kvcomm"  # "kvcomm" = naive + KVCOMM offsets; "kvcomm+<mode>" = <mode> over KVCOMM offsets
-AGENT_MODES = ("full", "prefix", "kvcomm", "blend", "kvcomm+blend")  # what `bench agents` compares by default
+AGENT_MODES = ("full", "prefix", "kvcomm", "blend", "kvcomm+blend", "kvcomm+epic")  # what `bench agents` compares by default
 
 
 @dataclass(frozen=True)
