@@ -29,6 +29,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    """Poll `url`/healthz until it answers 200; RuntimeError with the log's tail if `proc` exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chunkcache serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"chunkcache serve not ready in {timeout_s} s: {log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
 class RedisServer:
     def __init__(self, port: int | None = None) -> None:
         self.binary = redis_server_binary()
@@ -213,20 +231,10 @@ class ServeProcess:
         return self
 
     def wait_ready(self, timeout_s: float = 240.0) -> "ServeProcess":
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"chunkcache serve exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"chunkcache serve not ready in {timeout_s} s: {self.log.read_text()[-3000:]}")
-            time.sleep(0.25)
+        if self.proc is None:
+            raise RuntimeError("chunkcache serve was not started")
+        wait_healthy(self.proc, self.url, self.log, timeout_s)
+        return self
 
     def stop(self, kill: bool = False) -> None:
         """SIGINT (graceful) or SIGKILL (kill -9)."""
