@@ -31,6 +31,7 @@ from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplat
 from chunkcache.config import EngineConfig
 from chunkcache.config.settings import DEFAULT_CPU_BYTES
 from chunkcache.runner.decode import SamplingConfig, decode, eos_token_ids
+from chunkcache.runner.heap import heap_trimmer
 from chunkcache.runner.runner import ModelRunner
 from chunkcache.store.chunk_store import ChunkStore
 from chunkcache.store.config import StoreConfig
@@ -78,6 +79,7 @@ class AgentRuntime:
                                    loader=StoreAnchorTensors(self.store, runner.fingerprint, str(runner.device)))
         self.blender = Blender(runner, source, self.pool, PrefixCache(prefix_cache_entries))
         self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
+        self._trim = heap_trimmer()
         self._compiled: dict[AgentTemplate, CompiledTemplate] = {}
         self._generated: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # response text -> generated ids
         self.remember = 4096
@@ -141,7 +143,10 @@ class AgentRuntime:
         text = self.tokenizer.decode(answer, skip_special_tokens=True)
         if answer:
             self._remember(text, tuple(answer))
-        return Turn(author or template.name, 0, Message(text, tuple(answer), author), pre.stats)
+        stats = pre.stats
+        del pre
+        self._trim()  # the turn's KV is freed: return the heap to the OS (bounded RSS in long runs)
+        return Turn(author or template.name, 0, Message(text, tuple(answer), author), stats)
 
     def round(self, agents: list[Agent], question: str, context: str | None = None,
               previous: dict[str, Message] | None = None, cfg: BlendConfig = DEFAULT_CONFIG,

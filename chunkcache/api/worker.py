@@ -10,8 +10,6 @@ and how long it ran, so the HTTP layer can report its own overhead.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import queue
 import threading
 import time
@@ -21,12 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-
-def _malloc_trim() -> Callable[[], None]:
-    """glibc's malloc_trim(0), or a no-op where the C library has none."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    return (lambda: trim(0)) if trim is not None else (lambda: None)
+from chunkcache.runner.heap import heap_trimmer
 
 
 class QueueFull(RuntimeError):
@@ -51,7 +44,7 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         self.busy = False
-        self._trim = _malloc_trim()
+        self._trim = heap_trimmer()
 
     @property
     def depth(self) -> int:

@@ -108,3 +108,12 @@ def test_bad_runtime_input(runner):
         rt.round(AGENTS, "q?", previous={"alice": Message("hi")})
     with pytest.raises(ValueError, match="exceeds the model context"):
         rt.round(AGENTS[:1], "q?", context="word " * (runner.max_positions + 10))
+
+
+def test_each_turn_returns_freed_heap_to_the_os(runner):
+    """AgentRuntime.turn trims the heap once per turn, after the turn's KV is freed (bounded RSS in long runs)."""
+    rt = AgentRuntime(runner)
+    calls, trim = [], rt._trim
+    rt._trim = lambda: calls.append(trim())
+    rounds = rt.discussion(AGENTS[:2], QUESTIONS[1], CONTEXT, rounds=2, sampling=SamplingConfig(max_new_tokens=2))
+    assert len(calls) == sum(len(r) for r in rounds) == 4
