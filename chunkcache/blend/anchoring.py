@@ -117,9 +117,10 @@ def measure(runner: ModelRunner, pool: AnchorIndex, req: BlendRequest, cache: KV
     for p, base, follow in rejected:
         o, L, F = offsets[p.chunk], base.num_tokens, follow.num_tokens
         fo = offsets[p.follow] if p.follow is not None else o + L
-        dense = SegmentKV(base.token_ids, rotate(cache.keys[:, :, o:o + L], -o, runner.inv_freq),
+        freq, tri = runner.inv_freq, runner.use_triton
+        dense = SegmentKV(base.token_ids, rotate(cache.keys[:, :, o:o + L], -o, freq, tri),
                           cache.values[:, :, o:o + L].clone())  # [n_layers, n_kv, L, d]
-        follow_dense = SegmentKV(follow.token_ids, rotate(cache.keys[:, :, fo:fo + F], -fo, runner.inv_freq),
+        follow_dense = SegmentKV(follow.token_ids, rotate(cache.keys[:, :, fo:fo + F], -fo, freq, tri),
                                  cache.values[:, :, fo:fo + F].clone())  # [n_layers, n_kv, F, d]
         pool.add(p.name, p.reader_key, base, dense, follow, follow_dense, p.context_digest)
     return len(rejected)

@@ -125,15 +125,16 @@ class ChunkSource:
     def base(self, token_ids: tuple[int, ...], response: bool = False) -> tuple[SegmentKV, str]:
         """(KV in its own frame, origin): `find`, keys rotated back to position 0."""
         kv, origin = self.find(token_ids, response)
-        return SegmentKV(kv.token_ids, rotate(kv.keys, -kv.base_position, self.runner.inv_freq), kv.values), origin
+        keys = rotate(kv.keys, -kv.base_position, self.runner.inv_freq, self.runner.use_triton)
+        return SegmentKV(kv.token_ids, keys, kv.values), origin
 
     def put_response(self, token_ids: tuple[int, ...], keys: torch.Tensor, values: torch.Tensor, offset: int) -> str:
         """Store a generated response's KV (keys/values [n_layers, n_kv, L, d] at positions offset..) as an
         ordinary entry under RESPONSE_CONTEXT, at position 0. Returns its key."""
         ids = tuple(int(t) for t in token_ids)
         key = self.response_key(ids)
-        self.store.put(ChunkKV(key, self.runner.fingerprint, ids, 0, rotate(keys, -offset, self.runner.inv_freq),
-                               values.clone()), **self._faults("put"))
+        keys = rotate(keys, -offset, self.runner.inv_freq, self.runner.use_triton)  # frame 0
+        self.store.put(ChunkKV(key, self.runner.fingerprint, ids, 0, keys, values.clone()), **self._faults("put"))
         return key
 
     def recompute(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> ChunkKV:

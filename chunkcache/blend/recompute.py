@@ -50,7 +50,7 @@ def selective_recompute(runner: ModelRunner, cache: KVCache, ids: torch.Tensor, 
         q, k, v = r.qkv(layer, hidden, positions)
         cand = positions[:n_cand]
         cached_k, cached_v = cache.keys[layer][:, cand], cache.values[layer][:, cand]  # [n_kv, n_cand, d]
-        scores = deviation_scores(k[:, :n_cand], cached_k, v[:, :n_cand], cached_v, deviation_on)
+        scores = deviation_scores(k[:, :n_cand], cached_k, v[:, :n_cand], cached_v, deviation_on, r.use_triton)
         if weights is not None:
             scores = scores * weights[cand]
         if pinned is not None:

@@ -30,9 +30,9 @@ class SegmentKV:
         return cls((), z, z.clone())
 
 
-def rotate(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:
-    """keys [..., T, d] rotated by `delta` positions (a new tensor)."""
+def rotate(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor, use_triton: bool | None = None) -> torch.Tensor:
+    """keys [..., T, d] rotated by `delta` positions (a new tensor). use_triton: the engine's kernel choice."""
     if delta == 0:
         return keys.clone()
     deltas = torch.full((keys.shape[-2],), delta, dtype=torch.int64, device=keys.device)  # [T]
-    return rope_shift(keys.contiguous(), deltas, inv_freq.to(keys.device))
+    return rope_shift(keys.contiguous(), deltas, inv_freq.to(keys.device), use_triton=use_triton)

@@ -8,16 +8,18 @@ from chunkcache.kernels.deviation import token_deviation
 
 
 def deviation_scores(fresh_k: torch.Tensor, cached_k: torch.Tensor, fresh_v: torch.Tensor, cached_v: torch.Tensor,
-                     on: str) -> torch.Tensor:
+                     on: str, use_triton: bool | None = None) -> torch.Tensor:
     """Per-token deviation [T] of fresh vs cached K/V ([n_kv, T, d] each).
 
     on="k" or "v": squared L2 of that tensor; "kv": both, each divided by its mean so neither dominates.
+    use_triton: the engine's kernel choice (None: Triton on CUDA, torch elsewhere).
     """
     if on == "k":
-        return token_deviation(fresh_k, cached_k)
+        return token_deviation(fresh_k, cached_k, use_triton=use_triton)
     if on == "v":
-        return token_deviation(fresh_v, cached_v)
-    dk, dv = token_deviation(fresh_k, cached_k), token_deviation(fresh_v, cached_v)
+        return token_deviation(fresh_v, cached_v, use_triton=use_triton)
+    dk = token_deviation(fresh_k, cached_k, use_triton=use_triton)
+    dv = token_deviation(fresh_v, cached_v, use_triton=use_triton)
     return dk / dk.mean().clamp_min(1e-12) + dv / dv.mean().clamp_min(1e-12)
 
 
