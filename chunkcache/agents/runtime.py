@@ -138,7 +138,7 @@ class AgentRuntime:
         with torch.inference_mode():
             ids = list(decode(self.runner, pre.cache, pre.logits, sampling, self.eos_ids))
         answer = [t for t in ids if t not in self.eos_ids]
-        if cfg.mode not in ("full", "prefix"):
+        if cfg.places_kv:
             self.keep_response(pre, n, answer)
         text = self.tokenizer.decode(answer, skip_special_tokens=True)
         if answer:

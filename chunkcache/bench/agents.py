@@ -24,6 +24,7 @@ from chunkcache.agents.template import AgentTemplate, Message
 from chunkcache.agents.workflows import Agent, round_turn
 from chunkcache.bench.metrics import teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
+from chunkcache.bench.rag import write_json
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.config import AGENT_MODES, BlendConfig, check_mode_name
 from chunkcache.runner.runner import ModelRunner
@@ -78,9 +79,9 @@ def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: BlendConfig, max_new: in
     rows = []
     for t in turns:
         pre, n = rt.prefill(t.template, t.values, cfg, reserve=max_new + len(t.answer) + 1)
-        keep = cfg.mode not in ("full", "prefix")
-        top1, kl = teacher_forced(t.ref_logits, tf_logits(rt.runner, pre.cache, pre.logits, t.answer, keep=keep))
-        if keep:
+        top1, kl = teacher_forced(t.ref_logits,
+                                  tf_logits(rt.runner, pre.cache, pre.logits, t.answer, keep=cfg.places_kv))
+        if cfg.places_kv:
             rt.keep_response(pre, n, t.answer)
         s = pre.stats
         row = {"round": t.round, "ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
@@ -240,10 +241,7 @@ def cmd_bench_agents(args) -> int:
                                                       "entropy_threshold", "temperature")}
     result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
     print(json.dumps(result["modes"], indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    _write(result, args.json)
     return 0
 
 
@@ -259,8 +257,11 @@ def _cmd_long(args, cfg) -> int:
     result["config"] = {"model": cfg.model_path or "SmolLM2-135M-Instruct (default)", "data": args.data,
                         "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_")}  # glibc: see BENCHMARKS
     print(json.dumps({k: v for k, v in result.items() if k != "checkpoints"}, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    _write(result, args.json)
     return 0
+
+
+def _write(result: dict, path: str | None) -> None:
+    if path:
+        write_json(result, path)
+        print(f"wrote {path}")

@@ -74,7 +74,7 @@ class BlendConfig:
         if not (self.ape_temperature > 0 and self.ape_scale > 0):
             raise ValueError(f"ape_temperature and ape_scale must be > 0, "
                              f"got {self.ape_temperature}, {self.ape_scale}")
-        if self.kvcomm and self.mode in ("full", "prefix"):
+        if self.kvcomm and not self.places_kv:
             raise ValueError(f"kvcomm places estimated KV; mode {self.mode!r} places none")
 
     @property
@@ -83,6 +83,11 @@ class BlendConfig:
         if not self.kvcomm:
             return self.mode
         return KVCOMM_PREFIX if self.mode == "naive" else f"{KVCOMM_PREFIX}+{self.mode}"
+
+    @property
+    def places_kv(self) -> bool:
+        """Whether cached KV is placed after the exact prefix (every mode but full and prefix)."""
+        return self.mode not in ("full", "prefix")
 
     @property
     def recomputes(self) -> bool:

@@ -71,21 +71,19 @@ class Candidates:
     def count(self) -> int:
         return self.fresh - self.placed
 
-    def chunk_spans(self) -> list[tuple[int, int]]:
-        """(start, end) candidate indices of every chunk that is a candidate."""
-        spans = zip(self.req.chunks, self.req.chunk_offsets)
-        return [(off - self.placed, off - self.placed + len(c)) for c, off in spans if self.placed <= off < self.fresh]
+    def chunk_spans(self) -> list[tuple[int, int, int]]:
+        """(chunk index, start, end) in candidate indices of every chunk that is a candidate."""
+        spans = enumerate(zip(self.req.chunks, self.req.chunk_offsets))
+        return [(i, off - self.placed, off - self.placed + len(c)) for i, (c, off) in spans
+                if self.placed <= off < self.fresh]
 
     def heads(self, k: int, k_anchored: int | None = None) -> torch.Tensor:
         """Candidate indices [m] of the first k tokens of every candidate chunk (k_anchored of those in
         `anchored`, when given), increasing."""
-        idx = []
-        for i, (chunk, off) in enumerate(zip(self.req.chunks, self.req.chunk_offsets)):
-            if self.placed <= off < self.fresh:
-                kk = k_anchored if k_anchored is not None and i in self.anchored else k
-                s = off - self.placed
-                idx.append(torch.arange(s, s + min(len(chunk), kk), device=self.runner.device))
-        return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=self.runner.device)
+        dev = self.runner.device
+        idx = [torch.arange(s, min(e, s + (k_anchored if k_anchored is not None and i in self.anchored else k)),
+                            device=dev) for i, s, e in self.chunk_spans()]
+        return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=dev)
 
     def suffix_attention(self) -> torch.Tensor:
         """Attention [n_layers, n_cand] of the suffix over the naive merged cache, per layer."""
