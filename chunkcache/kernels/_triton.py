@@ -34,20 +34,26 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def kernel_choice(use_triton: bool | None) -> str:
+    """use_triton as a choice: None -> CHUNKCACHE_KERNELS (auto when unset); True -> triton; False -> torch."""
+    if use_triton is not None:
+        return "triton" if use_triton else "torch"
+    choice = os.environ.get("CHUNKCACHE_KERNELS", "auto")
+    if choice not in ("auto", "torch", "triton"):
+        raise ValueError(f"CHUNKCACHE_KERNELS must be auto, torch or triton, got {choice!r}")
+    return choice
+
+
 def want_triton(use_triton: bool | None, *tensors: torch.Tensor) -> bool:
     """Dispatch rule: None -> CHUNKCACHE_KERNELS (auto | torch | triton; auto when unset), where
     auto = Triton iff every tensor is on CUDA and triton imports; True forces Triton, False the torch path.
 
     Forcing Triton on CPU tensors needs TRITON_INTERPRET=1 (the tests set it).
     """
-    if use_triton is None:
-        choice = os.environ.get("CHUNKCACHE_KERNELS", "auto")
-        if choice not in ("auto", "torch", "triton"):
-            raise ValueError(f"CHUNKCACHE_KERNELS must be auto, torch or triton, got {choice!r}")
-        if choice == "auto":
-            return triton_available() and all(t.is_cuda for t in tensors)
-        use_triton = choice == "triton"
-    if not use_triton:
+    choice = kernel_choice(use_triton)
+    if choice == "auto":
+        return triton_available() and all(t.is_cuda for t in tensors)
+    if choice == "torch":
         return False
     if not triton_available():
         raise RuntimeError("use_triton=True but the triton package is not installed")

@@ -8,18 +8,25 @@ query heads of a GQA group packed as rows (row r = query r // g, head kv*g + r %
 tile is loaded once per group. Key tiles run up to the block's last position only; tiles below the
 block's first position need no mask. Online softmax in fp32 (exp2), fp16/bf16/fp32 inputs.
 
+The CPU fast path (`sparse_query_attention_cpu`, csrc/sparse_attention_cpu.cpp) does the same in C++ for
+fp32: GQA rows packed, key tiles up to the block's last position, the causal mask only on the tiles
+that cross a row's position (no mask tensor), online softmax in base 2.
+
 A plan that carries a `ContextTemper` (APE mode) always runs `ape_attention_ref` (torch, fp32).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from chunkcache.kernels._triton import cdiv, interpreting, lazy_jit, next_pow2, want_triton
+from chunkcache.kernels._cpp import load
+from chunkcache.kernels._triton import cdiv, interpreting, kernel_choice, lazy_jit, next_pow2, want_triton
 from chunkcache.kernels.ape_attention import ContextTemper, ape_attention_ref
 
 tl: Any = None  # triton.language, bound by lazy_jit before the first compile
@@ -196,13 +203,64 @@ def sparse_query_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return out
 
 
+CPU_HEAD_DIMS = (64, 128)  # head dims the C++ kernel is instantiated for
+CPU_MIN_QUERIES = 64  # fewer queries (a question suffix) leave threads idle: SDPA is faster there
+
+
+@functools.cache
+def _cpu_entry() -> Any:
+    """The C++ kernel's entry point with its argument types, or None when it cannot be built here."""
+    lib = load("sparse_attention_cpu")
+    if lib is None:
+        return None
+    fn = lib.sparse_attention_f32
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 14 + [ctypes.c_float, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def cpu_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `sparse_query_attention_cpu` takes these tensors: fp32 on the CPU, head_dim 64 or 128, built."""
+    return (q.device.type == k.device.type == v.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
+            and q.shape[-1] in CPU_HEAD_DIMS and _cpu_entry() is not None)
+
+
+def sparse_query_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
+                               scale: float, block_q: int = 32) -> torch.Tensor:
+    """C++ version of `sparse_query_attention_ref` (same signature and semantics) for fp32 CPU tensors.
+
+    block_q: queries per task (times the GQA group size = rows sharing each key tile).
+    """
+    _check(q, k, v, plan)
+    if not cpu_kernel_applies(q, k, v):
+        raise ValueError(f"the C++ kernel takes fp32 CPU tensors with head_dim in {CPU_HEAD_DIMS} "
+                         f"(got {q.dtype} on {q.device}, head_dim {q.shape[-1]}) once built")
+    n_heads, m, d = q.shape
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    v = v if v.stride(-1) == 1 else v.contiguous()
+    kt = k[:, :plan.q_end].transpose(1, 2).contiguous()  # [n_kv, d, q_end]: each dim's keys contiguous
+    pos = plan.q_positions.contiguous()
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    rc = _cpu_entry()(q.data_ptr(), kt.data_ptr(), v.data_ptr(), out.data_ptr(), pos.data_ptr(), n_heads, k.shape[0],
+                      m, d, plan.q_end, block_q, q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), v.stride(0),
+                      v.stride(1), out.stride(0), out.stride(1), scale, torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"sparse_attention_f32 rejected its arguments (code {rc})")
+    return out
+
+
 def sparse_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
                            scale: float, *, use_triton: bool | None = None) -> torch.Tensor:
-    """Dispatch: Triton kernel on CUDA when triton imports (or when use_triton=True), else the torch reference.
+    """Dispatch: Triton kernel on CUDA when triton imports (or when use_triton=True); under auto on the CPU the
+    C++ kernel for at least CPU_MIN_QUERIES scattered fp32 queries when it builds; else (use_triton=False included) the torch reference.
 
-    A plan with a ContextTemper (APE) always takes the torch path `ape_attention_ref`."""
+    A plan with a ContextTemper (APE) always takes the torch path `ape_attention_ref`; a causal square plan
+    (every position a query) takes SDPA's fused causal kernel."""
     if plan.temper is not None:
         return ape_attention_ref(q, k, v, plan, scale, plan.temper)
     if want_triton(use_triton, q, k, v):
         return sparse_query_attention_triton(q, k, v, plan, scale)
+    if (not plan.causal_square and q.shape[1] >= CPU_MIN_QUERIES and kernel_choice(use_triton) == "auto"
+            and cpu_kernel_applies(q, k, v)):
+        return sparse_query_attention_cpu(q, k, v, plan, scale)
     return sparse_query_attention_ref(q, k, v, plan, scale)

@@ -1,10 +1,12 @@
-"""Sparse-query attention: reference vs explicit masked softmax; Triton kernel vs reference."""
+"""Sparse-query attention: reference vs explicit masked softmax; Triton and C++ kernels vs the reference."""
 
 import pytest
 import torch
 
-from chunkcache.kernels.sparse_attention import (plan_sparse_attention, sparse_query_attention,
-                                                 sparse_query_attention_ref)
+from chunkcache.kernels import sparse_attention
+from chunkcache.kernels._cpp import build_error
+from chunkcache.kernels.sparse_attention import (cpu_kernel_applies, plan_sparse_attention, sparse_query_attention,
+                                                 sparse_query_attention_cpu, sparse_query_attention_ref)
 
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}
 
@@ -79,3 +81,64 @@ def test_shape_errors():
         sparse_query_attention(q[:5], k, v, plan, 0.1, use_triton=True)
     with pytest.raises(ValueError):
         sparse_query_attention(q, k[:, :10], v[:, :10], plan, 0.1, use_triton=True)
+
+
+CPU_GRID = [  # n_kv, g, m, n, d, block_q: single rows, a block past the tiles, GQA 1/3/8, a tail
+    (1, 1, 1, 1, 64, 32),
+    (2, 1, 5, 37, 64, 32),
+    (1, 3, 1, 23, 128, 32),
+    (3, 3, 13, 40, 64, 4),
+    (1, 8, 9, 50, 128, 32),
+    (3, 3, 70, 400, 64, 32),
+    (2, 3, 120, 700, 64, 16),
+    (3, 3, 200, 260, 64, 64),  # a contiguous-ish tail: most rows cross the tiles' mask
+]
+
+
+@pytest.mark.parametrize("n_kv,g,m,n,d,block_q", CPU_GRID)
+def test_cpu_kernel_matches_ref(n_kv, g, m, n, d, block_q):
+    if not cpu_kernel_applies(*_case(1, 1, 1, 1, d, torch.float32, 0)[:3]):
+        pytest.fail(f"the C++ kernel did not build here: {build_error('sparse_attention_cpu')}")
+    q, k, v, positions = _case(n_kv, g, m, n, d, torch.float32, n_kv * g * m + n + d + block_q)
+    plan = plan_sparse_attention(positions, n)
+    got = sparse_query_attention_cpu(q, k, v, plan, d ** -0.5, block_q=block_q)
+    torch.testing.assert_close(got.double(), _dense(q, k, v, positions, d ** -0.5), atol=2e-5, rtol=2e-5)
+
+
+def test_cpu_kernel_strided_views_and_large_logits():
+    """A [m, n_heads, d] query view, K/V slices of a larger cache slot, and scores far from 0 (exp2 range)."""
+    q, k, v, _ = _case(3, 3, 40, 300, 64, torch.float32, 9)
+    positions = torch.sort(torch.randperm(300, generator=torch.Generator().manual_seed(1))[:40]).values
+    plan = plan_sparse_attention(positions, 300)
+    q_t = (q * 8).transpose(0, 1).contiguous().transpose(0, 1)  # [n_heads, m, d] view of [m, n_heads, d]
+    slot = torch.randn(2, 3, 400, 64)
+    slot[0, :, :303], slot[1, :, :303] = k, v
+    got = sparse_query_attention_cpu(q_t, slot[0, :, :350], slot[1, :, :350], plan, 0.125)
+    torch.testing.assert_close(got.double(), _dense(q * 8, k, v, positions, 0.125), atol=2e-5, rtol=2e-5)
+
+
+def test_cpu_kernel_is_the_auto_choice_and_torch_forces_the_reference(monkeypatch):
+    calls = []
+    real = sparse_attention.sparse_query_attention_cpu
+    monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu", lambda *a: calls.append(1) or real(*a))
+    q, k, v, positions = _case(3, 3, 70, 90, 64, torch.float32, 3)
+    plan = plan_sparse_attention(positions, 90)
+    auto = sparse_query_attention(q, k, v, plan, 0.125)
+    assert calls == [1]
+    ref = sparse_query_attention(q, k, v, plan, 0.125, use_triton=False)
+    assert calls == [1]
+    torch.testing.assert_close(auto, ref, atol=2e-5, rtol=2e-5)
+    square = plan_sparse_attention(torch.arange(90), 90)  # every position a query: SDPA's causal kernel
+    sparse_query_attention(torch.randn(9, 90, 64), k, v, square, 0.125)
+    assert calls == [1]
+    sparse_query_attention(q.double(), k.double(), v.double(), plan, 0.125)  # not fp32: the reference
+    assert calls == [1]
+    few = plan_sparse_attention(positions[-5:], 90)  # a question suffix: SDPA
+    sparse_query_attention(q[:, -5:], k, v, few, 0.125)
+    assert calls == [1]
+
+
+def test_cpu_kernel_rejects_what_it_does_not_take():
+    q, k, v, positions = _case(1, 3, 4, 20, 96, torch.float32, 0)
+    with pytest.raises(ValueError, match="head_dim"):
+        sparse_query_attention_cpu(q, k, v, plan_sparse_attention(positions, 20), 0.1)
