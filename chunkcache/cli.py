@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--deviation-on", choices=DEVIATION_ON, default="kv")
     rag.add_argument("--check-layers", default="1", help="comma list of check layers (gradual filtering)")
     rag.add_argument("--epic-k", type=int, default=16, help="epic: first k tokens of every chunk recomputed")
-    rag.add_argument("--sink-tokens", type=int, default=4, help="blend: first tokens of every chunk always recomputed")
+    rag.add_argument("--sink-tokens", type=int, default=4, help="kvcomm+epic / kvcomm+blend: tokens recomputed at the start of each anchor-placed segment")
     rag.add_argument("--ape-temperature", type=float, default=0.9)
     rag.add_argument("--ape-scale", type=float, default=0.9)
     rag.add_argument("--json", default=None)

@@ -1,5 +1,9 @@
 """`chunkcache bench kernels`: each Triton kernel vs its torch reference (and SDPA for attention).
 
+On the CPU the sparse-query attention row also times the C++ kernel (`cpp_ms`) and the compute-share
+bound `causal_share_ms`: SDPA's fused causal kernel over every position, times the share of the causal
+triangle's work the selected queries need (what the scattered queries would cost at full prefill's rate).
+
 Shapes are one layer (attention, deviation, scatter) or one chunk's all layers (RoPE shift) of a
 real model config at a prompt of `--tokens` tokens and `--ratio` recomputed. Reports time, the
 speedup over the torch path, achieved GB/s or TFLOP/s and their fraction of the device's nominal
@@ -23,7 +27,8 @@ from chunkcache.kernels._triton import triton_available
 from chunkcache.kernels.deviation import select_topk_deviation_ref, select_topk_deviation_triton
 from chunkcache.kernels.rope_shift import rope_shift_ref, rope_shift_triton
 from chunkcache.kernels.scatter_kv import scatter_kv_ref, scatter_kv_triton
-from chunkcache.kernels.sparse_attention import (plan_sparse_attention, sparse_query_attention_ref,
+from chunkcache.kernels.sparse_attention import (cpu_kernel_applies, plan_sparse_attention,
+                                                 sparse_query_attention_cpu, sparse_query_attention_ref,
                                                  sparse_query_attention_triton)
 
 MODELS = {  # layers, query heads, KV heads, head_dim
@@ -129,9 +134,18 @@ def bench_model(model: str, tokens: int, ratio: float, dtype: torch.dtype, devic
                      lambda: sparse_query_attention_ref(q, k, v, plan, scale))
     sdpa = _time_ms(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale,
                                                            enable_gqa=n_heads != n_kv), cuda, reps)
+    extra = {}
+    if not cuda and cpu_kernel_applies(q, k, v):
+        cpp = _time_ms(lambda: sparse_query_attention_cpu(q, k, v, plan, scale), False, reps)
+        q_all = torch.randn(n_heads, tokens, d, generator=gen).to(device, dtype)  # [n_heads, N, d]
+        causal = _time_ms(lambda: F.scaled_dot_product_attention(q_all[None], k[None], v[None], is_causal=True,
+                                                                 scale=scale, enable_gqa=n_heads != n_kv), False, reps)
+        share = float((positions.double() + 1).sum()) / (tokens * (tokens + 1) / 2)
+        extra = {"cpp_ms": cpp, "cpp_speedup_vs_torch": ref / cpp, "causal_share_ms": causal * share,
+                 "cpp_vs_causal_share": cpp / (causal * share)}
     rows.append(_row("sparse_query_attention", model, {"n_heads": n_heads, "n_kv": n_kv, "m": m, "N": tokens, "d": d},
                      dev, tri, ref, flops=flops, sdpa_same_m_ms=sdpa,
-                     vs_sdpa_same_m=(tri / sdpa) if tri else None))
+                     vs_sdpa_same_m=(tri / sdpa) if tri else None, **extra))
 
     cache_k, cache_v = kv[2], kv[3]
     k_new = torch.randn(n_kv, m, d, generator=gen).to(device, dtype)
@@ -154,6 +168,9 @@ def _print(rows: list[dict]) -> None:
             line += f"  {r['gbps']:.1f} GB/s" + (f" ({r['frac_peak_bw']:.0%} of peak)" if r.get("frac_peak_bw") else "")
         if "tflops" in r:
             line += f"  {r['tflops']:.2f} TFLOP/s" + (f" ({r['frac_peak_tflops']:.0%})" if r.get("frac_peak_tflops") else "")
+        if r.get("cpp_ms"):
+            line += (f"  C++ {r['cpp_ms']:.4f} ms (x{r['cpp_speedup_vs_torch']:.2f} vs torch, "
+                     f"{r['cpp_vs_causal_share']:.2f} x the causal-share bound {r['causal_share_ms']:.4f} ms)")
         if r.get("vs_sdpa_same_m"):
             line += f"  time/SDPA(same m) {r['vs_sdpa_same_m']:.2f}"
         print(line)

@@ -34,8 +34,8 @@ class BlendConfig:
         and adaptive; the other modes fix their own selection.
     epic_k: epic mode recomputes the first epic_k tokens of every chunk (EPIC/LegoLink, k <= 32 in the
         paper; 16 here). 0: k = recompute_ratio * context tokens / chunks (budget-matched, for sweeps).
-    sink_tokens: blend mode always recomputes the first sink_tokens of every chunk (inside the budget);
-        kvcomm+epic recomputes this many (at most epic_k) at the start of each anchor-estimated segment.
+    sink_tokens: kvcomm+epic and kvcomm+blend recompute at most this many tokens at the start of each
+        anchor-estimated segment (its offset is already estimated; chunk-path segments get the mode's k).
     ape_temperature, ape_scale: APE's attention temperature T and scaling factor S on the attention
         from the suffix to the context tokens (APE repo default 0.9 / 0.9; T=S=1 is naive).
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted

@@ -16,9 +16,12 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
   query       A3-style query-aware selection: the suffix's attention over the naive cache, top ratio.
   prophet     ProphetKV (arXiv 2602.02579) as far as published: the suffix's attention over the naive
               cache, normalised per layer and fused across layers by the max, top ratio.
-  blend       chunkcache's own (the default): the first `sink_tokens` of every chunk always kept (EPIC's
-              sink fix, inside the budget), the rest by CacheBlend's deviation at the check layer weighted
-              by the suffix's attention over the naive cache (query-aware, A3 / ProphetKV's insight).
+  blend       chunkcache's own (the default): half the budget as the first tokens of every chunk (EPIC's
+              sink fix, spread evenly over the chunks), the other half the tokens the suffix attends most
+              over the naive cache (A3 / ProphetKV's insight); all chosen before layer 0, so, unlike
+              cacheblend, no layer runs over every context token. (Until 2026-12-01 blend was the sinks plus
+              deviation x attention at the check layer, i.e. cacheblend's attention_deviation selection with
+              pinned sinks: the measured rule here reached the same KL 20% faster; BENCHMARKS.md.)
 With the budget covering every candidate (ratio 1.0; epic with k >= chunk length) all are recomputed.
 
 Guessed or left out (the papers' text available here did not settle it):
@@ -139,15 +142,22 @@ def _prophet(c: Candidates) -> Selection:
     return Selection(keep=top_tokens(fused, c.budget))
 
 
+BLEND_HEAD_SHARE = 0.5  # blend: share of the budget spent on chunk heads (measured on dev examples 0-5)
+
+
+def blend_heads(c: Candidates) -> torch.Tensor:
+    """blend's chunk heads: the first k tokens of every candidate chunk, k = BLEND_HEAD_SHARE of the budget
+    spread over the chunks (at least 1); an anchor-placed segment (KVCOMM) gets at most sink_tokens."""
+    k = max(1, round(c.budget * BLEND_HEAD_SHARE / max(1, len(c.chunk_spans()))))
+    return c.heads(k, min(k, c.cfg.sink_tokens) if c.cfg.kvcomm else None)
+
+
 def _blend(c: Candidates) -> Selection:
-    """Sinks pinned (first sink_tokens of every chunk), the rest by deviation x the suffix's attention over the
-    naive cache (summed over layers): what measured best at equal budget (see README, "Modes")."""
-    sink = min(c.cfg.sink_tokens, c.budget // max(1, len(c.chunk_spans())))
-    pinned = torch.zeros(c.count, dtype=torch.bool, device=c.runner.device)
-    pinned[c.heads(sink)] = True
-    importance = c.suffix_attention().sum(0)  # [n_cand]
-    weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.fresh))  # [n]
-    return Selection(checks=c.cfg.check_layers, pinned=pinned, weights=weights)
+    """The chunk heads, then the tokens the suffix attends most over the naive cache (summed over layers) up to
+    the budget; fixed before layer 0. What measured best at equal TTFT (README "Modes", BENCHMARKS.md)."""
+    score = c.suffix_attention().sum(0)  # [n_cand]
+    score[blend_heads(c)] = float("inf")
+    return Selection(keep=top_tokens(score, c.budget))
 
 
 SELECTORS: dict[str, Callable[[Candidates], Selection]] = {

@@ -85,7 +85,8 @@ class EngineConfig(BaseSettings):
     """One engine: model, device, dtype, threads, system prompt, kernels, cache dir and store.
 
     dtype None resolves to float32 on the CPU and bfloat16 on CUDA. system None is the prompt builder's
-    default. kernels: auto (Triton on CUDA when it imports), torch, triton. store="memory" / "disk" is
+    default. kernels: auto (Triton on CUDA when it imports; on the CPU the C++ sparse-query attention when
+    the system compiler builds it), torch (the torch references only), triton. store="memory" / "disk" is
     shorthand for a store without / with the disk tier. Constructing it reads no environment: use
     `load_config` for the file / env / flag layers.
     """

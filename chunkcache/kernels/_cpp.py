@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 _errors: dict[str, str] = {}
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -45,7 +47,14 @@ def _compiler() -> str | None:
 
 @functools.cache
 def load(name: str) -> ctypes.CDLL | None:
-    """The shared object of csrc/<name>.cpp, built on first use; None when it cannot be built here."""
+    """The shared object of csrc/<name>.cpp, built on first use; None (logged once) when it cannot be built here."""
+    lib = _build_and_load(name)
+    if lib is None:
+        log.warning("C++ kernel %s unavailable, using the torch reference: %s", name, _errors[name])
+    return lib
+
+
+def _build_and_load(name: str) -> ctypes.CDLL | None:
     src = CSRC / f"{name}.cpp"
     cxx = _compiler()
     if cxx is None:
@@ -54,23 +63,30 @@ def load(name: str) -> ctypes.CDLL | None:
     digest = hashlib.sha256(src.read_bytes() + " ".join((cxx, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
     so = cache_dir() / f"{name}-{digest}.so"
     if not so.exists():
-        so.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
-        os.close(fd)
         try:
-            res = subprocess.run([cxx, *FLAGS, str(src), "-o", tmp], capture_output=True, text=True, timeout=300)
-            if res.returncode != 0:
-                _errors[name] = f"{cxx} failed on {src.name}: {res.stderr.strip()[-2000:]}"
-                return None
-            os.replace(tmp, so)  # atomic: concurrent builders each write their own temp file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _compile(cxx, src, so)
+        except (OSError, subprocess.SubprocessError) as e:
+            _errors[name] = f"{cxx} could not build {src.name} into {so.parent}: {e}"
+            return None
     try:
         return ctypes.CDLL(str(so))
     except OSError as e:
         _errors[name] = f"cannot load {so}: {e}"
         return None
+
+
+def _compile(cxx: str, src: Path, so: Path) -> None:
+    so.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cxx, *FLAGS, str(src), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise subprocess.SubprocessError(f"exit {res.returncode}: {res.stderr.strip()[-2000:]}")
+        os.replace(tmp, so)  # atomic: concurrent builders each write their own temp file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def build_error(name: str) -> str | None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.modes import BLEND_HEAD_SHARE
 from chunkcache.blend.probe import suffix_attention_by_layer
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import top_tokens
@@ -138,23 +139,22 @@ def test_prophet_keeps_the_top_of_the_layer_fused_attention(tiny_blender):
     assert _recomputed_positions(tiny_blender, req, res).tolist() == (top_tokens(fused, budget) + lo).tolist()
 
 
-def test_blend_always_recomputes_the_chunk_sinks_inside_the_budget(tiny_blender):
+@pytest.mark.parametrize("ratio", [0.2, 0.4])
+def test_blend_keeps_the_chunk_heads_then_the_tokens_the_question_attends_most(tiny_blender, ratio):
+    """Half the budget as the first k tokens of every candidate chunk, the rest by the suffix's attention."""
     req = _request(seed=7)
-    res = _run(tiny_blender, req, mode="blend", recompute_ratio=0.2, sink_tokens=3)
-    assert res.stats.recomputed_tokens == round(0.2 * req.context_len)
-    got = set(_recomputed_positions(tiny_blender, req, res).tolist())
-    sinks = {o + i for o in req.chunk_offsets[1:] for i in range(3)}
-    assert sinks <= got and len(got) == res.stats.recomputed_tokens
-
-
-def test_blend_without_sinks_is_attention_weighted_deviation(tiny_blender):
-    """sink_tokens=0 leaves the query-weighted deviation: cacheblend's attention_deviation selection."""
-    req = _request(seed=8)
-    ad = _run(tiny_blender, req, mode="cacheblend", recompute_ratio=0.2, selection="attention_deviation")
-    bl = _run(tiny_blender, req, mode="blend", recompute_ratio=0.2, sink_tokens=0)
-    torch.testing.assert_close(bl.logits, ad.logits)
-    cb = _run(tiny_blender, req, mode="cacheblend", recompute_ratio=0.2)
-    assert not torch.equal(cb.logits, bl.logits)  # the question's attention does change the choice
+    lo = len(PREFIX) + len(req.chunks[0])  # the first chunk is exact (precomputed behind the prefix)
+    budget = round(ratio * req.context_len)
+    k = max(1, round(budget * BLEND_HEAD_SHARE / (len(req.chunks) - 1)))
+    heads = {o + i for o, c in zip(req.chunk_offsets[1:], req.chunks[1:]) for i in range(min(k, len(c)))}
+    mass = _suffix_attention(tiny_blender, req).sum(0)[lo:]
+    others = [int(p) + lo for p in mass.argsort(descending=True) if int(p) + lo not in heads]
+    want = sorted(heads | set(others[:budget - len(heads)]))
+    res = _run(tiny_blender, req, mode="blend", recompute_ratio=ratio)
+    assert res.stats.recomputed_tokens == budget
+    assert _recomputed_positions(tiny_blender, req, res).tolist() == want
+    query = _run(tiny_blender, req, mode="query", recompute_ratio=ratio)
+    assert not torch.equal(query.logits, res.logits)  # the heads do change the choice
 
 
 def test_blend_is_the_default_mode():

@@ -1,5 +1,9 @@
 """Sparse-query attention: reference vs explicit masked softmax; Triton and C++ kernels vs the reference."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -142,3 +146,24 @@ def test_cpu_kernel_rejects_what_it_does_not_take():
     q, k, v, positions = _case(1, 3, 4, 20, 96, torch.float32, 0)
     with pytest.raises(ValueError, match="head_dim"):
         sparse_query_attention_cpu(q, k, v, plan_sparse_attention(positions, 20), 0.1)
+
+
+def test_cpu_kernel_build_failure_falls_back_to_the_reference(tmp_path):
+    """A compiler that fails: no kernel, the reason logged and kept, attention still exact (torch reference)."""
+    code = f"""
+import logging, torch
+logging.basicConfig()
+from chunkcache.kernels._cpp import build_error
+from chunkcache.kernels.sparse_attention import cpu_kernel_applies, plan_sparse_attention, sparse_query_attention
+from chunkcache.kernels.sparse_attention import sparse_query_attention_ref
+q, k, v = torch.randn(9, 70, 64), torch.randn(3, 90, 64), torch.randn(3, 90, 64)
+plan = plan_sparse_attention(torch.arange(20, 90), 90)
+assert not cpu_kernel_applies(q, k, v)
+assert "could not build" in build_error("sparse_attention_cpu"), build_error("sparse_attention_cpu")
+torch.testing.assert_close(sparse_query_attention(q, k, v, plan, 0.125), sparse_query_attention_ref(q, k, v, plan, 0.125))
+"""
+    env = {**os.environ, "CXX": "false", "CHUNKCACHE_KERNEL_CACHE": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "unavailable, using the torch reference" in res.stderr
+    assert list(tmp_path.iterdir()) == []  # no half-written object left behind
