@@ -99,6 +99,8 @@ def cmd_bench_rag(args) -> int:
         examples = [dict(ex, ctxs=ex["ctxs"][: args.passages]) for ex in examples]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     ratios = args.ratios
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio, selection=args.selection,
                        deviation_on=args.deviation_on, check_layers=tuple(int(x) for x in args.check_layers.split(",")),
                        epic_k=args.epic_k, sink_tokens=args.sink_tokens, ape_temperature=args.ape_temperature,
@@ -113,7 +115,7 @@ def cmd_bench_rag(args) -> int:
         plot_sweep(result, png)
         print(f"wrote plot {png}")
     else:
-        result = run_rag(engine, examples, modes, base, args.max_new_tokens, ratios=ratios)
+        result = run_rag(engine, examples, modes, base, args.max_new_tokens, ratios=ratios, repeats=args.repeats)
         if ratios and args.plot:
             plot_pareto(result["pareto"], args.plot)
             print(f"wrote plot {args.plot}")
@@ -130,6 +132,7 @@ def cmd_bench_rag(args) -> int:
                         "check_layers": list(base.check_layers), "epic_k": args.epic_k,
                         "sink_tokens": args.sink_tokens, "ape_temperature": args.ape_temperature,
                         "ape_scale": args.ape_scale, "kv_codec": codec, "passages": args.passages,
+                        "repeats": args.repeats,
                         "device": args.engine.device, "dtype": args.engine.resolved_dtype,
                         "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
     print(json.dumps(result["modes"], indent=2))
@@ -180,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
     rag.add_argument("--recompute-ratio", type=_ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=int, default=32)
+    rag.add_argument("--repeats", type=int, default=1, help="each TTFT (full included) is the median of N prefills")
     rag.add_argument("--passages", type=int, default=None, help="keep only the first N passages of each example")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--profile", action="store_true",

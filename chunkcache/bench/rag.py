@@ -23,10 +23,14 @@ from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.request import BlendRequest
 
 
-def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig, reserve: int):
-    t0 = time.perf_counter()
-    res = engine.prefill(req, cfg, reserve)
-    return res, time.perf_counter() - t0
+def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig, reserve: int, repeats: int = 1):
+    """The last prefill's result and the median wall time of `repeats` prefills of the same request."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = engine.prefill(req, cfg, reserve)
+        times.append(time.perf_counter() - t0)
+    return res, statistics.median(times)
 
 
 def _tf_logits(engine: ChunkCacheEngine, res: BlendResult, answer: list[int]) -> torch.Tensor:
@@ -42,12 +46,13 @@ def _text(engine: ChunkCacheEngine, ids: list[int]) -> str:
 
 
 def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, BlendConfig], max_new: int,
-                     free_run: bool = True) -> dict:
-    """Per-mode figures for one example. configs: label -> BlendConfig (full is added)."""
+                     free_run: bool = True, repeats: int = 1) -> dict:
+    """Per-mode figures for one example. configs: label -> BlendConfig (full is added). repeats: each TTFT
+    is the median of this many prefills (full included), which damps a shared machine's interference."""
     chunks = [passage_text(c) for c in ex["ctxs"]]
     req = engine.prompts.request(chunks, ex["question"])
     engine.precompute(chunks)
-    full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new)
+    full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
     n = full.cache.length
     answer = _greedy(engine, full, max_new)
     full.cache.truncate(n)
@@ -58,7 +63,7 @@ def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, Blen
                     "recompute_fraction": 1.0, "prompt_tokens": req.num_tokens}}
     del full
     for label, cfg in configs.items():
-        res, t = _timed_prefill(engine, req, cfg, max_new)
+        res, t = _timed_prefill(engine, req, cfg, max_new, repeats)
         top1, kl = teacher_forced(ref, _tf_logits(engine, res, answer))
         row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
                "recompute_fraction": res.stats.recompute_fraction}
@@ -118,7 +123,7 @@ def pareto_rows(summary: dict, modes: list[str], ratios: list[float]) -> list[di
 
 
 def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], base: BlendConfig,
-            max_new: int = 32, log=print, ratios: list[float] | None = None) -> dict:
+            max_new: int = 32, log=print, ratios: list[float] | None = None, repeats: int = 1) -> dict:
     """`modes.<mode>` at base.recompute_ratio; with `ratios`, also the `pareto` rows of every mode at every
     ratio, all from one pass per example (same token ids, full prefill once, each distinct config once)."""
     configs = {m: replace(base, mode=m) for m in modes if m != "full"}
@@ -130,7 +135,7 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
     unique = {labels[0]: cfg for cfg, labels in labels_of.items()}
     rows = []
     for i, ex in enumerate(examples):
-        row = evaluate_example(engine, ex, unique, max_new)
+        row = evaluate_example(engine, ex, unique, max_new, repeats=repeats)
         for cfg, labels in labels_of.items():
             for label in labels[1:]:
                 row[label] = row[labels[0]]

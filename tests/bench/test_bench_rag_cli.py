@@ -1,11 +1,13 @@
 """`chunkcache bench rag` end to end on one MuSiQue example with the real model (a smoke run, not a timing)."""
 
 import json
+import time
 
 import pytest
 
 from chunkcache.bench.metrics import best_f1, token_f1
 from chunkcache.bench.musique import DEFAULT_DATA
+from chunkcache.bench.rag import _timed_prefill
 from chunkcache.cli import main
 
 KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "f1_mean",
@@ -16,9 +18,10 @@ def test_bench_rag_writes_every_figure(tmp_path, smollm):
     out = tmp_path / "rag.json"
     rc = main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1",
                "--modes", "full,naive,cacheblend,adaptive", "--max-new-tokens", "4", "--passages", "6",
-               "--json", str(out)])
+               "--repeats", "2", "--json", str(out)])
     assert rc == 0
     modes = json.loads(out.read_text())["modes"]
+    assert json.loads(out.read_text())["config"]["repeats"] == 2
     assert set(modes) == {"full", "naive", "cacheblend", "adaptive"}
     for fig in modes.values():
         assert KEYS <= set(fig)
@@ -37,6 +40,25 @@ def test_bad_arguments_exit_with_usage_error(capsys):
     assert "mode must be one of" in capsys.readouterr().err
     assert main(["bench", "rag", "--skip", "40"]) == 2  # the bundled dev set has 40 examples
     assert "no example after the first 40" in capsys.readouterr().err
+    assert main(["bench", "rag", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_repeated_prefills_report_the_median_time_and_the_last_result():
+    class Engine:  # the prefill's timing only: each call sleeps as long as its turn says
+        def __init__(self):
+            self.calls = []
+
+        def prefill(self, req, cfg, reserve):
+            delay = (0.12, 0.01, 0.05)[len(self.calls)]
+            self.calls.append((req, cfg, reserve))
+            time.sleep(delay)
+            return len(self.calls)
+
+    engine = Engine()
+    res, t = _timed_prefill(engine, "req", "cfg", 7, repeats=3)
+    assert res == 3 and engine.calls == [("req", "cfg", 7)] * 3
+    assert 0.05 <= t < 0.1  # the median of 0.12, 0.01 and 0.05 s
 
 
 def test_squad_f1_normalisation():
