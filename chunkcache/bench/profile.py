@@ -17,7 +17,8 @@ from chunkcache.blend.engine import ChunkCacheEngine
 
 # op-name fragments -> group; first match wins (aten names as the profiler reports them)
 GROUPS = (
-    ("attention", ("scaled_dot_product", "flash_attention", "_softmax", "softmax", "baddbmm", "bmm")),
+    ("attention", ("scaled_dot_product", "flash_attention", "_softmax", "softmax", "baddbmm", "bmm",
+                   "sparse_attention_cpu")),
     ("linear projections and MLP", ("linear", "addmm", "aten::mm", "matmul", "silu", "aten::mul")),
     ("chunk placement (RoPE shift, KV copies)", ("copy_", "index_copy", "aten::cat", "aten::neg", "to_copy",
                                                  "aten::cos", "aten::sin", "aten::add")),

@@ -18,7 +18,7 @@ from chunkcache.bench.metrics import best_f1, teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import BlendResult
-from chunkcache.blend.config import RATIO_FREE_MODES, BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.request import BlendRequest
 
@@ -122,6 +122,29 @@ def pareto_rows(summary: dict, modes: list[str], ratios: list[float]) -> list[di
     return rows
 
 
+def dominance_rows(pareto: list[dict], default: str) -> list[dict]:
+    """For every other mode's point: the default's KL at that point's TTFT speedup (linear in log speedup
+    between the default's two neighbouring points) and how much lower it is (kl_reduction = 1 - default /
+    anchor). default_kl is None where the default has no point that fast or that slow."""
+    import math
+
+    own = sorted((r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]) for r in pareto if r["mode"] == default)
+    rows = []
+    for r in pareto:
+        if r["mode"] in (default, "full"):
+            continue
+        x, kl = r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]
+        at = None
+        for (x0, k0), (x1, k1) in zip(own, own[1:]):
+            if x0 <= x <= x1:
+                w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0.0
+                at = k0 + w * (k1 - k0)
+                break
+        rows.append({"mode": r["mode"], "ratio": r["ratio"], "ttft_speedup_vs_full_median": x, "tf_kl_mean": kl,
+                     "default_kl": at, "kl_reduction": (1 - at / kl) if at is not None and kl > 0 else None})
+    return rows
+
+
 def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], base: BlendConfig,
             max_new: int = 32, log=print, ratios: list[float] | None = None, repeats: int = 1) -> dict:
     """`modes.<mode>` at base.recompute_ratio; with `ratios`, also the `pareto` rows of every mode at every
@@ -147,6 +170,8 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
            "examples": rows}
     if ratios:
         out["pareto"] = pareto_rows(summary, modes, ratios)
+        if DEFAULT_MODE in modes:
+            out["dominance"] = {"default": DEFAULT_MODE, "rows": dominance_rows(out["pareto"], DEFAULT_MODE)}
     return out
 
 

@@ -241,9 +241,11 @@ def sparse_query_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     kt = k[:, :plan.q_end].transpose(1, 2).contiguous()  # [n_kv, d, q_end]: each dim's keys contiguous
     pos = plan.q_positions.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    rc = _cpu_entry()(q.data_ptr(), kt.data_ptr(), v.data_ptr(), out.data_ptr(), pos.data_ptr(), n_heads, k.shape[0],
-                      m, d, plan.q_end, block_q, q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), v.stride(0),
-                      v.stride(1), out.stride(0), out.stride(1), scale, torch.get_num_threads())
+    with torch.profiler.record_function("chunkcache::sparse_attention_cpu"):  # visible to `bench rag --profile`
+        rc = _cpu_entry()(q.data_ptr(), kt.data_ptr(), v.data_ptr(), out.data_ptr(), pos.data_ptr(), n_heads,
+                          k.shape[0], m, d, plan.q_end, block_q, q.stride(0), q.stride(1), kt.stride(0),
+                          kt.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1), scale,
+                          torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"sparse_attention_f32 rejected its arguments (code {rc})")
     return out

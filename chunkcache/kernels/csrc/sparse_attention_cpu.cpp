@@ -148,12 +148,18 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf) 
         continue;
       }
       float tmax = mx[r];
-      for (int c = 0; c < vis; ++c) tmax = std::max(tmax, s[c]);
+      int c = 0;
+      vf vmax = splat(tmax);
+      for (; c + W <= vis; c += W) {
+        const vf x = load(s + c);
+        vmax = x > vmax ? x : vmax;
+      }
+      for (int j = 0; j < W; ++j) tmax = std::max(tmax, vmax[j]);
+      for (; c < vis; ++c) tmax = std::max(tmax, s[c]);
       const float alpha = std::exp2(mx[r] - tmax);
       vf acc = {};
       const vf mv = splat(tmax);
-      int c = 0;
-      for (; c + W <= vis; c += W) {
+      for (c = 0; c + W <= vis; c += W) {
         const vf p = exp2v(load(s + c) - mv);
         store(s + c, p);
         acc += p;
