@@ -161,6 +161,24 @@ def cmd_bench_passthrough(args) -> int:
     return importlib.import_module(PASSTHROUGH[args.bench][0]).main(args.rest)
 
 
+def _passthrough(global_argv: list[str], name: str, rest: list[str]) -> int:
+    """`chunkcache [--threads N] bench <name> ...`: of the engine flags only --threads applies there."""
+    given = {k: v for k, v in vars(build_parser().parse_args(global_argv)).items()
+             if v is not None and k not in ("command", "verbose")}
+    if set(given) - {"threads"}:
+        print(f"chunkcache: error: `bench {name}` takes its own options after its name; of the engine flags only "
+              f"--threads applies before it (got {', '.join(sorted(set(given) - {'threads'}))})", file=sys.stderr)
+        return 2
+    if "threads" in given:
+        import torch
+
+        if not str(given["threads"]).isdigit() or int(given["threads"]) < 1:
+            print(f"chunkcache: error: --threads must be a positive integer, got {given['threads']!r}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(int(given["threads"]))
+    return cmd_bench_passthrough(argparse.Namespace(bench=name, rest=rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     flags = engine_flags()
     p = argparse.ArgumentParser(prog="chunkcache", description=__doc__, parents=[flags])
@@ -213,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in PASSTHROUGH:  # their parsers own every option
-        args = argparse.Namespace(bench=argv[1], rest=argv[2:])
-        return cmd_bench_passthrough(args)
+    i = argv.index("bench") if "bench" in argv else -1
+    if 0 <= i < len(argv) - 1 and argv[i + 1] in PASSTHROUGH:  # their parsers own every option after the name
+        return _passthrough(argv[:i], argv[i + 1], argv[i + 2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.command is None:

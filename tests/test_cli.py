@@ -1,4 +1,5 @@
-"""`chunkcache demo` end to end with the real model in bfloat16 on the CPU (issue 10's "done when")."""
+"""`chunkcache demo` end to end with the real model in bfloat16 on the CPU (issue 10's "done when"); global flags
+before a pass-through bench."""
 
 import json
 import re
@@ -22,3 +23,25 @@ def test_demo_runs_in_bfloat16_on_the_cpu(tmp_path, smollm_dir, capsys):
     assert 0 < reused < prompt  # chunk KV reused in bf16, the question computed
     answers = re.findall(r"TTFT  answer: '(.*)'", out)
     assert len(answers) == 2 and all(a.strip() for a in answers)
+
+
+def test_threads_before_a_passthrough_bench(tmp_path, capsys):
+    """`chunkcache --threads N bench kernels ...`: --threads applies, the bench parses the rest; other engine
+    flags before it are refused by name."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "k.json"
+    try:
+        assert main(["--threads", "1", "bench", "kernels", "--models", "smollm2-135m", "--tokens", "96",
+                     "--reps", "1", "--out", str(out)]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert {r["kernel"] for r in json.loads(out.read_text())["results"]} >= {"sparse_query_attention"}
+    capsys.readouterr()
+    assert main(["--device", "cpu", "bench", "kernels", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "only --threads applies" in err and "(got device)" in err
+    assert main(["--threads", "zero", "bench", "kernels"]) == 2
+    assert "--threads must be a positive integer" in capsys.readouterr().err
