@@ -111,6 +111,13 @@ def test_unknown_env_names_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         load_config()
 
 
+def test_non_engine_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Variables other parts read (the kernels' build cache, the cache root, the API key) pass the check."""
+    monkeypatch.setenv("CHUNKCACHE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CHUNKCACHE_API_KEY", "k")
+    assert load_config().device == "cpu"
+
+
 def test_checks_name_the_missing_device_and_unreachable_urls(tmp_path: Path) -> None:
     import torch
 
