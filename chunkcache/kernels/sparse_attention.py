@@ -219,6 +219,11 @@ def _cpu_entry() -> Any:
     return fn
 
 
+def prepare_cpu_kernel() -> bool:
+    """Build (or load) the C++ kernel now; whether it is available. Engines call it at start-up."""
+    return _cpu_entry() is not None
+
+
 def cpu_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether `sparse_query_attention_cpu` takes these tensors: fp32 on the CPU, head_dim 64 or 128, built."""
     return (q.device.type == k.device.type == v.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32

@@ -12,7 +12,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from chunkcache.kernels.sparse_attention import AttentionPlan, plan_sparse_attention, sparse_query_attention
+from chunkcache.kernels._triton import kernel_choice
+from chunkcache.kernels.sparse_attention import (AttentionPlan, plan_sparse_attention, prepare_cpu_kernel,
+                                                 sparse_query_attention)
 from chunkcache.runner.fingerprint import model_fingerprint
 from chunkcache.runner.kv_cache import KVCache
 
@@ -48,6 +50,8 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.fingerprint = model_fingerprint(model, tokenizer)
         self.use_triton = use_triton
+        if self.device.type == "cpu" and self.dtype == torch.float32 and kernel_choice(use_triton) == "auto":
+            prepare_cpu_kernel()  # build or load the C++ attention now, not inside the first request
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.n_layers, self.n_kv_heads, self.head_dim, capacity, self.inv_freq.to(self.device),

@@ -167,3 +167,24 @@ torch.testing.assert_close(sparse_query_attention(q, k, v, plan, 0.125), sparse_
     assert res.returncode == 0, res.stderr
     assert "unavailable, using the torch reference" in res.stderr
     assert list(tmp_path.iterdir()) == []  # no half-written object left behind
+
+
+def test_the_runner_builds_the_cpu_kernel_at_start_up(tmp_path):
+    """A fp32 CPU runner under auto builds the kernel in its constructor (a fresh cache gets the .so there),
+    so no request pays for the compiler; kernels=torch builds nothing."""
+    code = """
+import os, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from chunkcache.runner.runner import ModelRunner
+cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=64)
+model = LlamaForCausalLM(cfg).eval()
+ModelRunner(model, use_triton=False)
+assert os.listdir(sys.argv[1]) == [] if os.path.isdir(sys.argv[1]) else True
+ModelRunner(model)
+assert [f for f in os.listdir(sys.argv[1]) if f.endswith(".so")], os.listdir(sys.argv[1])
+"""
+    cache = tmp_path / "kernels"
+    env = {**os.environ, "CHUNKCACHE_KERNEL_CACHE": str(cache)}
+    res = subprocess.run([sys.executable, "-c", code, str(cache)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
