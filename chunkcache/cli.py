@@ -11,7 +11,7 @@ from pathlib import Path
 from chunkcache.api.cli import register as register_api
 from chunkcache.bench.musique import DEFAULT_DATA
 from chunkcache.blend.config import DEFAULT_MODE, DEVIATION_ON, MODES, SELECTIONS
-from chunkcache.config import ConfigError, check_config
+from chunkcache.config import ConfigError, EngineConfig, check_config
 from chunkcache.config.flags import config_from_args, engine_flags
 
 
@@ -171,11 +171,14 @@ def _passthrough(global_argv: list[str], name: str, rest: list[str]) -> int:
         return 2
     if "threads" in given:
         import torch
+        from pydantic import ValidationError
 
-        if not str(given["threads"]).isdigit() or int(given["threads"]) < 1:
+        try:
+            threads = EngineConfig(threads=given["threads"]).threads  # the engine's own check of the value
+        except ValidationError:
             print(f"chunkcache: error: --threads must be a positive integer, got {given['threads']!r}", file=sys.stderr)
             return 2
-        torch.set_num_threads(int(given["threads"]))
+        torch.set_num_threads(threads)
     return cmd_bench_passthrough(argparse.Namespace(bench=name, rest=rest))
 
 
@@ -213,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--deviation-on", choices=DEVIATION_ON, default="kv")
     rag.add_argument("--check-layers", default="1", help="comma list of check layers (gradual filtering)")
     rag.add_argument("--epic-k", type=int, default=16, help="epic: first k tokens of every chunk recomputed")
-    rag.add_argument("--sink-tokens", type=int, default=4, help="kvcomm+epic / kvcomm+blend: tokens recomputed at the start of each anchor-placed segment")
+    rag.add_argument("--sink-tokens", type=int, default=4,
+                     help="kvcomm+epic / kvcomm+blend: tokens recomputed at the start of each anchor-placed segment")
     rag.add_argument("--ape-temperature", type=float, default=0.9)
     rag.add_argument("--ape-scale", type=float, default=0.9)
     rag.add_argument("--json", default=None)

@@ -206,7 +206,8 @@ def register(bench_subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--epic-k", type=int, default=BlendConfig.epic_k, help="epic modes: first k tokens of every chunk")
-    p.add_argument("--sink-tokens", type=int, default=BlendConfig.sink_tokens, help="kvcomm+epic / kvcomm+blend: tokens recomputed at the start of each anchor-placed segment")
+    p.add_argument("--sink-tokens", type=int, default=BlendConfig.sink_tokens,
+                   help="kvcomm+epic / kvcomm+blend: tokens recomputed at the start of each anchor-placed segment")
     p.add_argument("--entropy-threshold", type=float, default=AnchorConfig.entropy_threshold)
     p.add_argument("--temperature", type=float, default=AnchorConfig.temperature)
     p.add_argument("--turns", type=int, default=0,

@@ -8,6 +8,7 @@ ratios (full TTFT / mode TTFT) measured in the same run.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import replace
@@ -126,8 +127,6 @@ def dominance_rows(pareto: list[dict], default: str) -> list[dict]:
     """For every other mode's point: the default's KL at that point's TTFT speedup (linear in log speedup
     between the default's two neighbouring points) and how much lower it is (kl_reduction = 1 - default /
     anchor). default_kl is None where the default has no point that fast or that slow."""
-    import math
-
     own = sorted((r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]) for r in pareto if r["mode"] == default)
     rows = []
     for r in pareto:

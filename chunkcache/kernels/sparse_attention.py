@@ -259,7 +259,8 @@ def sparse_query_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 def sparse_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
                            scale: float, *, use_triton: bool | None = None) -> torch.Tensor:
     """Dispatch: Triton kernel on CUDA when triton imports (or when use_triton=True); under auto on the CPU the
-    C++ kernel for at least CPU_MIN_QUERIES scattered fp32 queries when it builds; else (use_triton=False included) the torch reference.
+    C++ kernel for at least CPU_MIN_QUERIES scattered fp32 queries when it builds; else (use_triton=False
+    included) the torch reference.
 
     A plan with a ContextTemper (APE) always takes the torch path `ape_attention_ref`; a causal square plan
     (every position a query) takes SDPA's fused causal kernel."""
