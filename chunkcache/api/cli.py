@@ -24,7 +24,8 @@ def _ratio(text: str) -> float:
     return value
 
 
-SERVER_FLAGS = ("host", "port", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_body_bytes", "api_key")
+SERVER_FLAGS = ("host", "port", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_body_bytes")
+API_KEY_ENV, API_KEY_FILE_ENV = "CHUNKCACHE_API_KEY", "CHUNKCACHE_API_KEY_FILE"
 
 
 def _service(args):  # type: ignore[no-untyped-def]
@@ -34,13 +35,49 @@ def _service(args):  # type: ignore[no-untyped-def]
     return ChunkCacheService(ServerConfig(engine=args.engine))
 
 
+def _read_key_file(path: str, name: str) -> str:
+    from chunkcache.config import ConfigError
+
+    try:
+        key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{name}: cannot read the API key file {path} ({err})") from None
+    if not key:
+        raise ConfigError(f"{name}: the API key file {path} is empty")
+    return key
+
+
+def api_key(args, table: dict) -> str | None:  # type: ignore[no-untyped-def]
+    """The bearer key: flags (--api-key, --api-key-file) > env ($CHUNKCACHE_API_KEY, $CHUNKCACHE_API_KEY_FILE)
+    > the [server] table (api_key, api_key_file); pops both keys from `table`. A file holds the key alone
+    (surrounding whitespace dropped); giving a key and a file in one layer is an error."""
+    import os
+
+    from chunkcache.config import ConfigError
+
+    layers = (("--api-key", getattr(args, "api_key", None), "--api-key-file", getattr(args, "api_key_file", None)),
+              (API_KEY_ENV, os.environ.get(API_KEY_ENV) or None,
+               API_KEY_FILE_ENV, os.environ.get(API_KEY_FILE_ENV) or None),
+              ("server.api_key", table.pop("api_key", None), "server.api_key_file", table.pop("api_key_file", None)))
+    for key_name, key, file_name, path in layers:
+        if key is not None and path is not None:
+            raise ConfigError(f"{file_name}: give the API key or a file holding it, not both ({key_name} is set too)")
+        if path is not None:
+            return _read_key_file(path, file_name)
+        if key is not None:
+            return key
+    return None
+
+
 def server_config(args):  # type: ignore[no-untyped-def]
-    """The server's settings: flags > $CHUNKCACHE_API_KEY > the --config file's [server] table > defaults."""
+    """The server's settings: flags > env > the --config file's [server] table > defaults (see api_key)."""
     from chunkcache.api.config import ServerConfig
     from chunkcache.config import server_table
 
+    table = server_table(getattr(args, "config", None))
     flags = {k: getattr(args, k) for k in SERVER_FLAGS if getattr(args, k, None) is not None}
-    return ServerConfig.from_layers(args.engine, server_table(getattr(args, "config", None)), flags)
+    flags["api_key"] = api_key(args, table)  # resolved here: from_layers then reads no env for it
+    return ServerConfig.from_layers(args.engine, table, flags)
 
 
 def cmd_serve(args) -> int:  # type: ignore[no-untyped-def]
@@ -199,7 +236,11 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
     serve.add_argument("--max-new-tokens", type=_positive, default=None, help="default 512")
     serve.add_argument("--max-prompt-tokens", type=_positive, default=None, help="default 8192")
     serve.add_argument("--max-body-bytes", type=_positive, default=None, help="default 4 MiB")
-    serve.add_argument("--api-key", default=None, help="bearer token (default $CHUNKCACHE_API_KEY; none: open)")
+    serve.add_argument("--api-key-file", default=None, metavar="PATH",
+                       help="file holding the bearer token (default $CHUNKCACHE_API_KEY_FILE or $CHUNKCACHE_API_KEY; "
+                            "none: open)")
+    serve.add_argument("--api-key", default=None, help="bearer token, for tests only: a command line is readable "
+                                                       "by every local user (/proc/PID/cmdline); use --api-key-file")
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(func=cmd_serve)
 

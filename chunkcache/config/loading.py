@@ -23,9 +23,9 @@ from chunkcache.config.settings import ENV_PREFIX, EngineConfig
 
 SERVER_TABLE = "server"
 # CHUNKCACHE_* variables that are not engine settings: the cache root read by default_cache_dir, the C++
-# kernels' build cache (kernels/_cpp.py), the server's API key, and the test harness's server binaries.
-OTHER_ENV = frozenset({"CHUNKCACHE_DIR", "CHUNKCACHE_API_KEY", "CHUNKCACHE_REDIS_SERVER", "CHUNKCACHE_PG_BIN",
-                       "CHUNKCACHE_PG_USER", "CHUNKCACHE_REQUIRE_LMCACHE", "CHUNKCACHE_WHEELS",
+# kernels' build cache (kernels/_cpp.py), the server's API key (or its file), and the test harness's servers.
+OTHER_ENV = frozenset({"CHUNKCACHE_DIR", "CHUNKCACHE_API_KEY", "CHUNKCACHE_API_KEY_FILE", "CHUNKCACHE_REDIS_SERVER",
+                       "CHUNKCACHE_PG_BIN", "CHUNKCACHE_PG_USER", "CHUNKCACHE_REQUIRE_LMCACHE", "CHUNKCACHE_WHEELS",
                        "CHUNKCACHE_KERNEL_CACHE"})  # not engine settings: cache roots, the server key, test servers
 
 
