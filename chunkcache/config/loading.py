@@ -72,8 +72,34 @@ def _check_known(data: Mapping[str, Any], where: str) -> None:
                           f"store keys: {', '.join(EngineConfig.model_fields['store'].annotation.model_fields)})")
 
 
+STORE_SHORTHAND = ("disk", "memory")
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic's env source, less CHUNKCACHE_STORE when it holds the disk / memory shorthand (which pydantic
+    would parse as JSON): env_layer expands that one as the file and --store do."""
+
+    def _load_env_vars(self):  # type: ignore[no-untyped-def]
+        env = super()._load_env_vars()
+        return {k: v for k, v in env.items() if not (k.upper() == f"{ENV_PREFIX}STORE" and v in STORE_SHORTHAND)}
+
+
+def _store_shorthand() -> dict[str, Any]:
+    """CHUNKCACHE_STORE=disk|memory as {"store": {"disk": ...}}; another non-JSON value is an error naming it."""
+    for name, value in os.environ.items():
+        if name.upper() != f"{ENV_PREFIX}STORE":
+            continue
+        if value in STORE_SHORTHAND:
+            return {"store": {"disk": value == "disk"}}
+        if not value.lstrip().startswith("{"):
+            raise ConfigError(f"{name}: must be 'disk', 'memory' or a JSON table of store settings, got {value!r}")
+    return {}
+
+
 def env_layer() -> dict[str, Any]:
-    """The CHUNKCACHE_* settings of the environment as a nested dict; unknown names are errors."""
+    """The CHUNKCACHE_* settings of the environment as a nested dict; unknown names are errors.
+    CHUNKCACHE_STORE=disk|memory is the shorthand of the file's `store = "memory"` and of --store; the
+    CHUNKCACHE_STORE__<FIELD> variables apply over it."""
     store_fields = EngineConfig.model_fields["store"].annotation.model_fields
     for name in os.environ:
         upper = name.upper()
@@ -85,10 +111,12 @@ def env_layer() -> dict[str, Any]:
         if not ok:
             raise ConfigError(f"{name}: unknown environment setting (engine fields are CHUNKCACHE_<FIELD>, store "
                               f"fields CHUNKCACHE_STORE__<FIELD>)")
+    shorthand = _store_shorthand()
     try:
-        return EnvSettingsSource(EngineConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False)()
+        env = _EnvSource(EngineConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False)()
     except SettingsError as err:
         raise ConfigError(f"environment: {err}") from None
+    return merge(shorthand, env)
 
 
 def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
