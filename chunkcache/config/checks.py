@@ -78,6 +78,10 @@ def check_catalog(cfg: EngineConfig) -> None:
                 conn.execute(text("SELECT 1"))
         finally:
             engine.dispose()
+    except ImportError as err:  # the dialect's DBAPI driver (psycopg for postgresql://) is not installed
+        raise ConfigError(f"store.catalog_url: the driver of {url.split('://', 1)[0]}:// is not installed ({err}); "
+                          f"PostgreSQL: pip install 'chunkcache[postgres]' (psycopg 3), or name an installed "
+                          f"driver, e.g. postgresql+psycopg2://") from None
     except (ArgumentError, NoSuchModuleError) as err:
         raise ConfigError(f"store.catalog_url: not a usable SQLAlchemy URL ({err})") from None
     except SQLAlchemyError as err:
