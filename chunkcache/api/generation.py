@@ -1,9 +1,10 @@
 """Run one generation on the model worker: a JSON answer, or server-sent events while it decodes.
 
 SSE events: `token` ({"token", "text"}) per generated token, then `done` ({"text", "stats", ...}),
-("token_ids" too with return_token_ids). The text is exactly tokenizer.decode(generated ids,
-skip_special_tokens=True), unstripped; the token pieces concatenate to it (a piece is "" while a
-UTF-8 character is incomplete; "token" is null on a piece flushed at EOS).
+("token_ids" too with return_token_ids). The text is tokenizer.decode(generated ids,
+skip_special_tokens=True), unstripped, less a last character cut by max_tokens (token_ids keep its
+bytes); the token pieces concatenate to it (a piece is "" while a UTF-8 character is incomplete;
+"token" is null on a piece flushed at EOS).
 or `error` ({"detail"}) if the engine fails mid-stream. Errors found before the first token
 (validation, unknown chunk ids, token limits, a full queue) are plain HTTP errors instead.
 """

@@ -99,7 +99,8 @@ class GenerationStats(BaseModel):
 
 
 class GenerateResponse(BaseModel):
-    text: str = Field(description="tokenizer.decode(generated ids, skip_special_tokens=True), unstripped")
+    text: str = Field(description="tokenizer.decode(generated ids, skip_special_tokens=True), unstripped; a "
+                                  "character cut by max_tokens is dropped (token_ids keep its bytes)")
     stats: GenerationStats
     token_ids: list[int] | None = Field(None, description="generated token ids (with return_token_ids)")
 

@@ -112,7 +112,8 @@ class ChunkCacheService:
     def stream(self, p: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[dict]:
         """Yield {"token", "text"} per generated token, then {"done": stats, "token_ids"} (model worker only).
 
-        The "text" pieces concatenate to tokenizer.decode(token_ids, skip_special_tokens=True). EOS is not
+        The "text" pieces concatenate to tokenizer.decode(token_ids, skip_special_tokens=True) less an incomplete
+        last character (a cut at max_tokens inside one; token_ids keep it). EOS is not
         yielded; text held back until EOS (an unfinished character) comes as {"token": None, "text"}.
         """
         before = self._tier_hits()
@@ -133,7 +134,8 @@ class ChunkCacheService:
                "token_ids": ids}
 
     def generate(self, p: Prepared) -> tuple[str, dict, list[int]]:
-        """(text, stats, generated token ids without EOS); text == decode(ids, skip_special_tokens=True)."""
+        """(text, stats, generated token ids without EOS); text == decode(ids, skip_special_tokens=True) less an
+        incomplete last character."""
         pieces, stats, ids = [], {}, []
         for item in self.stream(p):
             if "done" in item:

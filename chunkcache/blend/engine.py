@@ -72,10 +72,11 @@ class ChunkCacheEngine:
 
     def stream(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()
                ) -> Iterator[tuple[int, str, float, dict]]:
-        """Yield (token_id, text_piece, ttft_s, stats) per generated token. The pieces concatenate to exactly
-        `tokenizer.decode(non-EOS ids, skip_special_tokens=True)`: a piece is "" while the text ends in an
-        incomplete UTF-8 character, and the final token's piece carries whatever was held back (an EOS
-        token's piece is "" unless text was held back). The prefill runs when the first item is requested."""
+        """Yield (token_id, text_piece, ttft_s, stats) per generated token. The pieces concatenate to
+        `complete_text(tokenizer.decode(non-EOS ids, skip_special_tokens=True))`: a piece is "" while the text
+        ends in an incomplete UTF-8 character, the final token's piece carries whatever was held back (an EOS
+        token's piece is "" unless text was held back), and a character still incomplete at the end (max
+        tokens reached inside it) is dropped. The prefill runs when the first item is requested."""
         t0 = time.perf_counter()
         res = self.prefill(req, cfg, reserve=sampling.max_new_tokens)
         ttft, stats = time.perf_counter() - t0, res.stats.as_dict()
@@ -85,7 +86,8 @@ class ChunkCacheEngine:
             yield tok, piece + (detok.flush() if last else ""), ttft, stats
 
     def generate(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()) -> Answer:
-        """Answer.text == tokenizer.decode(answer ids without EOS, skip_special_tokens=True), unstripped."""
+        """Answer.text == tokenizer.decode(answer ids without EOS, skip_special_tokens=True), unstripped, less an
+        incomplete last character (token_ids keep its bytes)."""
         ids, pieces, ttft, stats = [], [], 0.0, {}
         for tok, piece, ttft, stats in self.stream(req, cfg, sampling):
             ids.append(tok)

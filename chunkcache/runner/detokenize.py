@@ -1,22 +1,30 @@
-"""Incremental detokenization (as vLLM does): text pieces that concatenate to the exact decode.
+"""Incremental detokenization (as vLLM does): text pieces that concatenate to the decode.
 
 A byte-level BPE token can end partway through a UTF-8 character; decoding such a prefix gives
-U+FFFD at the end. The pending text is held back until the character completes, so the pieces
-`add` and `flush` return always concatenate to `tokenizer.decode(ids, skip_special_tokens=True)`.
-Each step decodes a short window (the tokens since the last emitted piece, plus the ones before
-it for context), so a step costs O(window), not O(answer).
+U+FFFD at the end. The pending text is held back until the character completes, so no piece ever
+ends in an incomplete character. When generation stops inside one (max_tokens reached mid-character),
+`flush` drops it: the pieces concatenate to `tokenizer.decode(ids, skip_special_tokens=True)` minus
+that one trailing U+FFFD (`complete_text`), while `ids` keep every token, so a caller that wants the
+bytes has them. Each step decodes a short window (the tokens since the last emitted piece, plus the
+ones before it for context), so a step costs O(window), not O(answer).
 """
 
 from __future__ import annotations
 
 _CONTEXT = 4  # tokens decoded ahead of the pending ones (leading-space and merge context)
+_INCOMPLETE = "\ufffd"  # what decode() shows for a trailing, still incomplete UTF-8 character
+
+
+def complete_text(text: str) -> str:
+    """text without the U+FFFD that an incomplete trailing UTF-8 character decodes to."""
+    return text[:-1] if text.endswith(_INCOMPLETE) else text
 
 
 class Detokenizer:
     """Feed token ids one at a time; `add` returns the newly printable text ("" while held back).
 
-    Invariant: `text` (every piece returned so far) is a prefix of decode(ids) and
-    `add(...) + ... + flush()` == decode(ids, skip_special_tokens=True).
+    Invariant: `text` (every piece returned so far) is a prefix of decode(ids), no piece ends in U+FFFD,
+    and `add(...) + ... + flush()` == complete_text(decode(ids, skip_special_tokens=True)).
     """
 
     def __init__(self, tokenizer: object, skip_special_tokens: bool = True) -> None:
@@ -34,7 +42,7 @@ class Detokenizer:
         self.ids.append(int(token_id))
         before = self._decode(self.ids[self._prefix:self._read])
         now = self._decode(self.ids[self._prefix:])
-        if len(now) <= len(before) or now.endswith("\ufffd") or not now.startswith(before):
+        if len(now) <= len(before) or now.endswith(_INCOMPLETE) or not now.startswith(before):
             return ""
         piece = now[len(before):]
         self.text += piece
@@ -43,8 +51,8 @@ class Detokenizer:
         return piece
 
     def flush(self) -> str:
-        """The rest of the exact decode (held-back text at the end of generation); call once at the end."""
-        full = self._decode(self.ids)
+        """The held-back text at the end of generation, an incomplete last character dropped; call once."""
+        full = complete_text(self._decode(self.ids))
         if not full.startswith(self.text):  # a window disagreed with the full decode: never expected
             raise RuntimeError(f"incremental text {self.text!r} is not a prefix of the decode {full!r}")
         piece = full[len(self.text):]

@@ -27,3 +27,21 @@ def test_api_text_and_sse_equal_the_decode(client, smollm_tokenizer) -> None:
     assert done["token_ids"] == ids == [d["token"] for d in tokens if d["token"] is not None]
     plain = client.post("/generate_with_chunks", json={**CJK, "return_token_ids": False}).json()
     assert plain["text"] == exact and plain.get("token_ids") is None
+
+
+@pytest.mark.slow
+def test_api_answer_cut_inside_a_character_drops_it(client, smollm_tokenizer) -> None:
+    """Issue 19 item 13: a CJK answer cut by max_tokens mid-character ends before it, streamed and not."""
+    ids = client.post("/generate_with_chunks", json=CJK).json()["token_ids"]
+    cuts = [k for k in range(1, len(ids) + 1) if smollm_tokenizer.decode(ids[:k]).endswith("\ufffd")]
+    assert cuts, smollm_tokenizer.decode(ids)
+    body = {**CJK, "max_tokens": cuts[-1]}
+    out = client.post("/generate_with_chunks", json=body).json()
+    assert out["token_ids"] == ids[:cuts[-1]]
+    expected = smollm_tokenizer.decode(out["token_ids"])[:-1]
+    assert out["text"] == expected and expected and "\ufffd" not in expected
+    with client.stream("POST", "/generate_with_chunks", json={**body, "stream": True}) as s:
+        events = sse_events(s)
+    done = [d for e, d in events if e == "done"][0]
+    assert "".join(d["text"] for e, d in events if e == "token") == done["text"] == expected
+    assert done["token_ids"] == out["token_ids"]

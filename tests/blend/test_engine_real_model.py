@@ -87,6 +87,22 @@ def test_cjk_answer_is_the_exact_decode(engine):
     assert "\ufffd" not in ans.text and any(ord(c) > 0x2E80 for c in ans.text), ans.text
 
 
+@pytest.mark.slow
+def test_answer_cut_inside_a_character_drops_it(engine):
+    """Issue 19 item 13: max_tokens reached mid-character gives the complete text, never U+FFFD; ids stay whole."""
+    req = engine.prompts.request(["北京是中国的首都。上海是中国最大的城市。"], "请用中文回答：上海是什么？")
+    cfg = BlendConfig(mode="full")
+    ids = engine.generate(req, cfg, SamplingConfig(max_new_tokens=16)).token_ids
+    cuts = [k for k in range(1, len(ids)) if engine.tokenizer.decode(ids[:k]).endswith("\ufffd")]
+    assert cuts, engine.tokenizer.decode(ids)
+    sampling = SamplingConfig(max_new_tokens=cuts[-1])
+    ans = engine.generate(req, cfg, sampling)
+    assert ans.token_ids == ids[:cuts[-1]]
+    assert ans.text == engine.tokenizer.decode(ans.token_ids)[:-1] and "\ufffd" not in ans.text and ans.text
+    pieces = [piece for _, piece, _, _ in engine.stream(req, cfg, sampling)]
+    assert "".join(pieces) == ans.text and not any("\ufffd" in p for p in pieces)
+
+
 @pytest.mark.parametrize("chunks, question, msg", [([], QUESTION, "chunk list is empty"),
                                                     (["a", " "], QUESTION, r"chunks\[1\] is empty"),
                                                     (CHUNKS, "  ", "question is empty")])
