@@ -53,7 +53,7 @@ class ChunkCacheEngine:
             store = ChunkStore(cfg.store_config())
         lm = load_model(Path(cfg.model_path).expanduser() if cfg.model_path else None,
                         getattr(torch, cfg.resolved_dtype), cfg.device)
-        runner = ModelRunner(lm.model, lm.tokenizer, use_triton=cfg.use_triton)
+        runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
         return cls(runner, store, cfg.system if cfg.system is not None else DEFAULT_SYSTEM)
 
     def precompute(self, chunks: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ import os
 
 from chunkcache.config.loading import ConfigError
 from chunkcache.config.settings import EngineConfig
+from chunkcache.store.config import redact_url, scrub
 
 
 def check_device(cfg: EngineConfig) -> None:
@@ -25,6 +26,16 @@ def check_device(cfg: EngineConfig) -> None:
 
 
 def check_kernels(cfg: EngineConfig) -> None:
+    if cfg.kernels == "cpp":
+        if cfg.device != "cpu" or cfg.resolved_dtype != "float32":
+            raise ConfigError(f"kernels: 'cpp' is the fp32 CPU attention kernel; device={cfg.device!r}, "
+                              f"dtype={cfg.resolved_dtype!r} need kernels = auto, torch or triton")
+        from chunkcache.kernels._cpp import build_error, load
+
+        if load("sparse_attention_cpu") is None:
+            raise ConfigError(f"kernels: 'cpp' but the C++ kernel does not build here: "
+                              f"{build_error('sparse_attention_cpu')}")
+        return
     if cfg.kernels != "triton":
         return
     from chunkcache.kernels._triton import interpreting, triton_available
@@ -43,13 +54,14 @@ def check_redis(cfg: EngineConfig) -> None:
 
     t = cfg.store.timeout_s
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=t, socket_timeout=t)
+        client = redis.Redis.from_url(url.get_secret_value(), socket_connect_timeout=t, socket_timeout=t)
         try:
             client.ping()
         finally:
             client.close()
     except (redis.RedisError, OSError, ValueError) as err:
-        raise ConfigError(f"store.redis_url: cannot reach {url} within {t:g}s ({err})") from None
+        raise ConfigError(f"store.redis_url: cannot reach {redact_url(url)} within {t:g}s ({scrub(str(err), url)})") \
+            from None
 
 
 def check_catalog(cfg: EngineConfig) -> None:
@@ -83,9 +95,10 @@ def check_catalog(cfg: EngineConfig) -> None:
                           f"PostgreSQL: pip install 'chunkcache[postgres]' (psycopg 3), or name an installed "
                           f"driver, e.g. postgresql+psycopg2://") from None
     except (ArgumentError, NoSuchModuleError) as err:
-        raise ConfigError(f"store.catalog_url: not a usable SQLAlchemy URL ({err})") from None
+        raise ConfigError(f"store.catalog_url: not a usable SQLAlchemy URL ({scrub(str(err), url)})") from None
     except SQLAlchemyError as err:
-        raise ConfigError(f"store.catalog_url: cannot connect within {t:g}s ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"store.catalog_url: cannot connect to {redact_url(url)} within {t:g}s "
+                          f"({scrub(str(err).splitlines()[0], url)})") from None
 
 
 def check_config(cfg: EngineConfig) -> EngineConfig:

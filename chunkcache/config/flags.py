@@ -22,7 +22,7 @@ FLAGS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "dtype": (("dtype",), "--dtype", f"{' | '.join(DTYPES)} (default float32 on cpu, bfloat16 on cuda)"),
     "threads": (("threads",), "--threads", "torch CPU threads (default: torch's choice)"),
     "kernels": (("kernels",), "--kernels",
-                f"{' | '.join(KERNELS)} (default auto: Triton on CUDA, C++ attention on CPU)"),
+                f"{' | '.join(KERNELS)} (default auto: the attention measured fastest here)"),
     "cache_dir": (("cache_dir",), "--cache-dir", "cache root; the store lives in <cache-dir>/store "
                                                  "(default $CHUNKCACHE_DIR or ~/.cache/chunkcache)"),
     "cpu_bytes": (("store", "cpu_bytes"), "--cpu-bytes", "CPU tier budget, e.g. 1GiB (default 1GiB)"),

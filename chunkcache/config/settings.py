@@ -12,14 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (BaseModel, ByteSize, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, SecretStr,
+                      field_validator, model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chunkcache.store.config import GiB, StoreConfig, TierConfig, default_cache_dir
+from chunkcache.store.config import GiB, StoreConfig, TierConfig, default_cache_dir, redact_url
 
 ENV_PREFIX = "CHUNKCACHE_"
 DTYPES = ("float32", "bfloat16", "float16")
-KERNELS = ("auto", "torch", "triton")
+KERNELS = ("auto", "torch", "cpp", "triton")
 DEFAULT_CPU_BYTES = 1 * GiB
 Bytes = Annotated[ByteSize, Field(ge=0)]
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
@@ -28,22 +29,27 @@ _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 class StoreSettings(BaseModel):
     """Where chunk KV lives. Tiers, fastest first: GPU (gpu_bytes > 0, CUDA only), CPU (always, bounded
     by cpu_bytes), disk (unless disk=False), Redis (when redis_url is set). Byte sizes take ints or
-    strings such as "512MiB" / "4GB"."""
+    strings such as "512MiB" / "4GB". redis_url and catalog_url may hold passwords: they are `SecretStr`
+    (repr and errors never show them; `.get_secret_value()` where a client connects). redis_ttl_s,
+    redis_key_prefix and redis_retry_after_s are the remote tier's expiry, key namespace and breaker."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     gpu_bytes: Bytes = ByteSize(0)
     cpu_bytes: Bytes = ByteSize(DEFAULT_CPU_BYTES)
     disk: bool = True
     disk_dir: str | None = None  # default <cache_dir>/store/chunks
     disk_bytes: Bytes | None = None  # None: unbounded
-    redis_url: str | None = None
-    catalog_url: str | None = None  # None: SQLite <cache_dir>/store/catalog.sqlite when a tier persists
+    redis_url: SecretStr | None = None
+    catalog_url: SecretStr | None = None  # None: SQLite <cache_dir>/store/catalog.sqlite when a tier persists
     disk_codec: Literal["none", "int8"] = "none"
     redis_codec: Literal["none", "int8"] = "none"
     eviction: Literal["lru", "cost"] = "lru"
     write: Literal["through", "back"] = "through"
     timeout_s: PositiveFloat = 2.0  # Redis operations and the start-up reachability probes
+    redis_ttl_s: PositiveInt | None = None  # None: entries stay until the server evicts them
+    redis_key_prefix: str = Field("chunkcache:kv:", min_length=1)
+    redis_retry_after_s: NonNegativeFloat = 5.0  # a Redis connection error marks it down this long
 
     @field_validator("gpu_bytes", "cpu_bytes", "disk_bytes", mode="before")
     @classmethod
@@ -54,9 +60,9 @@ class StoreSettings(BaseModel):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"must start with redis://, rediss:// or unix://, got {v!r}")
+    def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {redact_url(v)!r}")
         return v
 
     @property
@@ -76,7 +82,8 @@ class StoreSettings(BaseModel):
                                     path=None if self.disk_dir is None else str(Path(self.disk_dir).expanduser())))
         if self.redis_url:
             tiers.append(TierConfig("remote", url=self.redis_url, codec=self.redis_codec, write_through=through,
-                                    timeout_s=self.timeout_s))
+                                    timeout_s=self.timeout_s, ttl_s=self.redis_ttl_s, key_prefix=self.redis_key_prefix,
+                                    retry_after_s=self.redis_retry_after_s))
         return StoreConfig(tiers=tuple(tiers), cache_dir=str(root), catalog_url=self.catalog_url,
                            catalog=None if self.persistent or self.catalog_url else False)
 
@@ -85,21 +92,22 @@ class EngineConfig(BaseSettings):
     """One engine: model, device, dtype, threads, system prompt, kernels, cache dir and store.
 
     dtype None resolves to float32 on the CPU and bfloat16 on CUDA. system None is the prompt builder's
-    default. kernels: auto (Triton on CUDA when it imports; on the CPU the C++ sparse-query attention when
-    the system compiler builds it), torch (the torch references only), triton. store="memory" / "disk" is
+    default. kernels: auto (the attention implementation measured fastest on this machine for this model:
+    torch, the C++ kernel on the CPU, Triton on CUDA; the other ops Triton on CUDA), or one forced: torch (the
+    torch references only), cpp (the C++ attention; fp32 CPU), triton. store="memory" / "disk" is
     shorthand for a store without / with the disk tier. Constructing it reads no environment: use
     `load_config` for the file / env / flag layers.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      frozen=True)
+                                      frozen=True, hide_input_in_errors=True)
 
     model_path: str | None = None
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     threads: PositiveInt | None = None
     system: str | None = None
-    kernels: Literal["auto", "torch", "triton"] = "auto"
+    kernels: Literal["auto", "torch", "cpp", "triton"] = "auto"
     cache_dir: str | None = None  # default $CHUNKCACHE_DIR, else ~/.cache/chunkcache
     store: StoreSettings = StoreSettings()
 
@@ -137,7 +145,7 @@ class EngineConfig(BaseSettings):
     @property
     def use_triton(self) -> bool | None:
         """The kernel choice as the kernels' `use_triton` argument (None: auto)."""
-        return {"auto": None, "torch": False, "triton": True}[self.kernels]
+        return {"auto": None, "torch": False, "cpp": False, "triton": True}[self.kernels]
 
     @property
     def store_root(self) -> Path:

@@ -1,10 +1,17 @@
 """The C++ CPU kernels (kernels/csrc/*.cpp): built once per machine with the system C++ compiler, loaded by ctypes.
 
-Each source is plain C++17 with a C entry point and no torch headers, so a build takes seconds. It is
-compiled with -O3 -march=native and cached as <cache>/<name>-<hash>.so, the hash covering the source,
-the flags and this CPU's feature flags (a cache shared by different CPUs never serves a wrong build).
-<cache> is $CHUNKCACHE_KERNEL_CACHE, else ~/.cache/chunkcache/kernels. With no compiler, or a failed
-build, `load` returns None (the reason in `build_error`) and callers keep the torch reference.
+Each source is plain C++17 with a C entry point and no torch headers, so a build takes about a second.
+It is compiled for an ISA level (`-march=native` by default; `x86-64-v2|v3|v4`, `armv8-a` for the
+portable builds) and cached as <cache>/<name>-<march>-<hash>.so, the hash covering the source, the
+flags, the compiler and its version, and this CPU's feature flags, so a cache shared by different CPUs or
+compilers never serves a wrong build.
+
+The cache is private to its user: <cache> is $CHUNKCACHE_KERNEL_CACHE, else ~/.cache/chunkcache/kernels,
+else (no HOME, no passwd entry: a container) <tmp>/chunkcache-kernels-<uid>. It is created with mode 0700
+and refused, before any `.so` in it is loaded, when another user owns it or others can write to it.
+Builds hold a file lock, so concurrent processes build once; a cached `.so` that fails to load is rebuilt;
+temporary files left by a killed build are swept. With no compiler, or a failed build, `load` returns
+None (the reason in `build_error`) and callers keep the torch reference.
 """
 
 from __future__ import annotations
@@ -16,79 +23,141 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 CSRC = Path(__file__).with_name("csrc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+FLAGS = ("-O3", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC", "-pthread")
+STALE_TMP_S = 600  # a temporary .so older than this belongs to a build that died
 _errors: dict[str, str] = {}
 log = logging.getLogger(__name__)
 
 
+class UnsafeCacheDir(RuntimeError):
+    """The kernel cache directory belongs to another user or others can write to it."""
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("CHUNKCACHE_KERNEL_CACHE", Path.home() / ".cache" / "chunkcache" / "kernels"))
+    """The kernel cache directory (not created here)."""
+    env = os.environ.get("CHUNKCACHE_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    try:
+        return Path.home() / ".cache" / "chunkcache" / "kernels"
+    except (KeyError, RuntimeError):  # no HOME and no passwd entry for this uid
+        return Path(tempfile.gettempdir()) / f"chunkcache-kernels-{os.getuid()}"
 
 
-def _cpu_id() -> str:
-    """This CPU's identity for the cache key: the feature flags -march=native compiles for."""
+def private_dir(path: Path) -> Path:
+    """Create `path` (mode 0700) if needed; raise UnsafeCacheDir unless this user owns it and only they can write."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise UnsafeCacheDir(f"kernel cache {path} is owned by uid {st.st_uid}, not this user ({os.getuid()})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeCacheDir(f"kernel cache {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
+    return path
+
+
+def cpu_flags() -> str:
+    """This CPU's feature flags (the line -march=native compiles for)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return line
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
 @functools.cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The shared object of csrc/<name>.cpp, built on first use; None (logged once) when it cannot be built here."""
-    lib = _build_and_load(name)
+def compiler_version(cxx: str) -> str:
+    """The first line of `cxx --version` ('' when it does not answer)."""
+    try:
+        res = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+        return res.stdout.splitlines()[0] if res.returncode == 0 and res.stdout else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def so_path(name: str, march: str = "native") -> Path | None:
+    """Where the build of csrc/<name>.cpp for `march` is cached (None without a compiler)."""
+    cxx = compiler()
+    if cxx is None:
+        return None
+    src = (CSRC / f"{name}.cpp").read_bytes()
+    key = " ".join((cxx, compiler_version(cxx), f"-march={march}", *FLAGS, cpu_flags())).encode()
+    return cache_dir() / f"{name}-{march}-{hashlib.sha256(src + key).hexdigest()[:16]}.so"
+
+
+@functools.cache
+def load(name: str, march: str = "native") -> ctypes.CDLL | None:
+    """The shared object of csrc/<name>.cpp for `march`, built on first use; None (logged once) when it cannot
+    be built or loaded here."""
+    lib = _build_and_load(name, march)
     if lib is None:
-        log.warning("C++ kernel %s unavailable, using the torch reference: %s", name, _errors[name])
+        log.warning("C++ kernel %s (-march=%s) unavailable, using the torch reference: %s", name, march,
+                    _errors[(name, march)])
     return lib
 
 
-def _build_and_load(name: str) -> ctypes.CDLL | None:
-    src = CSRC / f"{name}.cpp"
-    cxx = _compiler()
-    if cxx is None:
-        _errors[name] = "no C++ compiler (c++, g++ or clang++) on PATH"
+def _build_and_load(name: str, march: str) -> ctypes.CDLL | None:
+    so = so_path(name, march)
+    if so is None:
+        _errors[(name, march)] = "no C++ compiler (c++, g++ or clang++) on PATH"
         return None
-    digest = hashlib.sha256(src.read_bytes() + " ".join((cxx, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
-    so = cache_dir() / f"{name}-{digest}.so"
-    if not so.exists():
-        try:
-            _compile(cxx, src, so)
-        except (OSError, subprocess.SubprocessError) as e:
-            _errors[name] = f"{cxx} could not build {src.name} into {so.parent}: {e}"
-            return None
     try:
-        return ctypes.CDLL(str(so))
-    except OSError as e:
-        _errors[name] = f"cannot load {so}: {e}"
+        private_dir(so.parent)
+        with FileLock(str(so.with_suffix(".lock")), timeout=600):
+            _sweep(so.parent)
+            if so.exists():
+                try:
+                    return ctypes.CDLL(str(so))
+                except OSError as e:  # truncated or corrupt: rebuild it
+                    log.warning("cached kernel %s does not load (%s); rebuilding", so, e)
+                    so.unlink()
+            _compile(compiler(), CSRC / f"{name}.cpp", so, march)
+            return ctypes.CDLL(str(so))
+    except (OSError, subprocess.SubprocessError, UnsafeCacheDir, Timeout) as e:
+        _errors[(name, march)] = f"could not build or load {name} (-march={march}) in {so.parent}: {e}"
         return None
 
 
-def _compile(cxx: str, src: Path, so: Path) -> None:
-    so.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
+def _compile(cxx: str, src: Path, so: Path, march: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=so.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cxx, *FLAGS, str(src), "-o", tmp], capture_output=True, text=True, timeout=300)
+        res = subprocess.run([cxx, f"-march={march}", *FLAGS, str(src), "-o", tmp], capture_output=True, text=True,
+                             timeout=300)
         if res.returncode != 0:
             raise subprocess.SubprocessError(f"exit {res.returncode}: {res.stderr.strip()[-2000:]}")
-        os.replace(tmp, so)  # atomic: concurrent builders each write their own temp file
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, so)  # atomic: a reader sees the old file or the whole new one
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def build_error(name: str) -> str | None:
-    """Why `load(name)` returned None (None when it loaded or was not tried)."""
-    return _errors.get(name)
+def _sweep(directory: Path) -> None:
+    """Remove temporary build files a killed build left behind (older than STALE_TMP_S)."""
+    now = time.time()
+    for tmp in directory.glob(".build-*.so"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_S:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def build_error(name: str, march: str = "native") -> str | None:
+    """Why `load(name, march)` returned None (None when it loaded or was not tried)."""
+    return _errors.get((name, march))

@@ -35,18 +35,16 @@ def interpreting() -> bool:
 
 
 def kernel_choice(use_triton: bool | None) -> str:
-    """use_triton as a choice: None -> CHUNKCACHE_KERNELS (auto when unset); True -> triton; False -> torch."""
-    if use_triton is not None:
-        return "triton" if use_triton else "torch"
-    choice = os.environ.get("CHUNKCACHE_KERNELS", "auto")
-    if choice not in ("auto", "torch", "triton"):
-        raise ValueError(f"CHUNKCACHE_KERNELS must be auto, torch or triton, got {choice!r}")
-    return choice
+    """use_triton as a choice: None -> auto; True -> triton; False -> torch. The environment is read once, by the
+    configuration (CHUNKCACHE_KERNELS -> EngineConfig.kernels), never here: an explicit choice always wins."""
+    if use_triton is None:
+        return "auto"
+    return "triton" if use_triton else "torch"
 
 
 def want_triton(use_triton: bool | None, *tensors: torch.Tensor) -> bool:
-    """Dispatch rule: None -> CHUNKCACHE_KERNELS (auto | torch | triton; auto when unset), where
-    auto = Triton iff every tensor is on CUDA and triton imports; True forces Triton, False the torch path.
+    """Dispatch rule: None (auto) = Triton iff every tensor is on CUDA and triton imports; True forces Triton,
+    False the torch path.
 
     Forcing Triton on CPU tensors needs TRITON_INTERPRET=1 (the tests set it).
     """

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from chunkcache.kernels._cpp import load
-from chunkcache.kernels._triton import cdiv, interpreting, kernel_choice, lazy_jit, next_pow2, want_triton
+from chunkcache.kernels._triton import cdiv, interpreting, lazy_jit, next_pow2, want_triton
 from chunkcache.kernels.ape_attention import ContextTemper, ape_attention_ref
 
 tl: Any = None  # triton.language, bound by lazy_jit before the first compile
@@ -204,13 +204,14 @@ def sparse_query_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 
 CPU_HEAD_DIMS = (64, 128)  # head dims the C++ kernel is instantiated for
-CPU_MIN_QUERIES = 64  # fewer queries (a question suffix) leave threads idle: SDPA is faster there
+IMPLS = ("torch", "cpp", "triton")
 
 
 @functools.cache
-def _cpu_entry() -> Any:
-    """The C++ kernel's entry point with its argument types, or None when it cannot be built here."""
-    lib = load("sparse_attention_cpu")
+def _cpu_entry(march: str = "native") -> Any:
+    """The C++ kernel's entry point (built for `march`) with its argument types, or None when it cannot be
+    built here."""
+    lib = load("sparse_attention_cpu", march)
     if lib is None:
         return None
     fn = lib.sparse_attention_f32
@@ -219,56 +220,73 @@ def _cpu_entry() -> Any:
     return fn
 
 
-def prepare_cpu_kernel() -> bool:
-    """Build (or load) the C++ kernel now; whether it is available. Engines call it at start-up."""
-    return _cpu_entry() is not None
+def cpu_vector_width(march: str = "native") -> int | None:
+    """Floats per vector of the C++ build for `march` (16 AVX-512, 8 AVX2, 4 SSE/NEON); None when unbuilt."""
+    lib = load("sparse_attention_cpu", march)
+    return None if lib is None else int(lib.sparse_attention_vector_width())
 
 
-def cpu_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def cpu_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, march: str = "native") -> bool:
     """Whether `sparse_query_attention_cpu` takes these tensors: fp32 on the CPU, head_dim 64 or 128, built."""
     return (q.device.type == k.device.type == v.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
-            and q.shape[-1] in CPU_HEAD_DIMS and _cpu_entry() is not None)
+            and q.shape[-1] in CPU_HEAD_DIMS and _cpu_entry(march) is not None)
+
+
+def _check_positions(pos: torch.Tensor, m: int, q_end: int, cache_len: int) -> None:
+    """The C++ kernel trusts its positions: [m] int64 on the CPU, strictly increasing, in [0, q_end), q_end <= cache."""
+    if pos.dtype != torch.int64 or pos.device.type != "cpu" or pos.shape != (m,):
+        raise ValueError(f"plan positions must be [{m}] int64 on the CPU, got {tuple(pos.shape)} {pos.dtype} "
+                         f"on {pos.device}")
+    if int(pos[0]) < 0 or int(pos[-1]) + 1 != q_end or q_end > cache_len:
+        raise ValueError(f"plan positions span [{int(pos[0])}, {int(pos[-1])}] but q_end is {q_end} and the cache "
+                         f"holds {cache_len}")
+    if m > 1 and not bool((pos[1:] > pos[:-1]).all()):
+        raise ValueError("plan positions must be strictly increasing")
 
 
 def sparse_query_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
-                               scale: float, block_q: int = 32) -> torch.Tensor:
+                               scale: float, block_q: int = 32, march: str = "native") -> torch.Tensor:
     """C++ version of `sparse_query_attention_ref` (same signature and semantics) for fp32 CPU tensors.
 
-    block_q: queries per task (times the GQA group size = rows sharing each key tile).
+    block_q: queries per task (times the GQA group size = rows sharing each key tile). march: the ISA build
+    (native, or x86-64-v2|v3|v4 for the portable builds).
     """
     _check(q, k, v, plan)
-    if not cpu_kernel_applies(q, k, v):
+    if not cpu_kernel_applies(q, k, v, march):
         raise ValueError(f"the C++ kernel takes fp32 CPU tensors with head_dim in {CPU_HEAD_DIMS} "
                          f"(got {q.dtype} on {q.device}, head_dim {q.shape[-1]}) once built")
     n_heads, m, d = q.shape
+    pos = plan.q_positions.contiguous()
+    _check_positions(pos, m, plan.q_end, k.shape[1])
     q = q if q.stride(-1) == 1 else q.contiguous()
     v = v if v.stride(-1) == 1 else v.contiguous()
     kt = k[:, :plan.q_end].transpose(1, 2).contiguous()  # [n_kv, d, q_end]: each dim's keys contiguous
-    pos = plan.q_positions.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     with torch.profiler.record_function("chunkcache::sparse_attention_cpu"):  # visible to `bench rag --profile`
-        rc = _cpu_entry()(q.data_ptr(), kt.data_ptr(), v.data_ptr(), out.data_ptr(), pos.data_ptr(), n_heads,
-                          k.shape[0], m, d, plan.q_end, block_q, q.stride(0), q.stride(1), kt.stride(0),
-                          kt.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1), scale,
-                          torch.get_num_threads())
+        rc = _cpu_entry(march)(q.data_ptr(), kt.data_ptr(), v.data_ptr(), out.data_ptr(), pos.data_ptr(), n_heads,
+                               k.shape[0], m, d, plan.q_end, block_q, q.stride(0), q.stride(1), kt.stride(0),
+                               kt.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1), scale,
+                               torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"sparse_attention_f32 rejected its arguments (code {rc})")
+        raise RuntimeError(f"sparse_attention_f32 failed (code {rc}: 1 bad shapes, 2 head_dim, 3 out of memory)")
     return out
 
 
 def sparse_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
-                           scale: float, *, use_triton: bool | None = None) -> torch.Tensor:
-    """Dispatch: Triton kernel on CUDA when triton imports (or when use_triton=True); under auto on the CPU the
-    C++ kernel for at least CPU_MIN_QUERIES scattered fp32 queries when it builds; else (use_triton=False
-    included) the torch reference.
+                           scale: float, *, impl: str | None = None) -> torch.Tensor:
+    """Run implementation `impl` (torch | cpp | triton; None: Triton on CUDA when triton imports, else torch).
+    The engine's choice comes from `AttentionDispatch.choose` (measured on the machine under kernels=auto).
 
     A plan with a ContextTemper (APE) always takes the torch path `ape_attention_ref`; a causal square plan
-    (every position a query) takes SDPA's fused causal kernel."""
+    (every position a query) takes SDPA's fused causal kernel unless Triton is asked for."""
+    if impl is None:
+        impl = "triton" if want_triton(None, q, k, v) else "torch"
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if plan.temper is not None:
         return ape_attention_ref(q, k, v, plan, scale, plan.temper)
-    if want_triton(use_triton, q, k, v):
+    if impl == "triton" and want_triton(True, q, k, v):
         return sparse_query_attention_triton(q, k, v, plan, scale)
-    if (not plan.causal_square and q.shape[1] >= CPU_MIN_QUERIES and kernel_choice(use_triton) == "auto"
-            and cpu_kernel_applies(q, k, v)):
+    if impl == "cpp" and not plan.causal_square:
         return sparse_query_attention_cpu(q, k, v, plan, scale)
     return sparse_query_attention_ref(q, k, v, plan, scale)

@@ -12,11 +12,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from chunkcache.kernels._triton import kernel_choice
-from chunkcache.kernels.sparse_attention import (AttentionPlan, plan_sparse_attention, prepare_cpu_kernel,
+from chunkcache.kernels.attention_dispatch import AttentionDispatch, AttentionShape, candidates
+from chunkcache.kernels.sparse_attention import (CPU_HEAD_DIMS, AttentionPlan, plan_sparse_attention,
                                                  sparse_query_attention)
 from chunkcache.runner.fingerprint import model_fingerprint
 from chunkcache.runner.kv_cache import KVCache
+
+
+KERNELS = ("auto", "torch", "cpp", "triton")
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -27,8 +30,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class ModelRunner:
     """Layer-wise forward over a transformers causal LM (batch size 1, one request at a time)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object | None = None, use_triton: bool | None = None) -> None:
-        """use_triton: the kernel choice passed to the attention and RoPE-shift kernels (None: auto)."""
+    def __init__(self, model: torch.nn.Module, tokenizer: object | None = None, kernels: str = "auto") -> None:
+        """kernels: auto | torch | cpp | triton. Under auto the attention implementation is measured here (or read
+        from the machine's cache) and the other kernels take Triton on CUDA; otherwise the one named runs
+        (cpp: the C++ attention, torch references elsewhere)."""
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         cfg = model.config
         rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
         if rope.get("rope_type", rope.get("type", "default")) == "dynamic":
@@ -49,9 +56,14 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         self.fingerprint = model_fingerprint(model, tokenizer)
-        self.use_triton = use_triton
-        if self.device.type == "cpu" and self.dtype == torch.float32 and kernel_choice(use_triton) == "auto":
-            prepare_cpu_kernel()  # build or load the C++ attention now, not inside the first request
+        self.kernels = kernels
+        self.use_triton = {"auto": None, "torch": False, "cpp": False, "triton": True}[kernels]  # the other ops
+        shape = AttentionShape(self.n_heads, self.n_kv_heads, self.head_dim, str(self.dtype).removeprefix("torch."),
+                               str(self.device), torch.get_num_threads(), self.max_positions)
+        if kernels == "cpp" and "cpp" not in candidates(shape):
+            raise ValueError(f"kernels='cpp' takes fp32 CPU models with head_dim in {CPU_HEAD_DIMS} once the C++ "
+                             f"kernel builds; this model is {shape.dtype} on {shape.device}, head_dim {self.head_dim}")
+        self.attention = AttentionDispatch.build(kernels, shape)  # builds/measures now, not in the first request
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.n_layers, self.n_kv_heads, self.head_dim, capacity, self.inv_freq.to(self.device),
@@ -84,7 +96,7 @@ class ModelRunner:
         """Attention of q over the cache, then o_proj, residual, MLP. hidden [m, H] -> [m, H]."""
         layer = self.layers[layer_idx]
         k, v = cache.layer(layer_idx)
-        o = sparse_query_attention(q, k, v, plan, self.scale, use_triton=self.use_triton)  # [n_heads, m, d]
+        o = sparse_query_attention(q, k, v, plan, self.scale, impl=self.attention.choose(plan))  # [n_heads, m, d]
         o = o.transpose(0, 1).reshape(hidden.shape[0], self.n_heads * self.head_dim)  # [m, n_heads*d]
         hidden = hidden + layer.self_attn.o_proj(o)
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))

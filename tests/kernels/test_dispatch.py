@@ -56,16 +56,13 @@ def test_import_does_not_load_triton():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_env_switch(monkeypatch):
+def test_env_does_not_override_an_explicit_choice(monkeypatch):
+    """CHUNKCACHE_KERNELS is read once by the configuration, never at dispatch: use_triton=None stays auto."""
     calls = []
     monkeypatch.setattr("chunkcache.kernels.rope_shift.rope_shift_triton", lambda *a: calls.append(a) or a[0])
     keys, deltas, inv_freq = torch.randn(2, 5, 64), torch.arange(5), torch.ones(32)
     monkeypatch.setenv("CHUNKCACHE_KERNELS", "triton")
-    rope_shift(keys, deltas, inv_freq)
+    torch.testing.assert_close(rope_shift(keys, deltas, inv_freq), rope_shift_ref(keys, deltas, inv_freq))
+    assert calls == []
+    rope_shift(keys, deltas, inv_freq, use_triton=True)
     assert len(calls) == 1
-    monkeypatch.setenv("CHUNKCACHE_KERNELS", "torch")
-    rope_shift(keys, deltas, inv_freq)
-    assert len(calls) == 1
-    monkeypatch.setenv("CHUNKCACHE_KERNELS", "cuda")
-    with pytest.raises(ValueError):
-        rope_shift(keys, deltas, inv_freq)

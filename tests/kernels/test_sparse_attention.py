@@ -1,5 +1,6 @@
 """Sparse-query attention: reference vs explicit masked softmax; Triton and C++ kernels vs the reference."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -61,7 +62,7 @@ GRID = [  # n_kv, g, m, n, d
 def test_triton_matches_ref(n_kv, g, m, n, d, dtype):
     q, k, v, positions = _case(n_kv, g, m, n, d, dtype, n_kv * g * m + n + d)
     plan = plan_sparse_attention(positions, n)
-    got = sparse_query_attention(q, k, v, plan, d ** -0.5, use_triton=True)
+    got = sparse_query_attention(q, k, v, plan, d ** -0.5, impl="triton")
     want = sparse_query_attention_ref(q.float(), k.float(), v.float(), plan, d ** -0.5)
     assert got.dtype == dtype and got.shape == q.shape
     torch.testing.assert_close(got.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
@@ -74,7 +75,7 @@ def test_triton_last_tokens_and_strided_views():
     q_t = q.transpose(0, 1).contiguous().transpose(0, 1)  # [n_heads, m, d] view of [m, n_heads, d]
     slot = torch.randn(2, 1, 2, 80, 64)  # K and V cache slots [2, batch, n_kv, capacity, d]
     slot[0, 0, :, :63], slot[1, 0, :, :63] = k, v
-    got = sparse_query_attention(q_t, slot[0, 0, :, :70], slot[1, 0, :, :70], plan, 0.1, use_triton=True)
+    got = sparse_query_attention(q_t, slot[0, 0, :, :70], slot[1, 0, :, :70], plan, 0.1, impl="triton")
     torch.testing.assert_close(got, sparse_query_attention_ref(q, k, v, plan, 0.1), atol=2e-5, rtol=2e-5)
 
 
@@ -82,9 +83,9 @@ def test_shape_errors():
     q, k, v, positions = _case(2, 3, 4, 20, 64, torch.float32, 0)
     plan = plan_sparse_attention(positions, 20)
     with pytest.raises(ValueError):
-        sparse_query_attention(q[:5], k, v, plan, 0.1, use_triton=True)
+        sparse_query_attention(q[:5], k, v, plan, 0.1, impl="triton")
     with pytest.raises(ValueError):
-        sparse_query_attention(q, k[:, :10], v[:, :10], plan, 0.1, use_triton=True)
+        sparse_query_attention(q, k[:, :10], v[:, :10], plan, 0.1, impl="triton")
 
 
 CPU_GRID = [  # n_kv, g, m, n, d, block_q: single rows, a block past the tiles, GQA 1/3/8, a tail
@@ -121,25 +122,36 @@ def test_cpu_kernel_strided_views_and_large_logits():
     torch.testing.assert_close(got.double(), _dense(q * 8, k, v, positions, 0.125), atol=2e-5, rtol=2e-5)
 
 
-def test_cpu_kernel_is_the_auto_choice_and_torch_forces_the_reference(monkeypatch):
+def test_impl_selects_the_implementation(monkeypatch):
+    """impl=cpp runs the C++ kernel, impl=torch the reference; a causal square and APE plans take the reference."""
     calls = []
     real = sparse_attention.sparse_query_attention_cpu
     monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu", lambda *a: calls.append(1) or real(*a))
     q, k, v, positions = _case(3, 3, 70, 90, 64, torch.float32, 3)
     plan = plan_sparse_attention(positions, 90)
-    auto = sparse_query_attention(q, k, v, plan, 0.125)
+    cpp = sparse_query_attention(q, k, v, plan, 0.125, impl="cpp")
     assert calls == [1]
-    ref = sparse_query_attention(q, k, v, plan, 0.125, use_triton=False)
+    ref = sparse_query_attention(q, k, v, plan, 0.125, impl="torch")
     assert calls == [1]
-    torch.testing.assert_close(auto, ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(cpp, ref, atol=2e-5, rtol=2e-5)
+    assert sparse_query_attention(q, k, v, plan, 0.125) is not None and calls == [1]  # None: torch on the CPU
     square = plan_sparse_attention(torch.arange(90), 90)  # every position a query: SDPA's causal kernel
-    sparse_query_attention(torch.randn(9, 90, 64), k, v, square, 0.125)
+    sparse_query_attention(torch.randn(9, 90, 64), k, v, square, 0.125, impl="cpp")
     assert calls == [1]
-    sparse_query_attention(q.double(), k.double(), v.double(), plan, 0.125)  # not fp32: the reference
-    assert calls == [1]
-    few = plan_sparse_attention(positions[-5:], 90)  # a question suffix: SDPA
-    sparse_query_attention(q[:, -5:], k, v, few, 0.125)
-    assert calls == [1]
+    with pytest.raises(ValueError, match="impl"):
+        sparse_query_attention(q, k, v, plan, 0.125, impl="fast")
+
+
+def test_cpu_kernel_checks_positions_before_the_call():
+    """The C++ kernel trusts its positions: a hand-built plan with unsorted or out-of-range ones is refused."""
+    q, k, v, positions = _case(3, 3, 70, 90, 64, torch.float32, 3)
+    plan = plan_sparse_attention(positions, 90)
+    shuffled = dataclasses.replace(plan, q_positions=plan.q_positions.flip(0))
+    with pytest.raises(ValueError, match="increasing|span"):
+        sparse_query_attention_cpu(q, k, v, shuffled, 0.125)
+    beyond = dataclasses.replace(plan, q_positions=plan.q_positions + 200, q_end=plan.q_end + 200, kv_len=300)
+    with pytest.raises(ValueError):
+        sparse_query_attention_cpu(q, k, v, beyond, 0.125)
 
 
 def test_cpu_kernel_rejects_what_it_does_not_take():
@@ -166,23 +178,25 @@ torch.testing.assert_close(sparse_query_attention(q, k, v, plan, 0.125), sparse_
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "unavailable, using the torch reference" in res.stderr
-    assert list(tmp_path.iterdir()) == []  # no half-written object left behind
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".so"] == []  # no half-written object left behind
 
 
 def test_the_runner_builds_the_cpu_kernel_at_start_up(tmp_path):
-    """A fp32 CPU runner under auto builds the kernel in its constructor (a fresh cache gets the .so there),
-    so no request pays for the compiler; kernels=torch builds nothing."""
+    """A fp32 CPU runner under auto builds the kernel and measures the dispatch in its constructor (a fresh cache
+    gets the .so and the decision there), so no request pays for the compiler; kernels=torch builds nothing."""
     code = """
 import os, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from chunkcache.runner.runner import ModelRunner
-cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
-                  num_key_value_heads=1, max_position_embeddings=64)
+cfg = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=2048)
 model = LlamaForCausalLM(cfg).eval()
-ModelRunner(model, use_triton=False)
+ModelRunner(model, kernels="torch")
 assert os.listdir(sys.argv[1]) == [] if os.path.isdir(sys.argv[1]) else True
-ModelRunner(model)
-assert [f for f in os.listdir(sys.argv[1]) if f.endswith(".so")], os.listdir(sys.argv[1])
+runner = ModelRunner(model)
+files = os.listdir(sys.argv[1])
+assert [f for f in files if f.endswith(".so")] and [f for f in files if f.startswith("dispatch-")], files
+assert runner.attention.source == "measured", runner.attention.summary()
 """
     cache = tmp_path / "kernels"
     env = {**os.environ, "CHUNKCACHE_KERNEL_CACHE": str(cache)}

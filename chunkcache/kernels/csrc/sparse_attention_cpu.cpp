@@ -5,22 +5,36 @@
 // (row r = head-in-group r / bq, query r % bq), so every key tile is read once per group. Per key tile of
 // BK keys: S = Q Kt (Q pre-scaled by scale * log2 e), causal mask only on the tiles that cross a row's
 // position, online softmax in base 2, O += P V. Tiles past the block's last position are never visited.
-// Plain C++ with GCC vector extensions (16 floats), built with -O3 -march=native; no torch headers.
+//
+// Portable C++ with GCC/Clang vector extensions; no torch headers. The vector width and the register
+// blocking come from the compiler's target macros, so every -march build keeps its micro-tiles inside
+// its register file: AVX-512 (32 x 16 floats), AVX/AVX2 (16 x 8), NEON (32 x 4), SSE (16 x 4).
+// Rows are padded to the micro-tile heights, so the inner loops carry no row conditions.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <thread>
 #include <vector>
 
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register
-typedef int32_t vi __attribute__((vector_size(64)));
-constexpr int W = 16;   // floats per vf
-constexpr int BK = 128; // keys per tile
-constexpr int MR = 8;   // rows per QK micro-tile
+#if defined(__AVX512F__)
+constexpr int W = 16, MR = 8, NV = 2, PR = 4, PC = 4;  // QK: 8x2 accumulators; PV: 4x4
+#elif defined(__AVX__)
+constexpr int W = 8, MR = 6, NV = 2, PR = 6, PC = 2;   // 12 accumulators + 2 loads + 1 broadcast of 16
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+constexpr int W = 4, MR = 6, NV = 4, PR = 6, PC = 4;   // 24 accumulators + 4 loads of 32
+#else
+constexpr int W = 4, MR = 6, NV = 2, PR = 6, PC = 2;   // SSE: 16 registers
+#endif
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int32_t vi __attribute__((vector_size(W * 4)));
+constexpr int BK = 128;  // keys per tile
+constexpr int ROW_PAD = MR * PR;  // rows are padded to a multiple of both micro-tile heights
+static_assert(BK % (NV * W) == 0, "a key tile is a whole number of QK micro-tiles");
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
@@ -55,65 +69,93 @@ struct Args {
   float qk_scale;          // scale * log2(e)
 };
 
-// S[r][0..BK) = Q[r] . Kt[:, n0..n0+BK) for r in [0, rows): micro-tiles of MR rows x 32 keys.
+// S[r][0..BK) = Q[r] . Kt[:, 0..BK) for r in [0, rows), rows a multiple of MR: micro-tiles of MR x NV*W.
 template <int D>
 void qk_tile(const float* Q, const float* kt, int64_t s_ktd, int64_t rows, float* S) {
   for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-    const int nr = (int)std::min<int64_t>(MR, rows - r0);
-    for (int c = 0; c < BK; c += 2 * W) {
-      vf acc[MR][2] = {};
+    for (int c = 0; c < BK; c += NV * W) {
+      vf acc[MR][NV] = {};
       for (int d = 0; d < D; ++d) {
-        const vf k0 = load(kt + d * s_ktd + c), k1 = load(kt + d * s_ktd + c + W);
+        vf k[NV];
+        for (int j = 0; j < NV; ++j) k[j] = load(kt + d * s_ktd + c + j * W);
         for (int r = 0; r < MR; ++r) {
-          if (r < nr) {
-            const vf qd = splat(Q[(r0 + r) * D + d]);
-            acc[r][0] += qd * k0;
-            acc[r][1] += qd * k1;
-          }
+          const vf qd = splat(Q[(r0 + r) * D + d]);
+          for (int j = 0; j < NV; ++j) acc[r][j] += qd * k[j];
         }
       }
-      for (int r = 0; r < nr; ++r) {
-        store(S + (r0 + r) * BK + c, acc[r][0]);
-        store(S + (r0 + r) * BK + c + W, acc[r][1]);
-      }
+      for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NV; ++j) store(S + (r0 + r) * BK + c + j * W, acc[r][j]);
     }
   }
 }
 
-// O[r] += P[r][0..nk) V[n0..n0+nk) for r in [0, rows), 4 rows at a time, D/16 vectors per row.
+// O[r] += P[r][0..nk) V[0..nk) for r in [0, rows), rows a multiple of PR: PR rows x PC vectors of D at a time.
 template <int D>
 void pv_tile(const float* P, const float* v, int64_t s_vn, int64_t rows, int nk, float* O) {
-  constexpr int DV = D / W;
-  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-    const int nr = (int)std::min<int64_t>(4, rows - r0);
-    vf acc[4][DV];
-    for (int r = 0; r < 4; ++r)
-      for (int j = 0; j < DV; ++j) acc[r][j] = r < nr ? load(O + (r0 + r) * D + j * W) : vf{};
-    for (int c = 0; c < nk; ++c) {
-      vf vv[DV];
-      for (int j = 0; j < DV; ++j) vv[j] = load(v + c * s_vn + j * W);
-      for (int r = 0; r < 4; ++r) {
-        if (r < nr) {
+  static_assert(D % (PC * W) == 0, "head_dim is a whole number of PV column blocks");
+  for (int64_t r0 = 0; r0 < rows; r0 += PR) {
+    for (int cb = 0; cb < D; cb += PC * W) {
+      vf acc[PR][PC];
+      for (int r = 0; r < PR; ++r)
+        for (int j = 0; j < PC; ++j) acc[r][j] = load(O + (r0 + r) * D + cb + j * W);
+      for (int c = 0; c < nk; ++c) {
+        vf vv[PC];
+        for (int j = 0; j < PC; ++j) vv[j] = load(v + c * s_vn + cb + j * W);
+        for (int r = 0; r < PR; ++r) {
           const vf p = splat(P[(r0 + r) * BK + c]);
-          for (int j = 0; j < DV; ++j) acc[r][j] += p * vv[j];
+          for (int j = 0; j < PC; ++j) acc[r][j] += p * vv[j];
         }
       }
+      for (int r = 0; r < PR; ++r)
+        for (int j = 0; j < PC; ++j) store(O + (r0 + r) * D + cb + j * W, acc[r][j]);
     }
-    for (int r = 0; r < nr; ++r)
-      for (int j = 0; j < DV; ++j) store(O + (r0 + r) * D + j * W, acc[r][j]);
   }
 }
 
+// Softmax step of one row over its first `vis` scores (the rest zeroed): updates mx, sum, rescales O.
 template <int D>
-void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf) {
+void softmax_row(float* s, int vis, float& mx, float& sum, float* o) {
+  float tmax = mx;
+  int c = 0;
+  vf vmax = splat(tmax);
+  for (; c + W <= vis; c += W) {
+    const vf x = load(s + c);
+    vmax = x > vmax ? x : vmax;
+  }
+  for (int j = 0; j < W; ++j) tmax = std::max(tmax, vmax[j]);
+  for (; c < vis; ++c) tmax = std::max(tmax, s[c]);
+  const float alpha = std::exp2(mx - tmax);
+  vf acc = {};
+  const vf mv = splat(tmax);
+  for (c = 0; c + W <= vis; c += W) {
+    const vf p = exp2v(load(s + c) - mv);
+    store(s + c, p);
+    acc += p;
+  }
+  float l = 0.f;
+  for (; c < vis; ++c) {
+    s[c] = std::exp2(s[c] - tmax);
+    l += s[c];
+  }
+  for (int j = 0; j < W; ++j) l += acc[j];
+  std::fill(s + vis, s + BK, 0.f);
+  sum = sum * alpha + l;
+  mx = tmax;
+  if (alpha != 1.f)
+    for (int d = 0; d < D; ++d) o[d] *= alpha;
+}
+
+template <int D>
+void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, std::vector<int64_t>& rpos) {
   const int64_t i0 = blk * a.bq, nq = std::min(a.bq, a.m - i0), rows = a.g * nq;
-  buf.resize(rows * (D + BK + D) + 2 * rows + BK);
-  float* Q = buf.data();          // [rows, D] pre-scaled queries
-  float* S = Q + rows * D;        // [rows, BK] scores, then probabilities
-  float* O = S + rows * BK;       // [rows, D] unnormalised output
-  float* mx = O + rows * D;       // [rows] running max (base 2)
-  float* sum = mx + rows;         // [rows] running denominator
-  std::vector<int64_t> rpos(rows);
+  const int64_t prows = (rows + ROW_PAD - 1) / ROW_PAD * ROW_PAD;  // padded rows: zero queries, ignored
+  buf.assign(prows * (D + BK + D) + 2 * prows, 0.f);
+  float* Q = buf.data();          // [prows, D] pre-scaled queries
+  float* S = Q + prows * D;       // [prows, BK] scores, then probabilities
+  float* O = S + prows * BK;      // [prows, D] unnormalised output
+  float* mx = O + prows * D;      // [rows] running max (base 2)
+  float* sum = mx + prows;        // [rows] running denominator
+  rpos.resize(rows);
   for (int64_t j = 0; j < a.g; ++j) {
     const float* qh = a.q + (kvh * a.g + j) * a.s_qh;
     for (int64_t i = 0; i < nq; ++i) {
@@ -123,60 +165,30 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf) 
       rpos[j * nq + i] = a.pos[i0 + i];
     }
   }
-  std::fill(O, O + rows * D, 0.f);
   std::fill(mx, mx + rows, -INFINITY);
-  std::fill(sum, sum + rows, 0.f);
   const int64_t lo = a.pos[i0], hi = a.pos[i0 + nq - 1];
   const float* kt = a.kt + kvh * a.s_kth;
   const float* vh = a.v + kvh * a.s_vh;
+  std::vector<float> pad;
   for (int64_t n0 = 0; n0 <= hi; n0 += BK) {
     const int nk = (int)std::min<int64_t>(BK, hi + 1 - n0);
     if (nk == BK && n0 + BK <= a.kv_len) {
-      qk_tile<D>(Q, kt + n0, a.s_ktd, rows, S);
+      qk_tile<D>(Q, kt + n0, a.s_ktd, prows, S);
     } else {  // last tile: copy the keys that exist into a zero-padded tile
-      float pad[D * BK];
+      pad.assign(D * BK, 0.f);
       for (int d = 0; d < D; ++d)
-        for (int c = 0; c < BK; ++c) pad[d * BK + c] = c < nk ? kt[d * a.s_ktd + n0 + c] : 0.f;
-      qk_tile<D>(Q, pad, BK, rows, S);
+        for (int c = 0; c < nk; ++c) pad[d * BK + c] = kt[d * a.s_ktd + n0 + c];
+      qk_tile<D>(Q, pad.data(), BK, prows, S);
     }
     const bool masked = n0 + nk - 1 > lo;  // some row cannot see the whole tile
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * BK;
       const int vis = masked ? (int)std::clamp<int64_t>(rpos[r] - n0 + 1, 0, nk) : nk;
-      if (vis == 0) {
-        std::fill(s, s + BK, 0.f);
-        continue;
-      }
-      float tmax = mx[r];
-      int c = 0;
-      vf vmax = splat(tmax);
-      for (; c + W <= vis; c += W) {
-        const vf x = load(s + c);
-        vmax = x > vmax ? x : vmax;
-      }
-      for (int j = 0; j < W; ++j) tmax = std::max(tmax, vmax[j]);
-      for (; c < vis; ++c) tmax = std::max(tmax, s[c]);
-      const float alpha = std::exp2(mx[r] - tmax);
-      vf acc = {};
-      const vf mv = splat(tmax);
-      for (c = 0; c + W <= vis; c += W) {
-        const vf p = exp2v(load(s + c) - mv);
-        store(s + c, p);
-        acc += p;
-      }
-      float l = 0.f;
-      for (; c < vis; ++c) {
-        s[c] = std::exp2(s[c] - tmax);
-        l += s[c];
-      }
-      for (int j = 0; j < W; ++j) l += acc[j];
-      std::fill(s + vis, s + BK, 0.f);
-      sum[r] = sum[r] * alpha + l;
-      mx[r] = tmax;
-      if (alpha != 1.f)
-        for (int d = 0; d < D; ++d) O[r * D + d] *= alpha;
+      if (vis == 0) std::fill(s, s + BK, 0.f);
+      else softmax_row<D>(s, vis, mx[r], sum[r], O + r * D);
     }
-    pv_tile<D>(S, vh + n0 * a.s_vn, a.s_vn, rows, nk, O);
+    std::fill(S + rows * BK, S + prows * BK, 0.f);  // padded rows add nothing
+    pv_tile<D>(S, vh + n0 * a.s_vn, a.s_vn, prows, nk, O);
   }
   for (int64_t j = 0; j < a.g; ++j) {
     float* oh = a.out + (kvh * a.g + j) * a.s_oh;
@@ -189,38 +201,51 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf) 
   }
 }
 
+// Runs every task; returns 0, or 3 when a worker failed (allocation): no exception leaves this function.
 template <int D>
-void run(const Args& a, int64_t n_kv, int threads) {
+int run(const Args& a, int64_t n_kv, int threads) {
   const int64_t blocks = (a.m + a.bq - 1) / a.bq, tasks = n_kv * blocks;
+  std::vector<int> failed(std::max(threads, 1), 0);
   // Later blocks read more keys: hand tasks out longest first, round-robin by thread.
-  auto work = [&](int t) {
-    std::vector<float> buf;
-    for (int64_t k = t; k < tasks; k += threads) {
-      const int64_t blk = blocks - 1 - k / n_kv, kvh = k % n_kv;
-      run_task<D>(a, kvh, blk, buf);
+  auto work = [&](int t, int stride) noexcept {
+    try {
+      std::vector<float> buf;
+      std::vector<int64_t> rpos;
+      for (int64_t k = t; k < tasks; k += stride) run_task<D>(a, k % n_kv, blocks - 1 - k / n_kv, buf, rpos);
+    } catch (...) {
+      failed[t] = 1;
     }
   };
-  if (threads <= 1) {
-    work(0);
-    return;
-  }
   std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
+  int started = 1;
+  try {
+    for (int t = 1; t < threads; ++t, ++started) pool.emplace_back(work, t, threads);
+  } catch (...) {  // no thread could start: the remaining strides run here
+  }
+  work(0, threads);
   for (auto& th : pool) th.join();
+  for (int t = started; t < threads; ++t) work(t, threads);
+  return *std::max_element(failed.begin(), failed.end()) ? 3 : 0;
 }
 
 }  // namespace
 
+// The floats per vector this build uses (16 AVX-512, 8 AVX/AVX2, 4 SSE/NEON): reported by the loader.
+extern "C" int sparse_attention_vector_width() { return W; }
+
+// Return codes: 0 done; 1 bad shape arguments; 2 head_dim not 64 or 128; 3 a worker failed (out of memory).
 extern "C" int sparse_attention_f32(const float* q, const float* kt, const float* v, float* out, const int64_t* pos,
                                     int64_t n_heads, int64_t n_kv, int64_t m, int64_t d, int64_t kv_len, int64_t bq,
                                     int64_t s_qh, int64_t s_qm, int64_t s_kth, int64_t s_ktd, int64_t s_vh,
                                     int64_t s_vn, int64_t s_oh, int64_t s_om, float scale, int threads) {
-  if (n_kv <= 0 || n_heads % n_kv || m <= 0 || bq <= 0) return 1;
+  if (n_kv <= 0 || n_heads % n_kv || m <= 0 || bq <= 0 || threads <= 0) return 1;
   Args a{q, kt, v, out, pos, m, n_heads / n_kv, bq, kv_len, s_qh, s_qm, s_kth, s_ktd, s_vh, s_vn, s_oh, s_om,
          scale * 1.4426950408889634f};
-  if (d == 64) run<64>(a, n_kv, threads);
-  else if (d == 128) run<128>(a, n_kv, threads);
-  else return 2;
-  return 0;
+  try {
+    if (d == 64) return run<64>(a, n_kv, threads);
+    if (d == 128) return run<128>(a, n_kv, threads);
+  } catch (...) {
+    return 3;
+  }
+  return 2;
 }

@@ -1,0 +1,268 @@
+"""Which sparse-query attention implementation runs: measured on this machine, for this model's shapes.
+
+Under kernels=auto, `AttentionDispatch.build` times every candidate (the torch reference; the C++ kernel
+on the CPU when it builds and takes the dtype; Triton on CUDA when it imports) on a few shape classes
+(query density x context length) with the model's heads, head_dim, dtype, device and threads, and keeps
+the fastest per class. The decision is cached as JSON next to the kernel builds, keyed by the CPU (or GPU),
+the kernel build, the compiler, the torch version and the shape, so it is measured once per machine.
+kernels=torch|cpp|triton forces one implementation. Plans no candidate but the reference can take
+(a causal square: full prefill; fewer than MIN_QUERIES: a question suffix or decode) take the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from chunkcache.kernels import _cpp
+from chunkcache.kernels._triton import triton_available
+from chunkcache.kernels.sparse_attention import (AttentionPlan, cpu_kernel_applies, plan_sparse_attention,
+                                                 sparse_query_attention)
+
+MIN_QUERIES = 64  # below this the reference (SDPA over a few rows) runs: nothing to gain, threads idle
+REPEATS = 3  # timed runs per candidate and class (after one warm-up); the median counts
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShapeClass:
+    """A representative sparse-query attention call: `queries` positions among `kv_len` keys."""
+
+    name: str
+    kv_len: int
+    queries: int
+    contiguous: bool  # a chunk precomputed behind a prefix (the last `queries` positions) vs scattered
+
+    @property
+    def density(self) -> float:
+        return self.queries / self.kv_len
+
+
+SHAPE_CLASSES = (
+    ShapeClass("sparse-short", 1024, 160, False),  # blending a short prompt at ~15%
+    ShapeClass("sparse-long", 4096, 640, False),  # blending a long prompt at ~15%
+    ShapeClass("dense-short", 640, 576, True),  # precomputing one passage behind the system prompt
+    ShapeClass("dense-long", 2048, 1536, True),  # a long suffix or chunk behind a prefix
+)
+DENSE = 0.5  # plans with at least this share of positions as queries are dense
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """What the measurement depends on besides the machine."""
+
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    dtype: str  # "float32", ...
+    device: str  # "cpu", "cuda:0", ...
+    threads: int
+    max_positions: int
+
+
+@dataclass
+class Decision:
+    choice: str
+    ms: dict[str, float]  # candidate -> median milliseconds of one call
+
+
+@dataclass
+class AttentionDispatch:
+    """kernels: auto | torch | cpp | triton. decisions: shape class -> Decision (auto only).
+    source: forced | measured | cached | single (one candidate, nothing to measure)."""
+
+    kernels: str
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    source: str = "forced"
+    startup_s: float = 0.0
+    isa: str = ""
+
+    @classmethod
+    def build(cls, kernels: str, shape: AttentionShape) -> "AttentionDispatch":
+        """The dispatch for `shape`: forced, or (auto) loaded from the cache or measured now and cached."""
+        isa = _isa(shape.device)
+        if kernels != "auto":
+            return cls(kernels, isa=isa)
+        t0 = time.perf_counter()
+        cands = candidates(shape)
+        if len(cands) == 1:
+            return cls("auto", {c.name: Decision(cands[0], {}) for c in SHAPE_CLASSES}, "single", 0.0, isa)
+        path = _cache_path(shape, cands)
+        decisions = _read(path) if _private(path) else None
+        source = "cached"
+        if decisions is None:
+            decisions = {c.name: measure(shape, c, cands) for c in _classes(shape)}
+            if _private(path):
+                _write(path, decisions)
+            source = "measured"
+        out = cls("auto", decisions, source, time.perf_counter() - t0, isa)
+        log.info("%s (%s in %.2f s)", out.describe(), source, out.startup_s)
+        return out
+
+    def choose(self, plan: AttentionPlan) -> str:
+        """The implementation for one call with this plan."""
+        if self.kernels != "auto":
+            return self.kernels
+        m = plan.q_positions.numel()
+        if plan.causal_square or plan.temper is not None or m < MIN_QUERIES:
+            return "torch"
+        name = classify(m, plan.q_end, list(self.decisions))
+        return "torch" if name is None else self.decisions[name].choice
+
+    def summary(self) -> dict:
+        """JSON-ready: the choice per class with its timings and speed-up over torch."""
+        return {"kernels": self.kernels, "source": self.source, "startup_s": round(self.startup_s, 3),
+                "isa": self.isa, "classes": {n: {**asdict(d), "speedup_vs_torch": _speedup(d)}
+                                             for n, d in self.decisions.items()}}
+
+    def describe(self) -> str:
+        """One line for people: 'attention: C++ kernel, 1.31x torch on this machine (sparse-long)'."""
+        names = {"torch": "torch reference", "cpp": "C++ kernel", "triton": "Triton kernel"}
+        if self.kernels != "auto":
+            return f"attention: {names[self.kernels]} (forced by kernels={self.kernels})"
+        if self.source == "single":
+            return "attention: torch reference (no other implementation takes this model here)"
+        key = "sparse-long" if "sparse-long" in self.decisions else next(iter(self.decisions))
+        d = self.decisions[key]
+        return (f"attention: {names[d.choice]}, {_speedup(d):.2f}x torch on this machine ({key}, {self.isa}); "
+                + ", ".join(f"{n}: {x.choice}" for n, x in self.decisions.items()))
+
+
+def _speedup(d: Decision) -> float | None:
+    return d.ms["torch"] / d.ms[d.choice] if d.ms.get("torch") and d.ms.get(d.choice) else None
+
+
+def candidates(shape: AttentionShape) -> list[str]:
+    """Implementations that can take this shape here (the torch reference always)."""
+    out = ["torch"]
+    probe = torch.empty(1, 1, shape.head_dim, dtype=getattr(torch, shape.dtype))
+    if shape.device == "cpu" and cpu_kernel_applies(probe, probe, probe):
+        out.append("cpp")
+    if shape.device.startswith("cuda") and triton_available():
+        out.append("triton")
+    return out
+
+
+def _classes(shape: AttentionShape) -> list[ShapeClass]:
+    """The shape classes that fit the model's context (a short-context model measures shorter prompts; a class
+    that no longer leaves room for MIN_QUERIES scattered queries is dropped: those calls take the reference)."""
+    out = []
+    for c in SHAPE_CLASSES:
+        n = min(c.kv_len, shape.max_positions)
+        q = max(MIN_QUERIES, int(c.density * n))
+        if q < n:
+            out.append(ShapeClass(c.name, n, q, c.contiguous))
+    return out
+
+
+def classify(m: int, q_end: int, names: list[str]) -> str | None:
+    """The nearest measured class to a call of m queries ending at q_end (same density group, log length);
+    None when that group was not measured."""
+    dense = m / max(q_end, 1) >= DENSE
+    group = [c for c in SHAPE_CLASSES if (c.density >= DENSE) == dense and c.name in names]
+    return min(group, key=lambda c: abs(math.log(q_end / c.kv_len))).name if group else None
+
+
+def _example(shape: AttentionShape, c: ShapeClass, gen: torch.Generator):
+    dev, dtype = torch.device(shape.device), getattr(torch, shape.dtype)
+    if c.contiguous:
+        pos = torch.arange(c.kv_len - c.queries, c.kv_len)
+    else:  # scattered, the last position included (the question's last token)
+        pos = torch.cat((torch.sort(torch.randperm(c.kv_len - 1, generator=gen)[:c.queries - 1]).values,
+                         torch.tensor([c.kv_len - 1])))
+    q = torch.randn(shape.n_heads, c.queries, shape.head_dim, generator=gen).to(dev, dtype)
+    k, v = (torch.randn(shape.n_kv, c.kv_len, shape.head_dim, generator=gen).to(dev, dtype) for _ in range(2))
+    return q, k, v, plan_sparse_attention(pos.to(dev), c.kv_len, dtype=dtype)
+
+
+def _timer(fn: Callable[[], object], cuda: bool) -> Callable[[], float]:
+    def run() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+    return run
+
+
+@torch.inference_mode()
+def measure(shape: AttentionShape, c: ShapeClass, cands: list[str]) -> Decision:
+    """Time each candidate on class c: a warm-up each, then REPEATS rounds taking the candidates in turn (so drift
+    and a busy neighbour hit all alike); medians. The fastest wins if it beats torch by 3%, else torch."""
+    q, k, v, plan = _example(shape, c, torch.Generator().manual_seed(0))
+    scale = shape.head_dim ** -0.5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(shape.threads)
+    try:
+        timers = {n: _timer(lambda n=n: sparse_query_attention(q, k, v, plan, scale, impl=n),
+                            shape.device.startswith("cuda")) for n in cands}
+        for t in timers.values():
+            t()
+        runs: dict[str, list[float]] = {n: [] for n in cands}
+        for _ in range(REPEATS):
+            for n, t in timers.items():
+                runs[n].append(t())
+    finally:
+        torch.set_num_threads(threads)
+    ms = {n: statistics.median(r) for n, r in runs.items()}
+    best = min(ms, key=ms.get)
+    return Decision(best if ms[best] < 0.97 * ms["torch"] else "torch", {n: round(t, 4) for n, t in ms.items()})
+
+
+def _isa(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else device
+    flags = set(_cpp.cpu_flags().split())
+    for name, need in (("avx512", {"avx512f"}), ("avx2", {"avx2", "fma"}), ("neon", {"asimd"})):
+        if need <= flags:
+            return name
+    return platform.machine()
+
+
+def _cache_path(shape: AttentionShape, cands: list[str]):
+    parts = [json.dumps(asdict(shape), sort_keys=True), torch.__version__, platform.machine(), _isa(shape.device),
+             ",".join(cands), json.dumps([asdict(c) for c in SHAPE_CLASSES]), str(REPEATS)]
+    if shape.device == "cpu":
+        so = _cpp.so_path("sparse_attention_cpu")
+        parts += [_cpp.cpu_flags(), so.name if so else "no-compiler"]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return _cpp.cache_dir() / f"dispatch-attention-{key}.json"
+
+
+def _private(path) -> bool:
+    try:
+        _cpp.private_dir(path.parent)
+        return True
+    except (OSError, _cpp.UnsafeCacheDir) as e:
+        log.warning("attention dispatch cache not used (%s)", e)
+        return False
+
+
+def _read(path) -> dict[str, Decision] | None:
+    try:
+        raw = json.loads(path.read_text())
+        return {n: Decision(d["choice"], {k: float(x) for k, x in d["ms"].items()}) for n, d in raw.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write(path, decisions: dict[str, Decision]) -> None:
+    """Atomic write into the private kernel cache; a cache that cannot be written only costs a re-measure."""
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({n: asdict(d) for n, d in decisions.items()}, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("attention dispatch not cached (%s): it will be measured again at the next start", e)
