@@ -48,21 +48,26 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) 
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None) -> None:
+    """redis-server on 127.0.0.1:<free port>; with `password`, `requirepass` is set and `url` carries it."""
+
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
         self.binary = redis_server_binary()
         self.port = port or free_port()
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="chunkcache-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         log = open(Path(self.dir) / "redis.log", "wb")
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"], stdout=log, stderr=subprocess.STDOUT)
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])], stdout=log, stderr=subprocess.STDOUT)
         import redis
         deadline = time.monotonic() + 15
         while True:

@@ -141,6 +141,8 @@ def _explain(err: ValidationError) -> str:
             parts.append(f"{field}: unknown key")
         elif e["type"] == "value_error":
             parts.append(f"{field}: {e['msg'].removeprefix('Value error, ')}")
+        elif field.endswith("_url"):  # may hold a password: name the type only
+            parts.append(f"{field}: {e['msg']} (got a {type(e['input']).__name__})")
         else:
             parts.append(f"{field}: {e['msg']} (got {e['input']!r})")
     return "; ".join(parts)

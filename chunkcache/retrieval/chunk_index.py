@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import SecretStr
 
 from chunkcache.retrieval.chunk_table import ChunkRecord, ChunkTable
 from chunkcache.retrieval.embedder import DIM, Embedder
@@ -32,7 +33,7 @@ class Hit:
 
 class ChunkIndex:
     def __init__(self, directory: str | Path | None, embedder: Embedder | None = None,
-                 table_url: str | None = None) -> None:
+                 table_url: str | SecretStr | None = None) -> None:
         """directory None: everything in memory. table_url: the chunk table's SQL database (shared)."""
         self.directory = Path(directory) if directory is not None else None
         if table_url is not None:

@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 import hashlib
 
+from pydantic import SecretStr
 from sqlalchemy import (BigInteger, DateTime, Integer, LargeBinary, String, Text, create_engine, delete, func, select,
                         update)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
+
+from chunkcache.store.config import secret_value
 
 
 class _Base(DeclarativeBase):
@@ -79,7 +82,8 @@ class ChunkTable:
     (e.g. the catalog's PostgreSQL database, shared by replicas).
     """
 
-    def __init__(self, path: str | Path | None = None, url: str | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, url: str | SecretStr | None = None) -> None:
+        url = secret_value(url)  # a catalog URL from the config is a SecretStr
         if url is not None:
             self.engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
         elif path is None:

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy import BigInteger, DateTime, Float, String, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from chunkcache.store.config import redact_url, secret_value
 
 
 class _Base(DeclarativeBase):
@@ -80,7 +83,8 @@ _KEEP = ("source_doc_id", "text_hash")  # a refresh without them keeps the recor
 
 
 class Catalog:
-    def __init__(self, url: str, flush_every: int = 256) -> None:
+    def __init__(self, url: str | SecretStr, flush_every: int = 256) -> None:
+        url = secret_value(url) or ""
         u = make_url(url)
         self.is_sqlite = u.get_backend_name() == "sqlite"
         if self.is_sqlite and u.database and u.database != ":memory:":
@@ -88,7 +92,7 @@ class Catalog:
         self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.url = url
+        self.url = redact_url(url)  # printable; the engine holds the real one
         self.flush_every = flush_every
         self._pending: Counter[str] = Counter()
         self._lock = threading.Lock()

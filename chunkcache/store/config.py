@@ -3,15 +3,70 @@
 Tiers are listed fastest first and their kinds must follow the order gpu < cpu < disk < remote.
 A GPU tier in a config is skipped (with a log line) where CUDA is absent, so one config serves
 every machine.
+
+URLs that may carry a password (the Redis URL, the catalog URL) are held as pydantic `SecretStr`:
+`repr` and `str` show `**********`. `secret_value` unwraps one where a client connects; every URL
+that is printed, logged, returned or put in a fault goes through `redact_url` (userinfo password
+and a `password=` query parameter become `***`), and error texts of clients through `scrub`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import SecretStr
 
 TIER_ORDER = ("gpu", "cpu", "disk", "remote")
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
+
+
+def secret_value(url: str | SecretStr | None) -> str | None:
+    """The real URL (for the client that connects with it; never print the result)."""
+    return url.get_secret_value() if isinstance(url, SecretStr) else url
+
+
+def _passwords(url: str) -> set[str]:
+    """url's password and `password=` query values, as written and percent-decoded."""
+    try:
+        parts = urlsplit(url)
+        found = {parts.password or ""} | set(re.findall(r"(?:^|&)password=([^&]*)", parts.query, re.IGNORECASE))
+    except ValueError:
+        return set()
+    return {form for p in found if p for form in (p, unquote(p))}
+
+
+def redact_url(url: str | SecretStr | None) -> str:
+    """The URL with its password replaced by `***`: safe to print, log and return."""
+    raw = secret_value(url)
+    if raw is None:
+        return "None"
+    try:
+        parts = urlsplit(raw)
+        out = raw
+        if parts.password is not None:
+            out = out.replace("//" + parts.netloc, f"//{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}", 1)
+        if parts.query:
+            head, _, query = out.rpartition("?")
+            out = f"{head}?{_QUERY_PASSWORD.sub(lambda m: m.group(1) + '***', query)}"
+        return out
+    except ValueError:
+        return "<unparseable url>"
+
+
+def scrub(text: str, url: str | SecretStr | None) -> str:
+    """text with every occurrence of url's password replaced by `***` (for error texts of clients)."""
+    for secret in sorted(_passwords(secret_value(url) or ""), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def as_secret(url: str | SecretStr | None) -> SecretStr | None:
+    return url if url is None or isinstance(url, SecretStr) else SecretStr(url)
+
 POLICIES = ("lru", "cost")
 CODECS = ("none", "int8")
 GiB = 1 << 30
@@ -30,7 +85,11 @@ class TierConfig:
     write_through: every put also lands here (durability, sharing); otherwise entries arrive here
         only when a faster tier evicts them (write-back) or a slower tier's hit is promoted.
     path: disk tier directory (default: <cache_dir>/chunks).
-    url: remote tier URL, e.g. "redis://127.0.0.1:6379/0".
+    url: remote tier URL, e.g. "redis://:password@127.0.0.1:6379/0" (a str is kept as a SecretStr).
+    key_prefix: prefix of every Redis key of this store (replicas sharing entries use the same one).
+    ttl_s: Redis expiry of each entry in seconds (None: kept until the server evicts it).
+    timeout_s, retry_after_s: a Redis connection error or timeout marks the server down for
+        retry_after_s; meanwhile its reads are misses and its writes fail fast.
     """
 
     kind: str
@@ -39,7 +98,7 @@ class TierConfig:
     codec: str = "none"
     write_through: bool = False
     path: str | None = None
-    url: str | None = None
+    url: SecretStr | None = None
     key_prefix: str = "chunkcache:kv:"
     ttl_s: int | None = None
     timeout_s: float = 2.0
@@ -48,6 +107,7 @@ class TierConfig:
     fsync: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "url", as_secret(self.url))
         if self.kind not in TIER_ORDER:
             raise ValueError(f"tier kind must be one of {TIER_ORDER}, got {self.kind!r}")
         if self.budget_bytes is not None and self.budget_bytes < 0:
@@ -93,7 +153,7 @@ class StoreConfig:
 
     tiers: fastest first. The default is a single 4 GiB CPU tier: no files, no catalog, cheap.
     cache_dir: where the disk tier and the default SQLite catalog live.
-    catalog_url: SQLAlchemy URL ("postgresql+psycopg2://user@host:port/db"); None = SQLite file
+    catalog_url: SQLAlchemy URL ("postgresql+psycopg2://user@host:port/db"), kept as a SecretStr; None = SQLite file
         <cache_dir>/catalog.sqlite, opened only when a disk or remote tier exists (or catalog=True).
     catalog: force the catalog on (True) or off (False); None = auto as above.
     prefetch_depth: layers get_layers reads ahead in its background thread (>= 1).
@@ -105,7 +165,7 @@ class StoreConfig:
 
     tiers: tuple[TierConfig, ...] = field(default_factory=lambda: (TierConfig("cpu", budget_bytes=4 * GiB),))
     cache_dir: str | None = None
-    catalog_url: str | None = None
+    catalog_url: SecretStr | None = None
     catalog: bool | None = None
     prefetch_depth: int = 2
     promote_on_hit: bool = True
@@ -114,6 +174,7 @@ class StoreConfig:
     write_queue: int = 64
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "catalog_url", as_secret(self.catalog_url))
         if isinstance(self.tiers, list):
             object.__setattr__(self, "tiers", tuple(self.tiers))
         if not self.tiers:
@@ -143,8 +204,9 @@ class StoreConfig:
 
     @property
     def resolved_catalog_url(self) -> str:
+        """The real URL, password included: for the client only (print `redact_url` of it)."""
         if self.catalog_url:
-            return self.catalog_url
+            return self.catalog_url.get_secret_value()
         return "sqlite:///" + str(Path(self.resolved_cache_dir) / "catalog.sqlite")
 
     @classmethod

@@ -19,7 +19,11 @@ class Reason(str, Enum):
     CORRUPT = "corrupt"  # unparseable header, truncated file, inconsistent layout
     FILE_MISSING = "file_missing"  # catalog row says "on disk", no file there
     CATALOG_ROW_MISSING = "catalog_row_missing"  # file present, catalog has no row for it
-    REMOTE_UNAVAILABLE = "remote_unavailable"  # Redis unreachable / timed out
+    REMOTE_UNAVAILABLE = "remote_unavailable"  # Redis unreachable / timed out (opens the tier's breaker)
+    REMOTE_REFUSED = "remote_refused"  # Redis answered with an error (OOM under noeviction, WRONGTYPE, READONLY)
+    REMOTE_ERROR = "remote_error"  # any other Redis client error (bad reply, data error)
+    CATALOG_UNAVAILABLE = "catalog_unavailable"  # the catalog database refused or did not answer
+    WRITE_QUEUE_FULL = "write_queue_full"  # background writer full: the slow-tier write was dropped
     DISK_FULL = "disk_full"  # ENOSPC / EDQUOT while writing
     IO_ERROR = "io_error"  # any other OSError
     TOO_LARGE = "too_large"  # entry exceeds every tier's budget

@@ -84,7 +84,7 @@ class LayerStream:
 
     def _fail(self, item: BaseException) -> EntryUnavailable:
         err = item if isinstance(item, EntryUnavailable) else \
-            EntryUnavailable(Reason.IO_ERROR, f"{type(item).__name__}: {item}")
+            EntryUnavailable(Reason.IO_ERROR, f"{type(item).__name__}: {item}", drop=False)  # transient: keep it
         if self._on_fault is not None:
             self._on_fault(err)
         return err

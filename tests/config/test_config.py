@@ -31,6 +31,10 @@ def write(tmp_path: Path, text: str, name: str = "chunkcache.toml") -> Path:
     return p
 
 
+def redis(cfg: EngineConfig) -> str | None:
+    return None if cfg.store.redis_url is None else cfg.store.redis_url.get_secret_value()
+
+
 def test_defaults_map_onto_the_store_config() -> None:
     cfg = load_config()
     assert (cfg.device, cfg.resolved_dtype, cfg.kernels, cfg.use_triton) == ("cpu", "float32", "auto", None)
@@ -46,14 +50,14 @@ def test_every_layer_overrides_the_one_below(tmp_path: Path, monkeypatch: pytest
                         '[store]\ncpu_bytes = "256MiB"\neviction = "cost"\nredis_url = "redis://file:1/0"\n')
     cfg = load_config(f)
     assert (cfg.dtype, cfg.threads, cfg.kernels) == ("bfloat16", 3, "torch")
-    assert (cfg.store.cpu_bytes, cfg.store.eviction, cfg.store.redis_url) == (256 << 20, "cost", "redis://file:1/0")
+    assert (cfg.store.cpu_bytes, cfg.store.eviction, redis(cfg)) == (256 << 20, "cost", "redis://file:1/0")
 
     monkeypatch.setenv("CHUNKCACHE_THREADS", "2")
     monkeypatch.setenv("CHUNKCACHE_STORE__CPU_BYTES", "512MiB")
     monkeypatch.setenv("CHUNKCACHE_STORE__REDIS_URL", "redis://env:1/0")
     cfg = load_config(f)
     assert (cfg.dtype, cfg.threads) == ("bfloat16", 2)  # dtype from the file, threads from env
-    assert (cfg.store.cpu_bytes, cfg.store.eviction, cfg.store.redis_url) == (512 << 20, "cost", "redis://env:1/0")
+    assert (cfg.store.cpu_bytes, cfg.store.eviction, redis(cfg)) == (512 << 20, "cost", "redis://env:1/0")
 
     from chunkcache.cli import build_parser
 
@@ -61,7 +65,7 @@ def test_every_layer_overrides_the_one_below(tmp_path: Path, monkeypatch: pytest
                                       "--kv-codec", "int8"])
     cfg = load_config(f, flag_layer(args))
     assert (cfg.dtype, cfg.threads, cfg.kernels) == ("bfloat16", 1, "torch")
-    assert (cfg.store.cpu_bytes, cfg.store.redis_url, cfg.store.disk) == (512 << 20, "redis://flag:1/0", False)
+    assert (cfg.store.cpu_bytes, redis(cfg), cfg.store.disk) == (512 << 20, "redis://flag:1/0", False)
     assert (cfg.store.disk_codec, cfg.store.redis_codec) == ("int8", "int8")
     assert [t.kind for t in cfg.store_config().tiers] == ["cpu", "remote"]
 
@@ -170,3 +174,23 @@ def test_readme_example_file_loads(tmp_path: Path) -> None:
     server = ServerConfig.from_layers(cfg, server_table(f), {})
     assert [t.kind for t in cfg.store_config().tiers] == ["cpu", "disk", "remote"]
     assert cfg.store_config().tiers[2].codec == "int8" and server.max_queue == 16
+
+
+def test_urls_with_passwords_never_show_them(tmp_path: Path) -> None:
+    """repr, validation errors and start-up check errors of EngineConfig carry no password."""
+    redis_url, pg_url = "redis://:r3d-Pw@127.0.0.1:1/0", "postgresql+psycopg2://u:pg-Pw@127.0.0.1:1/db"
+    cfg = EngineConfig(cache_dir=str(tmp_path), store=StoreSettings(redis_url=redis_url, catalog_url=pg_url))
+    shown = [repr(cfg), str(cfg), repr(cfg.store_config()), str(cfg.model_dump())]
+    with pytest.raises(ConfigError) as bad_scheme:
+        load_config(write(tmp_path, '[store]\nredis_url = "http://u:r3d-Pw@x"\n'))
+    with pytest.raises(ConfigError) as bad_type:
+        load_config(write(tmp_path, '[store]\nredis_url = ["r3d-Pw"]\n', "b.toml"))
+    with pytest.raises(ConfigError) as unreachable:
+        check_config(EngineConfig(cache_dir=str(tmp_path), store=StoreSettings(redis_url=redis_url)))
+    with pytest.raises(ConfigError) as no_db:
+        check_config(EngineConfig(cache_dir=str(tmp_path), store=StoreSettings(catalog_url=pg_url)))
+    shown += [str(e.value) for e in (bad_scheme, bad_type, unreachable, no_db)]
+    assert "redis://:***@127.0.0.1:1/0" in str(unreachable.value)
+    assert "postgresql+psycopg2://u:***@127.0.0.1:1/db" in str(no_db.value)
+    assert not [s for s in shown if "r3d-Pw" in s or "pg-Pw" in s], shown
+    assert cfg.store_config().tiers[-1].url.get_secret_value() == redis_url  # the client still gets it
