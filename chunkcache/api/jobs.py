@@ -3,6 +3,11 @@
 Jobs are rows of a SQL table (`job_table.py`, the catalog's database), so any replica answers
 GET /jobs/{id} for a job another replica runs, and after any restart. `Job` is the live handle the
 work function reports progress through; every change is written to the table.
+
+A registry's owner name is `host:pid:start:token` (start: the process's start time). At start-up the
+registry marks `interrupted` the active jobs of every earlier owner on this host whose process is gone
+(a kill -9, a crash, a restart), at once; other hosts' dead replicas are found by their stale heartbeat.
+`resume` runs an interrupted or failed job again from the request it was started with.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psutil
 from sqlalchemy.exc import SQLAlchemyError
 
-from chunkcache.api.job_table import JobState, JobTable, now
+from chunkcache.api.job_table import RESUMABLE, JobState, JobTable, now
 from chunkcache.api.worker import QueueFull
 
 log = logging.getLogger("chunkcache.api")
@@ -31,7 +37,7 @@ class Job:
     id: str
     kind: str
     table: JobTable = field(repr=False)
-    status: str = "queued"  # queued | running | done | failed
+    status: str = "queued"  # queued | running | done | failed | interrupted (its server died)
     stage: str | None = None
     done: int = 0
     total: int = 0
@@ -48,6 +54,34 @@ class Job:
         return {k: v for k, v in self.__dict__.items() if k != "table"}
 
 
+class NotResumable(Exception):
+    """The job is active or done, was started without its request, or another replica resumed it first."""
+
+
+def owner_name() -> str:
+    """host:pid:start:token for this process (start: its start time, so a reused pid is a new owner)."""
+    start = int(psutil.Process().create_time())
+    return f"{socket.gethostname()}:{os.getpid()}:{start}:{uuid.uuid4().hex[:8]}"
+
+
+def dead_on_this_host(owner: str, me: str) -> bool:
+    """True when `owner` is a process of this host that is gone: its pid runs no process, or one started at
+    another time (a reused pid; a container restarted as the same pid). Other hosts' owners: False."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or owner == me or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    try:
+        started = int(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # not ours to inspect: alive as far as we can tell
+        return False
+    if len(parts) == 4 and parts[2].isdigit():
+        return abs(started - int(parts[2])) > 1
+    return pid == os.getpid()  # an owner named before start times were: this pid is this process now
+
+
 class JobRegistry:
     """Runs jobs one at a time on their own thread (their model calls go through the model worker).
 
@@ -59,7 +93,11 @@ class JobRegistry:
         self.max_active = max_active
         self.keep = keep
         self.table = JobTable(url, stale_after_s)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner_name()
+        self.interrupted = self.table.interrupt(lambda owner: dead_on_this_host(owner, self.owner))
+        if self.interrupted:
+            log.warning("%d job(s) interrupted by a restart, marked so (POST /jobs/{id}/resume runs one again): %s",
+                        len(self.interrupted), ", ".join(self.interrupted))
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkcache-jobs")
         self._stop = threading.Event()
@@ -71,16 +109,39 @@ class JobRegistry:
         while not self._stop.wait(every_s):
             self.table.heartbeat(self.owner)
 
-    def start(self, kind: str, fn: Callable[[Job], dict]) -> Job:
+    def start(self, kind: str, fn: Callable[[Job], dict], params: dict | None = None) -> Job:
+        """params: the request (JSON-able) that `resume` rebuilds fn from; None: not resumable."""
         with self._lock:
-            active = self.table.active(self.owner)
-            if active >= self.max_active:
-                raise QueueFull(f"{active} jobs already queued or running (limit {self.max_active})")
-            state = self.table.insert(uuid.uuid4().hex, kind, self.owner)
+            self._check_room()
+            state = self.table.insert(uuid.uuid4().hex, kind, self.owner, params)
             self.table.prune(self.keep)
         job = Job(state.id, kind, self.table, created=state.created)
         self._pool.submit(self._run, job, fn)
         return job
+
+    def resume(self, job_id: str, build: Callable[[str, dict], Callable[[Job], dict]]) -> Job:
+        """Run an interrupted or failed job again under this replica, same id; build(kind, params) makes its
+        work function. LookupError: no such job; NotResumable: see the class."""
+        with self._lock:
+            state = self.table.get(job_id)
+            if state is None:
+                raise LookupError(job_id)
+            if state.status not in RESUMABLE:
+                raise NotResumable(f"job {job_id} is {state.status}: only interrupted or failed jobs resume")
+            if state.params is None:
+                raise NotResumable(f"job {job_id} was started without its request kept: submit it again")
+            fn = build(state.kind, state.params)
+            self._check_room()
+            if not self.table.claim(state, self.owner):
+                raise NotResumable(f"job {job_id} changed while resuming it (another replica resumed it)")
+        job = Job(state.id, state.kind, self.table, created=state.created)
+        self._pool.submit(self._run, job, fn)
+        return job
+
+    def _check_room(self) -> None:
+        active = self.table.active(self.owner)
+        if active >= self.max_active:
+            raise QueueFull(f"{active} jobs already queued or running (limit {self.max_active})")
 
     def _run(self, job: Job, fn: Callable[[Job], dict]) -> None:
         job.status = "running"

@@ -1,4 +1,4 @@
-"""Endpoints: generation, RAG, chunks, documents (ingestion jobs), jobs."""
+"""Endpoints: generation, RAG, chunks, documents (ingestion jobs), jobs (and resuming an interrupted one)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from chunkcache.api import generation
 from chunkcache.api.schemas import (ChunkInfo, DocumentsRequest, ErrorBody, GenerateRequest, GenerateResponse,
                                     JobInfo, PutChunksRequest, PutChunksResponse, RagRequest, RagResponse,
                                     RetrievedChunk, StoredChunk)
+from chunkcache.api.jobs import NotResumable
 from chunkcache.api.service import ChunkCacheService
 from chunkcache.retrieval.chunking import ChunkingConfig
 from chunkcache.retrieval.ingest import Document, Ingestor
@@ -84,14 +85,33 @@ def delete_chunk(request: Request, chunk_id: str = ChunkIdPath) -> Response:
     return Response(status_code=204)
 
 
+def _ingest(state, body: DocumentsRequest):  # type: ignore[no-untyped-def]
+    """The work function of an ingestion job over body's documents."""
+    docs = [Document(d.text, d.id) for d in body.documents]
+    ingestor = Ingestor(state.service.engine, state.service.index,
+                        ChunkingConfig(body.chunk_tokens, body.overlap_tokens), run=state.worker.call)
+    return lambda job: ingestor.ingest(docs, progress=job.progress).as_dict()
+
+
 @router.post("/documents", status_code=202, response_model=JobInfo, responses=ERRORS)
 def post_documents(body: DocumentsRequest, request: Request) -> JobInfo:
     """Ingest documents in the background: chunk, embed, index, precompute KV. Poll GET /jobs/{id}."""
     state = request.app.state
-    docs = [Document(d.text, d.id) for d in body.documents]
-    ingestor = Ingestor(state.service.engine, state.service.index,
-                        ChunkingConfig(body.chunk_tokens, body.overlap_tokens), run=state.worker.call)
-    job = state.jobs.start("ingest", lambda job: ingestor.ingest(docs, progress=job.progress).as_dict())
+    job = state.jobs.start("ingest", _ingest(state, body), params=body.model_dump())
+    return JobInfo(**job.as_dict())
+
+
+@router.post("/jobs/{job_id}/resume", status_code=202, response_model=JobInfo,
+             responses={**ERRORS, 409: {"model": ErrorBody}})
+def resume_job(request: Request, job_id: str = Path(min_length=1, max_length=64)) -> JobInfo:
+    """Run an interrupted (or failed) job again from its request, same id; chunks already precomputed are hits."""
+    state = request.app.state
+    try:
+        job = state.jobs.resume(job_id, lambda kind, params: _ingest(state, DocumentsRequest(**params)))
+    except LookupError:
+        raise HTTPException(404, f"job_id: no job {job_id!r}") from None
+    except NotResumable as err:
+        raise HTTPException(409, f"job_id: {err}") from None
     return JobInfo(**job.as_dict())
 
 

@@ -162,7 +162,7 @@ class DocumentsRequest(BaseModel):
 class JobInfo(BaseModel):
     id: str
     kind: str
-    status: Literal["queued", "running", "done", "failed"]
+    status: Literal["queued", "running", "done", "failed", "interrupted"]
     stage: str | None
     done: int
     total: int
