@@ -75,6 +75,21 @@ def cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_LEVELS = {  # -march level: the CPU flags it needs to run (x86-64 psABI levels); AArch64's baseline is NEON
+    "x86-64-v2": {"sse4_2", "popcnt", "ssse3"},
+    "x86-64-v3": {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"},
+    "x86-64-v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+    "armv8-a": {"asimd"},
+}
+
+
+def runnable_isas() -> list[str]:
+    """The portable -march levels this CPU can execute (besides native)."""
+    flags = set(cpu_flags().split())
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    return [m for m, need in ISA_LEVELS.items() if m.startswith("x86") == x86 and need <= flags]
+
+
 def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 

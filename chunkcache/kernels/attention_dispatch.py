@@ -132,6 +132,8 @@ class AttentionDispatch:
             return f"attention: {names[self.kernels]} (forced by kernels={self.kernels})"
         if self.source == "single":
             return "attention: torch reference (no other implementation takes this model here)"
+        if not self.decisions:
+            return "attention: torch reference (the model's context leaves no class worth measuring)"
         key = "sparse-long" if "sparse-long" in self.decisions else next(iter(self.decisions))
         d = self.decisions[key]
         return (f"attention: {names[d.choice]}, {_speedup(d):.2f}x torch on this machine ({key}, {self.isa}); "

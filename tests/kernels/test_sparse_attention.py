@@ -2,13 +2,14 @@
 
 import dataclasses
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from chunkcache.kernels import sparse_attention
+from chunkcache.kernels import _cpp, sparse_attention
 from chunkcache.kernels._cpp import build_error
 from chunkcache.kernels.sparse_attention import (cpu_kernel_applies, plan_sparse_attention, sparse_query_attention,
                                                  sparse_query_attention_cpu, sparse_query_attention_ref)
@@ -202,3 +203,28 @@ assert runner.attention.source == "measured", runner.attention.summary()
     env = {**os.environ, "CHUNKCACHE_KERNEL_CACHE": str(cache)}
     res = subprocess.run([sys.executable, "-c", code, str(cache)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+ISA_GRID = [(3, 3, 70, 400, 64, 32), (1, 8, 9, 50, 128, 32), (3, 3, 200, 260, 64, 64), (2, 3, 120, 700, 64, 16)]
+
+
+@pytest.mark.parametrize("march", sorted(_cpp.ISA_LEVELS))
+def test_every_isa_build(march, tmp_path, monkeypatch):
+    """Each portable build (x86-64-v2 SSE4.2 / v3 AVX2 / v4 AVX-512, armv8-a NEON) compiles on this machine's
+    compiler where it targets this architecture; the ones this CPU runs match the float64 attention."""
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    if march.startswith("x86") != x86:
+        pytest.skip(f"{march} needs a cross compiler (tests/kernels/test_cross_compile.py)")
+    if march not in _cpp.runnable_isas():  # compile only: this CPU cannot execute it
+        so = tmp_path / "k.so"
+        _cpp._compile(_cpp.compiler(), _cpp.CSRC / "sparse_attention_cpu.cpp", so, march)
+        assert so.stat().st_size > 1000
+        return
+    monkeypatch.setenv("CHUNKCACHE_KERNEL_CACHE", str(tmp_path))
+    width = sparse_attention.cpu_vector_width(march)
+    assert width == {"x86-64-v2": 4, "x86-64-v3": 8, "x86-64-v4": 16, "armv8-a": 4}[march]
+    for n_kv, g, m, n, d, block_q in ISA_GRID:
+        q, k, v, positions = _case(n_kv, g, m, n, d, torch.float32, m + n)
+        plan = plan_sparse_attention(positions, n)
+        got = sparse_query_attention_cpu(q, k, v, plan, d ** -0.5, block_q=block_q, march=march)
+        torch.testing.assert_close(got.double(), _dense(q, k, v, positions, d ** -0.5), atol=2e-5, rtol=2e-5)

@@ -1,0 +1,98 @@
+"""Attention dispatch by measurement: the fastest candidate per shape class, cached per machine, forced by name."""
+
+import time
+
+import pytest
+import torch
+
+from chunkcache.kernels import attention_dispatch, sparse_attention
+from chunkcache.kernels.attention_dispatch import (SHAPE_CLASSES, AttentionDispatch, AttentionShape, Decision,
+                                                   candidates, classify)
+from chunkcache.kernels.sparse_attention import plan_sparse_attention
+
+SHAPE = AttentionShape(n_heads=3, n_kv=1, head_dim=64, dtype="float32", device="cpu", threads=1, max_positions=2048)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHUNKCACHE_KERNEL_CACHE", str(tmp_path / "kernels"))
+    return tmp_path / "kernels"
+
+
+def test_measured_once_then_read_from_the_cache(private_cache):
+    assert candidates(SHAPE) == ["torch", "cpp"]
+    first = AttentionDispatch.build("auto", SHAPE)
+    assert first.source == "measured" and set(first.decisions) == {c.name for c in SHAPE_CLASSES}
+    for d in first.decisions.values():
+        assert set(d.ms) == {"torch", "cpp"} and all(t > 0 for t in d.ms.values())
+        assert d.choice == ("cpp" if d.ms["cpp"] < 0.97 * d.ms["torch"] else "torch")  # never slower than torch
+    assert len(list(private_cache.glob("dispatch-attention-*.json"))) == 1
+    second = AttentionDispatch.build("auto", SHAPE)
+    assert second.source == "cached" and second.decisions == first.decisions
+    assert second.startup_s < first.startup_s
+    other = AttentionDispatch.build("auto", AttentionShape(**{**SHAPE.__dict__, "threads": 2}))
+    assert other.source == "measured"  # another thread count is another decision
+
+
+def test_a_slow_kernel_loses_the_measurement(monkeypatch):
+    """A C++ build that is slow on this machine (the AVX2 spill of issue 18) is measured and not chosen."""
+    real = sparse_attention.sparse_query_attention_cpu
+
+    def slow(*a, **kw):
+        time.sleep(0.05)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu", slow)
+    d = AttentionDispatch.build("auto", SHAPE)
+    assert {x.choice for x in d.decisions.values()} == {"torch"}, d.summary()
+    assert all(x.ms["cpp"] > 50 for x in d.decisions.values())
+
+
+def test_a_fast_kernel_wins_the_measurement(monkeypatch):
+    real = sparse_attention.sparse_query_attention_ref
+
+    def slow_ref(*a, **kw):
+        time.sleep(0.05)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sparse_attention, "sparse_query_attention_ref", slow_ref)
+    d = AttentionDispatch.build("auto", SHAPE)
+    assert {x.choice for x in d.decisions.values()} == {"cpp"}, d.summary()
+    assert "C++ kernel" in d.describe() and "x torch on this machine" in d.describe()
+
+
+def test_choose_follows_the_decisions_by_class():
+    decisions = {c.name: Decision("cpp" if c.name.startswith("sparse") else "torch", {"torch": 2.0, "cpp": 1.0})
+                 for c in SHAPE_CLASSES}
+    d = AttentionDispatch("auto", decisions, "measured")
+    scattered = plan_sparse_attention(torch.arange(0, 6000, 10), 6000)  # 600 queries over 6000 keys
+    assert classify(600, 5991, list(decisions)) == "sparse-long" and d.choose(scattered) == "cpp"
+    behind_prefix = plan_sparse_attention(torch.arange(64, 614), 614)  # a chunk precomputed behind a prefix
+    assert d.choose(behind_prefix) == "torch"
+    assert d.choose(plan_sparse_attention(torch.arange(300), 300)) == "torch"  # causal square: SDPA
+    assert d.choose(plan_sparse_attention(torch.arange(5900, 5940), 5940)) == "torch"  # a short suffix
+    assert AttentionDispatch("cpp").choose(behind_prefix) == "cpp"
+    assert AttentionDispatch("torch").choose(scattered) == "torch"
+
+
+def test_one_candidate_measures_nothing(private_cache):
+    d = AttentionDispatch.build("auto", AttentionShape(**{**SHAPE.__dict__, "head_dim": 32}))  # no C++ for 32
+    assert d.source == "single" and d.startup_s == 0.0 and list(private_cache.glob("dispatch-*")) == []
+    assert {x.choice for x in d.decisions.values()} == {"torch"}
+
+
+def test_short_context_models_measure_what_fits():
+    """Classes are cut to the model's context; one too short for MIN_QUERIES scattered queries measures nothing."""
+    d = AttentionDispatch.build("auto", AttentionShape(**{**SHAPE.__dict__, "max_positions": 700}))
+    assert d.source == "measured" and set(d.decisions) == {c.name for c in SHAPE_CLASSES}
+    tiny = AttentionDispatch.build("auto", AttentionShape(**{**SHAPE.__dict__, "max_positions": 64}))
+    assert tiny.decisions == {}
+    assert tiny.choose(plan_sparse_attention(torch.arange(0, 60, 2), 64)) == "torch"
+
+
+def test_an_unwritable_cache_only_costs_a_remeasure(private_cache):
+    private_cache.mkdir(mode=0o700)
+    private_cache.chmod(0o777)  # unsafe: refused for reading and writing decisions
+    assert AttentionDispatch.build("auto", SHAPE).source == "measured"
+    assert list(private_cache.glob("dispatch-*")) == []
+    assert attention_dispatch.AttentionDispatch.build("auto", SHAPE).source == "measured"

@@ -1,0 +1,121 @@
+"""The C++ kernel build cache is safe to share a machine with: private, locked, self-healing.
+
+Each case runs in a fresh interpreter (the loader caches per process) against its own cache directory.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chunkcache.kernels import _cpp
+
+USE = """
+import sys, torch
+from chunkcache.kernels._cpp import build_error, load
+from chunkcache.kernels.sparse_attention import plan_sparse_attention, sparse_query_attention_cpu
+from chunkcache.kernels.sparse_attention import sparse_query_attention_ref
+if load("sparse_attention_cpu") is None:
+    print(build_error("sparse_attention_cpu"))
+    sys.exit(3)
+q, k, v = torch.randn(9, 70, 64), torch.randn(3, 90, 64), torch.randn(3, 90, 64)
+plan = plan_sparse_attention(torch.arange(20, 90), 90)
+torch.testing.assert_close(sparse_query_attention_cpu(q, k, v, plan, 0.125),
+                           sparse_query_attention_ref(q, k, v, plan, 0.125), atol=2e-5, rtol=2e-5)
+"""
+
+
+def _run(env_update: dict, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_update}
+    return subprocess.run([sys.executable, "-c", USE], env=env, capture_output=True, text=True, **kw)
+
+
+def _sos(d: Path) -> list[Path]:
+    return sorted(d.glob("sparse_attention_cpu-*.so"))
+
+
+def test_fresh_cache_is_private(tmp_path):
+    cache = tmp_path / "a" / "kernels"
+    res = _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert cache.stat().st_mode & 0o777 == 0o700
+    assert len(_sos(cache)) == 1
+
+
+def test_a_directory_others_can_write_is_refused(tmp_path):
+    cache = tmp_path / "shared"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    res = _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)})
+    assert res.returncode == 3 and "writable by other users" in res.stdout, res.stdout + res.stderr
+    assert _sos(cache) == []
+
+
+def test_another_users_directory_is_refused(tmp_path):
+    if os.getuid() == 0:  # root: make a directory that really belongs to someone else
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+    else:  # a directory root owns
+        theirs = Path("/usr")
+    with pytest.raises(_cpp.UnsafeCacheDir, match="owned by uid"):
+        _cpp.private_dir(theirs)
+    res = _run({"CHUNKCACHE_KERNEL_CACHE": str(theirs)})
+    assert res.returncode == 3 and "owned by uid" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_corrupt_so_is_rebuilt(tmp_path):
+    cache = tmp_path / "kernels"
+    assert _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)}).returncode == 0
+    (so,) = _sos(cache)
+    so.write_bytes(b"\x7fELF truncated by a full disk")
+    res = _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rebuilding" in res.stderr
+    assert _sos(cache) == [so] and so.stat().st_size > 1000
+
+
+def test_concurrent_builds_do_not_corrupt_each_other(tmp_path):
+    cache = tmp_path / "kernels"
+    env = {**os.environ, "CHUNKCACHE_KERNEL_CACHE": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", USE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert len(_sos(cache)) == 1
+    assert list(cache.glob(".build-*")) == []
+
+
+def test_stray_temporary_files_are_swept(tmp_path):
+    cache = tmp_path / "kernels"
+    cache.mkdir(mode=0o700)
+    stale, fresh = cache / ".build-dead.so", cache / ".build-running.so"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    old = time.time() - 2 * _cpp.STALE_TMP_S
+    os.utime(stale, (old, old))
+    assert _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)}).returncode == 0
+    assert not stale.exists() and fresh.exists()  # a build still running elsewhere keeps its file
+
+
+def test_no_home_falls_back_to_a_private_temp_dir(tmp_path):
+    """No HOME and no passwd entry for the uid (a container; Path.home() then raises, simulated here since the
+    interpreter must stay readable): the cache goes to <tmp>/chunkcache-kernels-<uid>, private."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "CHUNKCACHE_KERNEL_CACHE")}
+    env["TMPDIR"] = str(tmp_path)
+    code = "import pathlib; pathlib.Path.home = classmethod(lambda c: (_ for _ in ()).throw(RuntimeError()))\n"
+    res = subprocess.run([sys.executable, "-c", code + USE], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cache = tmp_path / f"chunkcache-kernels-{os.getuid()}"
+    assert len(_sos(cache)) == 1 and cache.stat().st_mode & 0o777 == 0o700
+
+
+def test_cache_key_covers_compiler_version_and_isa(monkeypatch):
+    base = _cpp.so_path("sparse_attention_cpu")
+    assert base is not None and "native" in base.name
+    assert _cpp.so_path("sparse_attention_cpu", "x86-64-v2") != base
+    monkeypatch.setattr(_cpp, "compiler_version", lambda cxx: "g++ (Debian 99.0.0) 99.0.0")
+    assert _cpp.so_path("sparse_attention_cpu") != base
