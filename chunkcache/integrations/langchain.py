@@ -29,16 +29,23 @@ from chunkcache.runner.decode import SamplingConfig
 
 
 class ChunkCacheRetriever(BaseRetriever):
-    """Top-k chunks of a ChunkIndex by cosine similarity; metadata: chunk_id, score, doc_id."""
+    """Top-k chunks of a ChunkIndex by cosine similarity; metadata: chunk_id, score, doc_id.
+
+    `k` is the default; `retriever.invoke(query, k=2)` overrides it for one call (LangChain's convention).
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     index: ChunkIndex
     k: int = Field(4, ge=1)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None) -> list[Document]:
+        k = self.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
         return [Document(page_content=h.text, id=h.key, metadata={"chunk_id": h.key, "score": h.score,
                                                                    "doc_id": h.doc_id})
-                for h in self.index.search(query, self.k)]
+                for h in self.index.search(query, k)]
 
 
 class ChunkCacheRAG(Runnable[Any, dict]):
