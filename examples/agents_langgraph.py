@@ -43,7 +43,7 @@ def build_graph(llm):
     return g.compile()
 
 
-def make_llm(mode: str, max_new_tokens: int, anchor_dir: str | None = None):
+def make_llm(mode: str, max_tokens: int, anchor_dir: str | None = None):
     from chunkcache.agents.langchain_chat import ChunkCacheChatModel
     from chunkcache.agents.runtime import AgentRuntime
     from chunkcache.runner.loader import load_model
@@ -51,7 +51,7 @@ def make_llm(mode: str, max_new_tokens: int, anchor_dir: str | None = None):
 
     lm = load_model()
     runtime = AgentRuntime(ModelRunner(lm.model, lm.tokenizer), anchor_dir=anchor_dir)
-    return ChunkCacheChatModel(runtime=runtime, mode=mode, max_new_tokens=max_new_tokens)
+    return ChunkCacheChatModel(runtime=runtime, mode=mode, max_tokens=max_tokens)
 
 
 def run(llm, questions: list[str]) -> list[dict]:
@@ -70,10 +70,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mode", default="kvcomm+epic")
     ap.add_argument("--questions", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--anchor-dir", default=None)
     args = ap.parse_args()
-    llm = make_llm(args.mode, args.max_new_tokens, args.anchor_dir)
+    llm = make_llm(args.mode, args.max_tokens, args.anchor_dir)
     for r in run(llm, QUESTIONS[: args.questions]):
         print(f"\nQ: {r['question']}")
         for name, text in r["answers"].items():

@@ -35,11 +35,14 @@ class Message:
 
 @dataclass(frozen=True)
 class AgentTemplate:
-    """name: unique per template; system: the agent's role; body: user text with {placeholder} fields."""
+    """name: unique per template; system: the agent's role; body: user text with {placeholder} fields;
+    frame: the rendered text (before, after) the body when it is not the chat template's system turn plus
+    one user turn around it (a whole conversation: agents/chat_layout.py), None for that default."""
 
     name: str
     system: str
     body: str
+    frame: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -94,7 +97,8 @@ class CompiledTemplate:
 
     @classmethod
     def compile(cls, template: AgentTemplate, tokenizer) -> "CompiledTemplate":
-        chat = PromptTemplate.from_tokenizer(tokenizer, template.system)
+        chat = (PromptTemplate(*template.frame) if template.frame is not None
+                else PromptTemplate.from_tokenizer(tokenizer, template.system))
         lits = template.literals()
         names = template.placeholders
 

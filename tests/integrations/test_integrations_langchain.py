@@ -94,7 +94,7 @@ def test_integrations_classes_take_the_engine_config(setup) -> None:  # type: ig
     out = rag.invoke("Which is the highest mountain in Africa?")
     assert out["stats"]["chunk_misses"] >= 2 and out["answer"]
 
-    chat = ChunkCacheChatModel.from_engine(rag.engine, mode="blend", max_new_tokens=4)
+    chat = ChunkCacheChatModel.from_engine(rag.engine, mode="blend", max_tokens=4)
     assert chat.runtime.runner is rag.engine.runner and chat.runtime.store is rag.engine.source.store
     reply = chat.invoke([SystemMessage("You are terse."), HumanMessage("Name a river in Brazil.")])
     assert reply.content and reply.response_metadata["chunkcache"]["prompt_tokens"] > 0
