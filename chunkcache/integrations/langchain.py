@@ -5,12 +5,15 @@
 - `ChunkCacheRAG`: a Runnable that takes any LangChain retriever, retrieves for a question and
   generates over the documents with their cached KV (store hit when the text was seen before, a
   precompute otherwise). Documents with a known chunk_id use the stored text, so the tokens, and
-  therefore the KV key, match exactly.
+  therefore the KV key, match exactly. `stream` / `astream` yield the documents, then the answer
+  piece by piece (the server's incremental detokenizer), then stats and usage; the chunks add up
+  to `invoke`'s output.
 - `MiniLMEmbeddings`: the offline all-MiniLM-L6-v2 as LangChain Embeddings (for LangChain vector stores).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -18,6 +21,8 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.utils import AddableDict
 from pydantic import ConfigDict, Field
 
 from chunkcache.blend.config import BlendConfig
@@ -49,9 +54,11 @@ class ChunkCacheRetriever(BaseRetriever):
 
 
 class ChunkCacheRAG(Runnable[Any, dict]):
-    """question (str, or {"question": str}) -> {"answer", "documents", "stats"}.
+    """question (str, or {"question": str}) -> {"documents", "answer", "stats", "usage"}.
 
-    stats: the blend stats of the generation (ttft_s, chunk_hits, chunk_misses, reused_tokens, ...).
+    stats: the blend stats of the generation (ttft_s, chunk_hits, chunk_misses, reused_tokens, ...);
+    usage: LangChain's UsageMetadata (input/output/total tokens, EOS not counted;
+    input_token_details.cache_read = the prompt tokens whose KV was reused).
     """
 
     def __init__(self, engine: ChunkCacheEngine | EngineConfig, retriever: BaseRetriever,
@@ -71,17 +78,49 @@ class ChunkCacheRAG(Runnable[Any, dict]):
         return rec.text if rec is not None else doc.page_content
 
     def generate(self, question: str, documents: list[Document]) -> dict:
+        """The output for these documents (no retrieval)."""
+        out = AddableDict(documents=documents)
+        for chunk in self.answer_stream(question, documents):
+            out = out + chunk
+        return dict(out)
+
+    def answer_stream(self, question: str, documents: list[Document]) -> Iterator[AddableDict]:
+        """{"answer": piece} per printable piece, then {"answer": "", "stats", "usage"}."""
         if not documents:
             raise ValueError("documents: the retriever returned no documents")
-        texts = [self.chunk_text(d) for d in documents]
-        ans = self.engine.answer(texts, question, self.blend, self.sampling)
-        return {"answer": ans.text, "documents": documents, "stats": {**ans.stats, "ttft_s": ans.ttft_s}}
+        req = self.engine.prompts.request([self.chunk_text(d) for d in documents], question)
+        generated, ttft, stats = 0, 0.0, {}
+        for tok, piece, ttft, stats in self.engine.stream(req, self.blend, self.sampling):
+            generated += tok not in self.engine.eos_ids
+            if piece:
+                yield AddableDict(answer=piece)
+        usage = {"input_tokens": stats["prompt_tokens"], "output_tokens": generated,
+                 "total_tokens": stats["prompt_tokens"] + generated,
+                 "input_token_details": {"cache_read": stats["reused_tokens"]}}
+        yield AddableDict(answer="", stats={**stats, "ttft_s": ttft}, usage=usage)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[AddableDict]:
+        question = _question(input)
+        documents = self.retriever.invoke(question, config)
+        yield AddableDict(documents=documents)
+        yield from self.answer_stream(question, documents)
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None,
+                      **kwargs: Any) -> AsyncIterator[AddableDict]:
+        chunks, done = self.stream(input, config), object()
+        while (chunk := await run_in_executor(config, next, chunks, done)) is not done:
+            yield chunk  # type: ignore[misc]
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict:
-        question = input["question"] if isinstance(input, dict) else input
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question: expected a non-empty string")
+        question = _question(input)
         return self.generate(question, self.retriever.invoke(question, config))
+
+
+def _question(input: Any) -> str:
+    question = input["question"] if isinstance(input, dict) else input
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("question: expected a non-empty string")
+    return question
 
 
 class MiniLMEmbeddings(Embeddings):

@@ -98,3 +98,30 @@ def test_integrations_classes_take_the_engine_config(setup) -> None:  # type: ig
     assert chat.runtime.runner is rag.engine.runner and chat.runtime.store is rag.engine.source.store
     reply = chat.invoke([SystemMessage("You are terse."), HumanMessage("Name a river in Brazil.")])
     assert reply.content and reply.response_metadata["chunkcache"]["prompt_tokens"] > 0
+
+
+def test_integrations_rag_streams_the_answer_and_reports_usage(setup) -> None:  # type: ignore[no-untyped-def]
+    """stream: documents first, then the answer piece by piece, then stats and usage; they add up to invoke."""
+    import asyncio
+
+    engine, index, _ = setup
+    cfg, sampling = BlendConfig(mode="cacheblend"), SamplingConfig(max_new_tokens=12)
+    rag = ChunkCacheRAG(engine, ChunkCacheRetriever(index=index, k=2), index, cfg, sampling)
+    question = "Where does the Amazon river flow?"
+    chunks = list(rag.stream(question))
+    assert list(chunks[0]) == ["documents"] and chunks[0]["documents"][0].page_content == TEXTS[0]
+    pieces = [c["answer"] for c in chunks[1:-1]]
+    assert len(pieces) >= 3 and all(pieces) and list(chunks[-1]) == ["answer", "stats", "usage"]
+    full = rag.invoke(question)
+    assert "".join(pieces) == full["answer"]
+    direct = engine.answer([d.page_content for d in full["documents"]], question, cfg, sampling)
+    generated = len([t for t in direct.token_ids if t not in engine.eos_ids])
+    assert full["usage"] == {"input_tokens": full["stats"]["prompt_tokens"], "output_tokens": generated,
+                             "total_tokens": full["stats"]["prompt_tokens"] + generated,
+                             "input_token_details": {"cache_read": full["stats"]["reused_tokens"]}}
+    assert full["usage"]["input_token_details"]["cache_read"] > 0 and chunks[-1]["usage"] == full["usage"]
+
+    async def collect() -> list:
+        return [c async for c in rag.astream({"question": question})]
+
+    assert "".join(c.get("answer", "") for c in asyncio.run(collect())) == full["answer"]
