@@ -9,8 +9,11 @@ Writes: `put(kv)` stores into the fastest tier whose budget can hold it and into
 write-through tier; a full tier evicts by its policy and demotes (writes back) the victim into
 the next slower tier when that tier can hold it. Pinned keys are never evicted. Once a memory tier
 holds the entry, the writes to disk/remote tiers and the catalog row are queued to a bounded
-background writer (StoreConfig.write_queue): the request path never waits on a file or a server.
-A failed background write is counted in `stats()["put_failures"]`; `flush()` and `close()` drain it.
+background writer (StoreConfig.write_queue), and so is the demotion of an entry a memory tier evicts:
+the request path never waits on a file, a server or the catalog database. A put waits at most
+StoreConfig.write_wait_s for room in a full queue (measured in `stats()["writer"]`), then drops its
+slow-tier writes; every failed or dropped background write (tier write, catalog row, write_queue_full)
+is counted in `stats()["put_failures"]`; `flush()` and `close()` drain the queue.
 `get_layers` returns a LayerStream (see layer_stream.py) for pipelined per-layer loading.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import torch
 
@@ -55,13 +59,37 @@ class ChunkStore:
         self._pinned: set[str] = set()
         self._costs: dict[str, float] = {}
         slow = any(s.tier.persistent for s in self._slots)
-        self._writer = WriteBehind(config.write_queue) if config.write_queue and slow else None
+        self._writer = WriteBehind(config.write_queue, on_error=self._writer_error) \
+            if config.write_queue and slow else None
         for i, slot in enumerate(self._slots):
             for key, size in slot.tier.scan():
                 slot.record(key, size, self._cost_of(key, size))
             self._make_room(i, 0)
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _writer_error(self, err: BaseException) -> None:
+        """A background job that raised past its own handlers (the writer goes on)."""
+        self._stats.fault("-", "writer", Reason.IO_ERROR, f"{type(err).__name__}: {err}", write=True)
+
+    def _queue(self, job, tiers: list[TierSlot], key: str, wait_s: float) -> bool:  # type: ignore[no-untyped-def]
+        """Hand job to the background writer; if it stays full for wait_s, drop it and count each tier's write."""
+        t0 = time.perf_counter()
+        ok = self._writer.submit(job, timeout=wait_s)  # type: ignore[union-attr]
+        self._stats.queued(time.perf_counter() - t0, ok)
+        if not ok:
+            for slot in tiers:
+                self._stats.fault(key, slot.name, Reason.WRITE_QUEUE_FULL,
+                                  f"{self.config.write_queue} writes already queued", write=True)
+        return ok
+
+    def _upsert(self, meta: ChunkMeta) -> None:
+        """The catalog row; a database that refuses or does not answer is counted, never raised (background)."""
+        try:
+            self.catalog.upsert(meta)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy or driver errors: the tier writes go on
+            self._stats.fault(meta.key, "catalog", Reason.CATALOG_UNAVAILABLE,
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", write=True)
+
     def _cost_of(self, key: str, size: int) -> float:
         return self._costs.get(key) or max(float(size) / 1024.0, 1.0)
 
@@ -79,14 +107,14 @@ class ChunkStore:
 
     def _forget(self, slot: TierSlot, key: str) -> None:
         slot.forget(key)
-        if not any(s.holds(key) for s in self._slots):
+        if not any(key in s.sizes for s in self._slots):  # this process's view: no round trip under the lock
             self._costs.pop(key, None)  # gone from every tier: per-key bookkeeping must not outlive the entry
         if self.catalog is not None and slot.tier.persistent and not (self._shared and slot.name == "disk"):
             self.catalog.set_tier(key, slot.name, False)
 
     def _meta(self, kv: ChunkKV, tier: str | None, doc: tuple[str | None, str | None]) -> ChunkMeta:
         return ChunkMeta(kv.key, kv.fingerprint, kv.num_tokens, str(kv.keys.dtype).removeprefix("torch."),
-                         tuple(kv.keys.shape), kv.nbytes, self._costs[kv.key], doc[0], doc[1],
+                         tuple(kv.keys.shape), kv.nbytes, self._cost_of(kv.key, kv.nbytes), doc[0], doc[1],
                          on_disk=tier == "disk", on_remote=tier == "remote")
 
     def _insert(self, i: int, kv: ChunkKV, *, owned: bool = False,
@@ -126,7 +154,16 @@ class ChunkStore:
         if i + 1 < len(self._slots):
             nxt = self._slots[i + 1]
             try:
-                if not nxt.holds(key):
+                if nxt.tier.persistent and not slot.tier.persistent and self._writer is not None:
+                    # a write-through tier already got (or has queued) the entry; otherwise queue the demotion:
+                    # under the store lock, never wait on the slow tier
+                    if key not in nxt.sizes and not nxt.config.write_through:
+                        kv = slot.tier.get(key, None)
+                        if self._queue(lambda: self._demote(i, kv), [nxt], key, 0.0):
+                            self._forget(slot, key)  # out of the budget; still readable here until it lands
+                            self._stats.count(slot.name, "evictions")
+                            return
+                elif not nxt.holds(key):
                     self._insert(i + 1, slot.tier.get(key, None), owned=True)
                     self._stats.count(slot.name, "demotions")
             except KeyError:
@@ -136,6 +173,18 @@ class ChunkStore:
         slot.tier.delete(key)
         self._forget(slot, key)
         self._stats.count(slot.name, "evictions")
+
+    def _demote(self, i: int, kv: ChunkKV) -> None:
+        """Background: kv, evicted from memory tier i (which keeps it readable until now), into tier i + 1."""
+        try:
+            if not self._slots[i + 1].holds(kv.key):
+                self._write_behind(kv, [i + 1], (None, None))
+                if self._slots[i + 1].holds(kv.key):
+                    self._stats.count(self._slots[i].name, "demotions")
+        finally:
+            with self._lock:
+                if kv.key not in self._slots[i].sizes:  # not put again meanwhile
+                    self._slots[i].tier.delete(kv.key)
 
     def _disk_catalog_check(self, slot: TierSlot, key: str, fingerprint: str, faults: list[str] | None) -> bool:
         """For the disk tier with a catalog: is the file backed by a row for this model? Records faults."""
@@ -215,14 +264,15 @@ class ChunkStore:
             if placed and self.catalog is not None and held is None:  # memory-only entries get a row too
                 self.catalog.upsert(self._meta(kv, None, doc))
         if held is not None and self._writer is not None and (deferred or self.catalog is not None):
-            self._writer.submit(lambda: self._write_behind(held, deferred, doc))
+            self._queue(lambda: self._write_behind(held, deferred, doc), [self._slots[i] for i in deferred],
+                        kv.key, self.config.write_wait_s)
         return placed
 
     def _write_behind(self, kv: ChunkKV, tiers: list[int], doc: tuple[str | None, str | None]) -> None:
         """Background: the catalog row, then kv into each persistent tier in `tiers`; the file is written
         outside the store lock, so lookups and memory-tier puts go on meanwhile."""
         if self.catalog is not None:
-            self.catalog.upsert(self._meta(kv, None, doc))
+            self._upsert(self._meta(kv, None, doc))
         for i in tiers:
             slot = self._slots[i]
             try:
@@ -237,7 +287,7 @@ class ChunkStore:
                     slot.record(kv.key, size, self._cost_of(kv.key, size))
                     self._stats.count(slot.name, "puts")
                 if self.catalog is not None:
-                    self.catalog.upsert(self._meta(kv, slot.name, doc))
+                    self._upsert(self._meta(kv, slot.name, doc))
                 with self._lock:
                     self._make_room(i, 0, protect=kv.key)
             except TierWriteError as e:

@@ -159,8 +159,12 @@ class StoreConfig:
     prefetch_depth: layers get_layers reads ahead in its background thread (>= 1).
     promote_on_hit: copy a slower tier's hit into the fastest tier.
     write_queue: once a memory tier holds a new entry, its writes to disk/remote tiers and its catalog
-        rows go to a background writer with at most this many queued chunks (a put blocks while it is
-        full: bounded memory); flushed by `ChunkStore.flush` and `close`. 0 = write inline.
+        rows go to a background writer with at most this many queued chunks (bounded memory); so do
+        demotions of entries evicted from a memory tier. Flushed by `ChunkStore.flush` and `close`.
+        0 = write inline (the request path then waits on every slow tier).
+    write_wait_s: how long a put waits for room in a full queue (measured in stats()["writer"]); after
+        that its slow-tier writes are dropped and counted as write_queue_full (the entry stays in the
+        memory tier). A demotion, queued under the store lock, never waits.
     """
 
     tiers: tuple[TierConfig, ...] = field(default_factory=lambda: (TierConfig("cpu", budget_bytes=4 * GiB),))
@@ -172,6 +176,7 @@ class StoreConfig:
     max_recent_faults: int = 100
     catalog_flush_every: int = 256
     write_queue: int = 64
+    write_wait_s: float = 0.05
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog_url", as_secret(self.catalog_url))
@@ -187,8 +192,8 @@ class StoreConfig:
             raise ValueError(f"tiers must be ordered fastest first ({' < '.join(TIER_ORDER)}), got {kinds}")
         if self.prefetch_depth < 1:
             raise ValueError(f"prefetch_depth must be >= 1, got {self.prefetch_depth}")
-        if self.write_queue < 0:
-            raise ValueError(f"write_queue must be >= 0, got {self.write_queue}")
+        if self.write_queue < 0 or self.write_wait_s < 0:
+            raise ValueError(f"write_queue and write_wait_s must be >= 0, got {self.write_queue}, {self.write_wait_s}")
         if self.max_recent_faults < 0 or self.catalog_flush_every < 1:
             raise ValueError("max_recent_faults must be >= 0 and catalog_flush_every >= 1")
 

@@ -24,6 +24,7 @@ class StoreStats:
         self.per_tier: dict[str, Counter[str]] = {t: Counter() for t in tiers}
         self.fallbacks: Counter[str] = Counter()
         self.put_failures: Counter[str] = Counter()
+        self.writer: Counter[str] = Counter()  # queued, dropped jobs; wait_s, max_wait_s of puts for queue room
         self.recent: deque[dict[str, object]] = deque(maxlen=max_recent)
 
     def count(self, tier: str, event: str, n: int = 1) -> None:
@@ -43,6 +44,13 @@ class StoreStats:
                 self.misses += 1
             else:
                 self.hits += 1
+
+    def queued(self, waited_s: float, ok: bool) -> None:
+        """One submit to the background writer: how long it waited for room, and whether it got in."""
+        with self._lock:
+            self.writer["queued" if ok else "dropped"] += 1
+            self.writer["wait_s"] += waited_s
+            self.writer["max_wait_s"] = max(self.writer["max_wait_s"], waited_s)
 
     def fault(self, key: str, tier: str, reason: Reason, detail: str = "", *, write: bool = False) -> None:
         """A read fault (falls back to the next tier or recomputation) or a failed write."""
@@ -67,4 +75,5 @@ class StoreStats:
             return {"gets": self.gets, "hits": self.hits, "misses": self.misses,
                     "hit_ratio": self.hits / self.gets if self.gets else 0.0, "tiers": tiers,
                     "fallbacks": dict(self.fallbacks), "put_failures": dict(self.put_failures),
+                    "writer": {k: self.writer[k] for k in ("queued", "dropped", "wait_s", "max_wait_s")},
                     "recent_faults": list(self.recent)}

@@ -1,9 +1,11 @@
 """A bounded background writer: slow-tier writes leave the request path.
 
-Jobs are callables run in order on one daemon thread. The queue holds at most `max_pending` jobs;
-`submit` blocks when it is full (back-pressure keeps memory bounded: each job holds one chunk's
-KV). `flush` waits until every submitted job has run; `close` flushes, then stops the thread.
-A job that raises is logged and handed to `on_error`; the writer keeps going.
+Jobs are callables run in order on one daemon thread. The queue holds at most `max_pending` jobs
+(memory stays bounded: each job holds one chunk's KV). `submit(job, timeout)` waits at most timeout
+seconds for room and returns False when the queue is still full (the caller drops and counts the
+write; timeout None waits for room). `flush` waits until every submitted job has run; `close`
+flushes, then stops the thread. A job that raises is logged and handed to `on_error`; the writer
+keeps going.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ class WriteBehind:
     def pending(self) -> int:
         return self._q.unfinished_tasks
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue job; blocks while `max_pending` jobs wait. After close, runs it inline."""
+    def submit(self, job: Callable[[], None], timeout: float | None = None) -> bool:
+        """Queue job, waiting at most timeout s (None: until there is room) while `max_pending` jobs wait.
+        False: still full, job not queued. After close, runs it inline (True)."""
         with self._lock:  # close() waits for a blocked put: no job lands behind the stop marker
             if not self._closed:
-                self._q.put(job)
-                return
+                try:
+                    self._q.put(job, timeout=timeout)
+                except queue.Full:
+                    return False
+                return True
         job()
+        return True
 
     def flush(self) -> None:
         """Return once every job submitted so far has run."""

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_threads_put_and_get_same_keys(tmp_path):
     cfg = StoreConfig(tiers=(TierConfig("cpu", budget_bytes=3 * make_kv(0).nbytes),
-                             TierConfig("disk", write_through=True)), cache_dir=str(tmp_path))
+                             TierConfig("disk", write_through=True)), cache_dir=str(tmp_path),
+                      write_wait_s=30.0)  # 6 threads outrun fsync: wait for the queue rather than drop writes
     kvs = [make_kv(i) for i in range(4)]
     errors: list[str] = []
     with ChunkStore(cfg) as store:

@@ -22,11 +22,13 @@ def test_eviction_demotes_to_disk_and_hit_promotes_back(tmp_path):
     with two_tier(tmp_path) as store:
         for kv in kvs:
             store.put(kv)
+        store.flush()  # demotions run in the background writer
         st = store.stats()["tiers"]
         assert st["cpu"]["entries"] == 3 and st["cpu"]["bytes"] <= 3 * SIZE
         assert st["cpu"]["evictions"] == 2 and st["cpu"]["demotions"] == 2
         assert store.tier_of(kvs[0].key) == ["disk"] and store.tier_of(kvs[4].key) == ["cpu"]
         assert same(store.get(kvs[0].key, FP), kvs[0])  # disk hit
+        store.flush()
         assert store.tier_of(kvs[0].key) == ["cpu", "disk"]  # promoted, disk copy kept
         assert store.tier_of(kvs[2].key) == ["disk"]  # LRU victim of the promotion, demoted
         st = store.stats()["tiers"]
@@ -42,6 +44,7 @@ def test_lru_order_respects_hits(tmp_path):
             store.put(kv)
         store.get(kvs[0].key, FP)  # 0 becomes most recent: 1 is the LRU
         store.put(kvs[3])
+        store.flush()
         assert store.tier_of(kvs[1].key) == ["disk"]
         assert "cpu" in store.tier_of(kvs[0].key)
 
@@ -71,6 +74,7 @@ def test_pinned_entries_stay(tmp_path):
         assert store.tier_of(make_kv(99).key) == ["disk"]
         store.unpin(kvs[0].key)
         store.put(make_kv(100))
+        store.flush()
         assert store.tier_of(kvs[0].key) == ["disk"]
 
 

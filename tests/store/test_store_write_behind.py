@@ -76,8 +76,10 @@ def test_failed_write_back_is_reported_and_the_writer_goes_on(tmp_path, monkeypa
 
 
 def test_the_queue_is_bounded(tmp_path, monkeypatch):
-    """write_queue=1: a put blocks while a write is queued, so at most ~2 chunks wait in memory."""
-    with _store(tmp_path, write_queue=1) as store:
+    """write_queue=1: a put waits (at most write_wait_s, measured) while a write is queued, so at most ~2 chunks
+    wait in memory; with a wait long enough for the 0.2 s writes, every chunk lands."""
+    with ChunkStore(StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 24), TierConfig("disk", write_through=True)),
+                                cache_dir=str(tmp_path), write_queue=1, write_wait_s=1.0)) as store:
         _slow_disk(store, monkeypatch, 0.2)
         seen = []
         for i in range(4):
@@ -86,6 +88,8 @@ def test_the_queue_is_bounded(tmp_path, monkeypatch):
         assert max(seen) <= 2
         store.flush()
         assert store.stats()["tiers"]["disk"]["entries"] == 4
+        writer = store.stats()["writer"]
+        assert writer["queued"] == 4 and writer["dropped"] == 0 and 0.1 < writer["max_wait_s"] < 1.0
 
 
 def test_memory_hit_streams_without_a_thread(tmp_path):
