@@ -2,23 +2,25 @@
 
 `pip install chunkcache[lmcache]` is not enough on its own: LMCache 0.5.6 is built from its sdist
 without CUDA (README, "LMCache interop"). Everything LMCache-specific here is LMCache's own code:
-- the client is `LMCServerConnector` (lmcache.v1.storage_backend.connector.lm_connector) over a
-  `LocalCPUBackend` that allocates its memory objects; it speaks `lmcache.v1.protocol` to
-  `python -m lmcache.v1.server HOST PORT cpu`;
-- values are `MemoryFormat.KV_2LTD` tensors, [2 (K, V), n_layers, n_tokens, n_kv_heads * head_dim],
-  sent with the protocol's dtype codes;
-- keys are `CacheEngineKey(model_name, world_size=1, worker_id=0, chunk_hash, dtype)` made by
-  LMCache's `ChunkedTokenDatabase`: chunk_hash is its token hash of the chunk's ids chained on the
-  hash of the context the chunk was computed behind (empty context: the segment hashed alone, as
-  LMCache's blending does).
-A model record (an LMCache BINARY_BUFFER object under the model's key tagged `chunkcache%model`) holds the
-fingerprint of the model that wrote KV under `model_name`; a bridge for another fingerprint, or KV
-of another shape or dtype, is refused with `LMCacheMismatch`.
+- the client is `LMCServerConnector` over a `LocalCPUBackend` that allocates its memory objects; it
+  speaks `lmcache.v1.protocol` to `python -m lmcache.v1.server HOST PORT cpu`;
+- values are `MemoryFormat.KV_2LTD` tensors, [2 (K, V), n_layers, n_tokens, n_kv_heads * head_dim];
+- keys are `CacheEngineKey(model_name, 1, 0, chunk_hash, dtype)` from LMCache's `ChunkedTokenDatabase`:
+  its token hash of the chunk chained on the hash of the context the chunk was computed behind (what
+  `process_tokens` gives a chunk behind a one-chunk context). That hash of a chunk of any length has no
+  public form: the bridge calls `_hash_tokens` and accepts only the version it is tested with.
+A model record (a BINARY_BUFFER object under the model's key tagged `chunkcache%model`) holds the fingerprint
+of the model that wrote KV under `model_name`; another fingerprint, or KV of another shape or dtype, is
+refused with `LMCacheMismatch`. Every call waits at most `timeout_s`; a call that fails (no answer in time,
+a reset or closed connection, a garbled reply) closes the bridge, its thread and its socket and raises
+`LMCacheUnavailable`, and so does a constructor that fails after connecting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import socket
 import threading
 from urllib.parse import urlparse
 
@@ -28,19 +30,26 @@ from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.keys import chunk_key
 
 MODEL_TAG = {"lmcache.tag.chunkcache": "model"}
+LMCACHE_VERSION = "0.5.6"  # the one version the key scheme (its private _hash_tokens) is tested against
 
 
 class LMCacheMismatch(ValueError):
     """KV under this key was written by another model, or does not have this model's shape or dtype."""
 
 
+class LMCacheUnavailable(ConnectionError):
+    """The LMCache server did not answer within timeout_s, or the connection failed; the bridge is closed."""
+
+
 class LMCacheBridge:
     """url: "lmcache://host:port" (an `lmcache.v1.server`). model_name: LMCache's model name in every key.
     fingerprint, n_layers, n_kv_heads, head_dim, dtype: this model's (ModelRunner's) identity and KV shape.
-    buffer_gib: LMCache's local CPU buffer that memory objects are allocated from (a chunk must fit)."""
+    buffer_gib: LMCache's local CPU buffer that memory objects are allocated from (a chunk must fit).
+    timeout_s: the longest wait of any call (the connection, each send, each reply)."""
 
     def __init__(self, url: str, *, model_name: str, fingerprint: str, n_layers: int, n_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype = torch.float32, buffer_gib: float = 0.25) -> None:
+                 head_dim: int, dtype: torch.dtype = torch.float32, buffer_gib: float = 0.25,
+                 timeout_s: float = 5.0) -> None:
         try:
             from lmcache.v1.config import LMCacheEngineConfig
             from lmcache.v1.metadata import LMCacheMetadata
@@ -48,13 +57,21 @@ class LMCacheBridge:
             from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend
             from lmcache.v1.token_database import ChunkedTokenDatabase
         except ImportError as err:
-            raise ImportError(f"the LMCache bridge needs lmcache 0.5.6 (README, 'LMCache interop'): {err}") from err
+            raise ImportError(f"the LMCache bridge needs lmcache {LMCACHE_VERSION} (README, 'LMCache interop'): "
+                              f"{err}") from err
+        found = importlib.metadata.version("lmcache")
+        if found != LMCACHE_VERSION:
+            raise ImportError(f"the LMCache bridge is tested with lmcache {LMCACHE_VERSION} only (its keys use a "
+                              f"private LMCache hash function); found {found}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s: must be > 0, got {timeout_s}")
         u = urlparse(url)
         if u.scheme != "lmcache" or not u.hostname or not u.port:
             raise ValueError(f"url: expected lmcache://host:port, got {url!r}")
         if "@" in model_name or not model_name:
             raise ValueError(f"model_name: must be non-empty without '@' (LMCache's key separator), got {model_name!r}")
         self.url, self.model_name, self.fingerprint, self.dtype = url, model_name, fingerprint, dtype
+        self.timeout_s = timeout_s
         self.n_layers, self.hidden = n_layers, n_kv_heads * head_dim
         self.n_kv_heads, self.head_dim = n_kv_heads, head_dim
         config = LMCacheEngineConfig.from_defaults(chunk_size=256, local_cpu=False, max_local_cpu_size=buffer_gib,
@@ -62,23 +79,36 @@ class LMCacheBridge:
         self.metadata = LMCacheMetadata(model_name=model_name, world_size=1, local_world_size=1, worker_id=0,
                                         local_worker_id=0, kv_dtype=dtype,
                                         kv_shape=(n_layers, 2, 256, n_kv_heads, head_dim))
+        try:  # the connector connects without a timeout: first check that the server accepts within ours
+            socket.create_connection((u.hostname, u.port), timeout=timeout_s).close()
+        except OSError as err:
+            raise LMCacheUnavailable(f"url: cannot reach the LMCache server at {url} within {timeout_s:g}s: "
+                                     f"{err}") from err
         self.backend = LocalCPUBackend(config, self.metadata)
         self.tokens = ChunkedTokenDatabase(config, self.metadata)
+        self.client = None
+        self._closed: str | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chunkcache-lmcache", daemon=True)
         self._thread.start()
         try:
             self.client = LMCServerConnector(u.hostname, u.port, self._loop, self.backend)
-        except OSError as err:
-            self._stop()
-            raise ConnectionError(f"url: cannot reach the LMCache server at {url}: {err}") from err
-        self._check_model()
+            self.client.client_socket.settimeout(timeout_s)  # every blocking send and receive
+            self._check_model()
+        except BaseException as err:  # a timeout, a refused connection, a mismatch: nothing left open
+            self.close(f"{type(err).__name__} at start")
+            if isinstance(err, OSError) and not isinstance(err, LMCacheUnavailable):
+                raise LMCacheUnavailable(f"url: cannot reach the LMCache server at {url}: {err}") from err
+            raise
 
-    # ---- keys and format -----------------------------------------------------------------------
     def key(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] = (), tags: dict | None = None):  # type: ignore[no-untyped-def]
-        """LMCache's CacheEngineKey of a chunk computed behind context_ids (its token database's hash)."""
+        """LMCache's CacheEngineKey of a chunk computed behind context_ids: its token database's hash of the
+        chunk chained on the context's, made a key by the public `process_tokens`."""
         prefix = self.tokens._hash_tokens(list(context_ids)) if context_ids else None
-        return self.tokens._make_key_by_hash(self.tokens._hash_tokens(list(token_ids), prefix), tags)
+        chunk_hash = self.tokens._hash_tokens(list(token_ids), prefix)
+        (_, _, key), = self.tokens.process_tokens(hashes=[chunk_hash], offsets=[len(token_ids)],
+                                                  request_configs=tags)
+        return key
 
     def to_kv_2ltd(self, kv: ChunkKV) -> torch.Tensor:
         """[n_layers, n_kv, L, d] K and V -> LMCache's KV_2LTD [2, n_layers, L, n_kv * d]."""
@@ -92,18 +122,35 @@ class LMCacheBridge:
             raise LMCacheMismatch(f"{what}: KV {tuple(shape)} {dtype} does not match model {self.model_name!r} "
                                   f"({want[0]} layers, {want[1]} KV heads, head_dim {want[3]}, {self.dtype})")
 
-    # ---- client calls --------------------------------------------------------------------------
-    def _run(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _run(self, coro, what: str):  # type: ignore[no-untyped-def]
+        """The coroutine's result within timeout_s; any failure closes the bridge (LMCacheUnavailable)."""
+        if self._closed is not None:
+            coro.close()
+            self._check_open(what)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.timeout_s)
+        except Exception as err:  # noqa: BLE001 - a timeout, a socket error, a garbled reply: all unusable
+            future.cancel()
+            reason = f"no answer within {self.timeout_s:g}s" if isinstance(err, TimeoutError) else \
+                f"{type(err).__name__}: {err}"
+            self.close(reason)
+            raise LMCacheUnavailable(f"{what}: the LMCache server at {self.url} failed ({reason}); bridge closed") \
+                from err
+
+    def _check_open(self, what: str) -> None:
+        if self._closed is not None:  # its buffer is freed and its connection gone
+            raise LMCacheUnavailable(f"{what}: the bridge to {self.url} is closed ({self._closed})")
 
     def _put_tensor(self, key, tensor: torch.Tensor, fmt) -> None:  # type: ignore[no-untyped-def]
+        self._check_open("PUT")
         obj = self.backend.allocate(tensor.shape, tensor.dtype, fmt)
         if obj is None:
             raise MemoryError(f"LMCache buffer cannot hold {tensor.numel() * tensor.element_size()} bytes: "
                               f"raise buffer_gib")
         try:
             obj.tensor.copy_(tensor)
-            self._run(self.client.put(key, obj))
+            self._run(self.client.put(key, obj), "PUT")
         finally:
             obj.ref_count_down()
         self._stored(key)
@@ -111,14 +158,15 @@ class LMCacheBridge:
     def _stored(self, key) -> None:  # type: ignore[no-untyped-def]
         """A PUT has no reply; the server serves one connection in order, so an EXIST after it on the same
         connection answers once the PUT is stored (then other connections see it too)."""
-        if not self.client.exists_sync(key):
+        if not self._run(self.client.exists(key), "EXIST"):
             raise ConnectionError(f"the LMCache server at {self.url} did not store {key.to_string()}")
 
     def _get(self, key) -> tuple[torch.Tensor | bytes, object] | None:  # type: ignore[no-untyped-def]
         """(a tensor, or bytes for a BINARY_BUFFER object, and its MemoryFormat); None on a miss."""
         from lmcache.v1.memory_management import MemoryFormat
 
-        obj = self._run(self.client.get(key))
+        self._check_open("GET")
+        obj = self._run(self.client.get(key), "GET")
         if obj is None:
             return None
         try:
@@ -133,12 +181,11 @@ class LMCacheBridge:
         key = self.key((), (), MODEL_TAG)
         found = self._get(key)
         if found is None:
-            self._run(self.client.put(key, BytesBufferMemoryObj(bytearray(self.fingerprint.encode()))))
+            self._run(self.client.put(key, BytesBufferMemoryObj(bytearray(self.fingerprint.encode()))), "PUT")
             self._stored(key)
             return
         recorded = bytes(found[0]).decode(errors="replace") if isinstance(found[0], bytes) else repr(found[1])
         if recorded != self.fingerprint:
-            self.close()
             raise LMCacheMismatch(f"model fingerprint: LMCache at {self.url} holds KV of model {self.model_name!r} "
                                   f"written by fingerprint {recorded!r}; this engine's model is {self.fingerprint!r}")
 
@@ -183,11 +230,19 @@ class LMCacheBridge:
         store.put(kv)
         return True
 
-    def _stop(self) -> None:
+    def close(self, reason: str = "closed") -> None:
+        """Close the socket, stop the loop thread, free LMCache's buffer; safe to call again, on any path."""
+        if self._closed is not None:
+            return
+        self._closed = reason
+        if self.client is not None:
+            try:
+                self.client.client_socket.shutdown(socket.SHUT_RDWR)  # wakes a receive blocked in the loop thread
+            except OSError:
+                pass  # not connected any more
+            self.client.client_socket.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._run(self.client.close())
-            self._stop()
+        self._thread.join(self.timeout_s + 1)
+        if not self._thread.is_alive():
+            self._loop.close()
+        self.backend.close()
