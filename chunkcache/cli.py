@@ -53,11 +53,14 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     engine = _engine(args)
     print(f"model loaded in {time.perf_counter() - t0:.1f}s (fingerprint {engine.runner.fingerprint})")
+    att = engine.runner.attention
+    print(f"{att.describe()} [{att.source}{f' in {att.startup_s:.1f}s' if att.source == 'measured' else ''}]")
     ex = load_examples(args.data, limit=args.example + 1)[args.example]
     chunks = [passage_text(c) for c in ex["ctxs"]]
     t0 = time.perf_counter()
     engine.precompute(chunks)
-    print(f"precomputed KV of {len(chunks)} chunks in {time.perf_counter() - t0:.1f}s")
+    precompute_s = time.perf_counter() - t0
+    print(f"precomputed KV of {len(chunks)} chunks in {precompute_s:.1f}s")
     print(f"question: {ex['question']}\ngold answers: {ex['answers']}")
     full = engine.answer(chunks, ex["question"], BlendConfig(mode="full"))
     blend = engine.answer(chunks, ex["question"], BlendConfig(mode=args.mode, recompute_ratio=args.recompute_ratio))
@@ -66,7 +69,15 @@ def cmd_demo(args) -> int:
     s = blend.stats
     print(f"speedup {full.ttft_s / blend.ttft_s:.2f}x; reused {s['reused_tokens']}/{s['prompt_tokens']} prompt tokens, "
           f"recomputed {s['recomputed_tokens']} of {s['context_tokens']} context tokens "
-          f"({100 * s['recompute_fraction']:.1f}%); chunk hits {s['chunk_hits']}, misses {s['chunk_misses']}")
+          f"({100 * s['recompute_fraction']:.1f}%); chunk hits {s['chunk_hits']}, misses {s['chunk_misses']}; "
+          f"attention {s['attention']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "speedup": full.ttft_s / blend.ttft_s, "full_ttft_s": full.ttft_s, "blend_ttft_s": blend.ttft_s,
+            "precompute_s": precompute_s, "mode": args.mode, "recompute_ratio": args.recompute_ratio,
+            "stats": s, "full_stats": full.stats, "attention": att.summary(), "kernels": args.engine.kernels,
+            "answers": {"full": full.text, "blend": blend.text}}, indent=2, default=str))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -134,6 +145,7 @@ def cmd_bench_rag(args) -> int:
                         "ape_scale": args.ape_scale, "kv_codec": codec, "passages": args.passages,
                         "repeats": args.repeats,
                         "device": args.engine.device, "dtype": args.engine.resolved_dtype,
+                        "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
                         "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
     print(json.dumps(result["modes"], indent=2))
     if args.json:
@@ -193,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--example", type=int, default=0)
     demo.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     demo.add_argument("--recompute-ratio", type=_ratio, default=0.15)
+    demo.add_argument("--json", default=None, help="also write the figures, stats and attention dispatch here")
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks", parents=[flags]).add_subparsers(dest="bench", required=True)

@@ -111,9 +111,11 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
     @app.get("/healthz", response_model=Health)
     async def healthz(request: Request) -> Health:
         svc: ChunkCacheService = request.app.state.service
+        att = svc.engine.runner.attention
         return Health(status="ok", model=cfg.engine.model_path or "SmolLM2-135M-Instruct",
                       fingerprint=svc.engine.runner.fingerprint, queue_depth=request.app.state.worker.depth,
-                      store="disk" if cfg.persistent else "memory")
+                      store="disk" if cfg.persistent else "memory", attention=att.describe(),
+                      attention_choices={n: d.choice for n, d in att.decisions.items()})
 
     @app.get("/metrics", dependencies=[Depends(require_api_key)],
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})

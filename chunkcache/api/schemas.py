@@ -96,6 +96,7 @@ class GenerationStats(BaseModel):
     tiers_hit: dict[str, int] = Field(description="store lookups answered per tier")
     generated_tokens: int
     fallbacks: list[str] = Field(default_factory=list)
+    attention: str = Field("", description="attention implementation of the recompute pass: torch | cpp | triton")
 
 
 class GenerateResponse(BaseModel):
@@ -178,6 +179,8 @@ class Health(BaseModel):
     fingerprint: str
     queue_depth: int
     store: str
+    attention: str = ""  # which attention implementation runs and why (measured on this machine under auto)
+    attention_choices: dict[str, str] = {}  # shape class -> torch | cpp | triton
 
 
 class ErrorBody(BaseModel):

@@ -1,8 +1,11 @@
 """`chunkcache bench kernels`: each Triton kernel vs its torch reference (and SDPA for attention).
 
-On the CPU the sparse-query attention row also times the C++ kernel (`cpp_ms`) and the compute-share
-bound `causal_share_ms`: SDPA's fused causal kernel over every position, times the share of the causal
-triangle's work the selected queries need (what the scattered queries would cost at full prefill's rate).
+On the CPU the sparse-query attention row also times the C++ kernel of each ISA build in `--isa` (`cpp`:
+{march: ms, ratio to torch and to the bound}) and the compute-share bound `causal_share_ms`: SDPA's fused
+causal kernel over every position, times the share of the causal triangle's work the selected queries need
+(what the scattered queries would cost at full prefill's rate). The report names the CPU, its ISA flags and
+what kernels=auto measured and chose for the model (`dispatch`). `--prefill` adds, per implementation,
+full-prefill and chunk-precompute tokens/s of a randomly initialised model of the shape (bench/prefill_speed.py).
 
 Shapes are one layer (attention, deviation, scatter) or one chunk's all layers (RoPE shift) of a
 real model config at a prompt of `--tokens` tokens and `--ratio` recomputed. Reports time, the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +27,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from chunkcache.bench.prefill_speed import prefill_speed
+from chunkcache.kernels import _cpp
 from chunkcache.kernels._triton import triton_available
+from chunkcache.kernels.attention_dispatch import AttentionDispatch, AttentionShape
 from chunkcache.kernels.deviation import select_topk_deviation_ref, select_topk_deviation_triton
 from chunkcache.kernels.rope_shift import rope_shift_ref, rope_shift_triton
 from chunkcache.kernels.scatter_kv import scatter_kv_ref, scatter_kv_triton
@@ -97,7 +104,7 @@ def _row(kernel: str, model: str, shape: dict, dev: dict, triton_ms: float | Non
 
 
 def bench_model(model: str, tokens: int, ratio: float, dtype: torch.dtype, device: str, dev: dict,
-                run_triton: bool, reps: int) -> list[dict]:
+                run_triton: bool, reps: int, isas: list[str]) -> list[dict]:
     n_layers, n_heads, n_kv, d = MODELS[model]
     cuda = device == "cuda"
     gen = torch.Generator().manual_seed(0)
@@ -135,14 +142,21 @@ def bench_model(model: str, tokens: int, ratio: float, dtype: torch.dtype, devic
     sdpa = _time_ms(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale,
                                                            enable_gqa=n_heads != n_kv), cuda, reps)
     extra = {}
-    if not cuda and cpu_kernel_applies(q, k, v):
-        cpp = _time_ms(lambda: sparse_query_attention_cpu(q, k, v, plan, scale), False, reps)
+    if not cuda:
         q_all = torch.randn(n_heads, tokens, d, generator=gen).to(device, dtype)  # [n_heads, N, d]
         causal = _time_ms(lambda: F.scaled_dot_product_attention(q_all[None], k[None], v[None], is_causal=True,
                                                                  scale=scale, enable_gqa=n_heads != n_kv), False, reps)
         share = float((positions.double() + 1).sum()) / (tokens * (tokens + 1) / 2)
-        extra = {"cpp_ms": cpp, "cpp_speedup_vs_torch": ref / cpp, "causal_share_ms": causal * share,
-                 "cpp_vs_causal_share": cpp / (causal * share)}
+        bound = causal * share
+        extra = {"causal_share_ms": bound, "torch_vs_causal_share": ref / bound, "cpp": {}}
+        for march in isas:
+            if march != "native" and march not in _cpp.runnable_isas():
+                extra["cpp"][march] = {"skipped": "this CPU cannot run it"}
+            elif not cpu_kernel_applies(q, k, v, march):
+                extra["cpp"][march] = {"skipped": _cpp.build_error("sparse_attention_cpu", march) or "not applicable"}
+            else:
+                ms = _time_ms(lambda m=march: sparse_query_attention_cpu(q, k, v, plan, scale, march=m), False, reps)
+                extra["cpp"][march] = {"ms": ms, "speedup_vs_torch": ref / ms, "vs_causal_share": ms / bound}
     rows.append(_row("sparse_query_attention", model, {"n_heads": n_heads, "n_kv": n_kv, "m": m, "N": tokens, "d": d},
                      dev, tri, ref, flops=flops, sdpa_same_m_ms=sdpa,
                      vs_sdpa_same_m=(tri / sdpa) if tri else None, **extra))
@@ -168,12 +182,30 @@ def _print(rows: list[dict]) -> None:
             line += f"  {r['gbps']:.1f} GB/s" + (f" ({r['frac_peak_bw']:.0%} of peak)" if r.get("frac_peak_bw") else "")
         if "tflops" in r:
             line += f"  {r['tflops']:.2f} TFLOP/s" + (f" ({r['frac_peak_tflops']:.0%})" if r.get("frac_peak_tflops") else "")
-        if r.get("cpp_ms"):
-            line += (f"  C++ {r['cpp_ms']:.4f} ms (x{r['cpp_speedup_vs_torch']:.2f} vs torch, "
-                     f"{r['cpp_vs_causal_share']:.2f} x the causal-share bound {r['causal_share_ms']:.4f} ms)")
+        if "causal_share_ms" in r:
+            line += f"  causal-share bound {r['causal_share_ms']:.2f} ms (torch {r['torch_vs_causal_share']:.2f}x)"
+            for march, c in r["cpp"].items():
+                line += (f"\n{'':>38}C++ {march}: {c['ms']:.2f} ms, x{c['speedup_vs_torch']:.2f} vs torch, "
+                         f"{c['vs_causal_share']:.2f}x the bound" if "ms" in c else f"\n{'':>38}C++ {march}: {c['skipped']}")
         if r.get("vs_sdpa_same_m"):
             line += f"  time/SDPA(same m) {r['vs_sdpa_same_m']:.2f}"
         print(line)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _isa_flags() -> list[str]:
+    keep = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "asimd", "sve")
+    flags = set(_cpp.cpu_flags().split())
+    return [f for f in keep if f in flags]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio", type=float, default=0.15, help="fraction of tokens recomputed")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default bf16 on CUDA, fp32 on CPU")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions on CPU")
+    p.add_argument("--isa", default="native", help="comma list of C++ builds to time on the CPU: native, x86-64-v2, "
+                   "x86-64-v3, x86-64-v4 (those this CPU cannot run are reported as skipped)")
+    p.add_argument("--prefill", action="store_true", help="also full-prefill and precompute tokens/s per "
+                   "implementation (a random model of each shape that fits in memory)")
     p.add_argument("--out", type=Path, default=Path("bench_kernels.json"))
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -193,13 +229,27 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("bf16" if cuda else "fp32")]
     tokens = args.tokens or (8192 if cuda else 1024)
     dev = _device_info(cuda)
-    rows = []
+    rows, dispatch, prefill = [], {}, {}
+    isas = [x.strip() for x in args.isa.split(",") if x.strip()]
+    device = "cuda" if cuda else "cpu"
     with torch.inference_mode():
         for model in args.models:
-            rows += bench_model(model, tokens, args.ratio, dtype, "cuda" if cuda else "cpu", dev, run_triton, args.reps)
+            rows += bench_model(model, tokens, args.ratio, dtype, device, dev, run_triton, args.reps, isas)
+            n_layers, n_heads, n_kv, d = MODELS[model]
+            shape = AttentionShape(n_heads, n_kv, d, str(dtype).removeprefix("torch."), device,
+                                   torch.get_num_threads(), 8192)
+            dispatch[model] = AttentionDispatch.build("auto", shape).summary()
     _print(rows)
-    report = {"device": dev, "dtype": str(dtype), "tokens": tokens, "ratio": args.ratio, "triton": run_triton,
-              "torch": torch.__version__, "results": rows}
+    for model, summary in dispatch.items():
+        print(f"{model:>13} kernels=auto ({summary['source']}, {summary['isa']}): "
+              + ", ".join(f"{n} -> {c['choice']}" for n, c in summary["classes"].items()))
+    if args.prefill:
+        for model in args.models:
+            if model == "smollm2-135m" or cuda:
+                prefill[model] = prefill_speed(model, MODELS[model], dtype, device, tokens)
+    report = {"device": dev, "cpu": {"model": _cpu_model(), "isa_flags": _isa_flags(), "threads": torch.get_num_threads()},
+              "dtype": str(dtype), "tokens": tokens, "ratio": args.ratio, "triton": run_triton,
+              "torch": torch.__version__, "results": rows, "dispatch": dispatch, "prefill": prefill}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

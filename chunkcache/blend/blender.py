@@ -50,6 +50,7 @@ class BlendStats:
     dense_fallback: bool = False  # kvcomm: the prompt was computed from a rejected placeholder on
     slots: list[dict] = field(default_factory=list)  # per placeholder: base origin, decision, anchors, reason
     fallbacks: list[str] = field(default_factory=list)
+    attention: str = ""  # the attention implementation of the recompute pass (torch | cpp | triton)
     ttft_s: float = 0.0  # set by callers that time the prefill
 
     @property
@@ -101,6 +102,7 @@ class Blender:
         if cfg.mode == "full":
             hidden = r.extend(ids, cache)
             stats.recomputed_tokens = req.context_len
+            stats.attention = r.attention.choose_for(n, n, reference_only=True)
             return BlendResult(cache, r.logits(hidden[-1:])[0], stats)
 
         placed = self._place_prefix(req, cache, stats)
@@ -136,6 +138,8 @@ class Blender:
             if plc.rejected:
                 stats.anchors_added = measure(r, self.anchors, req, cache, plc.rejected)
         stats.reused_tokens = fresh - stats.recomputed_tokens if cfg.mode != "prefix" else placed
+        rows = n - fresh + (stats.recomputed_tokens if cfg.mode not in ("prefix", "naive") else 0)
+        stats.attention = r.attention.choose_for(rows, n, reference_only=rows == n or cfg.mode == "ape")
         stats.fallbacks.extend(self.source.fallbacks)
         self.source.fallbacks.clear()
         return BlendResult(cache, r.logits(hidden[-1:])[0], stats)

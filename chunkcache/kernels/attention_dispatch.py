@@ -111,12 +111,18 @@ class AttentionDispatch:
 
     def choose(self, plan: AttentionPlan) -> str:
         """The implementation for one call with this plan."""
+        return self.choose_for(plan.q_positions.numel(), plan.q_end, plan.causal_square or plan.temper is not None)
+
+    def choose_for(self, m: int, q_end: int, reference_only: bool = False) -> str:
+        """The implementation for m queries ending at position q_end - 1; reference_only: a causal square (SDPA's
+        causal kernel) or APE's tempered attention, which only the reference computes."""
+        if reference_only and self.kernels != "triton":
+            return "torch"
         if self.kernels != "auto":
             return self.kernels
-        m = plan.q_positions.numel()
-        if plan.causal_square or plan.temper is not None or m < MIN_QUERIES:
+        if m < MIN_QUERIES:
             return "torch"
-        name = classify(m, plan.q_end, list(self.decisions))
+        name = classify(m, q_end, list(self.decisions))
         return "torch" if name is None else self.decisions[name].choice
 
     def summary(self) -> dict:

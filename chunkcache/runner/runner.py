@@ -58,7 +58,7 @@ class ModelRunner:
         self.fingerprint = model_fingerprint(model, tokenizer)
         self.kernels = kernels
         self.use_triton = {"auto": None, "torch": False, "cpp": False, "triton": True}[kernels]  # the other ops
-        shape = AttentionShape(self.n_heads, self.n_kv_heads, self.head_dim, str(self.dtype).removeprefix("torch."),
+        self.attention_shape = shape = AttentionShape(self.n_heads, self.n_kv_heads, self.head_dim, str(self.dtype).removeprefix("torch."),
                                str(self.device), torch.get_num_threads(), self.max_positions)
         if kernels == "cpp" and "cpp" not in candidates(shape):
             raise ValueError(f"kernels='cpp' takes fp32 CPU models with head_dim in {CPU_HEAD_DIMS} once the C++ "

@@ -13,6 +13,10 @@ from conftest import AUTH, MAX_QUEUE
 def test_api_healthz_open_and_auth_required(live_server) -> None:
     h = httpx.get(f"{live_server.url}/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok" and len(h.json()["fingerprint"]) == 32
+    health = h.json()
+    assert health["attention"].startswith("attention: ")  # the dispatch measured at start-up, for people
+    assert set(health["attention_choices"]) == {"sparse-short", "sparse-long", "dense-short", "dense-long"}
+    assert set(health["attention_choices"].values()) <= {"torch", "cpp"}
     assert httpx.post(f"{live_server.url}/generate_with_chunks", json=body()).status_code == 401
     r = httpx.post(f"{live_server.url}/generate_with_chunks", json=body(), headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and "authorization" in r.json()["detail"]
@@ -25,6 +29,7 @@ def test_api_generate_reuses_chunk_kv(client) -> None:
     assert first.status_code == 200, first.text
     s1 = first.json()["stats"]
     assert s1["mode"] == "cacheblend" and s1["chunk_misses"] >= len(chunks)
+    assert s1["attention"] in ("torch", "cpp")  # the implementation that ran the recompute pass
     assert s1["chunk_hits"] + s1["chunk_misses"] == len(chunks) + 1  # the system prefix is a chunk too
     second = client.post("/generate_with_chunks", json=body(chunks=chunks, mode="cacheblend")).json()
     s2 = second["stats"]

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from chunkcache.bench.kernels_bench import main
 
 
@@ -14,3 +16,29 @@ def test_bench_runs_without_gpu(tmp_path, capsys):
     assert all(r["torch_ms"] > 0 for r in report["results"])
     if not report["triton"]:
         assert "GPU figures still open" in capsys.readouterr().out
+
+
+def test_bench_reports_each_isa_build_and_the_dispatch(tmp_path):
+    out = tmp_path / "kernels.json"
+    assert main(["--models", "smollm2-135m", "--tokens", "300", "--reps", "1", "--isa", "native,x86-64-v4,x86-64-v2",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    att = next(r for r in report["results"] if r["kernel"] == "sparse_query_attention")
+    assert set(att["cpp"]) == {"native", "x86-64-v4", "x86-64-v2"}
+    for march, c in att["cpp"].items():
+        assert ("ms" in c and c["vs_causal_share"] > 0) or "skipped" in c
+    assert att["causal_share_ms"] > 0 and report["cpu"]["isa_flags"]
+    summary = report["dispatch"]["smollm2-135m"]
+    assert summary["kernels"] == "auto" and set(summary["classes"]) == {"sparse-short", "sparse-long", "dense-short",
+                                                                       "dense-long"}
+    assert {c["choice"] for c in summary["classes"].values()} <= {"torch", "cpp"}
+
+
+def test_prefill_speed_per_implementation():
+    from chunkcache.bench.prefill_speed import prefill_speed
+
+    res = prefill_speed("tiny", (2, 2, 1, 64), torch.float32, "cpu", 256)
+    assert {"auto", "cpp", "torch"} <= set(res)
+    assert res["cpp"]["attention"] == {"full": "torch", "precompute": "cpp", "blend": "cpp"}
+    assert res["torch"]["attention"] == {"full": "torch", "precompute": "torch", "blend": "torch"}
+    assert all(res[k]["full_prefill_tok_s"] > 0 and res[k]["precompute_tok_s"] > 0 for k in ("auto", "cpp", "torch"))
