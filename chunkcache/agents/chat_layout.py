@@ -8,8 +8,10 @@ role header) is the literal text that follows a placeholder. The prompt is token
 template's rendering of the conversation, while every message is still a chunk of its own whose KV
 is shared by every prompt that contains it (BlendRequest layout: agents/template.py).
 
-A message's `name` (an agent, a user) is written as "name:\n" inside its turn, before the text, so
-the chunk holds the text alone (a line break: the text tokenizes as it would in the whole rendering). The first system message is the agent's role; later ones are turns.
+The `name` of a user, system or tool message (another agent, a user) is written as "name:\n" inside its
+turn, before the text, so the chunk holds the text alone (a line break: the text tokenizes as it would
+in the whole rendering). Assistant turns carry no name: they are the model's own voice, and a model
+shown "name:" there starts its own replies with it. The first system message is the agent's role; later ones are turns.
 A tokenizer without a chat template gets "Role: text" lines inside one user turn.
 """
 
@@ -63,7 +65,8 @@ def chat_template(tokenizer, messages: list[ChatMessage],
         body = "\n\n".join(f"{_label(m)}: {{m{i}}}" for i, m in enumerate(rest))
         return AgentTemplate(name, role, body), values
     turns = [{"role": "system", "content": role}]
-    turns += [{"role": m.role, "content": (f"{m.name}:\n" if m.name else "") + _mark(i)} for i, m in enumerate(rest)]
+    turns += [{"role": m.role, "content": (f"{m.name}:\n" if m.name and m.role != "assistant" else "") + _mark(i)}
+              for i, m in enumerate(rest)]
     text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     pieces = []
     for i in range(len(rest)):

@@ -69,6 +69,10 @@ class ChatTurn:
     def __next__(self) -> str:
         return next(self._pieces)
 
+    def close(self) -> None:
+        """Stop decoding early (the turn's lock is released; its response is not stored)."""
+        self._pieces.close()
+
     def run(self) -> "ChatTurn":
         """Decode the whole turn (no streaming); returns self."""
         for _ in self._pieces:

@@ -23,14 +23,14 @@ def runtime(smollm):  # type: ignore[no-untyped-def]
 
 
 def test_prompt_is_the_chat_template_rendering(runtime) -> None:  # type: ignore[no-untyped-def]
-    """Token for token the model's chat template, names inside their turns; each message is one chunk."""
+    """Token for token the model's chat template, names inside user turns; each message is one chunk."""
     llm = ChunkCacheChatModel(runtime=runtime)
     tpl, values = llm.to_template(CONVERSATION)
     req = runtime.compile(tpl).bind(values, runtime.tokenizer, runtime.runner.max_positions)
     ids = list(req.prefix_ids) + [t for c in req.chunks for t in c] + list(req.suffix_ids)
     turns = [{"role": "system", "content": "You are a {curly} geographer."},
              {"role": "user", "content": "ana:\nName a river in Brazil."},
-             {"role": "assistant", "content": "bot:\nThe Amazon."}, {"role": "user", "content": "Write a paragraph about the history of Egypt."}]
+             {"role": "assistant", "content": "The Amazon."}, {"role": "user", "content": "Write a paragraph about the history of Egypt."}]
     text = runtime.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     assert ids == runtime.tokenizer.encode(text, add_special_tokens=False)
     chunk_texts = [runtime.tokenizer.decode(req.chunks[p.chunk]) for p in req.placeholders]

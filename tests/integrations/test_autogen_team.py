@@ -1,0 +1,88 @@
+"""AutoGen in-process on the real model: a two-round, three-agent RoundRobinGroupChat on ChunkCacheChatCompletionClient."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from autogen_agentchat.messages import ModelClientStreamingChunkEvent, TextMessage
+from autogen_core.models import SystemMessage, UserMessage
+
+from chunkcache.agents.config import AnchorConfig
+from chunkcache.agents.runtime import AgentRuntime
+from chunkcache.integrations.autogen import ChunkCacheChatCompletionClient
+from chunkcache.runner.runner import ModelRunner
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agents_autogen.py"
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def example():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("agents_autogen_example", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def runner(smollm):  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+    return ModelRunner(smollm.model, smollm.tokenizer)
+
+
+def test_team_reuses_reply_kv_and_first_turn_matches_dense(example, runner) -> None:  # type: ignore[no-untyped-def]
+    # entropy_threshold=1: reuse whenever two anchors match, so the test does not hinge on the admission policy
+    rt = AgentRuntime(runner, anchor_config=AnchorConfig(entropy_threshold=1.0))
+    client = ChunkCacheChatCompletionClient(rt, mode="kvcomm+epic", max_tokens=MAX_TOKENS)
+    turns = asyncio.run(example.debate(client, rounds=2))
+    assert [a for a, _, _ in turns] == ["pro", "con", "judge"] * 2 and all(t.strip() for _, t, _ in turns)
+    for i, (_, _, s) in enumerate(turns):  # every earlier reply is read back as the KV its author computed
+        assert [x["base"] for x in s["slots"]][1:] == ["response"] * i, (i, s["slots"])
+    last = turns[-1][2]
+    assert last["anchors_hit"] >= 1 and last["reused_tokens"] > turns[0][2]["reused_tokens"] + 50, last
+    usage = client.total_usage()
+    assert usage.prompt_tokens == sum(s["prompt_tokens"] for _, _, s in turns)
+    assert 6 <= usage.completion_tokens <= 6 * MAX_TOKENS
+    dense = ChunkCacheChatCompletionClient(AgentRuntime(runner), mode="full", max_tokens=MAX_TOKENS)
+    first = asyncio.run(example.debate(dense, rounds=1))[0]
+    assert first[0] == "pro" and first[1] == turns[0][1]  # the first turn's greedy text equals dense prefill's
+    assert first[2]["reused_tokens"] == 0
+
+
+def test_team_streams_through_the_detokenizer(example, runner) -> None:  # type: ignore[no-untyped-def]
+    client = ChunkCacheChatCompletionClient(AgentRuntime(runner), mode="kvcomm+epic", max_tokens=MAX_TOKENS)
+    team = example.build_team(client, rounds=1, stream=True)
+
+    async def run() -> list:
+        return [e async for e in team.run_stream(task=example.TASK)]
+
+    events = asyncio.run(run())
+    replies = [e for e in events if isinstance(e, TextMessage) and e.source != "user"]
+    assert [r.source for r in replies] == ["pro", "con", "judge"]
+    for r in replies:
+        pieces = [e.content for e in events if isinstance(e, ModelClientStreamingChunkEvent) and e.source == r.source]
+        assert len(pieces) >= 3 and "".join(pieces) == r.content
+
+
+def test_client_options_usage_and_refusals(runner) -> None:  # type: ignore[no-untyped-def]
+    client = ChunkCacheChatCompletionClient(AgentRuntime(runner), mode="blend", max_tokens=MAX_TOKENS)
+    msgs = [SystemMessage(content="Be brief."), UserMessage(content="Write a paragraph about Paris.", source="ana")]
+    out = asyncio.run(client.create(msgs, extra_create_args={"max_tokens": 3}))
+    assert out.usage.completion_tokens == 3 and out.finish_reason == "length"
+    assert out.usage.prompt_tokens == client.count_tokens(msgs) == client.last_stats["prompt_tokens"]
+    assert client.remaining_tokens(msgs) == runner.max_positions - out.usage.prompt_tokens
+    free = asyncio.run(client.create(msgs))
+    stop = " " + free.content.split()[2]
+    cut = asyncio.run(client.create(msgs, extra_create_args={"stop": [stop]}))
+    assert cut.content == free.content[:free.content.index(stop)] and cut.finish_reason == "stop"
+    assert client.model_info["function_calling"] is False and client.model_info["vision"] is False
+    with pytest.raises(ValueError, match="function calling"):
+        asyncio.run(client.create(msgs, tools=[{"name": "add", "parameters": {}}]))
+    with pytest.raises(ValueError, match="JSON"):
+        asyncio.run(client.create(msgs, json_output=True))
+    with pytest.raises(ValueError, match="unknown"):
+        asyncio.run(client.create(msgs, extra_create_args={"frequency_penalty": 1}))
