@@ -45,9 +45,10 @@ def _escape(text: str) -> str:
 
 def chat_template(tokenizer, messages: list[ChatMessage],
                   known_ids: Callable[[str], tuple[int, ...] | None] = lambda text: None
-                  ) -> tuple[AgentTemplate, dict[str, Message]]:
+                  ) -> tuple[AgentTemplate, dict[str, str | Message]]:
     """The agent template and placeholder values of a conversation. known_ids(text): the token ids a
-    message was generated as (its KV is stored under them), None to tokenize its text."""
+    message was generated as (a `Message`: its KV is stored under them), None for text from outside (a
+    plain str: a document, which `kvcomm+<mode>` places by the chunk path when no anchor fits)."""
     if not messages:
         raise ValueError("messages: the message list is empty")
     role, rest, offset = DEFAULT_ROLE, list(messages), 0
@@ -55,11 +56,12 @@ def chat_template(tokenizer, messages: list[ChatMessage],
         role, rest, offset = rest[0].text or DEFAULT_ROLE, rest[1:], 1
     if not rest:
         raise ValueError("messages: nothing but a system message")
-    values: dict[str, Message] = {}
+    values: dict[str, str | Message] = {}
     for i, msg in enumerate(rest):
         if not msg.text.strip():
             raise ValueError(f"messages[{i + offset}] ({msg.role}) is empty")
-        values[f"m{i}"] = Message(msg.text, known_ids(msg.text), msg.name)
+        ids = known_ids(msg.text)
+        values[f"m{i}"] = Message(msg.text, ids, msg.name) if ids is not None else msg.text
     name = "chat:" + "|".join(f"{m.role}({m.name})" if m.name else m.role for m in rest)
     if not getattr(tokenizer, "chat_template", None):
         body = "\n\n".join(f"{_label(m)}: {{m{i}}}" for i, m in enumerate(rest))

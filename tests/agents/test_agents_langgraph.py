@@ -54,7 +54,7 @@ def test_chat_model_maps_messages_and_rejects_bad_input(runner):
     assert tpl.frame == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n",
                          "<|im_end|>\n<|im_start|>assistant\n")
     assert tpl.body == "{m0}<|im_end|>\n<|im_start|>assistant\n{m1}<|im_end|>\n<|im_start|>user\n{m2}"
-    assert [v.text for v in values.values()] == ["Hi", "Hello", "Bye"]
+    assert list(values.values()) == ["Hi", "Hello", "Bye"]  # text from outside: documents (plain str)
     reply = llm.invoke([HumanMessage("Name a color.")])
     assert isinstance(reply.content, str) and reply.response_metadata["chunkcache"]["mode"] == "blend"
     with pytest.raises(ValueError, match="empty"):
