@@ -7,5 +7,7 @@ api -> agents -> blend -> (runner, store, kernels). Entry points:
   AgentTemplate / Message (template.py): prompts with {placeholders};
   AnchorPool (anchor_pool.py) with its tensors in the chunk store (anchor_tensors.py) or under a
       directory (anchor_store.py);
+  chat_template (chat_layout.py): a conversation laid out with the model's chat template, each message a chunk;
+  ChatTurn (chat_turn.py): one streamed chat turn (incremental detokenizer, stop sequences, usage);
   ChunkCacheChatModel (langchain_chat.py): a langchain-core BaseChatModel for LangGraph graphs.
 """

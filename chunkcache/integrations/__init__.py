@@ -1,1 +1,2 @@
-"""Adapters to other frameworks (LangChain)."""
+"""Adapters to other frameworks: LangChain retriever and RAG runnable (langchain.py), AutoGen model client
+(autogen.py)."""
