@@ -32,7 +32,7 @@ from chunkcache.agents.chat_turn import ChatTurn
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.blend.config import BlendConfig, check_mode_name
 from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.config import EngineConfig
+from chunkcache.config import EngineConfig, load_config
 from chunkcache.runner.decode import SamplingConfig
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool", "function": "tool"}
@@ -56,12 +56,15 @@ def to_chat(messages: list[BaseMessage]) -> list[ChatMessage]:
 
 
 class ChunkCacheChatModel(BaseChatModel):
-    """runtime: an AgentRuntime (model, store, anchor pool); mode: a BlendConfig.named name (full, prefix, kvcomm,
-    blend, kvcomm+blend, ...); max_tokens, temperature (0: greedy), top_p, seed, stop: the defaults of every call."""
+    """runtime: an AgentRuntime (model, store, anchor pool), or None to load one from engine_config (None: the
+    configuration `chunkcache` itself reads, `load_config()`: CHUNKCACHE_* environment over defaults); mode: a
+    BlendConfig.named name (full, prefix, kvcomm, blend, kvcomm+blend, ...); max_tokens, temperature (0: greedy),
+    top_p, seed, stop: the defaults of every call."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
-    runtime: AgentRuntime
+    runtime: AgentRuntime | None = None
+    engine_config: EngineConfig | None = None
     mode: str = "kvcomm+epic"
     max_tokens: int = Field(32, ge=1)
     temperature: float = Field(0.0, ge=0)
@@ -84,7 +87,10 @@ class ChunkCacheChatModel(BaseChatModel):
         return values
 
     @model_validator(mode="after")
-    def _default_model_name(self) -> "ChunkCacheChatModel":
+    def _load_and_name(self) -> "ChunkCacheChatModel":
+        if self.runtime is None:
+            self.engine_config = self.engine_config if self.engine_config is not None else load_config()
+            self.runtime = AgentRuntime.from_config(self.engine_config)
         if self.model_name is None:
             path = getattr(self.runtime.runner.model.config, "_name_or_path", "") or self.runtime.tokenizer.name_or_path
             self.model_name = Path(str(path)).name or "chunkcache"
@@ -103,7 +109,7 @@ class ChunkCacheChatModel(BaseChatModel):
     @classmethod
     def from_config(cls, cfg: EngineConfig, **kw: Any) -> "ChunkCacheChatModel":
         """Load the engine cfg describes and chat over it (kw: the model's fields)."""
-        return cls(runtime=AgentRuntime.from_config(cfg), **kw)
+        return cls(engine_config=cfg, **kw)
 
     @property
     def _llm_type(self) -> str:

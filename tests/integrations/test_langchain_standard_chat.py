@@ -4,8 +4,8 @@ Capabilities not claimed, so the suites skip their tests by their own detection:
 and structured output (SmolLM2-135M was not trained to emit tool calls or follow JSON schemas reliably;
 claiming them would mean parsing whatever it writes), image / audio / PDF / Anthropic-style inputs (a
 text-only model), per-call model override (one model is loaded per runtime), serialisation (the model
-holds a loaded runtime), initialisation from API-key environment variables (nothing to authenticate)
-and the VCR-recorded stream benchmark (no HTTP to record). Usage reports cache_read (reused prompt tokens).
+holds a loaded runtime) and the VCR-recorded stream benchmark (no HTTP to record). Initialisation from the
+environment is the engine configuration (CHUNKCACHE_*); usage reports cache_read (reused prompt tokens).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from chunkcache.agents.langchain_chat import ChunkCacheChatModel
 from chunkcache.agents.runtime import AgentRuntime
+from chunkcache.config import EngineConfig
 from chunkcache.runner.runner import ModelRunner
 
 MAX_TOKENS = 8  # the suites' own prompts ("Hello", "Write me 2 haikus") need no more to check the protocol
@@ -51,6 +52,13 @@ class TestChunkCacheChatModelUnit(_Params, ChatModelUnitTests):
     @property
     def standard_chat_model_params(self) -> dict:
         return {**super().standard_chat_model_params, "max_tokens": MAX_TOKENS}
+
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        """No runtime given: the model loads the engine that CHUNKCACHE_* describes (memory store, 1 thread)."""
+        env = {"CHUNKCACHE_STORE": "memory", "CHUNKCACHE_THREADS": "1"}
+        return env, {"max_tokens": MAX_TOKENS}, {"engine_config": EngineConfig(store="memory", threads=1),
+                                                 "model_name": "SmolLM2-135M-Instruct"}
 
 
 class TestChunkCacheChatModelIntegration(_Params, ChatModelIntegrationTests):
