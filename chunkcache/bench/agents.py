@@ -87,7 +87,7 @@ def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: BlendConfig, max_new: in
         row = {"round": t.round, "ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
                "tf_top1": top1, "tf_kl": kl, "anchors_hit": s.anchors_hit, "anchors_added": s.anchors_added,
                "dense_fallback": s.dense_fallback, "recomputed_tokens": s.recomputed_tokens,
-               "fallbacks": s.fallbacks,
+               "fallbacks": s.fallbacks, "timings": dict(s.timings),
                "slots": [f"{x['placeholder']}:{x.get('decision', '-')}:{x.get('reason', x['base'])}" for x in s.slots]}
         if free_run:
             ids = _greedy(rt, pre, n, max_new)
@@ -111,9 +111,18 @@ def by_round(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if r["round"] == k]
         out.append({"round": k, "turns": len(rs), "reuse_rate": reuse_rate(rs),
                     "ttft_speedup_vs_dense_median": statistics.median(r["speedup"] for r in rs),
+                    "ttft_s_median": statistics.median(r["ttft_s"] for r in rs),
                     "tf_top1_agreement": statistics.fmean(r["tf_top1"] for r in rs),
-                    "dense_fallback_rate": statistics.fmean(r["dense_fallback"] for r in rs)})
+                    "dense_fallback_rate": statistics.fmean(r["dense_fallback"] for r in rs),
+                    "timings_s_median": step_medians(rs)})
     return out
+
+
+def step_medians(rows: list[dict]) -> dict[str, float]:
+    """Median seconds of each prefill step over the turns (place: bases + match + estimate; load: writing
+    placed KV into the cache; compute: selection and the recompute layers), the placement profile."""
+    steps = sorted({k for r in rows for k in r.get("timings", {})})
+    return {k: statistics.median(r.get("timings", {}).get(k, 0.0) for r in rows) for k in steps}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -170,6 +179,12 @@ def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds:
                         f"top1 {statistics.fmean(r['tf_top1'] for r in rows):.3f} "
                         f"anchored {sum(bool(r['anchors_hit']) for r in rows)}/{len(rows)}")
         dense_ttft = statistics.median(t.ttft_s for t in turns)
+        if not warm:
+            for m in others:
+                for rnd in by_round(per_mode[m][-len(turns):]):
+                    t = rnd["timings_s_median"]
+                    line.append(f"{m} round {rnd['round'] + 1}: {rnd['ttft_speedup_vs_dense_median']:.2f}x, "
+                                + " ".join(f"{k} {1e3 * v:.0f}ms" for k, v in t.items()))
         log(f"[{i + 1}/{len(examples)}{' warmup' if warm else ''}] prompt ~{turns[-1].prompt_tokens} tok, "
             f"dense ttft {dense_ttft:.3f}s | " + " | ".join(line))
     modes_out = {m: summarize(rows) for m, rows in per_mode.items() if rows}
@@ -234,13 +249,15 @@ def cmd_bench_agents(args) -> int:
         return _cmd_long(args, cfg)
     examples = load_examples(args.data, args.warmup + args.limit)
     lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
-    result = run_agents(ModelRunner(lm.model, lm.tokenizer), examples, args.agents, args.rounds, modes,
-                        args.passages, args.max_new_tokens, args.warmup, args.recompute_ratio, acfg,
-                        epic_k=args.epic_k, sink_tokens=args.sink_tokens)
+    runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
+    result = run_agents(runner, examples, args.agents, args.rounds, modes, args.passages, args.max_new_tokens,
+                        args.warmup, args.recompute_ratio, acfg, epic_k=args.epic_k, sink_tokens=args.sink_tokens)
     result["config"] = {k: getattr(args, k) for k in ("data", "agents", "rounds", "limit", "warmup", "passages",
                                                       "max_new_tokens", "recompute_ratio", "epic_k", "sink_tokens",
                                                       "entropy_threshold", "temperature")}
     result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
+    result["config"]["kernels"] = cfg.kernels
+    result["config"]["attention"] = runner.attention.summary()
     print(json.dumps(result["modes"], indent=2))
     _write(result, args.json)
     return 0
@@ -253,7 +270,8 @@ def _cmd_long(args, cfg) -> int:
 
     check_mode_name(args.long_mode)
     lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
-    result = run_long(ModelRunner(lm.model, lm.tokenizer), load_examples(args.data, 200), make_agents(args.agents),
+    runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
+    result = run_long(runner, load_examples(args.data, 200), make_agents(args.agents),
                       args.turns, args.long_mode, args.cpu_budget_mib * 2**20)
     result["config"] = {"model": cfg.model_path or "SmolLM2-135M-Instruct (default)", "data": args.data,
                         "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_")}  # glibc: see BENCHMARKS

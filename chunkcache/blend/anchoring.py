@@ -17,6 +17,7 @@ keeps layer-wise loading.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,13 +71,17 @@ def place_anchored(runner: ModelRunner, source: ChunkSource, pool: AnchorIndex, 
     offsets = req.chunk_offsets
     out = Placement(req.suffix_start)
     cut = False
+    clock = {"bases": 0.0, "match": 0.0, "estimate": 0.0}
     for p in req.placeholders:
+        t0 = time.perf_counter()
         base, origin = source.base(req.chunks[p.chunk], p.chunk in req.responses)
         follow = source.base(req.chunks[p.follow])[0] if p.follow is not None else SegmentKV.empty(runner)
+        clock["bases"] += time.perf_counter() - t0
         stats.chunk_hits += origin != "computed"
         stats.chunk_misses += origin == "computed"
         slot = {"placeholder": p.name, "base": origin}
         stats.slots.append(slot)
+        t0 = time.perf_counter()
         try:
             m = pool.match(p.name, p.reader_key, base, p.context_digest)
         except AnchorUnavailable as err:
@@ -85,6 +90,7 @@ def place_anchored(runner: ModelRunner, source: ChunkSource, pool: AnchorIndex, 
             stats.fallbacks.append(msg)
             slot.update(decision="dense", reason=str(err))
             m = None
+        clock["match"] += time.perf_counter() - t0
         if m is not None:
             slot.update(decision="reuse" if m.accept else "dense", anchors=len(m.anchors),
                         entropy=round(m.entropy, 4), reason=m.reason)
@@ -93,7 +99,9 @@ def place_anchored(runner: ModelRunner, source: ChunkSource, pool: AnchorIndex, 
                 out.rejected.append((p, base, follow))
             continue
         if m is not None and m.accept:
+            t0 = time.perf_counter()
             est, est_follow = pool.estimate(m, p.reader_key, base, follow)
+            clock["estimate"] += time.perf_counter() - t0
             loader.add_kv(est, offsets[p.chunk])
             out.placed.add(p.chunk)
             if p.follow is not None:
@@ -106,6 +114,7 @@ def place_anchored(runner: ModelRunner, source: ChunkSource, pool: AnchorIndex, 
             out.fresh, cut = offsets[p.chunk], True
             out.rejected.append((p, base, follow))
     stats.dense_fallback = cut
+    stats.timings.update(clock)
     return out
 
 

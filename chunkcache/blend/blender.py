@@ -20,6 +20,8 @@ The suffix (and any fresh region) is computed in every mode.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +53,7 @@ class BlendStats:
     slots: list[dict] = field(default_factory=list)  # per placeholder: base origin, decision, anchors, reason
     fallbacks: list[str] = field(default_factory=list)
     attention: str = ""  # the attention implementation of the recompute pass (torch | cpp | triton)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (place, load, recompute, ...)
     ttft_s: float = 0.0  # set by callers that time the prefill
 
     @property
@@ -116,6 +119,7 @@ class Blender:
         else:
             loader = LayerLoader(self.source, cache)
             try:
+                t0 = time.perf_counter()
                 plc = (place_anchored(r, self.source, self.anchors, req, cfg, loader, stats) if anchored
                        else Placement(req.suffix_start))
                 fresh = plc.fresh
@@ -126,13 +130,18 @@ class Blender:
                 if not anchored:
                     stats.slots = [{"placeholder": p.name, "base": origins.get(p.chunk, "exact")}
                                    for p in req.placeholders]
+                stats.timings["place"] = time.perf_counter() - t0
                 loader.load(0)  # every position before the fresh region now exists in layer 0
+                stats.timings["load0"] = loader.load_s
+                t0 = time.perf_counter()
                 if cfg.mode == "naive" or fresh <= placed:
                     hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
                 else:
                     hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed))
+                stats.timings["compute"] = time.perf_counter() - t0 - loader.load_s + stats.timings.get("load0", 0)
             finally:
                 loader.close()
+            stats.timings["load"] = loader.load_s
             stats.chunk_hits += loader.hits
             stats.chunk_misses += loader.misses
             if plc.rejected:

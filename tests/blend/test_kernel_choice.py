@@ -44,4 +44,5 @@ def test_kernel_choice_reaches_every_dispatch(dispatched, kernels, use, impl):
     kinds = [n for n, _ in dispatched]
     assert set(kinds) == {"deviation", "rope_shift", "sparse_attention"}
     assert {use for n, use in dispatched if n != "sparse_attention"} == {use}
-    assert {x for n, x in dispatched if n == "sparse_attention"} == {impl}
+    impls = {x for n, x in dispatched if n == "sparse_attention"}
+    assert impl in impls and impls <= {impl, "torch"}  # causal squares (chunk precompute) take SDPA
