@@ -38,7 +38,7 @@ static_assert(BK % (NV * W) == 0, "a key tile is a whole number of QK micro-tile
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float x) { return vf{} + x; }
+inline vf splat(float x) { return x - vf{}; }  // a broadcast: x - 0 is x for every x (0 + x is not, for -0)
 
 // 2^x for x <= 0 (x >= -126 gives a normal result; below, 0). Degree-6 polynomial on the fraction.
 inline vf exp2v(vf x) {
