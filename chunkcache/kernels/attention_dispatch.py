@@ -30,7 +30,8 @@ from chunkcache.kernels.sparse_attention import (AttentionPlan, cpu_kernel_appli
                                                  sparse_query_attention)
 
 MIN_QUERIES = 64  # below this the reference (SDPA over a few rows) runs: nothing to gain, threads idle
-REPEATS = 3  # timed runs per candidate and class (after one warm-up); the median counts
+REPEATS = 5  # timed rounds per class (after one warm-up), candidates interleaved in each round
+MARGIN = 1.03  # a candidate replaces torch only if its median paired speed-up over torch is at least this
 log = logging.getLogger(__name__)
 
 
@@ -74,6 +75,7 @@ class AttentionShape:
 class Decision:
     choice: str
     ms: dict[str, float]  # candidate -> median milliseconds of one call
+    speedup: dict[str, float] = field(default_factory=dict)  # candidate -> median paired speed-up over torch
 
 
 @dataclass
@@ -142,11 +144,14 @@ class AttentionDispatch:
             return "attention: torch reference (the model's context leaves no class worth measuring)"
         key = "sparse-long" if "sparse-long" in self.decisions else next(iter(self.decisions))
         d = self.decisions[key]
-        return (f"attention: {names[d.choice]}, {_speedup(d):.2f}x torch on this machine ({key}, {self.isa}); "
+        others = ", ".join(f"{names[n]} {x:.2f}x torch" for n, x in d.speedup.items() if n != "torch")
+        return (f"attention: {names[d.choice]} on this machine ({self.isa}, {key}: {others}); "
                 + ", ".join(f"{n}: {x.choice}" for n, x in self.decisions.items()))
 
 
 def _speedup(d: Decision) -> float | None:
+    if d.choice in d.speedup:
+        return d.speedup[d.choice]
     return d.ms["torch"] / d.ms[d.choice] if d.ms.get("torch") and d.ms.get(d.choice) else None
 
 
@@ -208,7 +213,8 @@ def _timer(fn: Callable[[], object], cuda: bool) -> Callable[[], float]:
 @torch.inference_mode()
 def measure(shape: AttentionShape, c: ShapeClass, cands: list[str]) -> Decision:
     """Time each candidate on class c: a warm-up each, then REPEATS rounds taking the candidates in turn (so drift
-    and a busy neighbour hit all alike); medians. The fastest wins if it beats torch by 3%, else torch."""
+    and a busy neighbour hit all alike). A candidate's speed-up is the median over rounds of torch's time / its time
+    in the same round (paired); the best one wins if that is at least MARGIN, else torch."""
     q, k, v, plan = _example(shape, c, torch.Generator().manual_seed(0))
     scale = shape.head_dim ** -0.5
     threads = torch.get_num_threads()
@@ -225,8 +231,10 @@ def measure(shape: AttentionShape, c: ShapeClass, cands: list[str]) -> Decision:
     finally:
         torch.set_num_threads(threads)
     ms = {n: statistics.median(r) for n, r in runs.items()}
-    best = min(ms, key=ms.get)
-    return Decision(best if ms[best] < 0.97 * ms["torch"] else "torch", {n: round(t, 4) for n, t in ms.items()})
+    paired = {n: statistics.median(a / b for a, b in zip(runs["torch"], runs[n])) for n in cands}
+    best = max(paired, key=paired.get)
+    return Decision(best if paired[best] >= MARGIN else "torch", {n: round(t, 4) for n, t in ms.items()},
+                    {n: round(x, 4) for n, x in paired.items()})
 
 
 def _isa(device: str) -> str:
@@ -241,7 +249,7 @@ def _isa(device: str) -> str:
 
 def _cache_path(shape: AttentionShape, cands: list[str]):
     parts = [json.dumps(asdict(shape), sort_keys=True), torch.__version__, platform.machine(), _isa(shape.device),
-             ",".join(cands), json.dumps([asdict(c) for c in SHAPE_CLASSES]), str(REPEATS)]
+             ",".join(cands), json.dumps([asdict(c) for c in SHAPE_CLASSES]), str(REPEATS), str(MARGIN)]
     if shape.device == "cpu":
         so = _cpp.so_path("sparse_attention_cpu")
         parts += [_cpp.cpu_flags(), so.name if so else "no-compiler"]
@@ -261,7 +269,8 @@ def _private(path) -> bool:
 def _read(path) -> dict[str, Decision] | None:
     try:
         raw = json.loads(path.read_text())
-        return {n: Decision(d["choice"], {k: float(x) for k, x in d["ms"].items()}) for n, d in raw.items()}
+        return {n: Decision(d["choice"], {k: float(x) for k, x in d["ms"].items()},
+                            {k: float(x) for k, x in d.get("speedup", {}).items()}) for n, d in raw.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
