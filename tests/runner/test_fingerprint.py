@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_llama
+from tiny_models import tiny_llama
 
 from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.runner.runner import ModelRunner
