@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 
+# Triton fixes interpreter vs compiled mode when triton.language is first imported, and a module collected
+# before tests/kernels/ can import it (transformers' model classes do): the kernel tests need the interpreter.
+os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 import torch
 

@@ -59,6 +59,25 @@ def round_turn(agent: Agent, agents: list[Agent], question: str, context: str | 
     return round_template(agent, others, context is not None, previous is None), values
 
 
+def chat_round_turn(tokenizer, agent: Agent, agents: list[Agent], question: str, context: str | None,
+                    previous: dict | None) -> tuple[AgentTemplate, dict]:
+    """`round_turn` laid out as the chat model does it (agents/chat_layout.py: the model's chat template, one
+    turn per message): the role as system, the passages and the question as user turns, then each agent's last
+    message (its own as the assistant's turn, read back as its stored KV)."""
+    from chunkcache.agents.chat_layout import ChatMessage, chat_template
+
+    msgs = [ChatMessage("system", agent.role)]
+    if context is not None:
+        msgs.append(ChatMessage("user", context))
+    msgs.append(ChatMessage("user", question))
+    known = {}
+    for o in agents if previous is not None else ():
+        m = previous[o.name]
+        msgs.append(ChatMessage("assistant" if o.name == agent.name else "user", m.text or "(no answer)", o.name))
+        known[m.text] = m.token_ids
+    return chat_template(tokenizer, msgs, known.get)
+
+
 def pipeline_template(agent: Agent, before: list[Agent], with_context: bool) -> AgentTemplate:
     """A pipeline stage: reads the question and the messages of every earlier stage, in order."""
     body = _head(with_context)

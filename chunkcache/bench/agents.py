@@ -21,7 +21,7 @@ import torch
 from chunkcache.agents.config import AnchorConfig
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
-from chunkcache.agents.workflows import Agent, round_turn
+from chunkcache.agents.workflows import Agent, chat_round_turn, round_turn
 from chunkcache.bench.metrics import teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
 from chunkcache.bench.rag import write_json
@@ -56,14 +56,17 @@ def _greedy(rt: AgentRuntime, pre, n: int, max_new: int) -> list[int]:
 
 
 def dense_conversation(rt: AgentRuntime, agents: list[Agent], ex: dict, rounds: int, passages: int,
-                       max_new: int) -> list[RefTurn]:
+                       max_new: int, layout: str = "plain") -> list[RefTurn]:
+    """layout: plain (`round_turn`, one user turn per prompt) or chat (`chat_round_turn`, the chat model's
+    layout: the model's chat template, one turn per message)."""
     context = "".join(passage_text(c) for c in ex["ctxs"][:passages]) if passages else None
     cfg = BlendConfig(mode="full")
     out, previous = [], None
     for r in range(rounds):
         msgs = {}
         for a in agents:
-            tpl, values = round_turn(a, agents, ex["question"], context, previous)
+            tpl, values = (round_turn(a, agents, ex["question"], context, previous) if layout == "plain" else
+                           chat_round_turn(rt.tokenizer, a, agents, ex["question"], context, previous))
             pre, n = rt.prefill(tpl, values, cfg, reserve=max_new + 1)
             answer = _greedy(rt, pre, n, max_new) or [next(iter(rt.eos_ids))]
             pre.cache.truncate(n)
@@ -150,7 +153,7 @@ def summarize(rows: list[dict]) -> dict:
 def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds: int, modes: list[str],
                passages: int = 2, max_new: int = 24, warmup: int = 2, recompute_ratio: float = 0.15,
                anchor_config: AnchorConfig = AnchorConfig(), log=print, epic_k: int = BlendConfig.epic_k,
-               sink_tokens: int = BlendConfig.sink_tokens) -> dict:
+               sink_tokens: int = BlendConfig.sink_tokens, layout: str = "plain") -> dict:
     modes = mode_names(",".join(modes))
     agents = make_agents(n_agents)
     dense_rt = AgentRuntime(runner)
@@ -161,7 +164,7 @@ def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds:
     per_mode: dict[str, list[dict]] = {m: [] for m in modes}
     for i, ex in enumerate(examples):
         warm = i < warmup
-        turns = dense_conversation(dense_rt, agents, ex, rounds, passages, max_new)
+        turns = dense_conversation(dense_rt, agents, ex, rounds, passages, max_new, layout)
         if not warm:
             per_mode.setdefault("full", [])
             per_mode["full"] += [{"round": t.round, "ttft_s": t.ttft_s, "speedup": 1.0, "prompt_tokens": t.prompt_tokens,
@@ -229,6 +232,9 @@ def register(bench_subparsers) -> None:
                    help="instead: a long discussion of this many turns, reporting memory (bench/agents_long.py)")
     p.add_argument("--long-mode", default="kvcomm+blend", help="--turns: the mode of every turn")
     p.add_argument("--cpu-budget-mib", type=int, default=256, help="--turns: the store's CPU-tier budget")
+    p.add_argument("--layout", choices=("plain", "chat"), default="plain",
+                   help="plain: one user turn per prompt; chat: the chat model's layout (chat template, a turn "
+                   "per message)")
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_bench_agents)
 
@@ -251,10 +257,11 @@ def cmd_bench_agents(args) -> int:
     lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
     runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
     result = run_agents(runner, examples, args.agents, args.rounds, modes, args.passages, args.max_new_tokens,
-                        args.warmup, args.recompute_ratio, acfg, epic_k=args.epic_k, sink_tokens=args.sink_tokens)
+                        args.warmup, args.recompute_ratio, acfg, epic_k=args.epic_k, sink_tokens=args.sink_tokens,
+                        layout=args.layout)
     result["config"] = {k: getattr(args, k) for k in ("data", "agents", "rounds", "limit", "warmup", "passages",
                                                       "max_new_tokens", "recompute_ratio", "epic_k", "sink_tokens",
-                                                      "entropy_threshold", "temperature")}
+                                                      "entropy_threshold", "temperature", "layout")}
     result["config"]["model"] = cfg.model_path or "SmolLM2-135M-Instruct (default)"
     result["config"]["kernels"] = cfg.kernels
     result["config"]["attention"] = runner.attention.summary()

@@ -10,11 +10,10 @@ Three calls per implementation (kernels=torch|cpp|auto; Triton on CUDA), each th
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
-from chunkcache.kernels.attention_dispatch import candidates
+from chunkcache.kernels.attention_dispatch import candidates, timer
 from chunkcache.kernels.sparse_attention import plan_sparse_attention
 from chunkcache.runner.runner import ModelRunner
 
@@ -34,16 +33,8 @@ def _model(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str) ->
 
 
 def _median_s(fn, cuda: bool) -> float:
-    times = []
-    for _ in range(3):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    run = timer(fn, cuda)
+    return statistics.median(run() for _ in range(3)) / 1e3
 
 
 @torch.inference_mode()

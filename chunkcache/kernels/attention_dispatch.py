@@ -198,7 +198,8 @@ def _example(shape: AttentionShape, c: ShapeClass, gen: torch.Generator):
     return q, k, v, plan_sparse_attention(pos.to(dev), c.kv_len, dtype=dtype)
 
 
-def _timer(fn: Callable[[], object], cuda: bool) -> Callable[[], float]:
+def timer(fn: Callable[[], object], cuda: bool) -> Callable[[], float]:
+    """A callable that runs fn once and returns its milliseconds (the device synchronised around it on CUDA)."""
     def run() -> float:
         if cuda:
             torch.cuda.synchronize()
@@ -220,7 +221,7 @@ def measure(shape: AttentionShape, c: ShapeClass, cands: list[str]) -> Decision:
     threads = torch.get_num_threads()
     torch.set_num_threads(shape.threads)
     try:
-        timers = {n: _timer(lambda n=n: sparse_query_attention(q, k, v, plan, scale, impl=n),
+        timers = {n: timer(lambda n=n: sparse_query_attention(q, k, v, plan, scale, impl=n),
                             shape.device.startswith("cuda")) for n in cands}
         for t in timers.values():
             t()

@@ -52,3 +52,22 @@ def test_long_discussion_reports_bounded_memory(smollm):
     assert 0 < res["rss_peak_growth_after_checkpoint_bytes"] <= 2 * budget, res
     assert last["rss_bytes"] - first["rss_bytes"] <= budget, (first, last)
     assert 0 < last["reuse_rate_so_far"] < 1
+
+
+def test_run_agents_chat_layout(smollm):
+    """--layout chat: the prompts are the chat model's layout (the model's chat template, a turn per message);
+    with a cold pool, round 2 still reuses the earlier messages' KV (read back) and measures new anchors."""
+    runner = ModelRunner(smollm.model, smollm.tokenizer)
+    ex = load_examples(DATA, 1)
+    res = run_agents(runner, ex, n_agents=2, rounds=2, modes=["kvcomm+epic"], passages=0, max_new=3, warmup=0,
+                     log=lambda *_: None, layout="chat")
+    m = res["modes"]["kvcomm+epic"]
+    assert m["turns"] == 4 and m["by_round"][1]["reuse_rate"] > 0.2 and m["anchors_added"] > 0
+    rows = res["per_turn"]["kvcomm+epic"]
+    assert all("compute" in r["timings"] for r in rows)  # the placement profile of every turn
+    from chunkcache.agents.workflows import Agent, chat_round_turn, round_turn
+
+    agents = [Agent("a", "You answer."), Agent("b", "You check.")]
+    chat, _ = chat_round_turn(smollm.tokenizer, agents[0], agents, "Why?", None, None)
+    plain, _ = round_turn(agents[0], agents, "Why?", None, None)
+    assert chat.frame is not None and plain.frame is None  # a whole conversation in the model's chat template

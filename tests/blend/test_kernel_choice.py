@@ -3,7 +3,6 @@ kernel dispatch on the request path: attention, RoPE shift on placement, deviati
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import chunkcache.kernels.deviation as deviation
 import chunkcache.kernels.rope_shift as rope_shift
@@ -31,6 +30,8 @@ def dispatched(monkeypatch):
 @pytest.mark.parametrize("kernels,use,impl", [("torch", False, "torch"), ("triton", True, "triton"),
                                               ("cpp", False, "cpp")])
 def test_kernel_choice_reaches_every_dispatch(dispatched, kernels, use, impl):
+    from transformers import LlamaConfig, LlamaForCausalLM  # not at collection: it imports triton.language
+
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1, max_position_embeddings=512)  # head_dim 64: the C++ kernel takes it
