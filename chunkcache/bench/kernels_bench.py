@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -185,25 +184,17 @@ def _print(rows: list[dict]) -> None:
         if "causal_share_ms" in r:
             line += f"  causal-share bound {r['causal_share_ms']:.2f} ms (torch {r['torch_vs_causal_share']:.2f}x)"
             for march, c in r["cpp"].items():
-                line += (f"\n{'':>38}C++ {march}: {c['ms']:.2f} ms, x{c['speedup_vs_torch']:.2f} vs torch, "
-                         f"{c['vs_causal_share']:.2f}x the bound" if "ms" in c else f"\n{'':>38}C++ {march}: {c['skipped']}")
+                line += f"\n{'':>38}C++ {march}: "
+                line += (f"{c['ms']:.2f} ms, x{c['speedup_vs_torch']:.2f} vs torch, {c['vs_causal_share']:.2f}x the bound"
+                         if "ms" in c else c["skipped"])
         if r.get("vs_sdpa_same_m"):
             line += f"  time/SDPA(same m) {r['vs_sdpa_same_m']:.2f}"
         print(line)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _isa_flags() -> list[str]:
-    keep = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "asimd", "sve")
+    keep = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "asimd",
+            "sve")
     flags = set(_cpp.cpu_flags().split())
     return [f for f in keep if f in flags]
 
@@ -247,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             if model == "smollm2-135m" or cuda:
                 prefill[model] = prefill_speed(model, MODELS[model], dtype, device, tokens)
-    report = {"device": dev, "cpu": {"model": _cpu_model(), "isa_flags": _isa_flags(), "threads": torch.get_num_threads()},
+    cpu = {"model": _cpp.cpuinfo("model name"), "isa_flags": _isa_flags(), "threads": torch.get_num_threads()}
+    report = {"device": dev, "cpu": cpu,
               "dtype": str(dtype), "tokens": tokens, "ratio": args.ratio, "triton": run_triton,
               "torch": torch.__version__, "results": rows, "dispatch": dispatch, "prefill": prefill}
     args.out.parent.mkdir(parents=True, exist_ok=True)

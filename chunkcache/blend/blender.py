@@ -21,7 +21,6 @@ The suffix (and any fresh region) is computed in every mode.
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass, field
 
 import torch
@@ -132,13 +131,13 @@ class Blender:
                                    for p in req.placeholders]
                 stats.timings["place"] = time.perf_counter() - t0
                 loader.load(0)  # every position before the fresh region now exists in layer 0
-                stats.timings["load0"] = loader.load_s
+                load0 = stats.timings["load0"] = loader.load_s
                 t0 = time.perf_counter()
                 if cfg.mode == "naive" or fresh <= placed:
                     hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
                 else:
                     hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed))
-                stats.timings["compute"] = time.perf_counter() - t0 - loader.load_s + stats.timings.get("load0", 0)
+                stats.timings["compute"] = time.perf_counter() - t0 - (loader.load_s - load0)  # loads excluded
             finally:
                 loader.close()
             stats.timings["load"] = loader.load_s

@@ -21,6 +21,12 @@ from chunkcache.store.config import GiB, StoreConfig, TierConfig, default_cache_
 ENV_PREFIX = "CHUNKCACHE_"
 DTYPES = ("float32", "bfloat16", "float16")
 KERNELS = ("auto", "torch", "cpp", "triton")
+
+
+def triton_choice(kernels: str) -> bool | None:
+    """A `kernels` value as the `use_triton` argument of the ops with torch and Triton versions only (None: auto;
+    cpp forces the C++ attention and leaves the other ops on their torch references)."""
+    return {"auto": None, "torch": False, "cpp": False, "triton": True}[kernels]
 DEFAULT_CPU_BYTES = 1 * GiB
 Bytes = Annotated[ByteSize, Field(ge=0)]
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
@@ -145,7 +151,7 @@ class EngineConfig(BaseSettings):
     @property
     def use_triton(self) -> bool | None:
         """The kernel choice as the kernels' `use_triton` argument (None: auto)."""
-        return {"auto": None, "torch": False, "cpp": False, "triton": True}[self.kernels]
+        return triton_choice(self.kernels)
 
     @property
     def store_root(self) -> Path:

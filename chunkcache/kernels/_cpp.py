@@ -64,15 +64,20 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def cpu_flags() -> str:
-    """This CPU's feature flags (the line -march=native compiles for)."""
+def cpuinfo(*fields: str) -> str:
+    """The value of the first /proc/cpuinfo line starting with one of `fields` (else the platform's processor)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
+            if line.startswith(fields):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    """This CPU's feature flags (the line -march=native compiles for; x86 "flags", AArch64 "Features")."""
+    return cpuinfo("flags", "Features")
 
 
 ISA_LEVELS = {  # -march level: the CPU flags it needs to run (x86-64 psABI levels); AArch64's baseline is NEON

@@ -100,11 +100,12 @@ class AttentionDispatch:
         if len(cands) == 1:
             return cls("auto", {c.name: Decision(cands[0], {}) for c in SHAPE_CLASSES}, "single", 0.0, isa)
         path = _cache_path(shape, cands)
-        decisions = _read(path) if _private(path) else None
+        private = _private(path)
+        decisions = _read(path) if private else None
         source = "cached"
         if decisions is None:
             decisions = {c.name: measure(shape, c, cands) for c in _classes(shape)}
-            if _private(path):
+            if private:
                 _write(path, decisions)
             source = "measured"
         out = cls("auto", decisions, source, time.perf_counter() - t0, isa)

@@ -12,14 +12,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from chunkcache.config.settings import KERNELS, triton_choice
 from chunkcache.kernels.attention_dispatch import AttentionDispatch, AttentionShape, candidates
 from chunkcache.kernels.sparse_attention import (CPU_HEAD_DIMS, AttentionPlan, plan_sparse_attention,
                                                  sparse_query_attention)
 from chunkcache.runner.fingerprint import model_fingerprint
 from chunkcache.runner.kv_cache import KVCache
-
-
-KERNELS = ("auto", "torch", "cpp", "triton")
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +55,10 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.fingerprint = model_fingerprint(model, tokenizer)
         self.kernels = kernels
-        self.use_triton = {"auto": None, "torch": False, "cpp": False, "triton": True}[kernels]  # the other ops
-        self.attention_shape = shape = AttentionShape(self.n_heads, self.n_kv_heads, self.head_dim, str(self.dtype).removeprefix("torch."),
-                               str(self.device), torch.get_num_threads(), self.max_positions)
+        self.use_triton = triton_choice(kernels)  # the other ops
+        self.attention_shape = shape = AttentionShape(self.n_heads, self.n_kv_heads, self.head_dim,
+                                                      str(self.dtype).removeprefix("torch."), str(self.device),
+                                                      torch.get_num_threads(), self.max_positions)
         if kernels == "cpp" and "cpp" not in candidates(shape):
             raise ValueError(f"kernels='cpp' takes fp32 CPU models with head_dim in {CPU_HEAD_DIMS} once the C++ "
                              f"kernel builds; this model is {shape.dtype} on {shape.device}, head_dim {self.head_dim}")
