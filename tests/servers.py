@@ -12,6 +12,7 @@ RuntimeError, which the fixtures turn into a test failure, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -210,6 +212,23 @@ class PostgresServer:
             self.stop()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_and_postgres(redis_password: str | None = None) -> Iterator[tuple[RedisServer, PostgresServer]]:
+    """A real Redis (with `redis_password`: requirepass) and a real PostgreSQL for one test module; the test fails,
+    naming why, when either cannot start."""
+    import pytest
+
+    try:
+        redis_server, pg = RedisServer(password=redis_password).start(), PostgresServer().start()
+    except RuntimeError as e:
+        pytest.fail(f"real Redis and PostgreSQL servers needed: {e}", pytrace=False)
+    try:
+        yield redis_server, pg
+    finally:
+        redis_server.cleanup()
+        pg.cleanup()
 
 
 class ServeProcess:

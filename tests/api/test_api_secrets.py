@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import PostgresServer, RedisServer, ServeProcess
+from servers import PostgresServer, RedisServer, ServeProcess, redis_and_postgres
 
 pytestmark = pytest.mark.slow
 REDIS_PW, PG_PW, KEY = "Redis-Pw-9c1e", "Pg-Pw-4b7d", "secrets-test-key"
@@ -20,13 +20,8 @@ TEXTS = ["Lake Baikal is the deepest lake on Earth.", "Mount Everest is the high
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[RedisServer, PostgresServer]]:
-    try:
-        redis_server, pg = RedisServer(password=REDIS_PW).start(), PostgresServer().start()
-    except RuntimeError as e:
-        pytest.fail(f"real Redis and PostgreSQL servers needed: {e}", pytrace=False)
-    yield redis_server, pg
-    redis_server.cleanup()
-    pg.cleanup()
+    with redis_and_postgres(REDIS_PW) as both:
+        yield both
 
 
 def test_no_password_in_responses_logs_or_metrics_with_redis_stopped_mid_request(tmp_path: Path, servers) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers import PostgresServer, RedisServer, free_port
+from servers import PostgresServer, RedisServer, free_port, redis_and_postgres
 
 pytestmark = pytest.mark.slow
 KEY = "cfg-test-key"
@@ -21,13 +21,8 @@ KEY = "cfg-test-key"
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[RedisServer, PostgresServer]]:
-    try:
-        redis_server, pg = RedisServer().start(), PostgresServer().start()
-    except RuntimeError as e:
-        pytest.fail(f"real Redis and PostgreSQL servers needed: {e}", pytrace=False)
-    yield redis_server, pg
-    redis_server.cleanup()
-    pg.cleanup()
+    with redis_and_postgres() as both:
+        yield both
 
 
 def test_serve_config_file_with_redis_tier_and_postgres_catalog(tmp_path: Path, servers) -> None:  # type: ignore[no-untyped-def]

@@ -35,28 +35,27 @@ def test_measured_once_then_read_from_the_cache(private_cache):
     assert other.source == "measured"  # another thread count is another decision
 
 
-def test_a_slow_kernel_loses_the_measurement(monkeypatch):
-    """A C++ build that is slow on this machine (the AVX2 spill of issue 18) is measured and not chosen."""
-    real = sparse_attention.sparse_query_attention_cpu
+def _slowed(monkeypatch, name: str) -> None:
+    """Make sparse_attention.<name> 50 ms slower per call (an implementation slow on this machine)."""
+    real = getattr(sparse_attention, name)
 
     def slow(*a, **kw):
         time.sleep(0.05)
         return real(*a, **kw)
 
-    monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu", slow)
+    monkeypatch.setattr(sparse_attention, name, slow)
+
+
+def test_a_slow_kernel_loses_the_measurement(monkeypatch):
+    """A C++ build that is slow on this machine (the AVX2 spill of issue 18) is measured and not chosen."""
+    _slowed(monkeypatch, "sparse_query_attention_cpu")
     d = AttentionDispatch.build("auto", SHAPE)
     assert {x.choice for x in d.decisions.values()} == {"torch"}, d.summary()
     assert all(x.ms["cpp"] > 50 for x in d.decisions.values())
 
 
 def test_a_fast_kernel_wins_the_measurement(monkeypatch):
-    real = sparse_attention.sparse_query_attention_ref
-
-    def slow_ref(*a, **kw):
-        time.sleep(0.05)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(sparse_attention, "sparse_query_attention_ref", slow_ref)
+    _slowed(monkeypatch, "sparse_query_attention_ref")
     d = AttentionDispatch.build("auto", SHAPE)
     assert {x.choice for x in d.decisions.values()} == {"cpp"}, d.summary()
     assert d.describe().startswith("attention: C++ kernel on this machine") and "x torch" in d.describe()
