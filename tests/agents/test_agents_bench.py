@@ -49,7 +49,8 @@ def test_long_discussion_reports_bounded_memory(smollm):
     assert 0 < last["store_bytes_by_tier"]["cpu"] <= budget and last["evictions"] > 0  # full, and evicting
     # after the checkpoint the process stops growing: 8 more turns (about 40 MiB of KV computed) add less
     # than the store's budget to the RSS peak and to the RSS itself (measured: about 1 MiB and 0.1 MiB)
-    assert 0 < res["rss_peak_growth_after_checkpoint_bytes"] <= 2 * budget, res
+    assert last["rss_peak_bytes"] > 0  # the measurement is live; a peak that did not grow at all is bounded too
+    assert 0 <= res["rss_peak_growth_after_checkpoint_bytes"] <= 2 * budget, res
     assert last["rss_bytes"] - first["rss_bytes"] <= budget, (first, last)
     assert 0 < last["reuse_rate_so_far"] < 1
 
