@@ -9,6 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "chunkcache"
 FORBIDDEN = {  # package -> packages it must not import (they sit above it)
+    "api": {"cli", "bench"},  # the HTTP service only: the CLI and the benchmarks sit above it
+    "bench": {"cli"},
     "blend": {"agents", "api", "integrations", "cli"},
     "agents": {"api", "cli"},
     "runner": {"blend", "agents", "api", "cli"},

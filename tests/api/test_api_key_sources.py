@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chunkcache.api.cli import server_config
 from chunkcache.cli import build_parser
+from chunkcache.cli.serve import server_config
 from chunkcache.config import ConfigError, EngineConfig
 
 ENV = ("CHUNKCACHE_API_KEY", "CHUNKCACHE_API_KEY_FILE")

@@ -1,29 +1,15 @@
-"""CLI commands of the serving side: `serve`, `ingest PATH...`, `ask "question"`, `stats`, `bench api`."""
+"""Serving commands: `serve` (the REST API of chunkcache/api/), `ingest PATH...`, `ask "question"`, `stats`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from chunkcache.blend.config import DEFAULT_MODE, MODES
+from chunkcache.cli.args import positive, ratio
+
 TEXT_SUFFIXES = (".txt", ".md")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
 SERVER_FLAGS = ("host", "port", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_body_bytes")
 API_KEY_ENV, API_KEY_FILE_ENV = "CHUNKCACHE_API_KEY", "CHUNKCACHE_API_KEY_FILE"
 
@@ -200,42 +186,18 @@ def cmd_stats(args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def cmd_bench_api(args) -> int:  # type: ignore[no-untyped-def]
-    from chunkcache.api.bench import run_api_bench
-
-    result = run_api_bench(args)
-    print(json.dumps(result["summary"], indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-def cmd_bench_replicas(args) -> int:  # type: ignore[no-untyped-def]
-    from chunkcache.api.bench_replicas import run_replicas_bench
-
-    out = run_replicas_bench(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
-    return 0
-
-
-def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-def]
-    """Add serve / ingest / ask / stats to the `chunkcache` subparsers, and `api` to the bench subparsers.
+def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
+    """Add serve / ingest / ask / stats to the `chunkcache` sub-commands.
     flags: the engine flags' parent parser (chunkcache.config.flags.engine_flags)."""
-    from chunkcache.blend.config import DEFAULT_MODE, MODES
-
-    parents = [flags] if flags is not None else []
+    parents = [flags]
     serve = sub.add_parser("serve", help="REST API (FastAPI + uvicorn); server settings: flags > env > the "
                                          "--config file's [server] table > defaults", parents=parents)
     serve.add_argument("--host", default=None, help="default 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default 8000")
-    serve.add_argument("--max-queue", type=_positive, default=None, help="waiting requests before 429 (default 16)")
-    serve.add_argument("--max-new-tokens", type=_positive, default=None, help="default 512")
-    serve.add_argument("--max-prompt-tokens", type=_positive, default=None, help="default 8192")
-    serve.add_argument("--max-body-bytes", type=_positive, default=None, help="default 4 MiB")
+    serve.add_argument("--max-queue", type=positive, default=None, help="waiting requests before 429 (default 16)")
+    serve.add_argument("--max-new-tokens", type=positive, default=None, help="default 512")
+    serve.add_argument("--max-prompt-tokens", type=positive, default=None, help="default 8192")
+    serve.add_argument("--max-body-bytes", type=positive, default=None, help="default 4 MiB")
     serve.add_argument("--api-key-file", default=None, metavar="PATH",
                        help="file holding the bearer token (default $CHUNKCACHE_API_KEY_FILE or $CHUNKCACHE_API_KEY; "
                             "none: open)")
@@ -247,41 +209,18 @@ def register(sub, bench=None, flags=None) -> None:  # type: ignore[no-untyped-de
     ingest = sub.add_parser("ingest", help="chunk, embed, index and precompute .txt/.md files or folders",
                             parents=parents)
     ingest.add_argument("paths", nargs="+")
-    ingest.add_argument("--chunk-tokens", type=_positive, default=256)
+    ingest.add_argument("--chunk-tokens", type=positive, default=256)
     ingest.add_argument("--overlap-tokens", type=int, default=32)
     ingest.set_defaults(func=cmd_ingest)
 
     ask = sub.add_parser("ask", help="retrieve from the index and answer with blending", parents=parents)
     ask.add_argument("question")
-    ask.add_argument("-k", type=_positive, default=4)
+    ask.add_argument("-k", type=positive, default=4)
     ask.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
-    ask.add_argument("--recompute-ratio", type=_ratio, default=0.15)
-    ask.add_argument("--max-tokens", type=_positive, default=32)
+    ask.add_argument("--recompute-ratio", type=ratio, default=0.15)
+    ask.add_argument("--max-tokens", type=positive, default=32)
     ask.set_defaults(func=cmd_ask)
 
     stats = sub.add_parser("stats", help="store, catalog and index summary", parents=parents)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
-
-    if bench is not None:
-        from chunkcache.bench.musique import DEFAULT_DATA
-
-        api = bench.add_parser("api", help="HTTP overhead, 50-request burst, MuSiQue ingestion rate")
-        api.add_argument("--data", default=str(DEFAULT_DATA))
-        api.add_argument("--requests", type=_positive, default=50, help="sequential requests for the overhead")
-        api.add_argument("--burst", type=_positive, default=50)
-        api.add_argument("--max-queue", type=_positive, default=16)
-        api.add_argument("--soak", type=int, default=1000, help="sequential requests with fresh chunks (0 skips)")
-        api.add_argument("--soak-cpu-bytes", type=_positive, default=256 << 20, help="the server's CPU-tier budget")
-        api.add_argument("--ingest-examples", type=int, default=40, help="0 skips the ingestion figure")
-        api.add_argument("--json", default=None)
-        api.set_defaults(func=cmd_bench_api)
-
-        rep = bench.add_parser("replicas", help="warm TTFT with chunk KV from the shared Redis tier vs the local "
-                                                "CPU tier, for N = 1 and 2 replicas")
-        rep.add_argument("--data", default=str(DEFAULT_DATA))
-        rep.add_argument("--examples", type=_positive, default=3)
-        rep.add_argument("--passages", type=_positive, default=3, help="passages (chunks) per example")
-        rep.add_argument("--redis-url", default=None, help="default: a private redis-server on a free port")
-        rep.add_argument("--json", default=None)
-        rep.set_defaults(func=cmd_bench_replicas)

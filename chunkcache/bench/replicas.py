@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from chunkcache.api.bench import _free_port
+from chunkcache.bench.api import _free_port
 from chunkcache.bench.musique import load_examples, passage_text
 
 WARMUP = ["The Loire is the longest river in France.", "Lyon lies where the Rhone meets the Saone."]

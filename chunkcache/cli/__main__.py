@@ -1,0 +1,5 @@
+import sys
+
+from chunkcache.cli.main import main
+
+sys.exit(main())
