@@ -11,17 +11,19 @@ placeholders (anchored, KVCOMM) and the literal text between them. Modes (BlendC
               layer fresh K/V of the computed tokens are compared with the cached ones and the set is
               narrowed, down to recompute_ratio * context tokens; their fresh K/V overwrite the cache;
   adaptive    as cacheblend, the count chosen per request from the deviation mass (capped by the ratio);
-  epic, ape, query, prophet, blend: the published successors and chunkcache's own default, each a
-              selector in blend/modes.py feeding the same recompute loop.
+  epic, ape, query, prophet, prophet2, qcfuse, fusion, blend: the published successors and chunkcache's own
+              default, each a selector in blend/modes.py feeding the same recompute loop.
 With cfg.kvcomm the anchored placeholders are first placed from the KVCOMM anchor estimate
 (blend/anchoring.py); a rejected one makes the prompt from there on fresh (computed) and becomes an anchor.
-The suffix (and any fresh region) is computed in every mode.
+The suffix (and any fresh region) is computed in every mode. With cfg.calibrated the ratio is the one stored for
+this model by `chunkcache calibrate` (blend/model_profile.py). fusion places each candidate chunk's entry
+precomputed behind its fused context (req.fused) instead of the plain one.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -29,6 +31,7 @@ from chunkcache.blend.anchoring import AnchorIndex, Placement, measure, place_an
 from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.layer_loader import LayerLoader
+from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.modes import Candidates, select
 from chunkcache.blend.prefix_cache import PrefixCache
 from chunkcache.blend.recompute import selective_recompute
@@ -95,6 +98,11 @@ class Blender:
         n = req.num_tokens
         if n > r.max_positions:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
+        if cfg.calibrated:
+            cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint), calibrated=False)
+        if cfg.mode == "fusion" and not req.fused:
+            raise ValueError("fused: mode 'fusion' needs each chunk's fused precompute context (BlendRequest.fused; "
+                             "blend/fusion.py fused_contexts)")
         anchored = cfg.kvcomm and bool(req.placeholders)
         if anchored and self.anchors is None:
             raise ValueError(f"mode {cfg.name!r} needs an anchor pool (Blender(anchors=...))")
@@ -125,7 +133,8 @@ class Blender:
                 origins = {}
                 for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets)):
                     if placed <= offset < fresh and i not in plc.placed:
-                        origins[i] = loader.add(chunk, offset, i in req.responses)
+                        ctx = req.fused[i] if cfg.mode == "fusion" else None
+                        origins[i] = loader.add(chunk, offset, i in req.responses, ctx)
                 if not anchored:
                     stats.slots = [{"placeholder": p.name, "base": origins.get(p.chunk, "exact")}
                                    for p in req.placeholders]
@@ -189,7 +198,8 @@ class Blender:
         positions = torch.arange(placed, req.num_tokens, device=r.device)  # candidates then fresh rows, increasing
         n_cand = fresh - placed
         budget = round(cfg.recompute_ratio * (fresh - len(req.prefix_ids)))
-        sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all, anchored))
+        sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all, anchored,
+                                loader.load))
         if sel.keep is not None:
             positions = torch.cat((placed + sel.keep, positions[n_cand:]))
             n_cand = sel.keep.numel()
@@ -197,5 +207,5 @@ class Blender:
         hidden, kept = selective_recompute(r, cache, ids, positions, n_cand, budget, sel.checks, cfg.deviation_on,
                                            adaptive, sel.weights, before_layer=loader.load, pinned=sel.pinned,
                                            temper=sel.temper)
-        stats.recomputed_tokens = kept.numel()
+        stats.recomputed_tokens = kept.numel() + (sel.done.numel() if sel.done is not None else 0)
         return hidden

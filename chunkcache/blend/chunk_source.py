@@ -80,16 +80,20 @@ class ChunkSource:
                 self.fallbacks.append(f"invalid_entry: {err}; recomputed")
         return self.recompute(token_ids, ctx), False
 
-    def open_layers(self, token_ids: tuple[int, ...], response: bool = False) -> tuple[Iterator[Layer], int, str]:
-        """(layers, base_position, origin) for a chunk behind the default context (response: a stored generated
-        response first). layers yields (layer, k, v), k/v [n_kv, L, d]; from a store that streams, a reader
-        thread runs ahead. origin: "response" | "chunk_hit" | "computed"."""
+    def open_layers(self, token_ids: tuple[int, ...], response: bool = False,
+                    context_ids: tuple[int, ...] | None = None) -> tuple[Iterator[Layer], int, str]:
+        """(layers, base_position, origin) for a chunk behind the default context, or behind context_ids when
+        given (response: a stored generated response first). layers yields (layer, k, v), k/v [n_kv, L, d];
+        from a store that streams, a reader thread runs ahead. origin: "response" | "chunk_hit" | "computed"."""
         get_layers = getattr(self.store, "get_layers", None)
         if get_layers is None:
+            if context_ids is not None:
+                kv, hit = self.get(token_ids, context_ids)
+                return kv_layers(kv), kv.base_position, "chunk_hit" if hit else "computed"
             kv, origin = self.find(token_ids, response)
             return kv_layers(kv), kv.base_position, origin
         keys = ((self.response_key(token_ids), "response"),) if response else ()
-        for key, origin in (*keys, (self.key(token_ids), "chunk_hit")):
+        for key, origin in (*keys, (self.key(token_ids, context_ids), "chunk_hit")):
             stream = get_layers(key, self.runner.fingerprint, device=str(self.runner.device), borrow=True,
                                 **self._faults("get_layers"))
             if stream is None:
@@ -101,7 +105,7 @@ class ChunkSource:
                    "or the model; recomputed")
             log.warning(msg)
             self.fallbacks.append(msg)
-        kv = self.recompute(token_ids)
+        kv = self.recompute(token_ids, context_ids)
         return kv_layers(kv), kv.base_position, "computed"
 
     def response_key(self, token_ids: tuple[int, ...]) -> str:
@@ -145,13 +149,18 @@ class ChunkSource:
 
     @torch.inference_mode()
     def compute(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...]) -> ChunkKV:
-        """Prefill [context][chunk] and keep the chunk's own K/V ([n_layers, n_kv, L, d])."""
+        """Prefill [context][chunk] and keep the chunk's own K/V ([n_layers, n_kv, L, d]). The context's KV is
+        its own entry; a context that extends the default one (a FusionRAG context: prefix + neighbours) takes
+        the default context's entry and computes the rest, so no entry is kept for the one-off context."""
         p, n = len(context_ids), len(token_ids)
+        base = len(self.context_ids)
+        known = context_ids[:base] if 0 < base < p and context_ids[:base] == self.context_ids else context_ids
         cache = self.runner.new_cache(p + n)
-        if p:
-            ctx, _ = self.get(context_ids, ())
-            cache.write(slice(None), slice(0, p), ctx.keys, ctx.values)
-        self.runner.extend(torch.tensor(token_ids, dtype=torch.int64, device=self.runner.device), cache)
+        if known:
+            ctx, _ = self.get(known, ())
+            cache.write(slice(None), slice(0, len(known)), ctx.keys, ctx.values)
+        rest = tuple(context_ids[len(known):]) + tuple(token_ids)
+        self.runner.extend(torch.tensor(rest, dtype=torch.int64, device=self.runner.device), cache)
         return ChunkKV(self.key(token_ids, context_ids), self.runner.fingerprint, tuple(token_ids), p,
                        cache.keys[:, :, p:p + n].clone(), cache.values[:, :, p:p + n].clone())
 

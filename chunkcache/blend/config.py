@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("full", "prefix", "naive", "cacheblend", "adaptive", "epic", "ape", "query", "prophet", "blend")
+MODES = ("full", "prefix", "naive", "cacheblend", "adaptive", "epic", "ape", "query", "prophet", "prophet2", "qcfuse",
+         "fusion", "blend")
 DEFAULT_MODE = "blend"  # chosen by measurement on the dev set (README, BENCHMARKS.md)
 RATIO_FREE_MODES = ("full", "prefix", "naive", "ape")  # modes whose cost does not depend on recompute_ratio
 SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
@@ -20,8 +21,10 @@ class BlendConfig:
 
     mode: one of MODES (see blend/blender.py and blend/modes.py for what each one recomputes).
     recompute_ratio: fraction of context (chunk) tokens recomputed from the check layer on
-        (cacheblend, query, prophet, blend: exactly this many; adaptive: at most this many; epic with
-        epic_k=0: k per chunk derived from it; ape: unused).
+        (cacheblend, query, prophet, prophet2, qcfuse, fusion, blend: exactly this many; adaptive: at most
+        this many; epic with epic_k=0: k per chunk derived from it; ape: unused).
+    calibrated: use the ratio `chunkcache calibrate` stored for this model (blend/model_profile.py) instead of
+        recompute_ratio; a model never calibrated is an error naming the fix.
     check_layers: layers where fresh K/V are compared with cached K/V. Layers before the first are
         computed for every context token; each check layer narrows the set (gradual filtering), the
         last one down to the budget.
@@ -38,6 +41,10 @@ class BlendConfig:
         anchor-estimated segment (its offset is already estimated; chunk-path segments get the mode's k).
     ape_temperature, ape_scale: APE's attention temperature T and scaling factor S on the attention
         from the suffix to the context tokens (APE repo default 0.9 / 0.9; T=S=1 is naive).
+    critical_layers: qcfuse's layers where the question's attention scores the context (empty: the model's
+        profiled layers, else the fallback in blend/qcfuse.py).
+    anchor_ratio, anchor_sinks: qcfuse's anchors per chunk: anchor_ratio of its tokens, the first anchor_sinks
+        of them always (QCFuse's release: 0.15 and 4).
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
         anchor offsets; blend/anchoring.py) before the mode's selection runs. Named "kvcomm" (with mode
         naive: nothing recomputed) or "kvcomm+<mode>" (see `named`).
@@ -55,6 +62,10 @@ class BlendConfig:
     ape_temperature: float = 0.9
     ape_scale: float = 0.9
     kvcomm: bool = False
+    calibrated: bool = False
+    critical_layers: tuple[int, ...] = ()
+    anchor_ratio: float = 0.15
+    anchor_sinks: int = 4
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -74,6 +85,11 @@ class BlendConfig:
         if not (self.ape_temperature > 0 and self.ape_scale > 0):
             raise ValueError(f"ape_temperature and ape_scale must be > 0, "
                              f"got {self.ape_temperature}, {self.ape_scale}")
+        if list(self.critical_layers) != sorted(set(self.critical_layers)) or any(x < 0 for x in self.critical_layers):
+            raise ValueError(f"critical_layers must be increasing layer indices >= 0, got {self.critical_layers}")
+        if not 0.0 < self.anchor_ratio <= 1.0 or self.anchor_sinks < 0:
+            raise ValueError(f"anchor_ratio must be in (0, 1] and anchor_sinks >= 0, "
+                             f"got {self.anchor_ratio}, {self.anchor_sinks}")
         if self.kvcomm and not self.places_kv:
             raise ValueError(f"kvcomm places estimated KV; mode {self.mode!r} places none")
 

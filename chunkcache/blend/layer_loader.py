@@ -26,6 +26,7 @@ class _Pending:
     offset: int
     base_position: int
     layers: Iterator[Layer]  # (layer, k [n_kv, L, d], v [n_kv, L, d])
+    context: tuple[int, ...] | None = None  # the precompute context of its entry (None: the source's default)
 
 
 class LayerLoader:
@@ -44,13 +45,15 @@ class LayerLoader:
         self.next_layer = 0
         self.hits = self.misses = 0
 
-    def add(self, token_ids: tuple[int, ...], offset: int, response: bool = False) -> str:
-        """Place a chunk (response: a stored generated response first); returns its origin (ChunkSource)."""
-        layers, base, origin = self.source.open_layers(token_ids, response)
+    def add(self, token_ids: tuple[int, ...], offset: int, response: bool = False,
+            context: tuple[int, ...] | None = None) -> str:
+        """Place a chunk (response: a stored generated response first; context: the entry precomputed behind
+        these tokens, e.g. a FusionRAG entry); returns its origin (ChunkSource)."""
+        layers, base, origin = self.source.open_layers(token_ids, response, context)
         hit = origin != "computed"
         self.hits += hit
         self.misses += not hit
-        self.pending.append(_Pending(token_ids, offset, base, layers))
+        self.pending.append(_Pending(token_ids, offset, base, layers, context))
         return origin
 
     def add_kv(self, seg: SegmentKV, offset: int) -> None:
@@ -88,7 +91,7 @@ class LayerLoader:
             log.warning(msg)
             self.source.fallbacks.append(msg)
             self.hits, self.misses = self.hits - 1, self.misses + 1  # counted as a hit when it opened
-            kv = self.source.recompute(p.token_ids)
+            kv = self.source.recompute(p.token_ids, p.context)
             p.base_position, p.layers = kv.base_position, kv_layers(kv)
             for _ in range(layer):
                 next(p.layers)

@@ -16,6 +16,12 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
   query       A3-style query-aware selection: the suffix's attention over the naive cache, top ratio.
   prophet     ProphetKV (arXiv 2602.02579) as far as published: the suffix's attention over the naive
               cache, normalised per layer and fused across layers by the max, top ratio.
+  prophet2    ProphetKV with a second stage: half the budget as prophet picks it, recomputed (stage 1); then the
+              question's attention again, over the cache stage 1 repaired, picks the other half (stage 2).
+  qcfuse      QCFuse (arXiv 2606.05875): the question, run over a compressed view (each chunk's anchor tokens),
+              scores every context token at a few profiled critical layers only (blend/qcfuse.py); top ratio.
+  fusion      FusionRAG (arXiv 2601.12904): chunk KV precomputed behind its top-n embedding neighbours' text
+              (BlendRequest.fused, blend/fusion.py), then the tokens the question attends most, top ratio.
   blend       chunkcache's own (the default): half the budget as the first tokens of every chunk (EPIC's
               sink fix, spread evenly over the chunks), the other half the tokens the suffix attends most
               over the naive cache (A3 / ProphetKV's insight); all chosen before layer 0, so, unlike
@@ -35,6 +41,12 @@ Guessed or left out (the papers' text available here did not settle it):
     layer's share normalised, fused by the max over layers, top ratio. Left out: the second stage
     (a refinement pass after the first recompute) and any per-layer budget, whose details were not
     available.
+  - prophet2: the paper's text was not available here either. Its second stage is read as a refinement after the
+    first recompute: the budget split in half (PROPHET_STAGE1_SHARE), stage 2 scored by the same max-fused
+    attention, now over the repaired cache, the stage-1 tokens excluded. (QCFuse's release reproduces ProphetKV
+    as one selection: the question over the whole cached context at every layer, per-layer shares averaged, top
+    ratio, recomputed; under that reading `prophet` is already both stages, fused by the max instead of the mean.)
+  - qcfuse, fusion: see blend/qcfuse.py and blend/fusion.py.
 """
 
 from __future__ import annotations
@@ -46,6 +58,8 @@ import torch
 
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.probe import suffix_attention_by_layer
+from chunkcache.blend.qcfuse import anchors_for, critical_layers, view_importance
+from chunkcache.blend.recompute import selective_recompute
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import adaptive_count, random_tokens, top_tokens
 from chunkcache.kernels.ape_attention import ContextTemper
@@ -69,6 +83,7 @@ class Candidates:
     budget: int
     load_all: Callable[[], None]
     anchored: frozenset[int] = frozenset()  # chunk indices placed from a KVCOMM anchor estimate
+    load_to: Callable[[int], None] | None = None  # load layers 0..l of the placed chunk KV (None: load_all)
 
     @property
     def count(self) -> int:
@@ -88,6 +103,10 @@ class Candidates:
                             device=dev) for i, s, e in self.chunk_spans()]
         return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=dev)
 
+    def load(self, layer: int) -> None:
+        """Make layers 0..layer of the placed chunk KV present in the cache."""
+        (self.load_to or (lambda _: self.load_all()))(layer)
+
     def suffix_attention(self) -> torch.Tensor:
         """Attention [n_layers, n_cand] of the suffix over the naive merged cache, per layer."""
         self.load_all()
@@ -99,13 +118,15 @@ class Candidates:
 class Selection:
     """keep [k]: candidates fixed before layer 0 (None: decided at the check layers); checks: layers where
     deviation narrows the candidates; pinned [n_cand] bool: kept at every check; weights [n] by position:
-    multiply the deviation; temper: APE attention for the suffix. Selection() recomputes every candidate."""
+    multiply the deviation; temper: APE attention for the suffix; done [d]: candidates the selector already
+    recomputed itself (a multi-stage mode; counted as recomputed). Selection() recomputes every candidate."""
 
     keep: torch.Tensor | None = None
     checks: tuple[int, ...] = ()
     pinned: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     temper: ContextTemper | None = None
+    done: torch.Tensor | None = None
 
 
 def _cacheblend(c: Candidates) -> Selection:
@@ -137,9 +158,41 @@ def _query(c: Candidates) -> Selection:
 
 
 def _prophet(c: Candidates) -> Selection:
-    mass = c.suffix_attention()  # [n_layers, n_cand]
-    fused = (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).amax(0)  # each layer's share, best layer
-    return Selection(keep=top_tokens(fused, c.budget))
+    return Selection(keep=top_tokens(_prophet_fused(c.suffix_attention()), c.budget))
+
+
+PROPHET_STAGE1_SHARE = 0.5  # prophet2: share of the budget chosen and recomputed in stage 1 (guessed)
+
+
+def _prophet_fused(mass: torch.Tensor) -> torch.Tensor:
+    """ProphetKV's layer fusion of mass [n_layers, n_cand]: each layer's share, the best layer's."""
+    return (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).amax(0)
+
+
+def _prophet2(c: Candidates) -> Selection:
+    """Stage 1 recomputes the first half of the budget (with the suffix, every layer) into the cache; stage 2
+    probes the suffix again over that cache and returns the rest for the blender's recompute."""
+    first = top_tokens(_prophet_fused(c.suffix_attention()), round(c.budget * PROPHET_STAGE1_SHARE))
+    positions = torch.cat((c.placed + first, torch.arange(c.fresh, c.ids.numel(), device=c.runner.device)))
+    selective_recompute(c.runner, c.cache, c.ids, positions, first.numel(), first.numel(), ())
+    c.cache.truncate(c.fresh)
+    mass = suffix_attention_by_layer(c.runner, c.cache, c.ids[c.fresh:])[:, c.placed:]  # [n_layers, n_cand]
+    fused = _prophet_fused(mass)
+    fused[first] = float("-inf")
+    return Selection(keep=top_tokens(fused, c.budget - first.numel()), done=first)
+
+
+def _qcfuse(c: Candidates) -> Selection:
+    cfg, r = c.cfg, c.runner
+    layers = critical_layers(r, cfg.critical_layers)
+    last = max(layers)
+    c.load(last)  # only the layers up to the last critical one: the rest keep loading under the recompute
+    spans = [(c.placed + s, c.placed + e) for _, s, e in c.chunk_spans()]
+    sink_ids = tuple(int(t) for t in c.ids[:min(cfg.anchor_sinks, c.placed)].tolist())
+    anchors = [anchors_for(r, c.cache, sink_ids, tuple(int(t) for t in c.ids[s:e].tolist()), s, last,
+                           cfg.anchor_ratio, cfg.anchor_sinks) for s, e in spans]
+    importance = view_importance(r, c.cache, c.ids[c.fresh:], c.placed, c.fresh, spans, anchors, layers)
+    return Selection(keep=top_tokens(importance.mean(0), c.budget))
 
 
 BLEND_HEAD_SHARE = 0.5  # blend: share of the budget spent on chunk heads (measured on dev examples 0-5)
@@ -162,7 +215,7 @@ def _blend(c: Candidates) -> Selection:
 
 SELECTORS: dict[str, Callable[[Candidates], Selection]] = {
     "cacheblend": _cacheblend, "adaptive": _cacheblend, "epic": _epic, "ape": _ape, "query": _query,
-    "prophet": _prophet, "blend": _blend,
+    "prophet": _prophet, "prophet2": _prophet2, "qcfuse": _qcfuse, "fusion": _query, "blend": _blend,
 }
 FULL_BUDGET_EXEMPT = ("epic", "ape")  # modes whose own rule, not the ratio, sets what is recomputed
 

@@ -8,6 +8,8 @@ chunks: cached segments, each placed by RoPE shift. Two annotations say more abo
         content, which chunk holds the literal text that follows it, and what its offsets depend on;
     responses: chunks that may be a generated response, whose KV is looked up under the response
         context first (the KV the generating turn already computed);
+    fused: per chunk, the precompute context of its FusionRAG entry (the prefix, then its top-n neighbours'
+        tokens; blend/fusion.py), read by mode fusion only;
 suffix: fresh text, always computed.
 Positions follow in that order from 0. A RAG request has no annotations.
 """
@@ -41,6 +43,7 @@ class BlendRequest:
     suffix_ids: tuple[int, ...]
     placeholders: tuple[Placeholder, ...] = ()
     responses: tuple[int, ...] = ()  # chunk indices that may be generated responses
+    fused: tuple[tuple[int, ...], ...] = ()  # per chunk: its fusion precompute context (empty: no fused entries)
 
     def __post_init__(self) -> None:
         if not self.chunks:
@@ -51,14 +54,17 @@ class BlendRequest:
         if not self.suffix_ids:
             raise ValueError("suffix_ids is empty: the question suffix must hold at least one token")
         n = len(self.chunks)
+        if self.fused and len(self.fused) != n:
+            raise ValueError(f"fused: {len(self.fused)} precompute contexts for {n} chunks")
         for p in self.placeholders:
             if not 0 <= p.chunk < n or (p.follow is not None and not p.chunk < p.follow < n):
                 raise ValueError(f"placeholder {p.name!r}: chunk indices {p.chunk}, {p.follow} out of range")
 
     @classmethod
-    def of(cls, prefix_ids, chunks, suffix_ids, placeholders=(), responses=()) -> "BlendRequest":
+    def of(cls, prefix_ids, chunks, suffix_ids, placeholders=(), responses=(), fused=()) -> "BlendRequest":
         return cls(tuple(int(t) for t in prefix_ids), tuple(tuple(int(t) for t in c) for c in chunks),
-                   tuple(int(t) for t in suffix_ids), tuple(placeholders), tuple(sorted(responses)))
+                   tuple(int(t) for t in suffix_ids), tuple(placeholders), tuple(sorted(responses)),
+                   tuple(tuple(int(t) for t in c) for c in fused))
 
     @property
     def chunk_offsets(self) -> list[int]:

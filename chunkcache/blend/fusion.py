@@ -1,0 +1,72 @@
+"""FusionRAG (arXiv 2601.12904): chunk KV precomputed behind the chunk's nearest neighbours, not alone.
+
+Offline, each chunk is prefilled behind [the precompute context (system prefix) | its top-n embedding
+neighbours' tokens], so its KV has already attended to text it is likely to be retrieved with; online
+(mode fusion) those entries are placed instead of the plain ones and the tokens the question attends most
+over the placed cache are recomputed (the `query` rule, top recompute_ratio).
+
+Keys. The neighbours' tokens are part of the precompute context, and the context is part of a chunk's key
+(store/keys.py chunk_key), exactly as the system prefix is: a fused entry and the plain entry of the same
+chunk are two entries under two keys, each evicted on its own. Nothing in the store changes; the plain entry
+stays what every other mode (and the exact first chunk) reads. A request names each chunk's fused context in
+BlendRequest.fused (`fused_contexts` builds them).
+
+Cost at ingestion: per chunk, the neighbours' tokens are computed again behind the prefix (the prefix itself
+comes from its own entry; ChunkSource.compute): about n x (mean chunk length) extra tokens, n + 1 times the
+tokens of the plain precompute, and attention over the longer context. Storage: one more entry per chunk
+(the chunk's own tokens; the neighbours' KV is not kept).
+
+Guessed (the paper's text was not available here): n (FUSION_NEIGHBOURS = 2); cosine similarity of the
+chunks' embeddings; the neighbours ordered least similar first, so the nearest sits next to the chunk; the
+online rule is chunkcache's `query` selector (the question's attention over the placed cache, summed over
+layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from chunkcache.blend.chunk_source import ChunkSource
+
+FUSION_NEIGHBOURS = 2
+
+
+def neighbours(vectors, n: int = FUSION_NEIGHBOURS) -> list[list[int]]:
+    """For each row of vectors [N, dim] (any scale), the indices of its n most cosine-similar other rows,
+    most similar first."""
+    v = torch.as_tensor(vectors, dtype=torch.float32)
+    if v.dim() != 2 or n < 0:
+        raise ValueError(f"vectors must be [N, dim] and n >= 0, got {tuple(v.shape)} and {n}")
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sims = v @ v.T  # [N, N]
+    sims.fill_diagonal_(float("-inf"))
+    k = min(n, v.shape[0] - 1)
+    return sims.topk(k, dim=1).indices.tolist() if k > 0 else [[] for _ in range(v.shape[0])]
+
+
+def fused_contexts(prefix_ids: Sequence[int], chunks: Sequence[Sequence[int]], vectors,
+                   n: int = FUSION_NEIGHBOURS) -> tuple[tuple[int, ...], ...]:
+    """Each chunk's fused precompute context: prefix_ids, then its n nearest chunks' tokens (nearest last)."""
+    if len(chunks) != len(vectors):
+        raise ValueError(f"vectors: {len(vectors)} embeddings for {len(chunks)} chunks")
+    out = []
+    for near in neighbours(vectors, n):
+        ctx = list(prefix_ids)
+        for j in reversed(near):
+            ctx.extend(chunks[j])
+        out.append(tuple(int(t) for t in ctx))
+    return tuple(out)
+
+
+def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]],
+                     contexts: Sequence[Sequence[int]]) -> tuple[list[str], int]:
+    """Precompute and store every chunk behind its fused context (replacing any entry). Returns (keys, extra
+    tokens computed beyond the plain precompute)."""
+    keys, extra = [], 0
+    for ids, ctx in zip(chunks, contexts, strict=True):
+        ids, ctx = tuple(int(t) for t in ids), tuple(int(t) for t in ctx)
+        keys.append(source.recompute(ids, ctx).key)
+        extra += len(ctx) - len(source.context_ids)
+    return keys, extra

@@ -1,0 +1,64 @@
+"""What was measured about one model, kept per model fingerprint: a small private JSON file.
+
+Two things are measured per model and reused by every later request on it:
+  critical_layers  qcfuse's profiled layers (blend/qcfuse.py `profile_critical_layers`);
+  calibrated       the recompute ratio `chunkcache calibrate` picked for a quality target
+                   (bench/calibrate.py); BlendConfig(calibrated=True) asks for it.
+The file is <cache dir>/profiles/<fingerprint>.json ($CHUNKCACHE_DIR, else ~/.cache/chunkcache), in a
+directory only this user can write (as the kernel cache): a profile someone else planted is not read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from chunkcache.kernels._cpp import UnsafeCacheDir, private_dir
+from chunkcache.store.config import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def profile_path(fingerprint: str, root: str | Path | None = None) -> Path:
+    """The profile file of a model fingerprint under root (default: the cache dir's `profiles`)."""
+    if not fingerprint or any(c in fingerprint for c in "/\\."):
+        raise ValueError(f"fingerprint {fingerprint!r} is not a model fingerprint")
+    base = Path(root) if root is not None else Path(default_cache_dir()).expanduser() / "profiles"
+    return base / f"{fingerprint}.json"
+
+
+def read_profile(fingerprint: str, root: str | Path | None = None) -> dict:
+    """The stored profile ({} when none, unreadable, or in a directory others can write)."""
+    path = profile_path(fingerprint, root)
+    if not path.exists():
+        return {}
+    try:
+        private_dir(path.parent)
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnsafeCacheDir) as err:
+        log.warning("model profile %s not used (%s)", path, err)
+        return {}
+    return data if isinstance(data, dict) and data.get("fingerprint") == fingerprint else {}
+
+
+def update_profile(fingerprint: str, root: str | Path | None = None, **fields) -> Path:
+    """Merge `fields` into the profile (atomic replace) and return its path."""
+    path = profile_path(fingerprint, root)
+    private_dir(path.parent)
+    data = read_profile(fingerprint, root)
+    data.update(fields, fingerprint=fingerprint)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def calibrated_ratio(fingerprint: str, root: str | Path | None = None) -> float:
+    """The calibrated recompute ratio of this model; ValueError naming the fix when none is stored."""
+    cal = read_profile(fingerprint, root).get("calibrated")
+    if not isinstance(cal, dict) or not isinstance(cal.get("recompute_ratio"), (int, float)):
+        raise ValueError(f"calibrated: no calibrated recompute ratio is stored for model {fingerprint} "
+                         f"(run `chunkcache calibrate` first, or give recompute_ratio)")
+    return float(cal["recompute_ratio"])

@@ -1,0 +1,156 @@
+"""The successors added in issue 21 (qcfuse, prophet2, fusion) on the tiny random llama: exact at full budget,
+and each selecting or placing what its rule says, checked against an independent computation."""
+
+import pytest
+import torch
+
+from chunkcache.blend.blender import Blender
+from chunkcache.blend.chunk_source import ChunkSource, DictStore
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.fusion import fused_contexts, neighbours, precompute_fused
+from chunkcache.blend.modes import PROPHET_STAGE1_SHARE, _prophet_fused
+from chunkcache.blend.probe import suffix_attention_by_layer
+from chunkcache.blend.qcfuse import anchor_count, anchors_for, chunk_anchors, view_importance
+from chunkcache.blend.request import BlendRequest
+from chunkcache.blend.selection import top_tokens
+from chunkcache.store.keys import chunk_key
+
+PREFIX = (1, 2, 3)
+
+
+def _request(seed=0, lens=(20, 33, 17, 25), suffix_len=6, fused=()):
+    g = torch.Generator().manual_seed(seed)
+    chunks = [tuple(torch.randint(4, 256, (n,), generator=g).tolist()) for n in lens]
+    return BlendRequest.of(PREFIX, chunks, torch.randint(4, 256, (suffix_len,), generator=g).tolist(), fused=fused)
+
+
+def _fusion_request(seed=0):
+    req = _request(seed)
+    vecs = torch.randn(len(req.chunks), 8, generator=torch.Generator().manual_seed(seed))
+    return BlendRequest.of(PREFIX, req.chunks, req.suffix_ids, fused=fused_contexts(PREFIX, req.chunks, vecs, 2))
+
+
+def _naive_cache(blender, req):
+    cache = blender.prefill(req, BlendConfig(mode="naive")).cache
+    cache.truncate(req.suffix_start)
+    return cache
+
+
+def _recomputed(blender, req, res):
+    naive = blender.prefill(req, BlendConfig(mode="naive"))
+    last, lo = blender.runner.n_layers - 1, len(PREFIX) + len(req.chunks[0])
+    diff = (res.cache.keys[last, :, lo:req.suffix_start] - naive.cache.keys[last, :, lo:req.suffix_start]).abs()
+    return (diff.amax(dim=(0, 2)) > 1e-6).nonzero().flatten()  # candidate indices
+
+
+@pytest.mark.parametrize("mode", ["qcfuse", "prophet2", "fusion"])
+def test_full_budget_reproduces_full_prefill(tiny_blender, mode):
+    req = _fusion_request(1)
+    full = tiny_blender.prefill(req, BlendConfig(mode="full"))
+    res = tiny_blender.prefill(req, BlendConfig(mode=mode, recompute_ratio=1.0))
+    assert (res.logits - full.logits).abs().max().item() < 1e-4
+    n = req.num_tokens
+    torch.testing.assert_close(res.cache.keys[:, :, :n], full.cache.keys[:, :, :n], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(res.cache.values[:, :, :n], full.cache.values[:, :, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_qcfuse_view_of_every_token_is_the_naive_probe(tiny_blender):
+    """With every chunk token an anchor the compressed view is the naive cache: its per-layer importance must
+    equal the suffix's attention over the naive cache (probe.py), which checks the view's RoPE re-framing."""
+    req, r = _request(2), tiny_blender.runner
+    cache = _naive_cache(tiny_blender, req)
+    ids = torch.tensor(req.token_ids())
+    placed, fresh = len(PREFIX) + len(req.chunks[0]), req.suffix_start
+    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
+    anchors = [torch.arange(e - s).repeat(r.n_layers, 1) for s, e in spans]
+    got = view_importance(r, cache, ids[fresh:], placed, fresh, spans, anchors, (0, 2, 3))
+    want = suffix_attention_by_layer(r, _naive_cache(tiny_blender, req), ids[fresh:])[:, placed:]
+    torch.testing.assert_close(got, want[[0, 2, 3]], atol=1e-5, rtol=1e-4)
+
+
+def test_qcfuse_anchors_are_the_sinks_and_the_best_scored(tiny_blender):
+    req, r = _request(3), tiny_blender.runner
+    cache = _naive_cache(tiny_blender, req)
+    off, length = req.chunk_offsets[1], len(req.chunks[1])
+    got = chunk_anchors(r, cache, off, length, 3, 2, ratio=0.3, sinks=4)
+    assert got.shape == (3, anchor_count(length, 0.3, 4)) == (3, round(0.3 * length))
+    assert (got[:, :4] == torch.arange(4)).all()
+    assert (got[:, 1:] > got[:, :-1]).all()
+    assert not torch.equal(got[0], got[2])  # per layer
+    again = anchors_for(r, cache, PREFIX, req.chunks[1], off, 2, 0.3, 4)
+    assert torch.equal(again, anchors_for(r, cache, PREFIX, req.chunks[1], off, 2, 0.3, 4))
+
+
+def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender):
+    req, r = _request(4), tiny_blender.runner
+    cfg = BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(1, 2))
+    res = tiny_blender.prefill(req, cfg)
+    budget = round(0.2 * req.context_len)
+    assert res.stats.recomputed_tokens == budget
+    cache = _naive_cache(tiny_blender, req)
+    ids = torch.tensor(req.token_ids())
+    placed, fresh = len(PREFIX) + len(req.chunks[0]), req.suffix_start
+    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
+    anchors = [anchors_for(r, cache, PREFIX, c, s, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
+    want = top_tokens(view_importance(r, cache, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0), budget)
+    assert _recomputed(tiny_blender, req, res).tolist() == want.tolist()
+    other = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(3,)))
+    assert _recomputed(tiny_blender, req, other).tolist() != want.tolist()  # the layers decide
+
+
+def test_qcfuse_rejects_a_layer_the_model_lacks(tiny_blender):
+    with pytest.raises(ValueError, match="critical_layers"):
+        tiny_blender.prefill(_request(), BlendConfig(mode="qcfuse", critical_layers=(9,)))
+
+
+def test_prophet2_first_stage_is_prophets_half_then_refined(tiny_blender):
+    req = _request(5)
+    res = tiny_blender.prefill(req, BlendConfig(mode="prophet2", recompute_ratio=0.3))
+    budget = round(0.3 * req.context_len)
+    assert res.stats.recomputed_tokens == budget
+    placed = len(PREFIX) + len(req.chunks[0])
+    mass = suffix_attention_by_layer(tiny_blender.runner, _naive_cache(tiny_blender, req),
+                                     torch.tensor(req.suffix_ids))[:, placed:]
+    first = top_tokens(_prophet_fused(mass), round(budget * PROPHET_STAGE1_SHARE))
+    got = _recomputed(tiny_blender, req, res)
+    assert got.numel() == budget and set(first.tolist()) <= set(got.tolist())
+    one_stage = _recomputed(tiny_blender, req, tiny_blender.prefill(req, BlendConfig(mode="prophet", recompute_ratio=0.3)))
+    assert got.tolist() != one_stage.tolist()
+
+
+def test_neighbours_and_fused_contexts():
+    vecs = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.8]])
+    assert neighbours(vecs, 2) == [[1, 3], [0, 3], [3, 1], [2, 1]]
+    chunks = [(10,), (11, 11), (12,), (13,)]
+    assert fused_contexts((1,), chunks, vecs, 2)[0] == (1, 13, 11, 11)  # nearest next to the chunk
+    with pytest.raises(ValueError, match="vectors"):
+        fused_contexts((1,), chunks, vecs[:3], 2)
+
+
+def test_fusion_places_the_fused_entries_and_keeps_the_plain_ones(tiny_runner):
+    req = _fusion_request(6)
+    store = DictStore()
+    source = ChunkSource(tiny_runner, store, PREFIX)
+    keys, extra = precompute_fused(source, req.chunks, req.fused)
+    assert extra == sum(len(c) - len(PREFIX) for c in req.fused)
+    assert keys[1] == chunk_key(tiny_runner.fingerprint, req.fused[1], req.chunks[1]) != source.key(req.chunks[1])
+    blender = Blender(tiny_runner, source)
+    res = blender.prefill(req, BlendConfig(mode="fusion", recompute_ratio=0.0))
+    assert res.stats.chunk_hits >= len(req.chunks) - 1 and res.stats.recomputed_tokens == 0
+    i, off, last = 2, req.chunk_offsets[2], tiny_runner.n_layers - 1
+    ctx, chunk = req.fused[i], req.chunks[i]
+    ref = tiny_runner.new_cache(len(ctx) + len(chunk))
+    tiny_runner.extend(torch.tensor(ctx + chunk), ref)  # the chunk computed behind its neighbours, independently
+    want_v = ref.values[last, :, len(ctx):]
+    torch.testing.assert_close(res.cache.values[last, :, off:off + len(chunk)], want_v, atol=1e-4, rtol=1e-4)
+    plain = blender.prefill(req, BlendConfig(mode="query", recompute_ratio=0.0))
+    assert not torch.allclose(plain.cache.values[last, :, off:off + len(chunk)], want_v, atol=1e-3)
+    assert {source.key(chunk), source.key(chunk, ctx)} <= set(store._items)  # plain and fused: two entries
+    assert source.key(ctx, ()) not in store._items  # the one-off fused context is not kept
+
+
+def test_fusion_without_fused_contexts_names_the_field(tiny_blender):
+    with pytest.raises(ValueError, match="fused"):
+        tiny_blender.prefill(_request(), BlendConfig(mode="fusion"))
+    with pytest.raises(ValueError, match="fused"):
+        _request(fused=((1,),))
