@@ -11,9 +11,10 @@ ROOT = Path(__file__).resolve().parents[1] / "chunkcache"
 FORBIDDEN = {  # package -> packages it must not import (they sit above it)
     "api": {"cli", "bench"},  # the HTTP service only: the CLI and the benchmarks sit above it
     "bench": {"cli"},
-    "blend": {"agents", "api", "integrations", "cli"},
+    "serving": {"api", "agents", "integrations", "cli", "bench"},  # the scheduler: api (and agents' turns) use it
+    "blend": {"agents", "api", "integrations", "cli", "serving"},
     "agents": {"api", "cli"},
-    "runner": {"blend", "agents", "api", "cli"},
+    "runner": {"blend", "agents", "api", "cli", "serving"},
     "store": {"blend", "agents", "api", "cli"},
     "kernels": {"blend", "agents", "api", "cli", "store"},
 }

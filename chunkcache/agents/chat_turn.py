@@ -25,7 +25,7 @@ from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
 from chunkcache.blend.config import BlendConfig
 from chunkcache.runner.decode import SamplingConfig, decode_steps
-from chunkcache.runner.detokenize import Detokenizer
+from chunkcache.runner.detokenize import Detokenizer, held_back
 from chunkcache.runner.heap import heap_trimmer
 
 _LOCKS: weakref.WeakKeyDictionary[AgentRuntime, threading.Lock] = weakref.WeakKeyDictionary()
@@ -37,14 +37,6 @@ def runtime_lock(runtime: AgentRuntime) -> threading.Lock:
     """The lock that serialises turns on runtime."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(runtime, threading.Lock())
-
-
-def held_back(text: str, stop: list[str]) -> int:
-    """How many trailing characters of text could begin a stop sequence (and so may not be emitted yet)."""
-    for n in range(min(len(text), max((len(s) for s in stop), default=1) - 1), 0, -1):
-        if any(s.startswith(text[-n:]) for s in stop):
-            return n
-    return 0
 
 
 class ChatTurn:

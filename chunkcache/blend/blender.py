@@ -23,6 +23,7 @@ precomputed behind its fused context (req.fused) instead of the plain one.
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -80,6 +81,18 @@ class BlendResult:
     stats: BlendStats
 
 
+PrefillSteps = Generator[int, None, BlendResult]  # yields tokens computed per piece of work; returns the result
+
+
+def run_steps(steps: PrefillSteps) -> BlendResult:
+    """Run a prefill generator to its end and return its BlendResult."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 class Blender:
     """anchors: the KVCOMM anchor pool (needed by kvcomm modes on requests with placeholders); prefix_cache:
     recent prompts for prefix mode (None: the request's exact prefix only)."""
@@ -91,9 +104,38 @@ class Blender:
         self.anchors = anchors
         self.prefix_cache = prefix_cache
 
-    @torch.inference_mode()
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
         """Run the prompt and return the merged cache and last-token logits. reserve: extra capacity for decode."""
+        return run_steps(self.prefill_steps(req, cfg, reserve))
+
+    def prefill_steps(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0,
+                      slice_tokens: int = 0) -> PrefillSteps:
+        """`prefill` as a generator that yields the number of tokens each piece of work computed and returns the
+        BlendResult. With slice_tokens > 0 the computed tokens of `full` and `prefix` mode run in slices of at
+        most slice_tokens (`runner.extend` appends at cache.length), one per `next()`, so a caller can run other
+        work between them; the selective modes need the whole request at their check layers and run in one
+        piece. slice_tokens=0: one piece (the plain `prefill`)."""
+        with torch.inference_mode():
+            prepared = self._start(req, cfg, reserve)
+        if isinstance(prepared, BlendResult):  # placed and computed in one piece (the selective modes)
+            yield prepared.stats.prompt_tokens - prepared.stats.reused_tokens
+            return prepared
+        ids, cache, placed, stats = prepared
+        hidden = None
+        step = slice_tokens if slice_tokens > 0 else ids.numel()
+        for start in range(placed, ids.numel(), step):
+            with torch.inference_mode():
+                hidden = self.runner.extend(ids[start:start + step], cache)
+            yield hidden.shape[0]
+        with torch.inference_mode():
+            if cfg.mode == "prefix" and self.prefix_cache is not None:
+                self.prefix_cache.insert(tuple(req.token_ids()), cache)
+            return BlendResult(cache, self.runner.logits(hidden[-1:])[0], stats)
+
+    def _start(self, req: BlendRequest, cfg: BlendConfig, reserve: int
+               ) -> BlendResult | tuple[torch.Tensor, KVCache, int, BlendStats]:
+        """Place what the mode reuses. full/prefix: (ids [n], cache, first position to compute, stats) for the
+        caller to extend; every other mode: the finished BlendResult."""
         r = self.runner
         n = req.num_tokens
         if n > r.max_positions:
@@ -110,56 +152,57 @@ class Blender:
         cache = r.new_cache(n + reserve)
         ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)  # [n]
         if cfg.mode == "full":
-            hidden = r.extend(ids, cache)
             stats.recomputed_tokens = req.context_len
             stats.attention = r.attention.choose_for(n, n, reference_only=True)
-            return BlendResult(cache, r.logits(hidden[-1:])[0], stats)
+            return ids, cache, 0, stats
 
         placed = self._place_prefix(req, cache, stats)
         if cfg.mode == "prefix":
             placed = self._recent_prefix(req, cache, placed)
-            hidden = r.extend(ids[placed:], cache)
-            if self.prefix_cache is not None:
-                self.prefix_cache.insert(tuple(req.token_ids()), cache)
             stats.recomputed_tokens = max(0, req.suffix_start - placed)
-            fresh = placed
-        else:
-            loader = LayerLoader(self.source, cache)
-            try:
-                t0 = time.perf_counter()
-                plc = (place_anchored(r, self.source, self.anchors, req, cfg, loader, stats) if anchored
-                       else Placement(req.suffix_start))
-                fresh = plc.fresh
-                origins = {}
-                for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets)):
-                    if placed <= offset < fresh and i not in plc.placed:
-                        ctx = req.fused[i] if cfg.mode == "fusion" else None
-                        origins[i] = loader.add(chunk, offset, i in req.responses, ctx)
-                if not anchored:
-                    stats.slots = [{"placeholder": p.name, "base": origins.get(p.chunk, "exact")}
-                                   for p in req.placeholders]
-                stats.timings["place"] = time.perf_counter() - t0
-                loader.load(0)  # every position before the fresh region now exists in layer 0
-                load0 = stats.timings["load0"] = loader.load_s
-                t0 = time.perf_counter()
-                if cfg.mode == "naive" or fresh <= placed:
-                    hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
-                else:
-                    hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed))
-                stats.timings["compute"] = time.perf_counter() - t0 - (loader.load_s - load0)  # loads excluded
-            finally:
-                loader.close()
-            stats.timings["load"] = loader.load_s
-            stats.chunk_hits += loader.hits
-            stats.chunk_misses += loader.misses
-            if plc.rejected:
-                stats.anchors_added = measure(r, self.anchors, req, cache, plc.rejected)
-        stats.reused_tokens = fresh - stats.recomputed_tokens if cfg.mode != "prefix" else placed
-        rows = n - fresh + (stats.recomputed_tokens if cfg.mode not in ("prefix", "naive") else 0)
+            stats.reused_tokens = placed
+            stats.attention = r.attention.choose_for(n - placed, n, reference_only=placed == 0)
+            self._take_fallbacks(stats)
+            return ids, cache, placed, stats
+        loader = LayerLoader(self.source, cache)
+        try:
+            t0 = time.perf_counter()
+            plc = (place_anchored(r, self.source, self.anchors, req, cfg, loader, stats) if anchored
+                   else Placement(req.suffix_start))
+            fresh = plc.fresh
+            origins = {}
+            for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets)):
+                if placed <= offset < fresh and i not in plc.placed:
+                    ctx = req.fused[i] if cfg.mode == "fusion" else None
+                    origins[i] = loader.add(chunk, offset, i in req.responses, ctx)
+            if not anchored:
+                stats.slots = [{"placeholder": p.name, "base": origins.get(p.chunk, "exact")}
+                               for p in req.placeholders]
+            stats.timings["place"] = time.perf_counter() - t0
+            loader.load(0)  # every position before the fresh region now exists in layer 0
+            load0 = stats.timings["load0"] = loader.load_s
+            t0 = time.perf_counter()
+            if cfg.mode == "naive" or fresh <= placed:
+                hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
+            else:
+                hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed))
+            stats.timings["compute"] = time.perf_counter() - t0 - (loader.load_s - load0)  # loads excluded
+        finally:
+            loader.close()
+        stats.timings["load"] = loader.load_s
+        stats.chunk_hits += loader.hits
+        stats.chunk_misses += loader.misses
+        if plc.rejected:
+            stats.anchors_added = measure(r, self.anchors, req, cache, plc.rejected)
+        stats.reused_tokens = fresh - stats.recomputed_tokens
+        rows = n - fresh + (stats.recomputed_tokens if cfg.mode != "naive" else 0)
         stats.attention = r.attention.choose_for(rows, n, reference_only=rows == n or cfg.mode == "ape")
+        self._take_fallbacks(stats)
+        return BlendResult(cache, r.logits(hidden[-1:])[0], stats)
+
+    def _take_fallbacks(self, stats: BlendStats) -> None:
         stats.fallbacks.extend(self.source.fallbacks)
         self.source.fallbacks.clear()
-        return BlendResult(cache, r.logits(hidden[-1:])[0], stats)
 
     def _place_prefix(self, req: BlendRequest, cache: KVCache, stats: BlendStats) -> int:
         """Write the exact prefix (and the first chunk if computed behind this very prefix). Returns its length."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from chunkcache.blend.blender import Blender, BlendResult
+from chunkcache.blend.blender import Blender, BlendResult, PrefillSteps
 from chunkcache.blend.chunk_source import ChunkSource, KVStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
@@ -69,6 +69,11 @@ class ChunkCacheEngine:
 
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
         return self.blender.prefill(req, cfg, reserve)
+
+    def prefill_steps(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0, slice_tokens: int = 0
+                      ) -> PrefillSteps:
+        """`prefill` in pieces of work (`Blender.prefill_steps`: full/prefix in slices of slice_tokens)."""
+        return self.blender.prefill_steps(req, cfg, reserve, slice_tokens)
 
     def stream(self, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig = SamplingConfig()
                ) -> Iterator[tuple[int, str, float, dict]]:

@@ -20,6 +20,14 @@ def complete_text(text: str) -> str:
     return text[:-1] if text.endswith(_INCOMPLETE) else text
 
 
+def held_back(text: str, stop: list[str]) -> int:
+    """How many trailing characters of text could begin a stop sequence (and so may not be emitted yet)."""
+    for n in range(min(len(text), max((len(s) for s in stop), default=1) - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stop):
+            return n
+    return 0
+
+
 class Detokenizer:
     """Feed token ids one at a time; `add` returns the newly printable text ("" while held back).
 
