@@ -46,12 +46,11 @@ def _text(engine: ChunkCacheEngine, ids: list[int]) -> str:
     return engine.tokenizer.decode([t for t in ids if t not in engine.eos_ids], skip_special_tokens=True).strip()
 
 
-def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, BlendConfig], max_new: int,
-                     free_run: bool = True, repeats: int = 1) -> dict:
-    """Per-mode figures for one example. configs: label -> BlendConfig (full is added). repeats: each TTFT
-    is the median of this many prefills (full included), which damps a shared machine's interference."""
-    chunks = [passage_text(c) for c in ex["ctxs"]]
-    req = engine.prompts.request(chunks, ex["question"])
+def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequest, configs: dict[str, BlendConfig],
+                     max_new: int, free_run: bool = True, repeats: int = 1) -> dict:
+    """Per-mode figures of one request over `chunks` (precomputed first). configs: label -> BlendConfig (full is
+    added); labels with equal configs run once and share one row. repeats: each TTFT is the median of this many
+    prefills (full included), which damps a shared machine's interference. Rows hold the free-run `answer`."""
     engine.precompute(chunks)
     full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
     n = full.cache.length
@@ -59,11 +58,13 @@ def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, Blen
     full.cache.truncate(n)
     ref = _tf_logits(engine, full, answer)
     full_text = _text(engine, answer)
-    out = {"full": {"ttft_s": full_t, "answer": full_text, "f1": best_f1(full_text, ex["answers"]),
-                    "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0, "first_token": 1.0,
-                    "recompute_fraction": 1.0, "prompt_tokens": req.num_tokens}}
+    out = {"full": {"ttft_s": full_t, "answer": full_text, "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0,
+                    "first_token": 1.0, "recompute_fraction": 1.0, "prompt_tokens": req.num_tokens}}
     del full
+    labels_of: dict[BlendConfig, list[str]] = {}
     for label, cfg in configs.items():
+        labels_of.setdefault(cfg, []).append(label)
+    for cfg, labels in labels_of.items():
         res, t = _timed_prefill(engine, req, cfg, max_new, repeats)
         top1, kl = teacher_forced(ref, _tf_logits(engine, res, answer))
         row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
@@ -71,9 +72,22 @@ def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, Blen
         if free_run:
             ids = _greedy(engine, res, max_new)
             text = _text(engine, ids)
-            row.update(answer=text, f1=best_f1(text, ex["answers"]), fidelity_f1=token_f1(text, full_text)
-                       if full_text else float(text == full_text), first_token=float(ids[:1] == answer[:1]))
-        out[label] = row
+            row.update(answer=text, fidelity_f1=token_f1(text, full_text) if full_text else float(text == full_text),
+                       first_token=float(ids[:1] == answer[:1]))
+        for label in labels:
+            out[label] = row
+    return out
+
+
+def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, BlendConfig], max_new: int,
+                     free_run: bool = True, repeats: int = 1) -> dict:
+    """evaluate_request on one MuSiQue-format example, each free-run answer scored (`f1`) against the gold."""
+    chunks = [passage_text(c) for c in ex["ctxs"]]
+    out = evaluate_request(engine, chunks, engine.prompts.request(chunks, ex["question"]), configs, max_new,
+                           free_run, repeats)
+    for row in out.values():
+        if "answer" in row:
+            row["f1"] = best_f1(row["answer"], ex["answers"])
     return out
 
 
@@ -108,10 +122,13 @@ def pareto_configs(modes: list[str], ratios: list[float], base: BlendConfig) -> 
     return out
 
 
-def pareto_rows(summary: dict, modes: list[str], ratios: list[float]) -> list[dict]:
+PARETO_KEYS = ("ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "fidelity_f1_mean", "f1_mean",
+               "recompute_fraction")
+
+
+def pareto_rows(summary: dict, modes: list[str], ratios: list[float], keys: tuple[str, ...] = PARETO_KEYS
+                ) -> list[dict]:
     """The JSON `pareto` list: one row per (mode, ratio), ratio-free modes once (ratio = recomputed share)."""
-    keys = ("ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "fidelity_f1_mean", "f1_mean",
-            "recompute_fraction")
     rows = []
     for m in modes:
         if m in RATIO_FREE_MODES:
@@ -151,16 +168,9 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
     configs = {m: replace(base, mode=m) for m in modes if m != "full"}
     if ratios:
         configs.update(pareto_configs(modes, ratios, base))
-    labels_of: dict[BlendConfig, list[str]] = {}
-    for label, cfg in configs.items():
-        labels_of.setdefault(cfg, []).append(label)
-    unique = {labels[0]: cfg for cfg, labels in labels_of.items()}
     rows = []
     for i, ex in enumerate(examples):
-        row = evaluate_example(engine, ex, unique, max_new, repeats=repeats)
-        for cfg, labels in labels_of.items():
-            for label in labels[1:]:
-                row[label] = row[labels[0]]
+        row = evaluate_example(engine, ex, configs, max_new, repeats=repeats)
         rows.append(row)
         log(f"[{i + 1}/{len(examples)}] " + "  ".join(
             f"{m}: {r['ttft_s']:.2f}s top1={r['tf_top1']:.3f} kl={r['tf_kl']:.3f}" for m, r in row.items()))
@@ -174,21 +184,26 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
     return out
 
 
-def plot_pareto(pareto: list[dict], path: str) -> None:
-    """KL and top-1 against TTFT speedup, one line per mode; full, naive and ape as marked points."""
+PANELS = (("tf_kl_mean", "mean teacher-forced KL vs full"), ("tf_top1_agreement", "teacher-forced top-1 agreement"))
+
+
+def plot_pareto(pareto: list[dict], path: str, panels: tuple[tuple[str, str], ...] = PANELS) -> None:
+    """Each panel's key (default KL and top-1) against TTFT speedup, one line per mode; full, naive and ape as
+    marked points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    axes = axes[0]
     for m in dict.fromkeys(r["mode"] for r in pareto):
         pts = sorted((r for r in pareto if r["mode"] == m), key=lambda r: r["ttft_speedup_vs_full_median"])
         x = [r["ttft_speedup_vs_full_median"] for r in pts]
         style = {"full": "k*", "naive": "rX", "ape": "mD", "prefix": "cs"}.get(m, "o-")
-        for ax, key in zip(axes, ("tf_kl_mean", "tf_top1_agreement")):
+        for ax, (key, _) in zip(axes, panels):
             ax.plot(x, [r[key] for r in pts], style, label=m, markersize=9 if len(pts) == 1 else 5)
-    for ax, title in zip(axes, ("mean teacher-forced KL vs full", "teacher-forced top-1 agreement")):
+    for ax, (_, title) in zip(axes, panels):
         ax.set_xscale("log")
         ax.set_xlabel("TTFT speedup vs full prefill (median, log)")
         ax.set_title(title)

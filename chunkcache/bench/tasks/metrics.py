@@ -1,0 +1,40 @@
+"""Task scores of one answer: SQuAD/HotpotQA exact match and F1 against gold, RULER's needle recall, and
+agreement with full prefill's answer (the same normalisation: chunkcache.bench.metrics)."""
+
+from __future__ import annotations
+
+from chunkcache.bench.metrics import best_f1, normalize_answer, token_f1
+
+SCORES = ("f1", "recall")  # task_score of a suite: answer F1 (HotpotQA, MuSiQue) or needle recall (NIAH, VT)
+
+
+def exact_match(prediction: str, answers: tuple[str, ...] | list[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised gold answer (HotpotQA's EM)."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(a) for a in answers))
+
+
+def needle_recall(prediction: str, needles: tuple[str, ...] | list[str]) -> float:
+    """RULER's string_match_all for one sample, in [0, 1]: the share of needles found in the prediction
+    (case-insensitive substring)."""
+    if not needles:
+        raise ValueError("needle_recall: no needles to find")
+    pred = prediction.lower()
+    return sum(n.lower() in pred for n in needles) / len(needles)
+
+
+def task_scores(kind: str, prediction: str, answers: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """{"task_score", ...}: f1 suites add "em"; recall suites score the needles."""
+    if kind == "f1":
+        return {"task_score": best_f1(prediction, list(answers)), "em": exact_match(prediction, answers)}
+    if kind == "recall":
+        return {"task_score": needle_recall(prediction, answers)}
+    raise ValueError(f"score kind must be one of {SCORES}, got {kind!r}")
+
+
+def agreement(text: str, full_text: str) -> dict[str, float]:
+    """agreement_exact: the normalised answers are equal; agreement_f1: their token F1 (1.0 when both are
+    empty after normalisation)."""
+    a, b = normalize_answer(text), normalize_answer(full_text)
+    f1 = token_f1(text, full_text) if b or a else 1.0
+    return {"agreement_exact": float(a == b), "agreement_f1": f1}

@@ -1,0 +1,170 @@
+"""`chunkcache bench tasks`: every mode against full prefill on a standard suite (task score, agreement with
+full prefill's answer, teacher-forced KL / top-1, TTFT speedup).
+
+Per example, every mode (full and naive included) runs on the same token ids (bench/rag.evaluate_request:
+chunk KV precomputed and in memory, full prefill's greedy answer as the teacher-forcing reference). The
+fidelity figures are deterministic, so each example is prefilled once per mode; only the first `timed`
+examples of each setting are timed, each TTFT the median of `repeats` prefills, and the speedup is the
+median of their paired ratios (full TTFT / mode TTFT). The Pareto sweep (every mode at every ratio) runs on
+the first `pareto_limit` examples of each setting. Gated suites (niah, vt) first run full prefill alone on
+every setting and run the modes only where its mean score reaches `min_full_score`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from chunkcache.bench.rag import evaluate_request, pareto_configs, pareto_rows
+from chunkcache.bench.tasks.example import TaskExample
+from chunkcache.bench.tasks.metrics import agreement, task_scores
+from chunkcache.bench.tasks.suites import Suite
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.blend.prompt import PromptBuilder
+from chunkcache.blend.request import BlendRequest
+
+KEYS = ("task_score", "agreement_f1", "agreement_exact", "tf_kl_mean", "tf_top1_agreement",
+        "ttft_speedup_vs_full_median", "recompute_fraction", "n")
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """modes: mode names, full first (added when missing); base: every mode's config but its name (its
+    recompute_ratio is --recompute-ratio); ratios: the Pareto sweep's ratios (empty: none); timed, pareto_limit:
+    per setting, see the module docstring; min_full_score: the gate of gated suites (0: no gate run)."""
+
+    modes: tuple[str, ...]
+    base: BlendConfig = BlendConfig()
+    ratios: tuple[float, ...] = ()
+    max_new: int = 32
+    repeats: int = 3
+    timed: int = 20
+    pareto_limit: int = 100
+    min_full_score: float = 0.8
+
+    def __post_init__(self) -> None:
+        for m in self.modes:
+            BlendConfig(mode=m)  # a clear error naming the mode
+        if "full" not in self.modes:
+            object.__setattr__(self, "modes", ("full", *self.modes))
+        if self.max_new < 1 or self.repeats < 1:
+            raise ValueError(f"max_new and repeats must be >= 1, got {self.max_new}, {self.repeats}")
+        if self.timed < 0 or self.pareto_limit < 0:
+            raise ValueError(f"timed and pareto_limit must be >= 0, got {self.timed}, {self.pareto_limit}")
+        if not 0.0 <= self.min_full_score <= 1.0:
+            raise ValueError(f"min_full_score must be in [0, 1], got {self.min_full_score}")
+        if any(not 0.0 <= r <= 1.0 for r in self.ratios):
+            raise ValueError(f"ratios must be in [0, 1], got {self.ratios}")
+
+
+def task_request(prompts: PromptBuilder, ex: TaskExample) -> BlendRequest:
+    """The example as the engine's prompt: its chunks, its question, and its answer prefix (if any) opening
+    the assistant turn (part of the always-computed suffix)."""
+    req = prompts.request(list(ex.chunks), ex.question)
+    if not ex.answer_prefix:
+        return req
+    t = prompts.template
+    suffix = prompts.encode(t.question_text.format(question=ex.question) + t.suffix_text + ex.answer_prefix)
+    return BlendRequest.of(req.prefix_ids, req.chunks, suffix)
+
+
+def score_rows(rows: dict[str, dict], ex: TaskExample, kind: str) -> dict[str, dict]:
+    """Add task_score (and em), agreement_exact and agreement_f1 to each mode's row (rows shared by equal
+    configs are scored once)."""
+    full_text = rows["full"]["answer"]
+    for row in {id(r): r for r in rows.values()}.values():
+        row.update(task_scores(kind, row["answer"], ex.answers), **agreement(row["answer"], full_text))
+    return rows
+
+
+def summarize(rows: list[dict], label: str) -> dict:
+    """The JSON figures of one label over the example rows that ran it; the speedup over the timed ones."""
+    per = [r["modes"][label] for r in rows if label in r["modes"]]
+    timed = [r["modes"][label] for r in rows if label in r["modes"] and r["timed"]]
+    mean = lambda key: statistics.fmean(p[key] for p in per)  # noqa: E731
+    out = {"task_score": mean("task_score"), "agreement_f1": mean("agreement_f1"),
+           "agreement_exact": mean("agreement_exact"), "tf_kl_mean": mean("tf_kl"),
+           "tf_top1_agreement": mean("tf_top1"),
+           "ttft_speedup_vs_full_median": statistics.median(p.get("speedup", 1.0) for p in timed) if timed else None,
+           "recompute_fraction": mean("recompute_fraction"), "n": len(per), "n_timed": len(timed),
+           "ttft_s_median": statistics.median(p["ttft_s"] for p in timed) if timed else None}
+    if "em" in per[0]:
+        out["em"] = mean("em")
+    return out
+
+
+def report(rows: list[dict], cfg: TasksConfig) -> dict:
+    """{"modes": label -> figures at the base ratio, "pareto": rows per (mode, ratio) on the Pareto subset}."""
+    out = {"modes": {m: summarize(rows, m) for m in cfg.modes}}
+    sweep = [r for r in rows if r["pareto"]]
+    if cfg.ratios and sweep:
+        labels = {label for r in sweep for label in r["modes"]}
+        table = {label: summarize(sweep, label) for label in labels}
+        out["pareto"] = pareto_rows(table, list(cfg.modes), list(cfg.ratios), keys=KEYS)
+    return out
+
+
+def full_gate(engine: ChunkCacheEngine, examples: list[TaskExample], kind: str, cfg: TasksConfig,
+              log: Callable[[str], None]) -> dict[str, dict]:
+    """Full prefill alone on every example: setting -> {full_score, n, included}."""
+    scores: dict[str, list[float]] = {}
+    for ex in examples:
+        rows = evaluate_request(engine, list(ex.chunks), task_request(engine.prompts, ex), {}, cfg.max_new)
+        scores.setdefault(ex.setting, []).append(task_scores(kind, rows["full"]["answer"], ex.answers)["task_score"])
+    gate = {}
+    for setting, s in scores.items():
+        mean = statistics.fmean(s)
+        gate[setting] = {"full_score": mean, "n": len(s), "included": mean >= cfg.min_full_score}
+        log(f"[gate] {setting}: full prefill scores {mean:.3f} over {len(s)} -> "
+            f"{'run' if gate[setting]['included'] else 'not run'} (threshold {cfg.min_full_score})")
+    return gate
+
+
+def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample], cfg: TasksConfig,
+              log: Callable[[str], None] = print) -> dict:
+    """The `bench tasks` JSON (less its config): modes, pareto, per-setting figures, the gate, the rows."""
+    out: dict = {"suite": suite.name}
+    if suite.gated and cfg.min_full_score > 0:
+        out["gate"] = full_gate(engine, examples, suite.score, cfg, log)
+        examples = [ex for ex in examples if out["gate"][ex.setting]["included"]]
+    main = {m: replace(cfg.base, mode=m) for m in cfg.modes if m != "full"}
+    sweep = pareto_configs(list(cfg.modes), list(cfg.ratios), cfg.base) if cfg.ratios else {}
+    rows, seen = [], {}
+    for i, ex in enumerate(examples):
+        k = seen[ex.setting] = seen.get(ex.setting, -1) + 1
+        timed, in_sweep = k < cfg.timed, bool(sweep) and k < cfg.pareto_limit
+        t0 = time.perf_counter()
+        modes = evaluate_request(engine, list(ex.chunks), task_request(engine.prompts, ex),
+                                 {**main, **(sweep if in_sweep else {})}, cfg.max_new,
+                                 repeats=cfg.repeats if timed else 1)
+        rows.append({"id": ex.id, "setting": ex.setting, "timed": timed, "pareto": in_sweep,
+                     "wall_s": time.perf_counter() - t0, "modes": score_rows(modes, ex, suite.score)})
+        log(f"[{i + 1}/{len(examples)}] {ex.id} {rows[-1]['wall_s']:.1f}s  " + "  ".join(
+            f"{m}: score={modes[m]['task_score']:.2f} agree={modes[m]['agreement_f1']:.2f} kl={modes[m]['tf_kl']:.3f}"
+            for m in cfg.modes))
+    if rows:
+        out.update(report(rows, cfg))
+        settings = list(dict.fromkeys(r["setting"] for r in rows))
+        if len(settings) > 1:
+            out["settings"] = {s: report([r for r in rows if r["setting"] == s], cfg) for s in settings}
+    else:
+        out["modes"] = {}
+    out["examples"] = rows
+    return out
+
+
+def plot(result: dict, path: str) -> None:
+    """Task score and agreement with full prefill against TTFT speedup, one line per mode (the Pareto rows, or
+    one point per mode without --ratios)."""
+    from chunkcache.bench.rag import plot_pareto
+
+    points = result.get("pareto") or [{"mode": m, "ratio": f["recompute_fraction"], **f}
+                                      for m, f in result["modes"].items()]
+    points = [p for p in points if p["ttft_speedup_vs_full_median"] is not None]
+    if not points:
+        raise ValueError("--plot: no timed example (--timed 0), so no TTFT speedup to plot against")
+    plot_pareto(points, path, panels=(("task_score", f"task score ({result['suite']})"),
+                                      ("agreement_f1", "answer agreement with full prefill (token F1)")))
