@@ -21,6 +21,7 @@ from chunkcache.api.routes import router
 from chunkcache.api.schemas import Health
 from chunkcache.api.service import ChunkCacheService, RequestError
 from chunkcache.api.worker import ModelWorker, QueueFull, WorkerClosed
+from chunkcache.serving import Scheduler
 
 _bearer = HTTPBearer(auto_error=False, description="API key, when the server has one (--api-key / "
                                                    "$CHUNKCACHE_API_KEY)")
@@ -84,7 +85,8 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         app.state.service = service or await asyncio.to_thread(ChunkCacheService, cfg)
-        app.state.worker = ModelWorker(cfg.max_queue)
+        app.state.scheduler = Scheduler(app.state.service.engine.runner, cfg.scheduler)
+        app.state.worker = ModelWorker(app.state.scheduler)  # exclusive calls between the scheduler's steps
         app.state.jobs = JobRegistry(cfg.max_jobs, cfg.keep_jobs, cfg.jobs_url, cfg.job_stale_s)
         try:
             yield

@@ -10,6 +10,7 @@ from typing import Any
 
 from chunkcache.blend.prompt import DEFAULT_SYSTEM
 from chunkcache.config import ConfigError, EngineConfig
+from chunkcache.serving.config import SchedulerConfig
 
 API_KEY_ENV = "CHUNKCACHE_API_KEY"
 
@@ -18,7 +19,10 @@ API_KEY_ENV = "CHUNKCACHE_API_KEY"
 class ServerConfig:
     """engine: model, device, store... (`EngineConfig`); with store.disk False nothing persists and the
         chunk texts and faiss index stay in memory, otherwise they live in engine.store_root.
-    max_queue: requests waiting for the model worker beyond the one running; more answer 429.
+    max_queue: requests waiting to be admitted by the scheduler; more answer 429.
+    max_batch: requests prefilling or decoding at once (continuous batching; 1: one at a time).
+    max_batch_tokens: prefill tokens per scheduler step (full/prefix prefills are sliced to it).
+    kv_budget_bytes: KV of the requests in flight (prompt + max_tokens each); admission waits beyond it.
     max_body_bytes: larger request bodies answer 413.
     max_new_tokens: the largest max_tokens a request may ask for.
     max_prompt_tokens: the largest prompt (system + chunks + query), capped by the model context.
@@ -33,6 +37,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_queue: int = 16
+    max_batch: int = 16
+    max_batch_tokens: int = 512
+    kv_budget_bytes: int = 2 << 30
     max_body_bytes: int = 4 << 20
     max_new_tokens: int = 512
     max_prompt_tokens: int = 8192
@@ -49,12 +56,17 @@ class ServerConfig:
                      "max_systems", "max_jobs", "keep_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.scheduler  # noqa: B018 - validates the scheduler settings, naming the field
         if not self.job_stale_s > 0:
             raise ValueError(f"job_stale_s must be > 0, got {self.job_stale_s}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be blank")
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        return SchedulerConfig(self.max_batch, self.max_batch_tokens, self.kv_budget_bytes, self.max_queue)
 
     @property
     def system(self) -> str:

@@ -1,4 +1,5 @@
-"""Run one generation on the model worker: a JSON answer, or server-sent events while it decodes.
+"""Run one generation through the scheduler (batched with the others): a JSON answer, or server-sent events
+while it decodes.
 
 SSE events: `token` ({"token", "text"}) per generated token, then `done` ({"text", "stats", ...}),
 ("token_ids" too with return_token_ids). The text is tokenizer.decode(generated ids,
@@ -13,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from chunkcache.api.schemas import GenerationOptions
 from chunkcache.api.service import ChunkCacheService
+from chunkcache.api.sequences import ClientGone, next_event, rag_sequence
 from chunkcache.api.worker import ModelWorker, Timed
+from chunkcache.serving import Handle
 
 
 def _sse(event: str, data: dict) -> bytes:
@@ -40,67 +42,60 @@ async def submit(request: Request, fn: Callable[[], object]) -> Timed:
 
 async def generate(request: Request, texts: Callable[[], tuple[list[str], dict]], query: str,
                    opts: GenerationOptions):  # type: ignore[no-untyped-def]
-    """texts() runs on the worker and returns (chunk texts, extra response fields)."""
+    """texts() runs on the scheduler thread (an exclusive call) and returns (chunk texts, extra response fields);
+    the generation then runs as a sequence batched with the others. A client that disconnects (streaming or
+    not) cancels its sequence."""
     svc: ChunkCacheService = request.app.state.service
     metrics = request.app.state.metrics
-    if not opts.stream:
-        def job() -> tuple[str, dict, list[int], dict]:
-            chunks, extra = texts()
-            text, stats, ids = svc.generate(svc.prepare(chunks, query, opts))
-            return text, stats, ids, extra
-
-        timed = await submit(request, job)
-        text, stats, ids, extra = timed.value
-        stats.update(engine_s=timed.run_s, queue_s=timed.queue_s)
-        metrics.observe_generation(stats)
-        return {"text": text, "stats": stats, **_ids(opts, ids), **extra}
-
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    cancel = threading.Event()
 
-    def push(kind: str, value: object) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+    def admit() -> tuple[Handle, dict]:
+        chunks, extra = texts()
+        return request.app.state.scheduler.submit(rag_sequence(svc, svc.prepare(chunks, query, opts)), loop), extra
 
-    def job() -> None:
-        try:
-            chunks, extra = texts()
-            prepared = svc.prepare(chunks, query, opts)
-            push("ready", extra)
-            for item in svc.stream(prepared, cancel.is_set):
-                push("item", item)
-        except Exception as err:  # noqa: BLE001 - delivered to the request
-            push("error", err)
-
-    future = request.app.state.worker.submit(job)
+    handle, extra = (await submit(request, admit)).value
     try:
-        kind, extra = await events.get()
-    except asyncio.CancelledError:  # client gone before the first token: skip or stop the work
-        cancel.set()
-        future.cancel()
+        first = await next_event(request, handle)
+    except ClientGone:
+        return Response(status_code=499)
+    except BaseException:
+        handle.cancel()
         raise
-    if kind == "error":
-        raise extra  # type: ignore[misc]
+    if "error" in first:
+        raise first["error"]
+
+    if not opts.stream:
+        event = first
+        try:
+            while "done" not in event:
+                if "error" in event:
+                    raise event["error"]
+                event = await next_event(request, handle)
+        except ClientGone:
+            return Response(status_code=499)
+        finally:
+            handle.cancel()  # a no-op once done
+        metrics.observe_generation(event["done"])
+        return {"text": event["text"], "stats": event["done"], **_ids(opts, event["token_ids"]), **extra}
 
     async def stream() -> AsyncIterator[bytes]:
         pieces: list[str] = []
+        event = first
         try:
             while True:
-                kind, value = await events.get()
-                if kind == "error":
-                    yield _sse("error", {"detail": str(value)})
+                if "error" in event:
+                    yield _sse("error", {"detail": str(event["error"])})
                     return
-                if "done" in value:
-                    timed: Timed = await asyncio.wrap_future(future)
-                    stats = {**value["done"], "engine_s": timed.run_s, "queue_s": timed.queue_s}
-                    metrics.observe_generation(stats)
-                    yield _sse("done", {"text": "".join(pieces), "stats": stats, **_ids(opts, value["token_ids"]),
-                                        **extra})
+                if "done" in event:
+                    metrics.observe_generation(event["done"])
+                    yield _sse("done", {"text": "".join(pieces), "stats": event["done"],
+                                        **_ids(opts, event["token_ids"]), **extra})
                     return
-                pieces.append(value["text"])
-                yield _sse("token", value)
+                pieces.append(event["text"])
+                yield _sse("token", {"token": event["token"], "text": event["text"]})
+                event = await handle.get()
         finally:
-            cancel.set()
+            handle.cancel()
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

@@ -12,6 +12,19 @@ def positive(text: str) -> int:
     return value
 
 
+def byte_size(text: str) -> int:
+    """1073741824, 1GiB, 512MB ... -> bytes (>= 1)."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        value = int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"a byte size such as 2GiB or 512MB, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 byte, got {text!r}")
+    return value
+
+
 def ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 from chunkcache.blend.config import DEFAULT_MODE, MODES
-from chunkcache.cli.args import positive, ratio
+from chunkcache.cli.args import byte_size, positive, ratio
 
 TEXT_SUFFIXES = (".txt", ".md")
-SERVER_FLAGS = ("host", "port", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_body_bytes")
+SERVER_FLAGS = ("host", "port", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_body_bytes", "max_batch",
+                "max_batch_tokens", "kv_budget_bytes")
 API_KEY_ENV, API_KEY_FILE_ENV = "CHUNKCACHE_API_KEY", "CHUNKCACHE_API_KEY_FILE"
 
 
@@ -195,6 +196,12 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     serve.add_argument("--host", default=None, help="default 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default 8000")
     serve.add_argument("--max-queue", type=positive, default=None, help="waiting requests before 429 (default 16)")
+    serve.add_argument("--max-batch", type=positive, default=None,
+                       help="requests prefilling or decoding at once (continuous batching; 1: one at a time; default 16)")
+    serve.add_argument("--max-batch-tokens", type=positive, default=None,
+                       help="prefill tokens per scheduler step; full/prefix prefills are sliced to it (default 512)")
+    serve.add_argument("--kv-budget", dest="kv_budget_bytes", type=byte_size, default=None,
+                       help="KV of the requests in flight, e.g. 2GiB; admission waits beyond it (default 2GiB)")
     serve.add_argument("--max-new-tokens", type=positive, default=None, help="default 512")
     serve.add_argument("--max-prompt-tokens", type=positive, default=None, help="default 8192")
     serve.add_argument("--max-body-bytes", type=positive, default=None, help="default 4 MiB")

@@ -101,6 +101,12 @@ class Handle:
             if "done" in event or "error" in event:
                 return
 
+    async def get(self) -> dict:
+        """The next event (handles submitted with an event loop)."""
+        if self._loop is None:
+            raise TypeError("this handle was submitted without an event loop: iterate it from a thread")
+        return await self._events.get()
+
     async def __aiter__(self) -> AsyncIterator[dict]:
         if self._loop is None:
             raise TypeError("this handle was submitted without an event loop: iterate it from a thread")

@@ -1,4 +1,4 @@
-"""Model worker, job registry and config: the pieces under the server, without HTTP or a model."""
+"""Model worker, job registry and config: the pieces under the server, without HTTP (the worker on the tiny llama)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from chunkcache.api.worker import ModelWorker, QueueFull, WorkerClosed
 
 
 def test_api_worker_serialises_and_refuses_when_full() -> None:
-    worker = ModelWorker(max_queue=1)
-    gate = threading.Event()
+    from chunkcache.runner.runner import ModelRunner
+    from chunkcache.serving import Scheduler, SchedulerConfig
+    from tiny_models import tiny_llama
+
+    worker = ModelWorker(Scheduler(ModelRunner(tiny_llama(), kernels="torch"), SchedulerConfig(max_waiting=1)))
+    gate, started = threading.Event(), threading.Event()
     order: list[int] = []
-    running = worker.submit(lambda: (gate.wait(10), order.append(1), "first")[-1])
-    while not worker.busy:
-        time.sleep(0.001)
+    running = worker.submit(lambda: (started.set(), gate.wait(10), order.append(1), "first")[-1])
+    assert started.wait(10)
     queued = worker.submit(lambda: (order.append(2), "second")[-1])
     with pytest.raises(QueueFull):
         worker.submit(lambda: "third")
@@ -134,9 +137,13 @@ def test_api_worker_returns_freed_heap_when_idle() -> None:
     import threading
 
     from chunkcache.api.worker import ModelWorker
+    from chunkcache.runner.runner import ModelRunner
+    from chunkcache.serving import Scheduler, SchedulerConfig
+    from tiny_models import tiny_llama
 
-    worker, trims, gate = ModelWorker(max_queue=4), [], threading.Event()
-    worker._trim = lambda: trims.append(worker.depth)
+    sched = Scheduler(ModelRunner(tiny_llama(), kernels="torch"), SchedulerConfig(max_waiting=4))
+    worker, trims, gate = ModelWorker(sched), [], threading.Event()
+    sched._trim = lambda: trims.append(worker.depth)
     first = worker.submit(gate.wait)
     rest = [worker.submit(lambda i=i: i) for i in range(2)]
     gate.set()
