@@ -23,6 +23,7 @@ import torch
 
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.agents.template import AgentTemplate, Message
+from chunkcache.blend.blender import BlendResult
 from chunkcache.blend.config import BlendConfig
 from chunkcache.runner.decode import SamplingConfig, decode_steps
 from chunkcache.runner.detokenize import Detokenizer, held_back
@@ -115,26 +116,29 @@ class ChatTurn:
                     break
             steps.close()
             self.text = text
-            self._keep(pre)
+            keep_reply(rt, pre, self.prompt_tokens, self.token_ids, self.text, self.cfg)
             del pre
             _trim()  # the turn's KV is freed: return the heap to the OS (bounded RSS in long runs)
 
-    def _keep(self, pre) -> None:  # type: ignore[no-untyped-def]
-        """As AgentRuntime.turn: store the response's KV (modes that place KV) and remember its token ids, for
-        the longest prefix of the ids that decodes to the text exactly (none: the text is read back as text)."""
-        if not self.text:
+
+def keep_reply(runtime: AgentRuntime, pre: BlendResult, prompt_tokens: int, token_ids: list[int], text: str,
+               cfg: BlendConfig) -> None:
+    """As AgentRuntime.turn: store the reply's KV (modes that place KV; pre: the turn's BlendResult) and remember
+    its token ids, for the longest prefix of the ids that decodes to the text exactly (none: the text is read
+    back as text). The reply of a served chat turn is kept the same way (api/sequences.py)."""
+    if not text:
+        return
+    n = len(token_ids)
+    while n:
+        decoded = runtime.tokenizer.decode(token_ids[:n], skip_special_tokens=True)
+        if decoded == text:
+            break
+        if len(decoded) < len(text):
             return
-        n = len(self.token_ids)
-        while n:
-            decoded = self.runtime.tokenizer.decode(self.token_ids[:n], skip_special_tokens=True)
-            if decoded == self.text:
-                break
-            if len(decoded) < len(self.text):
-                return
-            n -= 1
-        if not n:
-            return
-        ids = self.token_ids[:n]
-        if self.cfg.places_kv:
-            self.runtime.keep_response(pre, self.prompt_tokens, ids)
-        self.runtime._remember(self.text, tuple(ids))  # noqa: SLF001 - runtime.turn's own bookkeeping
+        n -= 1
+    if not n:
+        return
+    ids = token_ids[:n]
+    if cfg.places_kv:
+        runtime.keep_response(pre, prompt_tokens, ids)
+    runtime._remember(text, tuple(ids))  # noqa: SLF001 - runtime.turn's own bookkeeping

@@ -80,7 +80,8 @@ class AgentRuntime:
         self.blender = Blender(runner, source, self.pool, PrefixCache(prefix_cache_entries))
         self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
         self._trim = heap_trimmer()
-        self._compiled: dict[AgentTemplate, CompiledTemplate] = {}
+        self._compiled: OrderedDict[AgentTemplate, CompiledTemplate] = OrderedDict()  # LRU of `compile_cache`
+        self.compile_cache = 256
         self._generated: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # response text -> generated ids
         self.remember = 4096
 
@@ -105,8 +106,13 @@ class AgentRuntime:
             self._generated.popitem(last=False)
 
     def compile(self, template: AgentTemplate) -> CompiledTemplate:
+        """The template's token ids, compiled once; the last `compile_cache` templates are kept (a served chat
+        makes one per conversation shape and literal text, so the cache is bounded)."""
         if template not in self._compiled:
             self._compiled[template] = CompiledTemplate.compile(template, self.tokenizer)
+            while len(self._compiled) > self.compile_cache:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(template)
         return self._compiled[template]
 
     def prefill(self, template: AgentTemplate, values: dict[str, str | Message], cfg: BlendConfig = DEFAULT_CONFIG,
