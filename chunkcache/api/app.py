@@ -7,9 +7,11 @@ import secrets
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -17,6 +19,8 @@ from chunkcache.api.config import ServerConfig
 from chunkcache.api.jobs import JobRegistry
 from chunkcache.api.metrics import ApiMetrics
 from chunkcache.api.middleware import ApiKeyMiddleware, ServingMiddleware
+from chunkcache.api.openai_errors import error_response, is_openai
+from chunkcache.api.openai_routes import router as openai_router
 from chunkcache.api.routes import router
 from chunkcache.api.schemas import Health
 from chunkcache.api.service import ChunkCacheService, RequestError
@@ -43,40 +47,53 @@ def _field(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def _reply(request: Request, status: int, detail: str, field: str | None, headers: dict[str, str] | None = None,
+           **extra: object) -> JSONResponse:
+    """An error response: {"detail", "field"} on the native routes, OpenAI's error object under /v1/."""
+    if is_openai(request.url.path):
+        return error_response(status, detail, field, headers=headers)
+    return JSONResponse({"detail": detail, "field": field, **extra}, status_code=status, headers=headers)
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", ""), "type": e.get("type")}
                   for e in exc.errors()]
         message = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        return JSONResponse({"detail": message, "field": errors[0]["field"] if errors else None, "errors": errors},
-                            status_code=422)
+        return _reply(request, 422, message, errors[0]["field"] if errors else None, errors=errors)
 
     @app.exception_handler(RequestError)
-    async def refused(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=exc.status)
+    async def refused(request: Request, exc: RequestError) -> JSONResponse:
+        return _reply(request, exc.status, str(exc), exc.field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if is_openai(request.url.path):
+            return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(QueueFull)
     async def busy(request: Request, exc: QueueFull) -> JSONResponse:
         request.app.state.metrics.refused.labels("queue_full").inc()
-        return JSONResponse({"detail": str(exc), "field": None}, status_code=429, headers={"Retry-After": "1"})
+        return _reply(request, 429, str(exc), None, {"Retry-After": "1"})
 
     @app.exception_handler(WorkerClosed)
     async def closing(request: Request, exc: WorkerClosed) -> JSONResponse:
         request.app.state.metrics.refused.labels("shutting_down").inc()
-        return JSONResponse({"detail": str(exc), "field": None}, status_code=503)
+        return _reply(request, 503, str(exc), None)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     async def database_away(request: Request, exc: DBAPIError) -> JSONResponse:
         request.app.state.metrics.refused.labels("database_unavailable").inc()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-        return JSONResponse({"detail": f"catalog database unavailable ({reason}); retry shortly", "field": None},
-                            status_code=503, headers={"Retry-After": "2"})
+        return _reply(request, 503, f"catalog database unavailable ({reason}); retry shortly", None,
+                      {"Retry-After": "2"})
 
     @app.exception_handler(ValueError)
-    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "field": None}, status_code=422)
+    async def bad_value(request: Request, exc: ValueError) -> JSONResponse:
+        return _reply(request, 422, str(exc), None)
 
 
 def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> FastAPI:
@@ -109,6 +126,7 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
     app.add_middleware(ServingMiddleware, max_body_bytes=cfg.max_body_bytes, metrics=app.state.metrics)
     _install_handlers(app)
     app.include_router(router, dependencies=[Depends(require_api_key)])
+    app.include_router(openai_router, dependencies=[Depends(require_api_key)])
 
     @app.get("/healthz", response_model=Health)
     async def healthz(request: Request) -> Health:

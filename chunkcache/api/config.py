@@ -32,6 +32,8 @@ class ServerConfig:
     max_jobs: ingestion jobs waiting or running; more answer 429. keep_jobs: finished jobs remembered.
     job_stale_s: a queued or running job whose replica has not written for this long reads as failed
         (that replica was killed); jobs live in the catalog's database (`jobs_url`).
+    blend_special_str: in the OpenAI routes, the separator that ends a chunk inside a message or prompt
+        (LMCache's `blend_special_str`, same default; api/openai_layout.py).
     """
 
     host: str = "127.0.0.1"
@@ -49,6 +51,7 @@ class ServerConfig:
     max_jobs: int = 8
     keep_jobs: int = 256
     job_stale_s: float = 60.0
+    blend_special_str: str = " # # "
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -63,6 +66,8 @@ class ServerConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be blank")
+        if not self.blend_special_str.strip():
+            raise ValueError(f"blend_special_str must hold non-whitespace text, got {self.blend_special_str!r}")
 
     @property
     def scheduler(self) -> SchedulerConfig:

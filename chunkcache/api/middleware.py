@@ -10,6 +10,14 @@ import time
 from fastapi import HTTPException
 
 from chunkcache.api.metrics import ApiMetrics
+from chunkcache.api.openai_errors import error_bytes, is_openai
+
+
+def _error(scope, status: int, detail: str, field: str | None) -> bytes:  # type: ignore[no-untyped-def]
+    """An error body: {"detail", "field"}, or OpenAI's error object under /v1/ (api/openai_errors.py)."""
+    if is_openai(scope.get("path", "")):
+        return error_bytes(status, detail, field)
+    return json.dumps({"detail": detail, "field": field}).encode()
 
 
 class ServingMiddleware:
@@ -30,7 +38,7 @@ class ServingMiddleware:
         length = headers.get(b"content-length")
         too_big = f"body: request body exceeds the limit of {self.max_body} bytes"
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            body = json.dumps({"detail": too_big, "field": "body"}).encode()
+            body = _error(scope, 413, too_big, "body")
             await send({"type": "http.response.start", "status": 413,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
@@ -82,7 +90,7 @@ class ApiKeyMiddleware:
         if scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.key):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": "authorization: a valid bearer token is required", "field": None}).encode()
+        body = _error(scope, 401, "authorization: a valid bearer token is required", None)
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"www-authenticate", b"Bearer")]})

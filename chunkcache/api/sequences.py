@@ -2,8 +2,10 @@
 
 `rag_sequence(svc, prepared)`: a /generate_with_chunks or /rag/answer generation; its prefill is the engine's
 (`ChunkCacheEngine.prefill_steps`, full/prefix sliced), and the store's tier hits during that prefill are
-reported in its stats (`tiers_hit`). `next_event(request, handle)`: the next event of a sequence, cancelling
-it when the HTTP client disconnects (plain JSON requests included).
+reported in its stats (`tiers_hit`). `turn_sequence(svc, req, cfg, sampling, stop)`: a chat turn of the
+OpenAI routes on the service's AgentRuntime (its prefill path: anchors, prefix cache), whose reply is kept as a
+chunk when it finishes (agents/chat_turn.py keep_reply). `next_event(request, handle)`: the next event of a
+sequence, cancelling it when the HTTP client disconnects (plain JSON requests included).
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from collections import Counter
 
 from fastapi import Request
 
+from chunkcache.agents.chat_turn import keep_reply
 from chunkcache.api.service import ChunkCacheService, Prepared
 from chunkcache.blend.blender import PrefillSteps
-from chunkcache.serving import Handle, SequenceRequest
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.request import BlendRequest
+from chunkcache.runner.decode import SamplingConfig
+from chunkcache.serving import Handle, Sequence, SequenceRequest
 
 DISCONNECT_POLL_S = 0.25
 
@@ -30,21 +36,41 @@ def tier_hits(svc: ChunkCacheService) -> Counter[str]:
     return Counter({t: v["hits"] for t, v in stats()["tiers"].items()}) if stats is not None else Counter()
 
 
+def _counted(steps: PrefillSteps, svc: ChunkCacheService, info: dict) -> PrefillSteps:
+    """steps, recording the store's tier hits during them in info["tiers_hit"]."""
+    hits: Counter[str] = Counter()
+    while True:
+        before = tier_hits(svc)
+        try:
+            n = next(steps)
+        except StopIteration as done:
+            return done.value
+        finally:
+            hits += tier_hits(svc) - before
+            info["tiers_hit"] = dict(hits)
+        yield n
+
+
+def turn_sequence(svc: ChunkCacheService, req: BlendRequest, cfg: BlendConfig, sampling: SamplingConfig,
+                  stop: list[str]) -> SequenceRequest:
+    """A chat turn (a bound agent template) as a sequence; its finished reply is stored as a chunk."""
+    rt, info = svc.runtime, {"tiers_hit": {}}
+
+    def prefill(reserve: int, slice_tokens: int) -> PrefillSteps:
+        return _counted(rt.blender.prefill_steps(req, cfg, reserve, slice_tokens), svc, info)
+
+    def keep(seq: Sequence) -> None:
+        keep_reply(rt, seq.result, req.num_tokens, seq.token_ids, seq.text, cfg)  # type: ignore[arg-type]
+
+    return SequenceRequest(prefill, sampling, rt.eos_ids, req.num_tokens + sampling.max_new_tokens,
+                           tokenizer=rt.tokenizer, stop=stop, info=info, on_finish=keep)
+
+
 def rag_sequence(svc: ChunkCacheService, p: Prepared) -> SequenceRequest:
     info: dict = {"tiers_hit": {}}
 
     def prefill(reserve: int, slice_tokens: int) -> PrefillSteps:
-        steps, hits = p.engine.prefill_steps(p.request, p.blend, reserve, slice_tokens), Counter()
-        while True:
-            before = tier_hits(svc)
-            try:
-                n = next(steps)
-            except StopIteration as done:
-                return done.value
-            finally:
-                hits += tier_hits(svc) - before
-                info["tiers_hit"] = dict(hits)
-            yield n
+        return _counted(p.engine.prefill_steps(p.request, p.blend, reserve, slice_tokens), svc, info)
 
     return SequenceRequest(prefill, p.sampling, p.engine.eos_ids, p.request.num_tokens + p.sampling.max_new_tokens,
                            tokenizer=p.engine.tokenizer, info=info)

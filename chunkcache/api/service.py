@@ -14,6 +14,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import BlendConfig
@@ -51,6 +52,16 @@ class ChunkCacheService:
         self.index = index or ChunkIndex(cfg.engine.store_root if cfg.persistent else None, table_url=cfg.table_url)
         self._engines: OrderedDict[str, ChunkCacheEngine] = OrderedDict({cfg.system: self.engine})
         self._lock = threading.Lock()
+        self._runtime: AgentRuntime | None = None
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The agents runtime of chat turns (the OpenAI routes): the engine's model, store and key space, its own
+        anchor pool and prefix cache; built on first use."""
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = AgentRuntime.from_engine(self.engine)
+            return self._runtime
 
     # ---- generation --------------------------------------------------------------------------
     def engine_for(self, system: str | None) -> ChunkCacheEngine:
