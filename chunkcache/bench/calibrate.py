@@ -1,0 +1,116 @@
+"""`chunkcache calibrate`: a per-model quality gate. Re-positioned KV is an approximation whose error depends on
+the model; this measures it for the model at hand and stores the smallest recompute ratio that meets a target.
+
+On a small sample (the bundled MuSiQue examples, or the user's own {"chunks": [...], "question": ...} list)
+the mode (default: the default mode) runs at every ratio tried, next to full prefill on the same token ids:
+  agreement  token F1 of the mode's greedy answer against full prefill's (1.0 when both are empty);
+  KL         teacher-forced KL(full || mode) over full prefill's answer tokens, and top-1 agreement.
+The picked ratio is the smallest whose mean agreement >= target_agreement (and mean KL <= target_kl when set);
+when none meets the target, 1.0 (everything recomputed: exact) is stored and `met` is false. It is stored
+under the model's fingerprint (blend/model_profile.py); BlendConfig(calibrated=True), the server's
+`calibrated` request field and `--calibrated` on the CLI then use it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from chunkcache.bench.metrics import teacher_forced, token_f1
+from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
+from chunkcache.bench.teacher_forcing import greedy, tf_logits
+from chunkcache.blend.blender import Blender
+from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
+from chunkcache.blend.model_profile import update_profile
+from chunkcache.blend.request import BlendRequest
+
+DEFAULT_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """mode: the mode calibrated; ratios: tried, increasing; target_agreement: mean answer token F1 vs full
+    prefill to reach; target_kl: mean teacher-forced KL not to exceed (None: not checked); max_new: answer
+    tokens generated per example."""
+
+    mode: str = DEFAULT_MODE
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    target_agreement: float = 0.95
+    target_kl: float | None = None
+    max_new: int = 16
+
+    def __post_init__(self) -> None:
+        BlendConfig(mode=self.mode)  # names the mode when unknown
+        if not BlendConfig(mode=self.mode).recomputes:
+            raise ValueError(f"mode: {self.mode!r} has no recompute ratio to calibrate")
+        if not self.ratios or list(self.ratios) != sorted(set(self.ratios)) \
+                or not all(0.0 <= r <= 1.0 for r in self.ratios):
+            raise ValueError(f"ratios must be increasing values in [0, 1], got {self.ratios}")
+        if not 0.0 <= self.target_agreement <= 1.0:
+            raise ValueError(f"target_agreement must be in [0, 1], got {self.target_agreement}")
+        if self.target_kl is not None and self.target_kl < 0:
+            raise ValueError(f"target_kl must be >= 0, got {self.target_kl}")
+        if self.max_new < 1:
+            raise ValueError(f"max_new must be >= 1, got {self.max_new}")
+
+
+def load_sample(path: str | Path | None = None, limit: int | None = 8) -> list[tuple[list[str], str]]:
+    """(chunks, question) pairs: the bundled MuSiQue examples (path None), or a JSON list of
+    {"chunks": [str, ...], "question": str} (MuSiQue's own format is accepted too)."""
+    data = json.loads(Path(path).read_text()) if path is not None else load_examples(DEFAULT_DATA)
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of examples")
+    out = []
+    for i, ex in enumerate(data[:limit] if limit else data):
+        if not isinstance(ex, dict):
+            raise ValueError(f"{path}: example {i} is not an object")
+        chunks = [passage_text(c) for c in ex["ctxs"]] if "ctxs" in ex else ex.get("chunks")
+        if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) and c.strip() for c in chunks):
+            raise ValueError(f"{path}: example {i}: chunks must be a non-empty list of non-empty strings")
+        if not isinstance(ex.get("question"), str) or not ex["question"].strip():
+            raise ValueError(f"{path}: example {i}: question must be a non-empty string")
+        out.append((chunks, ex["question"]))
+    return out
+
+
+def _ids_text(ids: list[int]) -> str:
+    return " ".join(map(str, ids))
+
+
+def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationConfig = CalibrationConfig(),
+              eos_ids: set[int] | None = None, text: Callable[[list[int]], str] = _ids_text) -> dict:
+    """Measure cfg.mode at every ratio on `requests` against full prefill and pick the ratio (module doc).
+    text: answer ids -> text for the token F1 (default: the ids themselves, for tokenizer-less models)."""
+    if not requests:
+        raise ValueError("requests: the calibration sample is empty")
+    r, eos = blender.runner, eos_ids or set()
+    per_ratio: dict[float, list[tuple[float, float, float]]] = {x: [] for x in cfg.ratios}
+    for req in requests:
+        full = blender.prefill(req, BlendConfig(mode="full"), reserve=cfg.max_new)
+        n = full.cache.length
+        answer = greedy(r, full.cache, full.logits, cfg.max_new, eos)
+        full.cache.truncate(n)
+        ref = tf_logits(r, full.cache, full.logits, answer)
+        want = text([t for t in answer if t not in eos])
+        for ratio in cfg.ratios:
+            res = blender.prefill(req, BlendConfig(mode=cfg.mode, recompute_ratio=ratio), reserve=cfg.max_new)
+            top1, kl = teacher_forced(ref, tf_logits(r, res.cache, res.logits, answer))
+            got = text([t for t in greedy(r, res.cache, res.logits, cfg.max_new, eos) if t not in eos])
+            agree = token_f1(got, want) if want.strip() else float(got.strip() == want.strip())
+            per_ratio[ratio].append((agree, kl, top1))
+    rows = [{"recompute_ratio": x, "agreement_f1": statistics.fmean(a for a, _, _ in v),
+             "tf_kl_mean": statistics.fmean(k for _, k, _ in v),
+             "tf_top1_agreement": statistics.fmean(t for *_, t in v)} for x, v in per_ratio.items()]
+    ok = [row for row in rows if row["agreement_f1"] >= cfg.target_agreement
+          and (cfg.target_kl is None or row["tf_kl_mean"] <= cfg.target_kl)]
+    return {"fingerprint": r.fingerprint, "config": asdict(cfg), "n": len(requests), "rows": rows,
+            "met": bool(ok), "recompute_ratio": ok[0]["recompute_ratio"] if ok else 1.0}
+
+
+def store_calibration(fingerprint: str, result: dict, root: str | Path | None = None) -> Path:
+    """Store the picked ratio (and what it was measured on) in the model's profile; returns the file."""
+    cal = {k: result[k] for k in ("recompute_ratio", "met", "n", "rows", "config")}
+    return update_profile(fingerprint, root, calibrated=cal)

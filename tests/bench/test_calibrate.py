@@ -1,0 +1,98 @@
+"""`chunkcache calibrate`: the per-model quality gate on the tiny random llama (a target that forces a ratio above
+the lowest tried; the stored file; a request asking for the calibrated ratio) and on the real model."""
+
+import json
+
+import pytest
+import torch
+
+from chunkcache.bench.calibrate import CalibrationConfig, calibrate, load_sample, store_calibration
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.model_profile import calibrated_ratio, profile_path
+from chunkcache.blend.request import BlendRequest
+
+PREFIX = (1, 2, 3)
+
+
+def _requests(n=2):
+    g = torch.Generator().manual_seed(7)
+    return [BlendRequest.of(PREFIX, [tuple(torch.randint(4, 256, (k,), generator=g).tolist()) for k in (12, 30, 25)],
+                            torch.randint(4, 256, (5,), generator=g).tolist()) for _ in range(n)]
+
+
+def test_calibrate_picks_the_smallest_ratio_meeting_the_target(tiny_blender, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
+    cfg = CalibrationConfig(ratios=(0.05, 0.5, 1.0), target_agreement=0.99, max_new=6)
+    res = calibrate(tiny_blender, _requests(), cfg)
+    rows = {r["recompute_ratio"]: r for r in res["rows"]}
+    assert rows[0.05]["agreement_f1"] < 0.99  # the lowest ratio misses the target on this model
+    assert rows[1.0]["agreement_f1"] == 1.0 and rows[1.0]["tf_kl_mean"] < 1e-6 and rows[1.0]["tf_top1_agreement"] == 1.0
+    want = min(x for x, r in rows.items() if r["agreement_f1"] >= 0.99)
+    assert res["met"] and res["recompute_ratio"] == want > 0.05 and res["n"] == 2
+    path = store_calibration(tiny_blender.runner.fingerprint, res)
+    assert path == profile_path(tiny_blender.runner.fingerprint) and path.parent == tmp_path / "profiles"
+    stored = json.loads(path.read_text())
+    assert stored["fingerprint"] == tiny_blender.runner.fingerprint
+    assert stored["calibrated"]["recompute_ratio"] == want and stored["calibrated"]["rows"] == res["rows"]
+    assert stored["calibrated"]["config"]["target_agreement"] == 0.99
+    assert calibrated_ratio(tiny_blender.runner.fingerprint) == want
+    req = _requests(1)[0]
+    asked = tiny_blender.prefill(req, BlendConfig(calibrated=True))
+    explicit = tiny_blender.prefill(req, BlendConfig(recompute_ratio=want))
+    low = tiny_blender.prefill(req, BlendConfig(recompute_ratio=0.05))
+    assert asked.stats.recomputed_tokens == explicit.stats.recomputed_tokens > low.stats.recomputed_tokens
+    assert torch.equal(asked.logits, explicit.logits)
+
+
+def test_kl_target_and_unmet_target(tiny_blender, tmp_path):
+    res = calibrate(tiny_blender, _requests(1), CalibrationConfig(ratios=(0.05, 0.5), target_agreement=0.0,
+                                                                 target_kl=0.0, max_new=4))
+    assert not res["met"] and res["recompute_ratio"] == 1.0  # nothing below full recompute has KL 0
+
+
+def test_an_uncalibrated_model_and_bad_input_name_the_field(tiny_blender, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="calibrated"):
+        tiny_blender.prefill(_requests(1)[0], BlendConfig(calibrated=True))
+    with pytest.raises(ValueError, match="ratios"):
+        CalibrationConfig(ratios=(0.5, 0.1))
+    with pytest.raises(ValueError, match="mode"):
+        CalibrationConfig(mode="naive")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"chunks": ["a", ""], "question": "q"}]))
+    with pytest.raises(ValueError, match="chunks"):
+        load_sample(bad)
+    good = tmp_path / "own.json"
+    good.write_text(json.dumps([{"chunks": ["a b", "c"], "question": "q?"}]))
+    assert load_sample(good) == [(["a b", "c"], "q?")]
+    assert len(load_sample(None, limit=3)) == 3
+
+
+SHORT = [(["Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. "
+            "She was born in Warsaw in 1867.",
+            "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889 for the World's Fair.",
+            "Warsaw is the capital and largest city of Poland, on the Vistula river."],
+           "In which city was Marie Curie born?"),
+          (["The Nile is a major north-flowing river in northeastern Africa, about 6,650 km long.",
+            "Mount Kilimanjaro is a dormant volcano in Tanzania, the highest mountain in Africa.",
+            "The Amazon river in South America is the largest river by discharge volume of water."],
+           "Which is the highest mountain in Africa?")]
+
+
+def test_calibrate_on_the_real_model(smollm, tmp_path):
+    """2 short examples (the bundled MuSiQue ones are about 6K tokens: minutes each on a loaded CPU)."""
+    from chunkcache.blend.chunk_source import DictStore
+    from chunkcache.blend.engine import ChunkCacheEngine
+    from chunkcache.runner.runner import ModelRunner
+
+    engine = ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), DictStore())
+    reqs = [engine.prompts.request(chunks, q) for chunks, q in SHORT]
+    cfg = CalibrationConfig(ratios=(0.15, 1.0), target_agreement=0.9, max_new=8)
+    decode = lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    res = calibrate(engine.blender, reqs, cfg, engine.eos_ids, decode)
+    rows = {r["recompute_ratio"]: r for r in res["rows"]}
+    assert rows[1.0]["agreement_f1"] == 1.0 and rows[1.0]["tf_kl_mean"] < 1e-4
+    assert rows[0.15]["tf_kl_mean"] > rows[1.0]["tf_kl_mean"] and 0.0 <= rows[0.15]["agreement_f1"] <= 1.0
+    assert res["recompute_ratio"] == (0.15 if rows[0.15]["agreement_f1"] >= 0.9 else 1.0)
+    store_calibration(engine.runner.fingerprint, res, tmp_path)
+    assert calibrated_ratio(engine.runner.fingerprint, tmp_path) == res["recompute_ratio"]
