@@ -244,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.window < 1 or args.max_tokens < 1:
         print("chunkcache bench serve: error: --requests, --window and --max-tokens must be >= 1", file=sys.stderr)
         return 2
-    result = run(args)
+    try:
+        result = run(args)
+    except ValueError as err:  # a bad setting found before any server starts (passages, zipf)
+        print(f"chunkcache bench serve: error: {err}", file=sys.stderr)
+        return 2
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

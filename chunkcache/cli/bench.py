@@ -95,11 +95,13 @@ PASSTHROUGH = {  # bench name -> (module whose main(argv) parses its own options
               "cacheblend TTFT with chunks on the disk tier (pipelined / whole) vs the CPU tier"),
     "memory": ("chunkcache.bench.memory",
                "peak memory a request adds, blended vs full prefill (one subprocess per run)"),
+    "serve": ("chunkcache.bench.serve",
+              "a live server under load: req/s, TTFT and inter-token latency per mode, batching and client count"),
 }
 
 
 def cmd_bench_passthrough(args) -> int:
-    """`bench store|kernels|tiers|memory`: their own argument parsers take the remaining arguments."""
+    """`bench store|kernels|tiers|memory|serve`: their own argument parsers take the remaining arguments."""
     import importlib
 
     return importlib.import_module(PASSTHROUGH[args.bench][0]).main(args.rest)

@@ -115,6 +115,16 @@ def test_settings_and_server_flags():
             parser().parse_args(bad)
 
 
+def test_cli_refuses_bad_settings_before_any_server_starts(capsys):
+    from chunkcache.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "serve", "--modes", "blend,naive"])
+    assert exc.value.code == 2 and "--modes: each must be one of" in capsys.readouterr().err
+    assert cli_main(["bench", "serve", "--passages", "400"]) == 2  # the bundled pool has 378 passages
+    assert "--passages must be in [1, 378]" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_live_run_reports_consistent_rows(tmp_path):
     words = "The {} river flows through the valley of {} and its delta feeds the wetlands near the old port of {}."
