@@ -62,6 +62,8 @@ class GenerationOptions(BaseModel):
     system: Query | None = Field(None, description=f"system prompt (default: {DEFAULT_SYSTEM!r})")
     mode: Mode = DEFAULT_MODE
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0)
+    calibrated: bool = Field(False, description="use the recompute ratio `chunkcache calibrate` stored for the "
+                                                "served model instead of recompute_ratio")
     max_tokens: int = Field(32, ge=1, le=8192, description="new tokens at most (server limit applies)")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)

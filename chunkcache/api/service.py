@@ -18,6 +18,7 @@ from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
@@ -111,7 +112,16 @@ class ChunkCacheService:
         if req.num_tokens + opts.max_tokens > engine.runner.max_positions:
             raise RequestError("max_tokens", f"prompt of {req.num_tokens} tokens + {opts.max_tokens} new tokens "
                                              f"exceeds the model context of {engine.runner.max_positions}")
-        return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=opts.recompute_ratio),
+        if opts.mode == "fusion":
+            raise RequestError("mode", "mode 'fusion' needs each chunk's fused precompute context, which the HTTP "
+                                       "API does not build; use the Python API (chunkcache.blend.fusion)")
+        ratio = opts.recompute_ratio
+        if opts.calibrated:
+            try:
+                ratio = calibrated_ratio(engine.runner.fingerprint, self.cfg.engine.profile_root)
+            except ValueError as err:
+                raise RequestError("calibrated", str(err)) from None
+        return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=ratio),
                         SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
 
     def _tier_hits(self) -> Counter[str]:

@@ -8,7 +8,7 @@ the mode (default: the default mode) runs at every ratio tried, next to full pre
 The picked ratio is the smallest whose mean agreement >= target_agreement (and mean KL <= target_kl when set);
 when none meets the target, 1.0 (everything recomputed: exact) is stored and `met` is false. It is stored
 under the model's fingerprint (blend/model_profile.py); BlendConfig(calibrated=True), the server's
-`calibrated` request field and `--calibrated` on the CLI then use it.
+`calibrated` request field and `chunkcache ask --calibrated` then use it.
 """
 
 from __future__ import annotations

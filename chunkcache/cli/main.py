@@ -7,6 +7,7 @@ import logging
 import sys
 
 from chunkcache.cli import bench as bench_cli
+from chunkcache.cli import calibrate as calibrate_cli
 from chunkcache.cli import demo, serve
 from chunkcache.cli.bench import PASSTHROUGH, cmd_bench_passthrough
 from chunkcache.config import ConfigError, EngineConfig, check_config
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.register(bench, flags)
     __import__("chunkcache.bench.agents", fromlist=["register"]).register(bench)
     serve.register(sub, flags)
+    calibrate_cli.register(sub, flags)
     return p
 
 

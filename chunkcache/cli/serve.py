@@ -134,7 +134,8 @@ def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
         hits = svc.retrieve(args.question, args.k)
         if not hits:
             raise ValueError("the index is empty: run `chunkcache ingest PATH...` first")
-        opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, max_tokens=args.max_tokens)
+        opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, calibrated=args.calibrated,
+                                 max_tokens=args.max_tokens)
         t0 = time.perf_counter()
         text, s, _ = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
         total = time.perf_counter() - t0
@@ -225,6 +226,8 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     ask.add_argument("-k", type=positive, default=4)
     ask.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     ask.add_argument("--recompute-ratio", type=ratio, default=0.15)
+    ask.add_argument("--calibrated", action="store_true",
+                     help="the ratio `chunkcache calibrate` stored for this model instead of --recompute-ratio")
     ask.add_argument("--max-tokens", type=positive, default=32)
     ask.set_defaults(func=cmd_ask)
 

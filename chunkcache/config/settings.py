@@ -158,5 +158,10 @@ class EngineConfig(BaseSettings):
         """Disk tier, SQLite catalog, chunk texts and faiss index live here."""
         return Path(self.cache_dir or default_cache_dir()).expanduser() / "store"
 
+    @property
+    def profile_root(self) -> Path:
+        """Per-model measurements (calibrated ratio, qcfuse's critical layers): blend/model_profile.py."""
+        return Path(self.cache_dir or default_cache_dir()).expanduser() / "profiles"
+
     def store_config(self) -> StoreConfig:
         return self.store.store_config(self.store_root)

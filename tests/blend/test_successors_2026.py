@@ -154,3 +154,19 @@ def test_fusion_without_fused_contexts_names_the_field(tiny_blender):
         tiny_blender.prefill(_request(), BlendConfig(mode="fusion"))
     with pytest.raises(ValueError, match="fused"):
         _request(fused=((1,),))
+
+
+def test_critical_layer_profile_is_stored_per_model_and_used(tiny_blender, tmp_path, monkeypatch):
+    from chunkcache.blend.qcfuse import critical_layers, fallback_layers
+    from chunkcache.blend.qcfuse_profile import profile_critical_layers, store_profile
+
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
+    r = tiny_blender.runner
+    assert critical_layers(r) == fallback_layers(r.n_layers) == (1, 2, 3)
+    prof = profile_critical_layers(r, [_request(8), _request(9)], ratio=0.2, top=2)
+    assert len(prof.recall) == r.n_layers and all(0.0 <= x <= 1.0 for x in prof.recall)
+    assert prof.ranked[0] == max(range(r.n_layers), key=lambda i: (prof.recall[i], -i))
+    assert prof.critical == tuple(sorted(prof.ranked[:2])) and prof.n == 2
+    store_profile(r, prof)
+    assert critical_layers(r) == prof.critical
+    assert critical_layers(r, (0,)) == (0,)  # the request's own layers win

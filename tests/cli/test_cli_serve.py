@@ -42,6 +42,8 @@ def test_api_cli_ingest_stats_ask(tmp_path) -> None:  # type: ignore[no-untyped-
     assert r.returncode == 0, r.stderr
     first_hit = r.stdout.splitlines()[0]
     assert "birds.txt" in first_hit and "chunk hits 3, misses 0" in r.stdout  # prefix + 2 chunks from disk
+    r = _cli(cache, "ask", "Where do emperor penguins live?", "--calibrated")  # never calibrated here
+    assert r.returncode == 2 and "calibrated" in r.stderr and "chunkcache calibrate" in r.stderr
 
     r = _cli(cache, "ingest", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "no such file or folder" in r.stderr

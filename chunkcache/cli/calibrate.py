@@ -1,0 +1,56 @@
+"""`chunkcache calibrate`: measure a mode against full prefill on a small sample and store, per model fingerprint,
+the smallest recompute ratio meeting a quality target (bench/calibrate.py); optionally profile qcfuse's
+critical layers on the same sample (blend/qcfuse_profile.py)."""
+
+from __future__ import annotations
+
+import json
+
+from chunkcache.blend.config import DEFAULT_MODE, MODES
+from chunkcache.cli.args import positive, ratio, ratios
+
+
+def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.bench.calibrate import CalibrationConfig, calibrate, load_sample, store_calibration
+    from chunkcache.blend.engine import ChunkCacheEngine
+
+    cfg = CalibrationConfig(args.mode, tuple(args.ratios), args.target_agreement, args.target_kl, args.max_new)
+    sample = load_sample(args.data, args.limit)
+    engine = ChunkCacheEngine.from_config(args.engine)
+    reqs = [engine.prompts.request(chunks, q) for chunks, q in sample]
+    res = calibrate(engine.blender, reqs, cfg, engine.eos_ids,
+                    lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True))
+    root = args.engine.profile_root
+    res["stored"] = str(store_calibration(engine.runner.fingerprint, res, root))
+    if args.critical_layers:
+        from chunkcache.blend.qcfuse_profile import profile_critical_layers, store_profile
+
+        prof = profile_critical_layers(engine.runner, reqs)
+        store_profile(engine.runner, prof, root)
+        res["critical_layers"] = list(prof.critical)
+    for row in res["rows"]:
+        print(f"ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
+              f"KL {row['tf_kl_mean']:.4f}  top-1 {row['tf_top1_agreement']:.3f}")
+    verdict = "meets" if res["met"] else "no ratio tried meets"
+    print(f"{args.mode} on {res['n']} examples: {verdict} the target; stored recompute_ratio "
+          f"{res['recompute_ratio']} for model {res['fingerprint']} in {res['stored']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
+    p = sub.add_parser("calibrate", parents=[flags],
+                       help="per-model quality gate: store the smallest recompute ratio meeting a target")
+    p.add_argument("--data", default=None, help='JSON list of {"chunks": [...], "question": ...} (or MuSiQue '
+                                                "format); default: the bundled MuSiQue examples (about 6K tokens each)")
+    p.add_argument("--limit", type=positive, default=4, help="examples used")
+    p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
+    p.add_argument("--ratios", type=ratios, default=[0.05, 0.1, 0.15, 0.2, 0.3, 0.5])
+    p.add_argument("--target-agreement", type=ratio, default=0.95, help="mean answer token F1 vs full prefill")
+    p.add_argument("--target-kl", type=float, default=None, help="mean teacher-forced KL not to exceed")
+    p.add_argument("--max-new", type=positive, default=16)
+    p.add_argument("--critical-layers", action="store_true", help="also profile qcfuse's critical layers")
+    p.add_argument("--json", default=None, help="write the full result here")
+    p.set_defaults(func=cmd_calibrate)

@@ -1,0 +1,23 @@
+"""`chunkcache calibrate` on the command line: bad input exits 2 naming the field, before any model loads."""
+
+import json
+
+from chunkcache.cli.main import build_parser, main
+
+
+def test_calibrate_parses_its_options():
+    args = build_parser().parse_args(["calibrate", "--ratios", "0.1,0.3", "--target-agreement", "0.9",
+                                      "--target-kl", "0.05", "--limit", "2", "--critical-layers"])
+    assert args.ratios == [0.1, 0.3] and args.target_agreement == 0.9 and args.target_kl == 0.05
+    assert args.limit == 2 and args.critical_layers and args.mode == "blend"
+
+
+def test_calibrate_rejects_bad_input_before_loading_a_model(tmp_path, capsys):
+    bad = tmp_path / "own.json"
+    bad.write_text(json.dumps([{"chunks": [], "question": "q"}]))
+    assert main(["calibrate", "--data", str(bad)]) == 2
+    assert "chunks" in capsys.readouterr().err
+    assert main(["calibrate", "--mode", "naive"]) == 2
+    assert "mode" in capsys.readouterr().err
+    assert main(["calibrate", "--ratios", "0.5,0.1"]) == 2
+    assert "ratios" in capsys.readouterr().err
