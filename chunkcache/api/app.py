@@ -19,7 +19,7 @@ from chunkcache.api.config import ServerConfig
 from chunkcache.api.jobs import JobRegistry
 from chunkcache.api.metrics import ApiMetrics
 from chunkcache.api.middleware import ApiKeyMiddleware, ServingMiddleware
-from chunkcache.api.openai_errors import error_response, is_openai
+from chunkcache.api.openai_errors import error_response, is_openai, is_tag
 from chunkcache.api.openai_routes import router as openai_router
 from chunkcache.api.routes import router
 from chunkcache.api.schemas import Health
@@ -41,9 +41,11 @@ async def require_api_key(request: Request,
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def _field(loc: tuple) -> str:
-    """("body", "chunks", 0, "text") -> "chunks.0.text"; the location prefix is dropped."""
-    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc)]
+def _field(loc: tuple, drop_tags: bool = False) -> str:
+    """("body", "chunks", 0, "text") -> "chunks.0.text"; the location prefix is dropped, and with drop_tags pydantic's
+    union-member tags ("str", "list[...]")."""
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc)
+             if not (drop_tags and is_tag(p))]
     return ".".join(parts) or "body"
 
 
@@ -58,7 +60,8 @@ def _reply(request: Request, status: int, detail: str, field: str | None, header
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", ""), "type": e.get("type")}
+        tags = is_openai(request.url.path)
+        errors = [{"field": _field(tuple(e.get("loc", ())), tags), "message": e.get("msg", ""), "type": e.get("type")}
                   for e in exc.errors()]
         message = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return _reply(request, 422, message, errors[0]["field"] if errors else None, errors=errors)

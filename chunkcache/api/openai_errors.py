@@ -19,6 +19,7 @@ PREFIX = "/v1/"
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
           429: "requests", 503: "server_error"}
+_TAGS = {"str", "int", "float", "bool", "none", "list", "dict"}
 _CODES = {401: "invalid_api_key", 413: "request_too_large", 429: "rate_limit_exceeded", 503: "service_unavailable"}
 
 
@@ -44,6 +45,12 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 def error_bytes(status: int, message: str, param: str | None = None) -> bytes:
     """error_body as JSON bytes (for the ASGI middleware, which answers before FastAPI)."""
     return json.dumps(error_body(openai_status(status), message, param)).encode()
+
+
+def is_tag(part: object) -> bool:
+    """A pydantic union-member tag in an error location ("str", "list[TextPart]", "function-after[...]"): OpenAI's
+    `param` names the field alone ("messages.0.content")."""
+    return isinstance(part, str) and ("[" in part or "-" in part or part in _TAGS)
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,

@@ -13,13 +13,24 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from chunkcache.api.schemas import MAX_TEXT_CHARS, Text
 from chunkcache.blend.config import check_mode_name
 
 _OPEN = ConfigDict(extra="forbid", allow_inf_nan=False)
-Stop = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Stop = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_unicode)]
+Content = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_unicode)]
 
 
 class TextPart(BaseModel):
@@ -27,14 +38,14 @@ class TextPart(BaseModel):
 
     model_config = _OPEN
     type: Literal["text"]
-    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+    text: Content
 
 
 class ChatMessageIn(BaseModel):
     model_config = _OPEN
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | list[TextPart] | None = None
-    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    content: Content | list[TextPart] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_unicode)] | None = None
     tool_call_id: str | None = None
     refusal: None = None
 
@@ -130,9 +141,8 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | \
-        Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]], Field(min_length=1,
-                                                                                              max_length=1)]
+    prompt: Annotated[Content, Field(min_length=1)] | Annotated[list[Annotated[Content, Field(min_length=1)]],
+                                                                Field(min_length=1, max_length=1)]
     echo: Literal[False] | None = None
     best_of: Literal[1] | None = None
     suffix: None = None

@@ -156,6 +156,9 @@ def test_errors_have_openai_shape(oa, live_server) -> None:  # type: ignore[no-u
                      headers={"Authorization": f"Bearer {API_KEY}"})
     assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
     assert raw.json()["error"]["param"] == "messages"
+    raw = httpx.post(f"{live_server.url}/v1/completions", json={"model": MODEL, "prompt": ["one", "two"]},
+                     headers={"Authorization": f"Bearer {API_KEY}"})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "prompt"  # no union-member tags in it
 
 
 def test_langchain_chat_openai_invoke_and_stream(oa, live_server) -> None:  # type: ignore[no-untyped-def]
