@@ -25,10 +25,12 @@ layers).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from chunkcache.blend.chunk_source import ChunkSource
+from chunkcache.blend.request import BlendRequest
 
 FUSION_NEIGHBOURS = 2
 
@@ -70,3 +72,11 @@ def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]],
         keys.append(source.recompute(ids, ctx).key)
         extra += len(ctx) - len(source.context_ids)
     return keys, extra
+
+
+def with_fused(source: ChunkSource, req: BlendRequest, vectors, n: int = FUSION_NEIGHBOURS) -> BlendRequest:
+    """req carrying every chunk's fused context, neighbours drawn from the request's own chunks (a benchmark
+    example's passages as its corpus; vectors [n_chunks, dim]: their embeddings), those entries precomputed."""
+    fused = fused_contexts(source.context_ids, req.chunks, vectors, n)
+    precompute_fused(source, req.chunks, fused)
+    return replace(req, fused=fused)

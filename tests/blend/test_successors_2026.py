@@ -7,7 +7,7 @@ import torch
 from chunkcache.blend.blender import Blender
 from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
-from chunkcache.blend.fusion import fused_contexts, neighbours, precompute_fused
+from chunkcache.blend.fusion import fused_contexts, neighbours, precompute_fused, with_fused
 from chunkcache.blend.modes import PROPHET_STAGE1_SHARE, _prophet_fused
 from chunkcache.blend.probe import suffix_attention_by_layer
 from chunkcache.blend.qcfuse import anchor_count, anchors_for, chunk_anchors, view_importance
@@ -147,6 +147,17 @@ def test_fusion_places_the_fused_entries_and_keeps_the_plain_ones(tiny_runner):
     assert not torch.allclose(plain.cache.values[last, :, off:off + len(chunk)], want_v, atol=1e-3)
     assert {source.key(chunk), source.key(chunk, ctx)} <= set(store._items)  # plain and fused: two entries
     assert source.key(ctx, ()) not in store._items  # the one-off fused context is not kept
+
+
+def test_with_fused_gives_every_mode_the_same_ids_and_fusion_its_entries(tiny_blender):
+    req = _request(10)
+    vecs = torch.randn(len(req.chunks), 8, generator=torch.Generator().manual_seed(10))
+    fused = with_fused(tiny_blender.source, req, vecs)
+    assert fused.token_ids() == req.token_ids() and fused.fused == fused_contexts(PREFIX, req.chunks, vecs)
+    res = tiny_blender.prefill(fused, BlendConfig(mode="fusion", recompute_ratio=0.1))
+    assert res.stats.chunk_misses == 1  # only chunk 0's plain entry (it is placed exact); the fused ones were ready
+    assert torch.equal(tiny_blender.prefill(fused, BlendConfig(mode="query")).logits,
+                       tiny_blender.prefill(req, BlendConfig(mode="query")).logits)  # other modes ignore them
 
 
 def test_fusion_without_fused_contexts_names_the_field(tiny_blender):
