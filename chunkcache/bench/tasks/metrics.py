@@ -4,8 +4,7 @@ agreement with full prefill's answer (the same normalisation: chunkcache.bench.m
 from __future__ import annotations
 
 from chunkcache.bench.metrics import best_f1, normalize_answer, token_f1
-
-SCORES = ("f1", "recall")  # task_score of a suite: answer F1 (HotpotQA, MuSiQue) or needle recall (NIAH, VT)
+from chunkcache.bench.tasks.suites import SCORES
 
 
 def exact_match(prediction: str, answers: tuple[str, ...] | list[str]) -> float:

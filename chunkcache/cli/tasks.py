@@ -1,0 +1,90 @@
+"""`chunkcache bench tasks`: every mode against full prefill on a standard suite (chunkcache/bench/tasks/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chunkcache.blend.config import MODES
+from chunkcache.cli.args import positive, ratio, ratios
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.bench.rag import write_json
+    from chunkcache.bench.tasks import ruler
+    from chunkcache.bench.tasks.example import check_split, save_examples
+    from chunkcache.bench.tasks.hotpotqa import gold_positions
+    from chunkcache.bench.tasks.runner import TasksConfig, plot, run_tasks
+    from chunkcache.bench.tasks.suites import get_suite, load_suite
+    from chunkcache.blend.config import BlendConfig
+    from chunkcache.cli.demo import engine_from_args
+
+    suite, split = get_suite(args.suite), check_split(args.split)
+    lengths = tuple(int(n) for n in _csv(args.lengths))
+    variants = _csv(args.variants)
+    ruler.settings(suite.name, lengths, variants)  # checks the variants before the model loads
+    cfg = TasksConfig(modes=_csv(args.modes), base=BlendConfig(recompute_ratio=args.recompute_ratio),
+                      ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
+                      repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
+                      min_full_score=args.min_full_score)
+    engine = engine_from_args(args)
+    prompts = engine.prompts
+    reserve = len(prompts.prefix_ids) + len(prompts.encode(prompts.template.suffix_text)) + cfg.max_new + 8
+    examples = load_suite(suite, split, args.limit, args.data, count=lambda text: len(prompts.encode(text)),
+                          reserve=reserve, lengths=lengths, variants=variants)
+    if args.save_data:
+        save_examples(examples, args.save_data)
+        print(f"wrote {len(examples)} examples to {args.save_data}")
+    result = run_tasks(engine, suite, examples, cfg)
+    result["split"] = split
+    result["data"] = {"n": len(examples), "gold_positions": gold_positions(examples)}
+    result["config"] = {"data": args.data, "limit": args.limit, "modes": list(cfg.modes),
+                        "recompute_ratio": args.recompute_ratio, "ratios": list(cfg.ratios), "max_new": cfg.max_new,
+                        "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
+                        "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
+                        "reserve_tokens": reserve, "device": args.engine.device, "dtype": args.engine.resolved_dtype,
+                        "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
+                        "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
+    print(json.dumps({"gate": result.get("gate"), "modes": result["modes"]}, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot and result["modes"]:
+        plot(result, args.plot)
+        print(f"wrote plot {args.plot}")
+    return 0
+
+
+def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
+    """Add `tasks` to the `chunkcache bench` sub-commands (flags: the engine flags' parent parser)."""
+    from chunkcache.bench.tasks.example import SPLITS
+    from chunkcache.bench.tasks.suites import SUITES
+
+    p = bench.add_parser("tasks", parents=[flags], help="task score, agreement with full prefill, KL and TTFT of "
+                         "every mode on a standard suite (HotpotQA, RULER NIAH / VT, MuSiQue)")
+    p.add_argument("--suite", required=True, choices=tuple(SUITES))
+    p.add_argument("--split", default="dev", choices=SPLITS, help="fixed by seed (bench/tasks/suites.py)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
+    p.add_argument("--recompute-ratio", type=ratio, default=0.15)
+    p.add_argument("--ratios", type=ratios, default=None,
+                   help="comma list: every mode at each ratio on the Pareto subset (JSON `pareto`)")
+    p.add_argument("--limit", type=positive, default=None,
+                   help="the first N examples of the split (niah, vt: of each setting; default: all, 100 per setting)")
+    p.add_argument("--data", default=None, help="the suite's own format instead of the bundled data (see suites.py)")
+    p.add_argument("--repeats", type=positive, default=3, help="each timed TTFT is the median of N prefills")
+    p.add_argument("--timed", type=int, default=20, help="the first N examples of each setting are timed")
+    p.add_argument("--pareto-limit", type=int, default=100, help="the Pareto sweep's examples per setting")
+    p.add_argument("--min-full-score", type=float, default=0.8,
+                   help="niah, vt: run the modes only on settings where full prefill scores at least this (0: all)")
+    p.add_argument("--lengths", default=",".join(str(n) for n in (2048, 4096)), help="niah, vt: prompt tokens")
+    p.add_argument("--variants", default="multikey,multivalue", help="niah: multikey, multivalue")
+    p.add_argument("--max-new-tokens", type=positive, default=None, help="default: the suite's (suites.py)")
+    p.add_argument("--save-data", default=None, help="also write the examples (niah, vt: their --data format)")
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None, help="PNG: task score and agreement vs TTFT speedup per mode")
+    p.set_defaults(func=cmd_bench_tasks)

@@ -1,0 +1,49 @@
+"""`chunkcache bench tasks` end to end with the real model on RULER NIAH (a smoke run of the JSON, the gate and the
+plot, not a measurement; 1K-token prompts keep it short)."""
+
+import json
+
+import pytest
+
+from chunkcache.bench.tasks.runner import KEYS
+from chunkcache.cli import main
+
+
+def test_bench_tasks_niah_writes_every_figure(tmp_path, smollm):
+    out, png = tmp_path / "niah.json", tmp_path / "niah.png"
+    assert main(["--store", "memory", "bench", "tasks", "--suite", "niah", "--limit", "2", "--lengths", "1024",
+                 "--variants", "multikey", "--modes", "full,blend", "--max-new-tokens", "10", "--repeats", "1",
+                 "--min-full-score", "0", "--json", str(out), "--plot", str(png)]) == 0
+    res = json.loads(out.read_text())
+    assert res["suite"] == "niah" and res["split"] == "dev" and res["data"]["n"] == 2
+    assert "0" not in res["data"]["gold_positions"]["per_chunk_index"]  # no needle in the first chunk
+    modes = res["modes"]
+    assert set(modes) == {"full", "blend"}
+    for fig in modes.values():
+        assert set(KEYS) <= set(fig) and fig["n"] == 2
+    full, blend = modes["full"], modes["blend"]
+    assert full["agreement_f1"] == full["agreement_exact"] == 1.0 and full["tf_kl_mean"] == 0.0
+    assert 0.149 < blend["recompute_fraction"] < 0.151 and blend["tf_kl_mean"] > 0
+    for row in res["examples"]:
+        assert row["modes"]["full"]["task_score"] in (0.0, 1.0) and row["id"].startswith("multikey-1024/dev/")
+        assert row["modes"]["full"]["prompt_tokens"] + 10 <= 1024
+    assert png.stat().st_size > 10_000
+
+
+def test_bench_tasks_gate_skips_settings_full_prefill_fails(tmp_path, smollm):
+    out = tmp_path / "gate.json"
+    assert main(["--store", "memory", "bench", "tasks", "--suite", "niah", "--limit", "1", "--lengths", "1024",
+                 "--variants", "multikey", "--modes", "full,naive", "--max-new-tokens", "1",
+                 "--min-full-score", "1.0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["gate"] == {"multikey-1024": {"full_score": 0.0, "n": 1, "included": False}}  # 1 token: no 7 digits
+    assert res["modes"] == {} and res["examples"] == []
+
+
+def test_bench_tasks_refuses_bad_arguments_before_the_model_loads(capsys):
+    assert main(["bench", "tasks", "--suite", "niah", "--variants", "single"]) == 2
+    assert "--variants: 'single'" in capsys.readouterr().err
+    assert main(["bench", "tasks", "--suite", "hotpotqa", "--modes", "full,bogus"]) == 2
+    assert "mode must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "tasks", "--suite", "squad"])
