@@ -22,8 +22,10 @@ import os
 import platform
 import random
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -244,11 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.window < 1 or args.max_tokens < 1:
         print("chunkcache bench serve: error: --requests, --window and --max-tokens must be >= 1", file=sys.stderr)
         return 2
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through LiveServer.__exit__: no server outlives the bench
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     try:
         result = run(args)
     except ValueError as err:  # a bad setting found before any server starts (passages, zipf)
         print(f"chunkcache bench serve: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

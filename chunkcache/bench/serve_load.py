@@ -109,7 +109,9 @@ def _rate(samples: list[Sample]) -> float:
 
 
 def hit_rates(samples: list[Sample]) -> tuple[float, float]:
-    """(reused prompt tokens / prompt tokens, chunk hits / (hits + misses)), summed over the samples."""
+    """(reused prompt tokens / prompt tokens, chunk hits / (hits + misses)), summed over the samples. The server's
+    reused_tokens include the KV of chunks it missed and computed alone for that request: the chunk hit rate is the
+    store's; the token share is what the prompt did not prefill in place."""
     prompt = sum(s.stats.get("prompt_tokens", 0) for s in samples)
     hits = sum(s.stats.get("chunk_hits", 0) for s in samples)
     looked = hits + sum(s.stats.get("chunk_misses", 0) for s in samples)
