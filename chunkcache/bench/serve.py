@@ -94,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", type=_rates, default=[], help="also Poisson arrivals at these requests/s")
     p.add_argument("--modes", type=_modes, default=list(SERVE_MODES), help="with batching (default blend,full,prefix)")
     p.add_argument("--no-batching", action="store_true", help="only blend one-at-a-time")
+    p.add_argument("--batching-only", action="store_true", help="skip the one-at-a-time blend row")
     p.add_argument("--max-batch", type=int, default=None, help="server --max-batch of Poisson runs (default: max clients)")
     p.add_argument("--passages", type=int, default=3, help="passages per request (default 3)")
     p.add_argument("--pool", type=int, default=None, help="the first N distinct passages of --data (default all)")
@@ -115,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
 def settings(args: argparse.Namespace) -> list[Setting]:
     loads = [(c, None) for c in args.clients] + [(None, r) for r in args.rates]
     one = [Setting("blend", False, c, r) for c, r in loads]
-    return one if args.no_batching else one + [Setting(m, True, c, r) for m in args.modes for c, r in loads]
+    batched = [Setting(m, True, c, r) for m in args.modes for c, r in loads]
+    return one if args.no_batching else batched if args.batching_only else one + batched
 
 
 def server_flags(args: argparse.Namespace, s: Setting, batching_flag: bool) -> list[str]:
