@@ -187,10 +187,11 @@ def _qcfuse(c: Candidates) -> Selection:
     layers = critical_layers(r, cfg.critical_layers)
     last = max(layers)
     c.load(last)  # only the layers up to the last critical one: the rest keep loading under the recompute
-    spans = [(c.placed + s, c.placed + e) for _, s, e in c.chunk_spans()]
-    sink_ids = tuple(int(t) for t in c.ids[:min(cfg.anchor_sinks, c.placed)].tolist())
-    anchors = [anchors_for(r, c.cache, sink_ids, tuple(int(t) for t in c.ids[s:e].tolist()), s, last,
-                           cfg.anchor_ratio, cfg.anchor_sinks) for s, e in spans]
+    cand = c.chunk_spans()
+    spans = [(c.placed + s, c.placed + e) for _, s, e in cand]
+    sink_ids = tuple(c.req.token_ids()[:min(cfg.anchor_sinks, c.placed)])  # host ids: no device sync
+    anchors = [anchors_for(r, c.cache, sink_ids, c.req.chunks[i], s, last, cfg.anchor_ratio, cfg.anchor_sinks)
+               for (i, _, _), (s, _) in zip(cand, spans)]
     importance = view_importance(r, c.cache, c.ids[c.fresh:], c.placed, c.fresh, spans, anchors, layers)
     return Selection(keep=top_tokens(importance.mean(0), c.budget))
 
