@@ -29,7 +29,9 @@ def runners(tiny_runner):
 @pytest.mark.parametrize("cfg", [BlendConfig(mode="full"), BlendConfig(mode="naive"),
                                  BlendConfig(mode="cacheblend", recompute_ratio=0.3),
                                  BlendConfig(mode="adaptive", recompute_ratio=0.5),
-                                 BlendConfig(mode="cacheblend", selection="attention_deviation")],
+                                 BlendConfig(mode="cacheblend", selection="attention_deviation"),
+                                 BlendConfig(mode="qcfuse", recompute_ratio=0.3, critical_layers=(1, 2)),
+                                 BlendConfig(mode="prophet2", recompute_ratio=0.3)],
                          ids=lambda c: f"{c.mode}-{c.selection}")
 def test_blend_cuda_matches_cpu(runners, cfg):
     req = _request()
