@@ -35,6 +35,7 @@ def test_hotpotqa_supporting_paragraphs_are_not_always_first():
     assert set(stats["per_chunk_index"]) == {str(i) for i in range(10)}  # evidence at every position
     assert hotpotqa.gold_positions([TaskExample("a", ("x", "y", "z"), "q", ("a",), gold_chunks=(0, 1))]) == \
         {"per_chunk_index": {"0": 1, "1": 1}, "share_gold_first": 1.0}
+    assert hotpotqa.gold_positions(musique.load("dev", limit=2))["share_gold_first"] is None  # no gold named
 
 
 def test_musique_splits_halve_the_bundled_examples():

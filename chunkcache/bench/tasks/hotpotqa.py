@@ -70,8 +70,10 @@ def load(split: str = "dev", limit: int | None = None, data: str | Path | None =
 
 def gold_positions(examples: list[TaskExample]) -> dict:
     """Where the supporting paragraphs sit: a count per chunk index, and the share of examples whose gold
-    chunks are exactly the first ones (0 and 1 for two-hop questions): low means position is no shortcut."""
+    chunks are exactly the first ones (0 and 1 for two-hop questions), among the examples that name gold chunks
+    (None: none does, as in the bundled MuSiQue): low means position is no shortcut."""
     counts = Counter(i for ex in examples for i in ex.gold_chunks)
-    first = sum(ex.gold_chunks == tuple(range(len(ex.gold_chunks))) for ex in examples)
+    named = [ex for ex in examples if ex.gold_chunks]
+    first = sum(ex.gold_chunks == tuple(range(len(ex.gold_chunks))) for ex in named)
     return {"per_chunk_index": {str(k): counts[k] for k in sorted(counts)},
-            "share_gold_first": first / len(examples) if examples else 0.0}
+            "share_gold_first": first / len(named) if named else None}
