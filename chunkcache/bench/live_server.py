@@ -51,13 +51,19 @@ class LiveServer:
         self.startup_s = startup_s
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "LiveServer":
+    def start(self) -> "LiveServer":
+        """Spawn the server (returns at once; `wait_ready` polls /healthz)."""
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self) -> "LiveServer":
+        """Poll /healthz until it answers 200; stop the server and raise if it exits or startup_s passes."""
         deadline = time.monotonic() + self.startup_s
         try:
             while True:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
+                if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start ({' '.join(self.cmd)}):\n{self.log.read_text()[-2000:]}")
                 try:
                     if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -65,10 +71,16 @@ class LiveServer:
                 except httpx.HTTPError:
                     time.sleep(0.25)
         except BaseException:
-            self.__exit__()
+            self.stop()
             raise
 
+    def __enter__(self) -> "LiveServer":
+        return self.start().wait_ready()
+
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         if self.proc is None:
             return
         self.proc.terminate()

@@ -16,7 +16,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from chunkcache.bench.api import _free_port
+from chunkcache.bench.live_server import LiveServer
 from chunkcache.bench.musique import load_examples, passage_text
 
 WARMUP = ["The Loire is the longest river in France.", "Lyon lies where the Rhone meets the Saone."]
@@ -64,41 +64,25 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.05)
 
 
-class Replica:
-    def __init__(self, engine, redis_url: str, workdir: Path, name: str) -> None:  # type: ignore[no-untyped-def]
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"{name}.log"
-        cmd = [sys.executable, "-m", "chunkcache.cli", *(["--threads", str(engine.threads)] if engine.threads else []),
-               *(["--model", engine.model_path] if engine.model_path else []), "serve", "--store", "memory",
-               "--redis-url", redis_url, "--port", str(self.port), "--cache-dir", str(workdir / name)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+class Replica(LiveServer):
+    """One `chunkcache serve` replica on the shared Redis tier (memory store), cache dir and log under workdir/name."""
 
-    def wait(self, timeout_s: float = 240) -> "Replica":
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"replica did not start:\n{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.25)
+    def __init__(self, engine, redis_url: str, workdir: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+        flags = [*(["--threads", str(engine.threads)] if engine.threads else []),
+                 *(["--model", engine.model_path] if engine.model_path else []),
+                 "--store", "memory", "--redis-url", redis_url]
+        super().__init__(flags, workdir / name, startup_s=240)
+        self.start()
+
+    def wait(self) -> "Replica":
+        self.wait_ready()
+        return self
 
     def ask(self, chunks: list[str], query: str) -> dict:
         r = httpx.post(f"{self.url}/generate_with_chunks", timeout=600,
                        json={"chunks": chunks, "query": query, "max_tokens": 1, "mode": "cacheblend"})
         r.raise_for_status()
         return r.json()["stats"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _measure(replica: Replica, work: list[tuple[list[str], str]], out: list[dict]) -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import queue
 import threading
 import time
 from collections.abc import Callable

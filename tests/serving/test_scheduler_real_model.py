@@ -1,7 +1,6 @@
 """The scheduler on the real default model in fp32: batched greedy tokens equal each request run alone, except
 where the unbatched top-2 logit margin is under 1e-4 (fp32 rounding of a different matmul shape may flip it)."""
 
-import pytest
 import torch
 
 from chunkcache.blend.config import BlendConfig
