@@ -11,6 +11,7 @@ sequence, cancelling it when the HTTP client disconnects (plain JSON requests in
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 from fastapi import Request
@@ -77,11 +78,20 @@ def rag_sequence(svc: ChunkCacheService, p: Prepared) -> SequenceRequest:
 
 
 async def next_event(request: Request, handle: Handle) -> dict:
-    """The sequence's next event; raises ClientGone (after cancelling it) when the client has disconnected."""
+    """The sequence's next event; raises ClientGone (after cancelling it) when the client has disconnected. The
+    connection is checked at least every DISCONNECT_POLL_S, also while events keep coming (a decoding sequence
+    yields one per step, faster than the poll)."""
+    now = time.monotonic()
+    if now - handle.checked_at >= DISCONNECT_POLL_S:
+        handle.checked_at = now
+        if await request.is_disconnected():
+            handle.cancel()
+            raise ClientGone()
     while True:
         try:
             return await asyncio.wait_for(handle.get(), DISCONNECT_POLL_S)
         except TimeoutError:
+            handle.checked_at = time.monotonic()
             if await request.is_disconnected():
                 handle.cancel()
                 raise ClientGone() from None

@@ -77,6 +77,7 @@ class Handle:
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
         self.cancelled = False
+        self.checked_at = time.monotonic()  # when the consumer last checked that its client is still there
 
     def cancel(self) -> None:
         """The sequence leaves at the next step (a waiting one at once) and its KV is freed."""
