@@ -31,23 +31,17 @@ class ClientGone(Exception):
     """The HTTP client disconnected; its sequence was cancelled."""
 
 
-def tier_hits(svc: ChunkCacheService) -> Counter[str]:
-    """The store's hits per tier so far."""
-    stats = getattr(svc.store, "stats", None)
-    return Counter({t: v["hits"] for t, v in stats()["tiers"].items()}) if stats is not None else Counter()
-
-
 def _counted(steps: PrefillSteps, svc: ChunkCacheService, info: dict) -> PrefillSteps:
     """steps, recording the store's tier hits during them in info["tiers_hit"]."""
     hits: Counter[str] = Counter()
     while True:
-        before = tier_hits(svc)
+        before = svc.tier_hits()
         try:
             n = next(steps)
         except StopIteration as done:
             return done.value
         finally:
-            hits += tier_hits(svc) - before
+            hits += svc.tier_hits() - before
             info["tiers_hit"] = dict(hits)
         yield n
 

@@ -124,7 +124,8 @@ class ChunkCacheService:
         return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=ratio),
                         SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
 
-    def _tier_hits(self) -> Counter[str]:
+    def tier_hits(self) -> Counter[str]:
+        """The store's hits per tier so far."""
         stats = getattr(self.store, "stats", None)
         if stats is None:
             return Counter()
@@ -137,7 +138,7 @@ class ChunkCacheService:
         last character (a cut at max_tokens inside one; token_ids keep it). EOS is not
         yielded; text held back until EOS (an unfinished character) comes as {"token": None, "text"}.
         """
-        before = self._tier_hits()
+        before = self.tier_hits()
         stats: dict = {}
         ttft = 0.0
         ids: list[int] = []
@@ -150,7 +151,7 @@ class ChunkCacheService:
             yield {"token": tok, "text": piece}
             if cancelled():
                 break
-        hits = self._tier_hits() - before
+        hits = self.tier_hits() - before
         yield {"done": {**stats, "ttft_s": ttft, "generated_tokens": len(ids), "tiers_hit": dict(hits)},
                "token_ids": ids}
 
