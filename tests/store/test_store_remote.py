@@ -84,8 +84,10 @@ def test_redis_down_mid_request():
         assert same(store.get(make_kv(5).key, FP), make_kv(5))
         server.start()  # the same port: the tier reconnects after retry_after_s
         time.sleep(0.6)
-        assert store.put(kv) and same(ChunkStore(StoreConfig(tiers=(TierConfig("remote", url=server.url),),
-                                                             catalog=False)).get(kv.key, FP), kv)
+        assert store.put(kv)
+        store.flush()  # the remote write is write-behind: wait for it before another store reads
+        assert same(ChunkStore(StoreConfig(tiers=(TierConfig("remote", url=server.url),),
+                                           catalog=False)).get(kv.key, FP), kv)
         store.close()
     finally:
         server.cleanup()
