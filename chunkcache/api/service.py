@@ -20,6 +20,7 @@ from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.blend.fusion import fuse
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
 from chunkcache.retrieval.chunk_table import ChunkRecord
@@ -112,9 +113,8 @@ class ChunkCacheService:
         if req.num_tokens + opts.max_tokens > engine.runner.max_positions:
             raise RequestError("max_tokens", f"prompt of {req.num_tokens} tokens + {opts.max_tokens} new tokens "
                                              f"exceeds the model context of {engine.runner.max_positions}")
-        if opts.mode == "fusion":
-            raise RequestError("mode", "mode 'fusion' needs each chunk's fused precompute context, which the HTTP "
-                                       "API does not build; use the Python API (chunkcache.blend.fusion)")
+        if opts.mode == "fusion":  # neighbours among the request's own chunks, by the index's embedder
+            req = fuse(req, engine.source.context_ids, self.index.embedder.encode(texts))
         ratio = opts.recompute_ratio
         if opts.calibrated:
             try:

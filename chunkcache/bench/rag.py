@@ -47,10 +47,11 @@ def _text(engine: ChunkCacheEngine, ids: list[int]) -> str:
 
 
 def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequest, configs: dict[str, BlendConfig],
-                     max_new: int, free_run: bool = True, repeats: int = 1) -> dict:
+                     max_new: int, free_run: bool = True, repeats: int = 1, fused: BlendRequest | None = None) -> dict:
     """Per-mode figures of one request over `chunks` (precomputed first). configs: label -> BlendConfig (full is
     added); labels with equal configs run once and share one row. repeats: each TTFT is the median of this many
-    prefills (full included), which damps a shared machine's interference. Rows hold the free-run `answer`."""
+    prefills (full included), which damps a shared machine's interference. Rows hold the free-run `answer`.
+    fused: req with its fused contexts (blend/fusion.py), what mode fusion runs on (its entries precomputed)."""
     engine.precompute(chunks)
     full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
     n = full.cache.length
@@ -65,7 +66,9 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
     for label, cfg in configs.items():
         labels_of.setdefault(cfg, []).append(label)
     for cfg, labels in labels_of.items():
-        res, t = _timed_prefill(engine, req, cfg, max_new, repeats)
+        if cfg.mode == "fusion" and fused is None:
+            raise ValueError("fused: mode fusion needs the request with its fused contexts (blend/fusion.with_fused)")
+        res, t = _timed_prefill(engine, fused if cfg.mode == "fusion" else req, cfg, max_new, repeats)
         top1, kl = teacher_forced(ref, _tf_logits(engine, res, answer))
         row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
                "recompute_fraction": res.stats.recompute_fraction}

@@ -74,9 +74,16 @@ def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]],
     return keys, extra
 
 
+def fuse(req: BlendRequest, context_ids: Sequence[int], vectors, n: int = FUSION_NEIGHBOURS) -> BlendRequest:
+    """req carrying every chunk's fused context, neighbours drawn from the request's own chunks (vectors
+    [n_chunks, dim]: their embeddings). Nothing is computed here: a fused entry missing from the store is
+    precomputed by the blender when the request is placed (ChunkSource.open_layers), then reused."""
+    return replace(req, fused=fused_contexts(context_ids, req.chunks, vectors, n))
+
+
 def with_fused(source: ChunkSource, req: BlendRequest, vectors, n: int = FUSION_NEIGHBOURS) -> BlendRequest:
     """req carrying every chunk's fused context, neighbours drawn from the request's own chunks (a benchmark
     example's passages as its corpus; vectors [n_chunks, dim]: their embeddings), those entries precomputed."""
-    fused = fused_contexts(source.context_ids, req.chunks, vectors, n)
-    precompute_fused(source, req.chunks, fused)
-    return replace(req, fused=fused)
+    req = fuse(req, source.context_ids, vectors, n)
+    precompute_fused(source, req.chunks, req.fused)
+    return req

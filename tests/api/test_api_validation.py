@@ -27,7 +27,6 @@ CASES = [  # (request body, field named)
     (body(recompute_ratio="0.2"), "recompute_ratio"),
     (body(calibrated="yes"), "calibrated"),
     (body(calibrated=True), "calibrated"),  # the served model was never calibrated
-    (body(mode="fusion"), "mode"),  # needs fused precompute contexts the HTTP API does not build
     (body(max_tokens=0), "max_tokens"),
     (body(max_tokens="5"), "max_tokens"),
     (body(max_tokens=MAX_NEW_TOKENS + 1), "max_tokens"),

@@ -23,8 +23,10 @@ from chunkcache.bench.tasks.metrics import agreement, task_scores
 from chunkcache.bench.tasks.suites import Suite
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.blend.fusion import with_fused
 from chunkcache.blend.prompt import PromptBuilder
 from chunkcache.blend.request import BlendRequest
+from chunkcache.retrieval.embedder import Embedder
 
 KEYS = ("task_score", "agreement_f1", "agreement_exact", "tf_kl_mean", "tf_top1_agreement",
         "ttft_speedup_vs_full_median", "recompute_fraction", "n")
@@ -107,6 +109,16 @@ def report(rows: list[dict], cfg: TasksConfig) -> dict:
     return out
 
 
+def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors) -> tuple[BlendRequest, dict]:
+    """req with its fused contexts, their entries precomputed (the example's chunks as the corpus), and the
+    ingestion cost beyond the plain precompute: {fusion_extra_tokens, fusion_precompute_s, plain_tokens}."""
+    t0 = time.perf_counter()
+    fused = with_fused(engine.source, req, vectors)
+    cost = {"fusion_precompute_s": time.perf_counter() - t0, "plain_tokens": sum(map(len, req.chunks)),
+            "fusion_extra_tokens": sum(len(c) for c in fused.fused) - len(req.chunks) * len(engine.source.context_ids)}
+    return fused, cost
+
+
 def full_gate(engine: ChunkCacheEngine, examples: list[TaskExample], kind: str, cfg: TasksConfig,
               log: Callable[[str], None]) -> dict[str, dict]:
     """Full prefill alone on every example: setting -> {full_score, n, included}."""
@@ -132,15 +144,20 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
         examples = [ex for ex in examples if out["gate"][ex.setting]["included"]]
     main = {m: replace(cfg.base, mode=m) for m in cfg.modes if m != "full"}
     sweep = pareto_configs(list(cfg.modes), list(cfg.ratios), cfg.base) if cfg.ratios else {}
+    fusing = "fusion" in cfg.modes
+    embedder = Embedder() if fusing else None
     rows, seen = [], {}
     for i, ex in enumerate(examples):
         k = seen[ex.setting] = seen.get(ex.setting, -1) + 1
         timed, in_sweep = k < cfg.timed, bool(sweep) and k < cfg.pareto_limit
         t0 = time.perf_counter()
-        modes = evaluate_request(engine, list(ex.chunks), task_request(engine.prompts, ex),
-                                 {**main, **(sweep if in_sweep else {})}, cfg.max_new,
-                                 repeats=cfg.repeats if timed else 1)
-        rows.append({"id": ex.id, "setting": ex.setting, "timed": timed, "pareto": in_sweep,
+        req, fused, ingest = task_request(engine.prompts, ex), None, {}
+        if fusing:
+            engine.precompute(list(ex.chunks))
+            fused, ingest = fused_request(engine, req, embedder.encode(list(ex.chunks)))
+        modes = evaluate_request(engine, list(ex.chunks), req, {**main, **(sweep if in_sweep else {})}, cfg.max_new,
+                                 repeats=cfg.repeats if timed else 1, fused=fused)
+        rows.append({"id": ex.id, "setting": ex.setting, "timed": timed, "pareto": in_sweep, **ingest,
                      "wall_s": time.perf_counter() - t0, "modes": score_rows(modes, ex, suite.score)})
         log(f"[{i + 1}/{len(examples)}] {ex.id} {rows[-1]['wall_s']:.1f}s  " + "  ".join(
             f"{m}: score={modes[m]['task_score']:.2f} agree={modes[m]['agreement_f1']:.2f} kl={modes[m]['tf_kl']:.3f}"
