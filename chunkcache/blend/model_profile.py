@@ -6,6 +6,8 @@ Two things are measured per model and reused by every later request on it:
                    (bench/calibrate.py); BlendConfig(calibrated=True) asks for it.
 The file is <cache dir>/profiles/<fingerprint>.json ($CHUNKCACHE_DIR, else ~/.cache/chunkcache), in a
 directory only this user can write (as the kernel cache): a profile someone else planted is not read.
+The package ships the critical layers of its default model (chunkcache/data/profiles/<fingerprint>.json,
+`shipped_profile`): a user's own profile of the same model takes precedence.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def read_profile(fingerprint: str, root: str | Path | None = None) -> dict:
         log.warning("model profile %s not used (%s)", path, err)
         return {}
     return data if isinstance(data, dict) and data.get("fingerprint") == fingerprint else {}
+
+
+def shipped_profile(fingerprint: str) -> dict:
+    """The profile the package ships for this fingerprint ({} when none): measured on the default model."""
+    path = Path(__file__).resolve().parent.parent / "data" / "profiles" / f"{fingerprint}.json"
+    profile_path(fingerprint)  # validates the fingerprint as a file name
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return data if data.get("fingerprint") == fingerprint else {}
 
 
 def update_profile(fingerprint: str, root: str | Path | None = None, **fields) -> Path:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from cachetools import LRUCache
 
-from chunkcache.blend.model_profile import read_profile
+from chunkcache.blend.model_profile import read_profile, shipped_profile
 from chunkcache.blend.probe import suffix_mass
 from chunkcache.blend.segment import rotate
 from chunkcache.kernels.sparse_attention import plan_sparse_attention
@@ -57,10 +57,12 @@ def fallback_layers(n_layers: int) -> tuple[int, ...]:
 
 
 def critical_layers(runner: ModelRunner, given: tuple[int, ...] = ()) -> tuple[int, ...]:
-    """The request's layers, else the model's profiled ones (blend/qcfuse_profile.py), else the fallback;
-    ValueError naming the field when a layer does not exist in this model."""
-    layers = given or tuple(read_profile(runner.fingerprint).get("critical_layers", ())) \
-        or fallback_layers(runner.n_layers)
+    """The request's layers, else the model's profiled ones (blend/qcfuse_profile.py: the user's own, else the
+    package's for its default model), else the fallback; ValueError naming the field when a layer does not exist
+    in this model."""
+    fp = runner.fingerprint
+    layers = given or tuple(read_profile(fp).get("critical_layers", ())) \
+        or tuple(shipped_profile(fp).get("critical_layers", ())) or fallback_layers(runner.n_layers)
     if any(not 0 <= x < runner.n_layers for x in layers):
         raise ValueError(f"critical_layers {layers} out of range for a model of {runner.n_layers} layers")
     return tuple(sorted(layers))

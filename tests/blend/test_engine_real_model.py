@@ -109,3 +109,22 @@ def test_answer_cut_inside_a_character_drops_it(engine):
 def test_bad_input_is_named(engine, chunks, question, msg):
     with pytest.raises(ValueError, match=msg):
         engine.answer(chunks, question)
+
+
+def test_default_model_uses_its_shipped_critical_layers(engine, tmp_path, monkeypatch):
+    """The package ships qcfuse's critical layers for its default model (profiled on HotpotQA dev); the fingerprint
+    of the loaded model names that file, and a user's own profile takes precedence."""
+    import json
+    from pathlib import Path
+
+    import chunkcache
+    from chunkcache.blend.model_profile import update_profile
+    from chunkcache.blend.qcfuse import critical_layers, fallback_layers
+
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))  # no user profile
+    r = engine.runner
+    shipped = Path(chunkcache.__file__).parent / "data" / "profiles" / f"{r.fingerprint}.json"
+    layers = tuple(json.loads(shipped.read_text())["critical_layers"])
+    assert critical_layers(r) == layers != fallback_layers(r.n_layers)
+    update_profile(r.fingerprint, critical_layers=[1, 2])
+    assert critical_layers(r) == (1, 2)
