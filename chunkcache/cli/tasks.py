@@ -69,8 +69,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
                          "every mode on a standard suite (HotpotQA, RULER NIAH / VT, MuSiQue)")
     p.add_argument("--suite", required=True, choices=tuple(SUITES))
     p.add_argument("--split", default="dev", choices=SPLITS, help="fixed by seed (bench/tasks/suites.py)")
-    p.add_argument("--modes", default=",".join(m for m in MODES if m != "fusion"),  # fusion: fused contexts
-                   help=f"comma-separated, from {', '.join(MODES)} (fusion needs fused contexts: not here yet)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated, from {', '.join(MODES)} (fusion: each example's chunks are its corpus)")
     p.add_argument("--recompute-ratio", type=ratio, default=0.15)
     p.add_argument("--ratios", type=ratios, default=None,
                    help="comma list: every mode at each ratio on the Pareto subset (JSON `pareto`)")
