@@ -11,18 +11,30 @@ from chunkcache.cli.args import positive, ratio, ratios
 
 
 def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]
-    from chunkcache.bench.calibrate import CalibrationConfig, calibrate, load_sample, store_calibration
+    from chunkcache.bench.calibrate import CalibrationConfig, load_sample
     from chunkcache.blend.engine import ChunkCacheEngine
 
     cfg = CalibrationConfig(args.mode, tuple(args.ratios), args.target_agreement, args.target_kl, args.max_new)
     sample = load_sample(args.data, args.limit)
-    engine = ChunkCacheEngine.from_config(args.engine)
+    res = run_calibration(ChunkCacheEngine.from_config(args.engine), cfg, sample, args.engine.profile_root,
+                          args.critical_layers)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # type: ignore[no-untyped-def]
+                    critical: bool = False) -> dict:
+    """Calibrate engine's model on sample ((chunks, question) pairs), store the picked ratio (and, if asked, the
+    critical layers) under root, print one line per ratio and the verdict; the result dict."""
+    from chunkcache.bench.calibrate import calibrate, store_calibration
+
     reqs = [engine.prompts.request(chunks, q) for chunks, q in sample]
     res = calibrate(engine.blender, reqs, cfg, engine.eos_ids,
                     lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True))
-    root = args.engine.profile_root
     res["stored"] = str(store_calibration(engine.runner.fingerprint, res, root))
-    if args.critical_layers:
+    if critical:
         from chunkcache.blend.qcfuse_profile import profile_critical_layers, store_profile
 
         prof = profile_critical_layers(engine.runner, reqs)
@@ -32,12 +44,9 @@ def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]
         print(f"ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
               f"KL {row['tf_kl_mean']:.4f}  top-1 {row['tf_top1_agreement']:.3f}")
     verdict = "meets" if res["met"] else "no ratio tried meets"
-    print(f"{args.mode} on {res['n']} examples: {verdict} the target; stored recompute_ratio "
-          f"{res['recompute_ratio']} for model {res['fingerprint']} in {res['stored']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-    return 0
+    print(f"{cfg.mode} on {res['n']} examples: {verdict} the target; stored recompute_ratio "
+          f"{res['recompute_ratio']} for model {res['fingerprint']} in {res['stored']}", flush=True)
+    return res
 
 
 def register(sub, flags) -> None:  # type: ignore[no-untyped-def]

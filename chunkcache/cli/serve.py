@@ -73,7 +73,17 @@ def cmd_serve(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.api.app import create_app
 
     cfg = server_config(args)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
+    service = None
+    if args.calibrate:  # before the port opens: the model is measured once, then served
+        from chunkcache.api.service import ChunkCacheService
+        from chunkcache.bench.calibrate import CalibrationConfig, load_sample
+        from chunkcache.cli.calibrate import run_calibration
+
+        calibration = CalibrationConfig(target_agreement=args.target_agreement)
+        sample = load_sample(args.calibrate_data, args.calibrate_limit)
+        service = ChunkCacheService(cfg)
+        run_calibration(service.engine, calibration, sample, cfg.engine.profile_root)
+    uvicorn.run(create_app(cfg, service), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
 
@@ -212,6 +222,14 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     serve.add_argument("--api-key", default=None, help="bearer token, for tests only: a command line is readable "
                                                        "by every local user (/proc/PID/cmdline); use --api-key-file")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--calibrate", action="store_true",
+                       help="first run `chunkcache calibrate` on this model (requests then may ask for "
+                            '"calibrated": true)')
+    serve.add_argument("--calibrate-data", default=None, metavar="FILE",
+                       help='--calibrate\'s sample: [{"chunks": [...], "question": ...}] (default: bundled MuSiQue)')
+    serve.add_argument("--calibrate-limit", type=positive, default=4, help="--calibrate's examples")
+    serve.add_argument("--target-agreement", type=ratio, default=0.95,
+                       help="--calibrate's target: mean answer token F1 against full prefill")
     serve.set_defaults(func=cmd_serve)
 
     ingest = sub.add_parser("ingest", help="chunk, embed, index and precompute .txt/.md files or folders",
