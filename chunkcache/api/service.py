@@ -18,9 +18,9 @@ from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import BlendConfig
-from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.fusion import fuse
+from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
 from chunkcache.retrieval.chunk_table import ChunkRecord

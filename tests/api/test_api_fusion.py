@@ -13,13 +13,13 @@ from api_helpers import CHUNKS, QUERY, body
 def test_fusion_request_equals_the_python_api_and_reuses_its_entries(client, smollm) -> None:
     import torch
 
+    from chunkcache.blend.chunk_source import DictStore
     from chunkcache.blend.config import BlendConfig
     from chunkcache.blend.engine import ChunkCacheEngine
     from chunkcache.blend.fusion import fuse
     from chunkcache.retrieval.embedder import Embedder
     from chunkcache.runner.decode import SamplingConfig
     from chunkcache.runner.runner import ModelRunner
-    from chunkcache.blend.chunk_source import DictStore
 
     chunks = [*CHUNKS, f"Rome is the capital of Italy (ref {uuid.uuid4().hex[:8]})."]  # new to the server
     payload = body(chunks=chunks, mode="fusion", return_token_ids=True)
