@@ -35,10 +35,7 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
                     lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True))
     res["stored"] = str(store_calibration(engine.runner.fingerprint, res, root))
     if critical:
-        from chunkcache.blend.qcfuse_profile import (
-            profile_critical_layers,
-            store_profile,
-        )
+        from chunkcache.blend.qcfuse_profile import profile_critical_layers, store_profile
 
         prof = profile_critical_layers(engine.runner, reqs)
         store_profile(engine.runner, prof, root)
