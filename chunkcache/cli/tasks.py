@@ -23,6 +23,10 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.blend.config import BlendConfig
     from chunkcache.cli.demo import engine_from_args
 
+    if args.merge:
+        return merge(args)
+    if args.suite is None:
+        raise ValueError("--suite: required (or --merge FILE...)")
     suite, split = get_suite(args.suite), check_split(args.split)
     lengths = tuple(int(n) for n in _csv(args.lengths))
     variants = _csv(args.variants)
@@ -34,15 +38,19 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     engine = engine_from_args(args)
     prompts = engine.prompts
     reserve = len(prompts.prefix_ids) + len(prompts.encode(prompts.template.suffix_text)) + cfg.max_new + 8
-    examples = load_suite(suite, split, args.limit, args.data, count=lambda text: len(prompts.encode(text)),
-                          reserve=reserve, lengths=lengths, variants=variants)
+    if args.skip < 0:
+        raise ValueError(f"--skip must be >= 0, got {args.skip}")
+    examples = load_suite(suite, split, args.limit and args.skip + args.limit, args.data,
+                          count=lambda text: len(prompts.encode(text)), reserve=reserve, lengths=lengths,
+                          variants=variants)
+    examples = skip_each_setting(examples, args.skip)
     if args.save_data:
         save_examples(examples, args.save_data)
         print(f"wrote {len(examples)} examples to {args.save_data}")
     result = run_tasks(engine, suite, examples, cfg)
     result["split"] = split
     result["data"] = {"n": len(examples), "gold_positions": gold_positions(examples)}
-    result["config"] = {"data": args.data, "limit": args.limit, "modes": list(cfg.modes),
+    result["config"] = {"data": args.data, "skip": args.skip, "limit": args.limit, "modes": list(cfg.modes),
                         "recompute_ratio": args.recompute_ratio, "ratios": list(cfg.ratios), "max_new": cfg.max_new,
                         "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
                         "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
@@ -60,6 +68,32 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+def skip_each_setting(examples: list, skip: int) -> list:
+    """examples less the first `skip` of each setting (a shard of a run; --merge joins the shards)."""
+    seen: dict[str, int] = {}
+    out = []
+    for ex in examples:
+        seen[ex.setting] = seen.get(ex.setting, 0) + 1
+        if seen[ex.setting] > skip:
+            out.append(ex)
+    return out
+
+
+def merge(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.bench.rag import write_json
+    from chunkcache.bench.tasks.runner import merge_results, plot
+
+    result = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+    print(json.dumps({"n": result["data"]["n"], "modes": result["modes"]}, indent=2))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote plot {args.plot}")
+    return 0
+
+
 def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     """Add `tasks` to the `chunkcache bench` sub-commands (flags: the engine flags' parent parser)."""
     from chunkcache.bench.tasks.example import SPLITS
@@ -67,7 +101,7 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
 
     p = bench.add_parser("tasks", parents=[flags], help="task score, agreement with full prefill, KL and TTFT of "
                          "every mode on a standard suite (HotpotQA, RULER NIAH / VT, MuSiQue)")
-    p.add_argument("--suite", required=True, choices=tuple(SUITES))
+    p.add_argument("--suite", default=None, choices=tuple(SUITES), help="required unless --merge")
     p.add_argument("--split", default="dev", choices=SPLITS, help="fixed by seed (bench/tasks/suites.py)")
     p.add_argument("--modes", default=",".join(MODES),
                    help=f"comma-separated, from {', '.join(MODES)} (fusion: each example's chunks are its corpus)")
@@ -76,6 +110,10 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
                    help="comma list: every mode at each ratio on the Pareto subset (JSON `pareto`)")
     p.add_argument("--limit", type=positive, default=None,
                    help="the first N examples of the split (niah, vt: of each setting; default: all, 100 per setting)")
+    p.add_argument("--skip", type=int, default=0,
+                   help="leave out the first N examples (of each setting): a shard of a longer run, then --merge")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="join the JSON of shards (same suite, split, modes, ratios) into one result; runs nothing")
     p.add_argument("--data", default=None, help="the suite's own format instead of the bundled data (see suites.py)")
     p.add_argument("--repeats", type=positive, default=3, help="each timed TTFT is the median of N prefills")
     p.add_argument("--timed", type=int, default=20, help="the first N examples of each setting are timed")

@@ -51,3 +51,26 @@ def test_bench_tasks_refuses_bad_arguments_before_the_model_loads(capsys):
     assert "mode must be one of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "tasks", "--suite", "squad"])
+
+
+def test_shards_run_with_skip_merge_into_the_whole_run(tmp_path, smollm):
+    """Two shards (--skip) merged give the figures of one run over both examples (fidelity is deterministic);
+    shards of different configurations or overlapping examples are refused by name."""
+    base = ["--store", "memory", "bench", "tasks", "--suite", "niah", "--lengths", "1024", "--variants", "multikey",
+            "--modes", "full,naive", "--max-new-tokens", "6", "--repeats", "1", "--min-full-score", "0"]
+    whole, a, b, merged = (tmp_path / f"{n}.json" for n in ("whole", "a", "b", "merged"))
+    assert main([*base, "--limit", "2", "--json", str(whole)]) == 0
+    assert main([*base, "--limit", "1", "--json", str(a)]) == 0
+    assert main([*base, "--limit", "1", "--skip", "1", "--timed", "0", "--json", str(b)]) == 0
+    assert main(["bench", "tasks", "--merge", str(a), str(b), "--json", str(merged)]) == 0
+    w, m = json.loads(whole.read_text()), json.loads(merged.read_text())
+    assert [r["id"] for r in m["examples"]] == [r["id"] for r in w["examples"]]
+    for mode in ("full", "naive"):
+        for key in ("task_score", "agreement_f1", "tf_kl_mean", "tf_top1_agreement", "n"):
+            assert m["modes"][mode][key] == pytest.approx(w["modes"][mode][key], rel=1e-6), (mode, key)
+    assert m["modes"]["naive"]["n_timed"] == 1 and m["data"]["n"] == 2
+    assert main(["bench", "tasks", "--merge", str(a), str(a)]) == 2  # the same example twice
+    other = json.loads(b.read_text())
+    other["config"]["modes"] = ["full"]
+    b.write_text(json.dumps(other))
+    assert main(["bench", "tasks", "--merge", str(a), str(b)]) == 2

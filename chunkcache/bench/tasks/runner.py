@@ -173,6 +173,42 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
     return out
 
 
+MERGE_KEYS = ("modes", "recompute_ratio", "ratios", "max_new", "model", "dtype")
+
+
+def merge_results(shards: list[dict]) -> dict:
+    """Runs of one suite, split and configuration over disjoint examples (`--skip`) as one result: their rows
+    concatenated and every figure recomputed from them (speedups over all their timed rows). ValueError naming
+    what differs between shards, or an example two shards both ran."""
+    if not shards:
+        raise ValueError("--merge: no results given")
+    first = shards[0]
+    for i, r in enumerate(shards[1:], 1):
+        for key in ("suite", "split"):
+            if r.get(key) != first.get(key):
+                raise ValueError(f"--merge: result {i} has {key} {r.get(key)!r}, result 0 {first.get(key)!r}")
+        for key in MERGE_KEYS:
+            if r["config"].get(key) != first["config"].get(key):
+                raise ValueError(f"--merge: result {i} has config.{key} {r['config'].get(key)!r}, "
+                                 f"result 0 {first['config'].get(key)!r}")
+    rows = [row for r in shards for row in r["examples"]]
+    ids = [(row["setting"], row["id"]) for row in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("--merge: some examples are in more than one result (run the shards with --skip)")
+    c = first["config"]
+    cfg = TasksConfig(modes=tuple(c["modes"]), ratios=tuple(c["ratios"]), max_new=c["max_new"])
+    out = {"suite": first["suite"], "split": first["split"], **report(rows, cfg)}
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    if len(settings) > 1:
+        out["settings"] = {s: report([r for r in rows if r["setting"] == s], cfg) for s in settings}
+    out["data"] = {"n": len(rows), "shards": [r["data"] for r in shards]}
+    out["config"] = {**c, "merged_from": [r["config"] for r in shards]}
+    if any("gate" in r for r in shards):
+        out["gates"] = [r.get("gate") for r in shards]
+    out["examples"] = rows
+    return out
+
+
 def plot(result: dict, path: str) -> None:
     """Task score and agreement with full prefill against TTFT speedup, one line per mode (the Pareto rows, or
     one point per mode without --ratios)."""
