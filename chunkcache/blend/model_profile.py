@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import cache
 from pathlib import Path
 
 from chunkcache.kernels._cpp import UnsafeCacheDir, private_dir
@@ -45,8 +46,10 @@ def read_profile(fingerprint: str, root: str | Path | None = None) -> dict:
     return data if isinstance(data, dict) and data.get("fingerprint") == fingerprint else {}
 
 
+@cache
 def shipped_profile(fingerprint: str) -> dict:
-    """The profile the package ships for this fingerprint ({} when none): measured on the default model."""
+    """The profile the package ships for this fingerprint ({} when none): measured on the default model. Read
+    once per fingerprint (package data does not change while running); callers must not mutate it."""
     path = Path(__file__).resolve().parent.parent / "data" / "profiles" / f"{fingerprint}.json"
     profile_path(fingerprint)  # validates the fingerprint as a file name
     if not path.exists():

@@ -109,6 +109,15 @@ def report(rows: list[dict], cfg: TasksConfig) -> dict:
     return out
 
 
+def report_with_settings(rows: list[dict], cfg: TasksConfig) -> dict:
+    """report(rows), plus `settings`: the same per setting when the rows span more than one."""
+    out = report(rows, cfg)
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    if len(settings) > 1:
+        out["settings"] = {s: report([r for r in rows if r["setting"] == s], cfg) for s in settings}
+    return out
+
+
 def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors) -> tuple[BlendRequest, dict]:
     """req with its fused contexts, their entries precomputed (the example's chunks as the corpus), and the
     ingestion cost beyond the plain precompute: {fusion_extra_tokens, fusion_precompute_s, plain_tokens}."""
@@ -163,10 +172,7 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
             f"{m}: score={modes[m]['task_score']:.2f} agree={modes[m]['agreement_f1']:.2f} kl={modes[m]['tf_kl']:.3f}"
             for m in cfg.modes))
     if rows:
-        out.update(report(rows, cfg))
-        settings = list(dict.fromkeys(r["setting"] for r in rows))
-        if len(settings) > 1:
-            out["settings"] = {s: report([r for r in rows if r["setting"] == s], cfg) for s in settings}
+        out.update(report_with_settings(rows, cfg))
     else:
         out["modes"] = {}
     out["examples"] = rows
@@ -197,10 +203,7 @@ def merge_results(shards: list[dict]) -> dict:
         raise ValueError("--merge: some examples are in more than one result (run the shards with --skip)")
     c = first["config"]
     cfg = TasksConfig(modes=tuple(c["modes"]), ratios=tuple(c["ratios"]), max_new=c["max_new"])
-    out = {"suite": first["suite"], "split": first["split"], **report(rows, cfg)}
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    if len(settings) > 1:
-        out["settings"] = {s: report([r for r in rows if r["setting"] == s], cfg) for s in settings}
+    out = {"suite": first["suite"], "split": first["split"], **report_with_settings(rows, cfg)}
     out["data"] = {"n": len(rows), "shards": [r["data"] for r in shards]}
     out["config"] = {**c, "merged_from": [r["config"] for r in shards]}
     if any("gate" in r for r in shards):
