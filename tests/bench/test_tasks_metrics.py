@@ -4,7 +4,7 @@ derives from per-example rows."""
 import pytest
 
 from chunkcache.bench.tasks.metrics import agreement, exact_match, needle_recall, task_scores
-from chunkcache.bench.tasks.runner import KEYS, TasksConfig, report, summarize
+from chunkcache.bench.tasks.runner import KEYS, TasksConfig, report, summarize, sweep_configs
 
 
 def test_exact_match_and_f1_normalise_like_squad():
@@ -54,6 +54,20 @@ def test_summary_means_fidelity_over_all_and_speedup_over_the_timed_examples():
     assert set(pareto) == {("full", 1.0), ("blend", 0.3)}
     assert pareto[("blend", 0.3)]["n"] == 1 and pareto[("blend", 0.3)]["tf_kl_mean"] == 0.05
     assert pareto[("full", 1.0)]["n"] == 1  # the Pareto rows come from the Pareto subset only
+
+
+def test_sweep_point_at_the_base_ratio_is_the_main_runs_not_a_second_prefill():
+    cfg = TasksConfig(modes=("full", "blend", "epic"), ratios=(0.05, 0.15))  # base ratio 0.15
+    run, same = sweep_configs(cfg)
+    assert set(run) == {"blend@0.05", "epic@0.05", "epic@0.15"}  # the sweep's epic is budget-matched (epic_k=0)
+    assert same == {"blend@0.15": "blend"}
+    rows = [{"timed": True, "pareto": True, "modes": {"full": _full(), "blend": _row(1.0, 0.8, 0.1, 4.0),
+                                                       "blend@0.05": _row(1.0, 0.6, 0.2, 6.0, 0.05),
+                                                       "epic": _row(1.0, 0.5, 0.3, 5.0, 0.1),
+                                                       "epic@0.05": _row(1.0, 0.4, 0.4, 7.0, 0.05),
+                                                       "epic@0.15": _row(1.0, 0.5, 0.3, 5.0)}}]
+    pareto = {(r["mode"], r["ratio"]): r for r in report(rows, cfg)["pareto"]}
+    assert pareto[("blend", 0.15)]["agreement_f1"] == 0.8 and pareto[("blend", 0.05)]["agreement_f1"] == 0.6
 
 
 def test_config_refuses_bad_values():

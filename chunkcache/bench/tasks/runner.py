@@ -98,6 +98,20 @@ def summarize(rows: list[dict], label: str) -> dict:
     return out
 
 
+def main_configs(cfg: TasksConfig) -> dict[str, BlendConfig]:
+    """Mode -> config of the main run (every mode but full at the base ratio)."""
+    return {m: replace(cfg.base, mode=m) for m in cfg.modes if m != "full"}
+
+
+def sweep_configs(cfg: TasksConfig) -> tuple[dict[str, BlendConfig], dict[str, str]]:
+    """(the Pareto sweep's labels -> configs to run, sweep label -> main mode for the points the main run
+    already measures): a point equal to a main config (a mode at the base ratio) is not prefilled twice."""
+    main = main_configs(cfg)
+    sweep = pareto_configs(list(cfg.modes), list(cfg.ratios), cfg.base) if cfg.ratios else {}
+    same = {label: m for label, c in sweep.items() for m, mc in main.items() if c == mc}
+    return {label: c for label, c in sweep.items() if label not in same}, same
+
+
 def report(rows: list[dict], cfg: TasksConfig) -> dict:
     """{"modes": label -> figures at the base ratio, "pareto": rows per (mode, ratio) on the Pareto subset}."""
     out = {"modes": {m: summarize(rows, m) for m in cfg.modes}}
@@ -105,6 +119,7 @@ def report(rows: list[dict], cfg: TasksConfig) -> dict:
     if cfg.ratios and sweep:
         labels = {label for r in sweep for label in r["modes"]}
         table = {label: summarize(sweep, label) for label in labels}
+        table.update({label: summarize(sweep, m) for label, m in sweep_configs(cfg)[1].items()})
         out["pareto"] = pareto_rows(table, list(cfg.modes), list(cfg.ratios), keys=KEYS)
     return out
 
@@ -151,8 +166,7 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
     if suite.gated and cfg.min_full_score > 0:
         out["gate"] = full_gate(engine, examples, suite.score, cfg, log)
         examples = [ex for ex in examples if out["gate"][ex.setting]["included"]]
-    main = {m: replace(cfg.base, mode=m) for m in cfg.modes if m != "full"}
-    sweep = pareto_configs(list(cfg.modes), list(cfg.ratios), cfg.base) if cfg.ratios else {}
+    main, sweep = main_configs(cfg), sweep_configs(cfg)[0]
     fusing = "fusion" in cfg.modes
     embedder = Embedder() if fusing else None
     rows, seen = [], {}
