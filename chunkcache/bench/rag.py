@@ -143,22 +143,28 @@ def pareto_rows(summary: dict, modes: list[str], ratios: list[float], keys: tupl
     return rows
 
 
+def at_speedup(points: list[tuple[float, float]], x: float) -> float | None:
+    """The value at TTFT speedup x on a curve of (speedup, value) points, linear in log speedup between the
+    two neighbouring points; None where no point is that fast or that slow."""
+    own = sorted(points)
+    for (x0, k0), (x1, k1) in zip(own, own[1:]):
+        if x0 <= x <= x1:
+            w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0.0
+            return k0 + w * (k1 - k0)
+    return None
+
+
 def dominance_rows(pareto: list[dict], default: str) -> list[dict]:
-    """For every other mode's point: the default's KL at that point's TTFT speedup (linear in log speedup
-    between the default's two neighbouring points) and how much lower it is (kl_reduction = 1 - default /
-    anchor). default_kl is None where the default has no point that fast or that slow."""
-    own = sorted((r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]) for r in pareto if r["mode"] == default)
+    """For every other mode's point: the default's KL at that point's TTFT speedup (at_speedup over the
+    default's points) and how much lower it is (kl_reduction = 1 - default / anchor). default_kl is None
+    where the default has no point that fast or that slow."""
+    own = [(r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]) for r in pareto if r["mode"] == default]
     rows = []
     for r in pareto:
         if r["mode"] in (default, "full"):
             continue
         x, kl = r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]
-        at = None
-        for (x0, k0), (x1, k1) in zip(own, own[1:]):
-            if x0 <= x <= x1:
-                w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0.0
-                at = k0 + w * (k1 - k0)
-                break
+        at = at_speedup(own, x)
         rows.append({"mode": r["mode"], "ratio": r["ratio"], "ttft_speedup_vs_full_median": x, "tf_kl_mean": kl,
                      "default_kl": at, "kl_reduction": (1 - at / kl) if at is not None and kl > 0 else None})
     return rows

@@ -113,7 +113,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--skip", type=int, default=0,
                    help="leave out the first N examples (of each setting): a shard of a longer run, then --merge")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="join the JSON of shards (same suite, split, modes, ratios) into one result; runs nothing")
+                   help="join results into one, runs nothing: shards (--skip; same suite, split, modes, ratios) "
+                   "by rows, or runs of other modes or ratios on the same examples by columns")
     p.add_argument("--data", default=None, help="the suite's own format instead of the bundled data (see suites.py)")
     p.add_argument("--repeats", type=positive, default=3, help="each timed TTFT is the median of N prefills")
     p.add_argument("--timed", type=int, default=20, help="the first N examples of each setting are timed")

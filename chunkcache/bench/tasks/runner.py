@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from chunkcache.bench.rag import evaluate_request, pareto_configs, pareto_rows
+from chunkcache.bench.rag import at_speedup, evaluate_request, pareto_configs, pareto_rows
 from chunkcache.bench.tasks.example import TaskExample
 from chunkcache.bench.tasks.metrics import agreement, task_scores
 from chunkcache.bench.tasks.suites import Suite
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.fusion import with_fused
 from chunkcache.blend.prompt import PromptBuilder
@@ -120,8 +120,48 @@ def report(rows: list[dict], cfg: TasksConfig) -> dict:
         labels = {label for r in sweep for label in r["modes"]}
         table = {label: summarize(sweep, label) for label in labels}
         table.update({label: summarize(sweep, m) for label, m in sweep_configs(cfg)[1].items()})
-        out["pareto"] = pareto_rows(table, list(cfg.modes), list(cfg.ratios), keys=KEYS)
+        out["pareto"] = sweep_points(table, cfg)
+        if sum(r["mode"] == DEFAULT_MODE for r in out["pareto"]) > 1:
+            out["dominance"] = {"default": DEFAULT_MODE, "target": DOMINANCE, "rows": dominance(out["pareto"])}
     return out
+
+
+def sweep_points(table: dict[str, dict], cfg: TasksConfig) -> list[dict]:
+    """The JSON `pareto` rows: each mode at the ratios it was swept at, or at the base ratio when it ran
+    without the sweep (a mode joined from another run by --merge)."""
+    rows = []
+    for m in cfg.modes:
+        swept = [r for r in cfg.ratios if f"{m}@{r}" in table]
+        if m in RATIO_FREE_MODES or swept:
+            rows += pareto_rows(table, [m], swept, keys=KEYS)
+        elif m in table:
+            rows.append({"mode": m, "ratio": cfg.base.recompute_ratio, **{k: table[m][k] for k in KEYS}})
+    return rows
+
+
+LOSSES = {"disagreement": lambda r: 1.0 - r["agreement_f1"], "kl": lambda r: r["tf_kl_mean"]}
+DOMINANCE = 0.7  # the issue's target: the default's loss <= 0.7x each anchor's at the anchor's TTFT
+
+
+def dominance(pareto: list[dict], default: str = DEFAULT_MODE) -> list[dict]:
+    """For every other timed mode's point: the default's losses (1 - agreement F1, KL) at that point's TTFT
+    speedup (bench/rag.at_speedup over the default's points; None outside their range), the ratio
+    default / anchor per loss, and met: both ratios <= DOMINANCE (None where the default has no point there)."""
+    own = [r for r in pareto if r["mode"] == default and r["ttft_speedup_vs_full_median"] is not None]
+    rows = []
+    for r in pareto:
+        x = r["ttft_speedup_vs_full_median"]
+        if r["mode"] in (default, "full") or x is None:
+            continue
+        row = {"mode": r["mode"], "ratio": r["ratio"], "ttft_speedup_vs_full_median": x}
+        for name, loss in LOSSES.items():
+            at = at_speedup([(p["ttft_speedup_vs_full_median"], loss(p)) for p in own], x)
+            row[name], row[f"default_{name}"] = loss(r), at
+            row[f"{name}_ratio"] = at / loss(r) if at is not None and loss(r) > 0 else None
+        ratios = [row[f"{name}_ratio"] for name in LOSSES]
+        row["met"] = None if None in ratios else all(q <= DOMINANCE for q in ratios)
+        rows.append(row)
+    return rows
 
 
 def report_with_settings(rows: list[dict], cfg: TasksConfig) -> dict:
@@ -194,40 +234,73 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
 
 
 MERGE_KEYS = ("modes", "recompute_ratio", "ratios", "max_new", "model", "dtype")
+COLUMN_KEYS = ("recompute_ratio", "max_new", "model", "dtype")  # what runs of other modes on the same examples share
 
 
-def merge_results(shards: list[dict]) -> dict:
-    """Runs of one suite, split and configuration over disjoint examples (`--skip`) as one result: their rows
-    concatenated and every figure recomputed from them (speedups over all their timed rows). ValueError naming
-    what differs between shards, or an example two shards both ran."""
-    if not shards:
+def merge_results(results: list[dict]) -> dict:
+    """Runs of one suite and split as one result, every figure recomputed from the joined rows. Shards
+    (`--skip`: disjoint examples, one configuration) are joined by rows; runs of other modes or ratios on the
+    same examples in the same order are joined by columns (each mode's speedup stays paired with its own run's
+    full prefill). ValueError naming what differs, or an example two shards both ran."""
+    if not results:
         raise ValueError("--merge: no results given")
-    first = shards[0]
-    for i, r in enumerate(shards[1:], 1):
+    first = results[0]
+    ids = [[(row["setting"], row["id"]) for row in r["examples"]] for r in results]
+    by_columns = len(results) > 1 and all(i == ids[0] for i in ids[1:])
+    for i, r in enumerate(results[1:], 1):
         for key in ("suite", "split"):
             if r.get(key) != first.get(key):
                 raise ValueError(f"--merge: result {i} has {key} {r.get(key)!r}, result 0 {first.get(key)!r}")
-        for key in MERGE_KEYS:
+        for key in COLUMN_KEYS if by_columns else MERGE_KEYS:
             if r["config"].get(key) != first["config"].get(key):
                 raise ValueError(f"--merge: result {i} has config.{key} {r['config'].get(key)!r}, "
                                  f"result 0 {first['config'].get(key)!r}")
-    rows = [row for r in shards for row in r["examples"]]
-    ids = [(row["setting"], row["id"]) for row in rows]
-    if len(set(ids)) != len(ids):
+    rows = join_columns(results) if by_columns else [row for r in results for row in r["examples"]]
+    if not by_columns and len({k for i in ids for k in i}) != sum(map(len, ids)):
         raise ValueError("--merge: some examples are in more than one result (run the shards with --skip)")
     c = first["config"]
-    cfg = TasksConfig(modes=tuple(c["modes"]), ratios=tuple(c["ratios"]), max_new=c["max_new"])
+    modes = tuple(dict.fromkeys(m for r in results for m in r["config"]["modes"]))
+    ratios = tuple(sorted({x for r in results for x in r["config"]["ratios"]}))
+    cfg = TasksConfig(modes=modes, base=BlendConfig(recompute_ratio=c["recompute_ratio"]), ratios=ratios,
+                      max_new=c["max_new"])
     out = {"suite": first["suite"], "split": first["split"], **report_with_settings(rows, cfg)}
-    out["data"] = {"n": len(rows), "shards": [r["data"] for r in shards]}
-    out["config"] = {**c, "merged_from": [r["config"] for r in shards]}
-    if any("gate" in r for r in shards):
-        out["gates"] = [r.get("gate") for r in shards]
+    out["data"] = {"n": len(rows), "shards": [r["data"] for r in results]}
+    out["config"] = {**c, "modes": list(modes), "ratios": list(ratios), "joined_by": "columns" if by_columns
+                     else "rows", "merged_from": [r["config"] for r in results]}
+    if any("gate" in r for r in results):
+        out["gates"] = [r.get("gate") for r in results]
     out["examples"] = rows
     return out
 
 
+def join_columns(results: list[dict]) -> list[dict]:
+    """The rows of runs on the same examples, each row's modes joined. A label two runs share must have given
+    the same answer (the fidelity figures are deterministic), and full prefill's answer must agree: otherwise
+    the runs were not on the same token ids. The first run's measurement of a shared label is kept."""
+    rows, new = [], False
+    for k, row in enumerate(results[0]["examples"]):
+        modes = dict(row["modes"])
+        timed, pareto = row["timed"], row["pareto"]
+        for i, r in enumerate(results[1:], 1):
+            other = r["examples"][k]
+            if other["timed"] != timed:
+                raise ValueError(f"--merge: example {row['id']} is timed in one of results 0 and {i}, not the other "
+                                 "(run them with the same --timed)")
+            for label, figures in other["modes"].items():
+                if label not in modes:
+                    modes[label], new = figures, True
+                elif figures["answer"] != modes[label]["answer"]:
+                    raise ValueError(f"--merge: {label} answered example {row['id']} differently in result {i} "
+                                     "than in result 0: not the same model, data or token ids")
+            pareto = pareto or other["pareto"]
+        rows.append({**row, "pareto": pareto, "modes": modes})
+    if not new:
+        raise ValueError("--merge: the results ran the same examples and no other mode (shards need --skip)")
+    return rows
+
+
 def plot(result: dict, path: str) -> None:
-    """Task score and agreement with full prefill against TTFT speedup, one line per mode (the Pareto rows, or
+    """Task score, agreement with full prefill and KL against TTFT speedup, one line per mode (the Pareto rows, or
     one point per mode without --ratios)."""
     from chunkcache.bench.rag import plot_pareto
 
@@ -237,4 +310,5 @@ def plot(result: dict, path: str) -> None:
     if not points:
         raise ValueError("--plot: no timed example (--timed 0), so no TTFT speedup to plot against")
     plot_pareto(points, path, panels=(("task_score", f"task score ({result['suite']})"),
-                                      ("agreement_f1", "answer agreement with full prefill (token F1)")))
+                                      ("agreement_f1", "answer agreement with full prefill (token F1)"),
+                                      ("tf_kl_mean", "teacher-forced KL vs full prefill (lower is better)")))
