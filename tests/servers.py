@@ -232,9 +232,9 @@ def redis_and_postgres(redis_password: str | None = None) -> Iterator[tuple[Redi
 
 
 class ServeProcess:
-    """`python -m chunkcache.cli serve --config FILE --port P [args]` as a subprocess, log in `log`."""
+    """`python -m chunkcache.cli serve [--config FILE] --port P [args]` as a subprocess, log in `log`."""
 
-    def __init__(self, config: Path, log: Path, *args: str, port: int | None = None,
+    def __init__(self, config: Path | None, log: Path, *args: str, port: int | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.config, self.log, self.args = config, log, list(args)
         self.port = port or free_port()
@@ -249,7 +249,8 @@ class ServeProcess:
     def start(self) -> "ServeProcess":
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "chunkcache.cli", "serve", "--config", str(self.config),
+        config = ["--config", str(self.config)] if self.config else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "chunkcache.cli", "serve", *config,
                                       "--port", str(self.port), *self.args],
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env)
         return self

@@ -19,7 +19,7 @@ from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.blend.fusion import fuse
+from chunkcache.blend.fusion import FUSION_NEIGHBOURS, fuse
 from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
@@ -113,8 +113,11 @@ class ChunkCacheService:
         if req.num_tokens + opts.max_tokens > engine.runner.max_positions:
             raise RequestError("max_tokens", f"prompt of {req.num_tokens} tokens + {opts.max_tokens} new tokens "
                                              f"exceeds the model context of {engine.runner.max_positions}")
-        if opts.mode == "fusion":  # neighbours among the request's own chunks, by the index's embedder
-            req = fuse(req, engine.source.context_ids, self.index.embedder.encode(texts))
+        if opts.mode == "fusion":  # corpus neighbours for indexed chunks, else among the request's own
+            vectors = self.index.embedder.encode(texts)  # [n_chunks, 384]
+            corpus = [None if near is None else [engine.prompts.chunk_ids(t) for t in near]
+                      for near in self.index.neighbours(texts, vectors, FUSION_NEIGHBOURS)]
+            req = fuse(req, engine.source.context_ids, vectors, corpus=corpus)
         ratio = opts.recompute_ratio
         if opts.calibrated:
             try:

@@ -9,7 +9,7 @@ Keys. The neighbours' tokens are part of the precompute context, and the context
 (store/keys.py chunk_key), exactly as the system prefix is: a fused entry and the plain entry of the same
 chunk are two entries under two keys, each evicted on its own. Nothing in the store changes; the plain entry
 stays what every other mode (and the exact first chunk) reads. A request names each chunk's fused context in
-BlendRequest.fused (`fused_contexts` builds them).
+BlendRequest.fused (`fused_contexts` builds them; `fuse` with corpus neighbours where the chunk is indexed).
 
 Cost at ingestion: per chunk, the neighbours' tokens are computed again behind the prefix (the prefix itself
 comes from its own entry; ChunkSource.compute): about n x (mean chunk length) extra tokens, n + 1 times the
@@ -48,18 +48,18 @@ def neighbours(vectors, n: int = FUSION_NEIGHBOURS) -> list[list[int]]:
     return sims.topk(k, dim=1).indices.tolist() if k > 0 else [[] for _ in range(v.shape[0])]
 
 
+def contexts(prefix_ids: Sequence[int], near: Sequence[Sequence[Sequence[int]]]) -> tuple[tuple[int, ...], ...]:
+    """Each chunk's fused context: prefix_ids, then its neighbours' tokens (near[i]: chunk i's neighbours,
+    nearest first; placed nearest last, next to the chunk)."""
+    return tuple(tuple(int(t) for t in [*prefix_ids, *(x for ids in reversed(ns) for x in ids)]) for ns in near)
+
+
 def fused_contexts(prefix_ids: Sequence[int], chunks: Sequence[Sequence[int]], vectors,
                    n: int = FUSION_NEIGHBOURS) -> tuple[tuple[int, ...], ...]:
-    """Each chunk's fused precompute context: prefix_ids, then its n nearest chunks' tokens (nearest last)."""
+    """Each chunk's fused context: prefix_ids, then its n nearest chunks' tokens (nearest last)."""
     if len(chunks) != len(vectors):
         raise ValueError(f"vectors: {len(vectors)} embeddings for {len(chunks)} chunks")
-    out = []
-    for near in neighbours(vectors, n):
-        ctx = list(prefix_ids)
-        for j in reversed(near):
-            ctx.extend(chunks[j])
-        out.append(tuple(int(t) for t in ctx))
-    return tuple(out)
+    return contexts(prefix_ids, [[chunks[j] for j in near] for near in neighbours(vectors, n)])
 
 
 def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]],
@@ -74,11 +74,20 @@ def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]],
     return keys, extra
 
 
-def fuse(req: BlendRequest, context_ids: Sequence[int], vectors, n: int = FUSION_NEIGHBOURS) -> BlendRequest:
-    """req carrying every chunk's fused context, neighbours drawn from the request's own chunks (vectors
+def fuse(req: BlendRequest, context_ids: Sequence[int], vectors, n: int = FUSION_NEIGHBOURS,
+         corpus: Sequence[Sequence[Sequence[int]] | None] | None = None) -> BlendRequest:
+    """req carrying every chunk's fused context. Chunk i's neighbours: corpus[i] where given (its nearest
+    chunks in the corpus, token ids, nearest first: the same for every request, so the fused entry is reused
+    by any request holding the chunk), else its n nearest among the request's own chunks (vectors
     [n_chunks, dim]: their embeddings). Nothing is computed here: a fused entry missing from the store is
     precomputed by the blender when the request is placed (ChunkSource.open_layers), then reused."""
-    return replace(req, fused=fused_contexts(context_ids, req.chunks, vectors, n))
+    own = fused_contexts(context_ids, req.chunks, vectors, n)
+    if corpus is None:
+        return replace(req, fused=own)
+    if len(corpus) != len(req.chunks):
+        raise ValueError(f"corpus: neighbours for {len(corpus)} chunks, the request has {len(req.chunks)}")
+    near = contexts(context_ids, [ns if ns is not None else () for ns in corpus])
+    return replace(req, fused=tuple(o if ns is None else c for o, c, ns in zip(own, near, corpus)))
 
 
 def with_fused(source: ChunkSource, req: BlendRequest, vectors, n: int = FUSION_NEIGHBOURS) -> BlendRequest:

@@ -122,6 +122,20 @@ class ChunkIndex:
             rows = self.table.by_vec_ids([i for i, _ in found])
         return [Hit(rows[i].key, rows[i].text, s, rows[i].doc_id) for i, s in found if i in rows]
 
+    def neighbours(self, texts: list[str], vectors: np.ndarray, n: int) -> list[list[str] | None]:
+        """For each text (vectors [len(texts), dim]: their embeddings), the texts of its n nearest other
+        chunks in the index, nearest first, when the text itself is an indexed chunk (its corpus
+        neighbours: the same for every request); None for a text the index does not hold."""
+        self.refresh()
+        out: list[list[str] | None] = []
+        with self._lock:
+            for text, vec in zip(texts, vectors, strict=True):
+                found = self.vectors.search(vec, n + 1)
+                rows = self.table.by_vec_ids([i for i, _ in found])
+                hits = [rows[i].text for i, _ in found if i in rows]
+                out.append([t for t in hits if t != text][:n] if text in hits else None)
+        return out
+
     def stats(self) -> dict[str, int]:
         return {**self.table.count(), "vectors": len(self.vectors)}
 

@@ -1,5 +1,7 @@
-"""Mode fusion over HTTP: the server draws each chunk's neighbours from the request's own chunks (its index's
-embedder), so the answer equals the Python API's `fuse` on the same chunks, and a repeat reuses the fused entries."""
+"""Mode fusion over HTTP. A chunk the server has not ingested takes its neighbours from the request's own chunks
+(the index's embedder), so the answer equals the Python API's `fuse` on the same chunks, and a repeat reuses
+the fused entries; an ingested chunk takes its neighbours from the corpus (the index), so its fused entry is
+reused by other chunk sets too."""
 
 from __future__ import annotations
 
@@ -37,3 +39,21 @@ def test_fusion_request_equals_the_python_api_and_reuses_its_entries(client, smo
     assert fused.fused != req.fused and len(fused.fused) == len(chunks)
     ans = engine.generate(fused, BlendConfig(mode="fusion"), SamplingConfig(max_new_tokens=payload["max_tokens"]))
     assert ans.token_ids == first.json()["token_ids"]
+
+
+@pytest.mark.slow
+def test_fusion_over_ingested_chunks_takes_corpus_neighbours_reused_by_other_chunk_sets(client) -> None:
+    tag = uuid.uuid4().hex[:8]
+    rome, paris, tower, louvre = (f"{t} (ref {tag})" for t in (
+        "Rome is the capital of Italy.", "Paris is the capital of France.",
+        "The Eiffel Tower stands in Paris, France.", "The Louvre in Paris, France, holds the Mona Lisa."))
+    put = client.post("/chunks", json={"chunks": [rome, paris, tower, louvre]})
+    assert put.status_code == 201, put.text
+    first = client.post("/generate_with_chunks", json=body(chunks=[rome, paris, tower, louvre], mode="fusion"))
+    assert first.status_code == 200, first.text
+    assert first.json()["stats"]["chunk_misses"] == 3  # the fused entries of paris, tower, louvre
+    # Another chunk set: a chunk's neighbours come from the corpus, not from the request, so paris and tower
+    # find the fused entries computed above (among the request's own chunks, paris's would be rome and tower).
+    other = client.post("/generate_with_chunks", json=body(chunks=[rome, tower, paris], mode="fusion"))
+    assert other.status_code == 200, other.text
+    assert other.json()["stats"]["chunk_misses"] == 0

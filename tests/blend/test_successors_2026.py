@@ -7,7 +7,7 @@ import torch
 from chunkcache.blend.blender import Blender
 from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
-from chunkcache.blend.fusion import fused_contexts, neighbours, precompute_fused, with_fused
+from chunkcache.blend.fusion import fuse, fused_contexts, neighbours, precompute_fused, with_fused
 from chunkcache.blend.modes import PROPHET_STAGE1_SHARE, _prophet_fused
 from chunkcache.blend.probe import suffix_attention_by_layer
 from chunkcache.blend.qcfuse import anchor_count, anchors_for, chunk_anchors, view_importance
@@ -125,6 +125,18 @@ def test_neighbours_and_fused_contexts():
     assert fused_contexts((1,), chunks, vecs, 2)[0] == (1, 13, 11, 11)  # nearest next to the chunk
     with pytest.raises(ValueError, match="vectors"):
         fused_contexts((1,), chunks, vecs[:3], 2)
+
+
+def test_fuse_takes_corpus_neighbours_where_given_else_the_requests_own():
+    vecs = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    req = BlendRequest.of((1,), [(10,), (11, 11), (12,)], (2,))
+    corpus = [[(20, 20), (21,)], None, []]  # chunk 0: two corpus neighbours, nearest first; chunk 2: none
+    fused = fuse(req, (1,), vecs, 1, corpus=corpus).fused
+    assert fused[0] == (1, 21, 20, 20)  # nearest (20, 20) next to the chunk
+    assert fused[1] == fused_contexts((1,), req.chunks, vecs, 1)[1] == (1, 10)  # not indexed: the request's own
+    assert fused[2] == (1,)  # indexed, alone in its corpus: behind the prefix only
+    with pytest.raises(ValueError, match="corpus"):
+        fuse(req, (1,), vecs, 1, corpus=corpus[:2])
 
 
 def test_fusion_places_the_fused_entries_and_keeps_the_plain_ones(tiny_runner):
