@@ -43,6 +43,8 @@ class BlendConfig:
         from the suffix to the context tokens (APE repo default 0.9 / 0.9; T=S=1 is naive).
     critical_layers: qcfuse's layers where the question's attention scores the context (empty: the model's
         profiled layers, else the fallback in blend/qcfuse.py).
+    score_layers: blend's layers where the suffix's attention over the naive cache scores the context (empty:
+        every layer); the scoring pass stops after the last of them.
     anchor_ratio, anchor_sinks: qcfuse's anchors per chunk: anchor_ratio of its tokens, the first anchor_sinks
         of them always (QCFuse's release: 0.15 and 4).
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
@@ -66,6 +68,7 @@ class BlendConfig:
     critical_layers: tuple[int, ...] = ()
     anchor_ratio: float = 0.15
     anchor_sinks: int = 4
+    score_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -87,6 +90,8 @@ class BlendConfig:
                              f"got {self.ape_temperature}, {self.ape_scale}")
         if list(self.critical_layers) != sorted(set(self.critical_layers)) or any(x < 0 for x in self.critical_layers):
             raise ValueError(f"critical_layers must be increasing layer indices >= 0, got {self.critical_layers}")
+        if list(self.score_layers) != sorted(set(self.score_layers)) or any(x < 0 for x in self.score_layers):
+            raise ValueError(f"score_layers must be increasing layer indices >= 0, got {self.score_layers}")
         if not 0.0 < self.anchor_ratio <= 1.0 or self.anchor_sinks < 0:
             raise ValueError(f"anchor_ratio must be in (0, 1] and anchor_sinks >= 0, "
                              f"got {self.anchor_ratio}, {self.anchor_sinks}")

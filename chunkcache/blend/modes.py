@@ -107,10 +107,12 @@ class Candidates:
         """Make layers 0..layer of the placed chunk KV present in the cache."""
         (self.load_to or (lambda _: self.load_all()))(layer)
 
-    def suffix_attention(self) -> torch.Tensor:
-        """Attention [n_layers, n_cand] of the suffix over the naive merged cache, per layer."""
-        self.load_all()
-        mass = suffix_attention_by_layer(self.runner, self.cache, self.ids[self.fresh:])
+    def suffix_attention(self, depth: int | None = None) -> torch.Tensor:
+        """Attention [depth, n_cand] of the suffix over the naive merged cache, per layer 0..depth-1 (default:
+        every layer); only those layers are loaded first, the rest keep loading under the recompute."""
+        depth = self.runner.n_layers if depth is None else depth
+        self.load(depth - 1)
+        mass = suffix_attention_by_layer(self.runner, self.cache, self.ids[self.fresh:], depth)
         return mass[:, self.placed:]
 
 
@@ -209,7 +211,10 @@ def blend_heads(c: Candidates) -> torch.Tensor:
 def _blend(c: Candidates) -> Selection:
     """The chunk heads, then the tokens the suffix attends most over the naive cache (summed over layers) up to
     the budget; fixed before layer 0. What measured best at equal TTFT (README "Modes", BENCHMARKS.md)."""
-    score = c.suffix_attention().sum(0)  # [n_cand]
+    layers = c.cfg.score_layers or tuple(range(c.runner.n_layers))
+    if layers[-1] >= c.runner.n_layers:
+        raise ValueError(f"score_layers {layers} out of range for a model of {c.runner.n_layers} layers")
+    score = c.suffix_attention(layers[-1] + 1)[list(layers)].sum(0)  # [n_cand]
     score[blend_heads(c)] = float("inf")
     return Selection(keep=top_tokens(score, c.budget))
 

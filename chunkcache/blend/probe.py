@@ -23,23 +23,29 @@ def suffix_attention_mass(runner: ModelRunner, cache: KVCache, suffix_ids: torch
 
 
 @torch.inference_mode()
-def suffix_attention_by_layer(runner: ModelRunner, cache: KVCache, suffix_ids: torch.Tensor) -> torch.Tensor:
-    """Attention mass [n_layers, start] on positions 0..start-1 from the suffix placed at start = cache.length,
-    per layer, summed over heads and suffix queries.
+def suffix_attention_by_layer(runner: ModelRunner, cache: KVCache, suffix_ids: torch.Tensor,
+                              depth: int | None = None) -> torch.Tensor:
+    """Attention mass [depth, start] on positions 0..start-1 from the suffix placed at start = cache.length,
+    per layer 0..depth-1 (default: every layer), summed over heads and suffix queries. The pass stops after
+    layer depth-1, so only those layers of the cache need to be present.
 
-    Writes the suffix's K/V into the cache (positions start..start+ns-1); callers that recompute the
-    suffix later simply overwrite them.
+    Writes the suffix's K/V into the cache (positions start..start+ns-1) at those layers; callers that
+    recompute the suffix later simply overwrite them.
     """
     start, ns = cache.length, suffix_ids.numel()
     positions = torch.arange(start, start + ns, device=runner.device)
     plan = plan_sparse_attention(positions, start + ns, dtype=runner.dtype)
-    mass = torch.zeros(runner.n_layers, start, dtype=torch.float32, device=runner.device)
+    depth = runner.n_layers if depth is None else depth
+    if not 1 <= depth <= runner.n_layers:
+        raise ValueError(f"depth must be in 1..{runner.n_layers}, got {depth}")
+    mass = torch.zeros(depth, start, dtype=torch.float32, device=runner.device)
     hidden = runner.embed(suffix_ids)
-    for layer in range(runner.n_layers):
+    for layer in range(depth):
         q, k, v = runner.qkv(layer, hidden, positions)
         cache.write(layer, positions, k, v, end=plan.q_end)
         mass[layer] = suffix_mass(q, cache.layer(layer)[0], start, runner.scale)
-        hidden = runner.attend_mlp(layer, hidden, q, cache, plan)
+        if layer + 1 < depth:
+            hidden = runner.attend_mlp(layer, hidden, q, cache, plan)
     return mass
 
 

@@ -139,18 +139,19 @@ def test_prophet_keeps_the_top_of_the_layer_fused_attention(tiny_blender):
     assert _recomputed_positions(tiny_blender, req, res).tolist() == (top_tokens(fused, budget) + lo).tolist()
 
 
-@pytest.mark.parametrize("ratio", [0.2, 0.4])
-def test_blend_keeps_the_chunk_heads_then_the_tokens_the_question_attends_most(tiny_blender, ratio):
-    """Half the budget as the first k tokens of every candidate chunk, the rest by the suffix's attention."""
+@pytest.mark.parametrize("ratio,layers", [(0.2, ()), (0.4, ()), (0.2, (0, 2)), (0.4, (1,))])
+def test_blend_keeps_the_chunk_heads_then_the_tokens_the_question_attends_most(tiny_blender, ratio, layers):
+    """Half the budget as the first k tokens of every candidate chunk, the rest by the suffix's attention
+    summed over score_layers (empty: every layer)."""
     req = _request(seed=7)
     lo = len(PREFIX) + len(req.chunks[0])  # the first chunk is exact (precomputed behind the prefix)
     budget = round(ratio * req.context_len)
     k = max(1, round(budget * BLEND_HEAD_SHARE / (len(req.chunks) - 1)))
     heads = {o + i for o, c in zip(req.chunk_offsets[1:], req.chunks[1:]) for i in range(min(k, len(c)))}
-    mass = _suffix_attention(tiny_blender, req).sum(0)[lo:]
+    mass = _suffix_attention(tiny_blender, req)[list(layers) or slice(None)].sum(0)[lo:]
     others = [int(p) + lo for p in mass.argsort(descending=True) if int(p) + lo not in heads]
     want = sorted(heads | set(others[:budget - len(heads)]))
-    res = _run(tiny_blender, req, mode="blend", recompute_ratio=ratio)
+    res = _run(tiny_blender, req, mode="blend", recompute_ratio=ratio, score_layers=layers)
     assert res.stats.recomputed_tokens == budget
     assert _recomputed_positions(tiny_blender, req, res).tolist() == want
     query = _run(tiny_blender, req, mode="query", recompute_ratio=ratio)
@@ -159,3 +160,46 @@ def test_blend_keeps_the_chunk_heads_then_the_tokens_the_question_attends_most(t
 
 def test_blend_is_the_default_mode():
     assert BlendConfig().mode == "blend"
+
+
+def test_suffix_attention_stops_at_the_depth_asked(tiny_blender):
+    """depth d gives the first d layers' rows of the full-depth probe; a depth the model lacks is refused."""
+    req = _request(seed=8)
+    full = _suffix_attention(tiny_blender, req)
+    naive = _run(tiny_blender, req, mode="naive")
+    naive.cache.truncate(req.suffix_start)
+    ids = torch.tensor(req.token_ids())[req.suffix_start:]
+    got = suffix_attention_by_layer(tiny_blender.runner, naive.cache, ids, depth=2)
+    assert got.shape == (2, req.suffix_start)
+    torch.testing.assert_close(got, full[:2])
+    with pytest.raises(ValueError, match="depth"):
+        suffix_attention_by_layer(tiny_blender.runner, naive.cache, ids, depth=tiny_blender.runner.n_layers + 1)
+
+
+def test_blend_score_layers_out_of_range_names_the_field(tiny_blender):
+    with pytest.raises(ValueError, match="score_layers"):
+        _run(tiny_blender, _request(), mode="blend", recompute_ratio=0.2, score_layers=(tiny_blender.runner.n_layers,))
+    with pytest.raises(ValueError, match="score_layers"):
+        BlendConfig(score_layers=(2, 1))
+
+
+def test_blend_loads_only_the_layers_it_scores_before_selecting(tiny_blender):
+    """With score_layers ending at layer 1, the selection asks for layers 0..1 only (the rest load under the
+    recompute) and never for every layer."""
+    from chunkcache.blend.modes import Candidates, select
+
+    req = _request(seed=9)
+    naive = _run(tiny_blender, req, mode="naive")
+    naive.cache.truncate(req.suffix_start)
+    asked = []
+
+    def load_all():
+        raise AssertionError("blend with score_layers loaded every layer before selecting")
+
+    placed = len(PREFIX) + len(req.chunks[0])
+    cfg = BlendConfig(mode="blend", recompute_ratio=0.2, score_layers=(0, 1))
+    c = Candidates(tiny_blender.runner, naive.cache, torch.tensor(req.token_ids()), req, cfg, placed,
+                   req.suffix_start, round(0.2 * req.context_len), load_all, load_to=asked.append)
+    sel = select(c)
+    assert asked == [1]
+    assert sel.keep.numel() == c.budget
