@@ -10,6 +10,7 @@ import json
 import statistics
 import sys
 import tempfile
+from pathlib import Path
 
 from chunkcache.bench.rag import evaluate_request
 from chunkcache.bench.tasks.runner import score_rows, task_request
@@ -47,7 +48,7 @@ def main() -> None:
         print(i, "  ".join(f"{k}: agree={rows[-1]['modes'][k]['agreement_f1']:.2f} kl={rows[-1]['modes'][k]['tf_kl']:.3f}"
                            for k in configs), flush=True)
     result = {"split": split, "variants": variants, "summary": summary(rows), "rows": rows}
-    json.dump(result, open(out, "w"), indent=1)
+    Path(out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
 
 
