@@ -15,7 +15,8 @@ from pathlib import Path
 from explore_score_layers import summary
 
 from chunkcache.bench.rag import evaluate_request
-from chunkcache.bench.tasks.runner import fused_request, score_rows, task_request
+from chunkcache.bench.rag import fused_request
+from chunkcache.bench.tasks.runner import score_rows, task_request
 from chunkcache.bench.tasks.suites import get_suite, load_suite
 from chunkcache.blend import modes
 from chunkcache.blend.config import BlendConfig

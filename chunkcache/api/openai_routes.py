@@ -29,7 +29,7 @@ from chunkcache.api.config import ServerConfig
 from chunkcache.api.openai_layout import PLAIN_MODE, chat_messages, completion_template
 from chunkcache.api.openai_schemas import ChatCompletionRequest, CompletionRequest
 from chunkcache.api.service import ChunkCacheService, RequestError
-from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
+from chunkcache.blend.config import UNFUSED_MODE, BlendConfig
 from chunkcache.runner.decode import SamplingConfig
 
 router = APIRouter(prefix="/v1")
@@ -52,7 +52,8 @@ def _check_model(cfg: ServerConfig, model: str) -> str:
 
 
 def _blend(mode: str | None, marked: bool, ratio: float) -> BlendConfig:
-    return BlendConfig.named(mode or (DEFAULT_MODE if marked else PLAIN_MODE), recompute_ratio=ratio)
+    """A chat turn has no corpus to fuse its chunks with: marked chunks default to the plain-entry default."""
+    return BlendConfig.named(mode or (UNFUSED_MODE if marked else PLAIN_MODE), recompute_ratio=ratio)
 
 
 def _sampling(cfg: ServerConfig, body: ChatCompletionRequest | CompletionRequest, field: str) -> SamplingConfig:

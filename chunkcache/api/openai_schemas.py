@@ -6,7 +6,8 @@ user, and the fields OpenAI clients send with neutral values (frequency_penalty 
 logprobs false, no tools, response_format text...). A field that would change the answer in a way
 chunkcache does not implement is refused by name (400), and so is any unknown field.
 Extensions: `documents` (chunk texts, see api/openai_layout.py), `mode` (a BlendConfig.named name; default:
-`prefix` when the request marks no chunk, the server's default mode otherwise), `recompute_ratio`.
+`prefix` when the request marks no chunk, otherwise `blend`, the default for requests without a corpus to fuse
+with: blend/config.UNFUSED_MODE), `recompute_ratio`.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class _Sampling(_Neutral):
     stream_options: StreamOptions | None = None
     documents: list[Text] | None = Field(None, min_length=1, max_length=256,
                                          description="chunkcache: chunk texts placed before the question")
-    mode: str | None = Field(None, description="chunkcache: blend mode (default: prefix without chunks, else the "
-                                               "server's default)")
+    mode: str | None = Field(None, description="chunkcache: blend mode (default: prefix without chunks, else "
+                                               "blend)")
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0, description="chunkcache: for the blend modes")
 
     @field_validator("n")

@@ -60,7 +60,7 @@ async def put_chunks(body: PutChunksRequest, request: Request) -> PutChunksRespo
             n = len(svc.engine.prompts.chunk_ids(text))
             if n + len(svc.engine.prompts.prefix_ids) > limit:
                 raise HTTPException(413, f"chunks[{i}]: {n} tokens exceed the prompt limit of {limit}")
-        return svc.put_chunks(body.chunks, body.doc_id, body.index)
+        return svc.put_chunks(body.chunks, body.doc_id, body.index, body.fused)
 
     records = (await generation.submit(request, job)).value
     return PutChunksResponse(chunks=[StoredChunk(id=r.key, num_tokens=r.num_tokens, doc_id=r.doc_id,
@@ -89,7 +89,8 @@ def _ingest(state, body: DocumentsRequest):  # type: ignore[no-untyped-def]
     """The work function of an ingestion job over body's documents."""
     docs = [Document(d.text, d.id) for d in body.documents]
     ingestor = Ingestor(state.service.engine, state.service.index,
-                        ChunkingConfig(body.chunk_tokens, body.overlap_tokens), run=state.worker.call)
+                        ChunkingConfig(body.chunk_tokens, body.overlap_tokens), run=state.worker.call,
+                        fused=body.fused)
     return lambda job: ingestor.ingest(docs, progress=job.progress).as_dict()
 
 

@@ -124,6 +124,8 @@ class PutChunksRequest(BaseModel):
     chunks: list[Text] = Field(min_length=1, max_length=256)
     doc_id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
     index: bool = Field(True, description="embed and index the chunks for /rag/answer")
+    fused: bool = Field(True, description="also precompute each indexed chunk's fused entry behind its nearest "
+                                          "indexed chunks (mode fusion, the default; about 3x the plain precompute)")
 
 
 class StoredChunk(BaseModel):
@@ -154,6 +156,8 @@ class DocumentsRequest(BaseModel):
     documents: list[DocumentIn] = Field(min_length=1, max_length=10_000)
     chunk_tokens: int = Field(256, ge=16, le=4096)
     overlap_tokens: int = Field(32, ge=0, le=1024)
+    fused: bool = Field(True, description="also precompute each indexed chunk's fused entry behind its nearest "
+                                          "indexed chunks (mode fusion, the default; about 3x the plain precompute)")
 
     @model_validator(mode="after")
     def _overlap(self) -> "DocumentsRequest":

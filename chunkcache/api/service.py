@@ -19,11 +19,11 @@ from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.blend.fusion import FUSION_NEIGHBOURS, fuse
 from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
 from chunkcache.retrieval.chunk_table import ChunkRecord
+from chunkcache.retrieval.fused_entries import fuse_request, precompute_fused_entries
 from chunkcache.runner.decode import SamplingConfig
 
 
@@ -113,11 +113,9 @@ class ChunkCacheService:
         if req.num_tokens + opts.max_tokens > engine.runner.max_positions:
             raise RequestError("max_tokens", f"prompt of {req.num_tokens} tokens + {opts.max_tokens} new tokens "
                                              f"exceeds the model context of {engine.runner.max_positions}")
-        if opts.mode == "fusion":  # corpus neighbours for indexed chunks, else among the request's own
-            vectors = self.index.embedder.encode(texts)  # [n_chunks, 384]
-            corpus = [None if near is None else [engine.prompts.chunk_ids(t) for t in near]
-                      for near in self.index.neighbours(texts, vectors, FUSION_NEIGHBOURS)]
-            req = fuse(req, engine.source.context_ids, vectors, corpus=corpus)
+        if opts.mode == "fusion":  # corpus neighbours for indexed chunks; asked for by name, the request's own too
+            req = fuse_request(engine, req, texts, self.index.embedder, self.index,
+                               local="mode" in opts.model_fields_set)
         ratio = opts.recompute_ratio
         if opts.calibrated:
             try:
@@ -170,16 +168,25 @@ class ChunkCacheService:
         return "".join(pieces), stats, ids
 
     # ---- chunks ------------------------------------------------------------------------------
-    def put_chunks(self, texts: list[str], doc_id: str | None, index: bool) -> list[ChunkRecord]:
-        """Precompute KV behind the default system prefix and record the texts (model worker only)."""
+    def put_chunks(self, texts: list[str], doc_id: str | None, index: bool, fused: bool = True) -> list[ChunkRecord]:
+        """Precompute KV behind the default system prefix and record the texts (model worker only); indexed texts
+        with `fused` also get their fused entries (mode fusion) behind their corpus neighbours."""
         keys = self.engine.precompute(texts)
-        flush = getattr(self.store, "flush", None)
-        if flush is not None:  # the KV is in every tier (Redis: other replicas) before the texts are recorded
-            flush()
+        self._flush()  # the KV is in every tier (Redis: other replicas) before the texts are recorded
         ntok = [len(self.engine.prompts.chunk_ids(t)) for t in texts]
-        if index:
-            return self.index.add(keys, texts, ntok, doc_id)
-        return [self.index.record(k, t, n, doc_id) for k, t, n in zip(keys, texts, ntok)]
+        if not index:
+            return [self.index.record(k, t, n, doc_id) for k, t, n in zip(keys, texts, ntok)]
+        vectors = self.index.embedder.encode(texts)  # [n_chunks, 384]
+        records = self.index.add(keys, texts, ntok, doc_id, vectors)
+        if fused:
+            precompute_fused_entries(self.engine, self.index, texts, vectors)
+            self._flush()
+        return records
+
+    def _flush(self) -> None:
+        flush = getattr(self.store, "flush", None)
+        if flush is not None:
+            flush()
 
     def chunk_tiers(self, key: str) -> list[str]:
         tier_of = getattr(self.store, "tier_of", None)

@@ -21,7 +21,9 @@ from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import BlendResult
 from chunkcache.blend.config import DEFAULT_MODE, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.blend.fusion import with_fused
 from chunkcache.blend.request import BlendRequest
+from chunkcache.retrieval.embedder import Embedder
 
 
 def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig, reserve: int, repeats: int = 1):
@@ -82,12 +84,27 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
     return out
 
 
+def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors) -> tuple[BlendRequest, dict]:
+    """req with its fused contexts, their entries precomputed (the example's chunks as the corpus; vectors
+    [n_chunks, dim]: their embeddings), and the ingestion cost beyond the plain precompute:
+    {fusion_extra_tokens, fusion_precompute_s, plain_tokens}."""
+    t0 = time.perf_counter()
+    fused = with_fused(engine.source, req, vectors)
+    cost = {"fusion_precompute_s": time.perf_counter() - t0, "plain_tokens": sum(map(len, req.chunks)),
+            "fusion_extra_tokens": sum(len(c) for c in fused.fused) - len(req.chunks) * len(engine.source.context_ids)}
+    return fused, cost
+
+
 def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, BlendConfig], max_new: int,
-                     free_run: bool = True, repeats: int = 1) -> dict:
-    """evaluate_request on one MuSiQue-format example, each free-run answer scored (`f1`) against the gold."""
+                     free_run: bool = True, repeats: int = 1, embedder: Embedder | None = None) -> dict:
+    """evaluate_request on one MuSiQue-format example, each free-run answer scored (`f1`) against the gold. A
+    fusion config runs on the example's fused request (embedder: the chunks' embeddings for their neighbours)."""
     chunks = [passage_text(c) for c in ex["ctxs"]]
-    out = evaluate_request(engine, chunks, engine.prompts.request(chunks, ex["question"]), configs, max_new,
-                           free_run, repeats)
+    req, fused = engine.prompts.request(chunks, ex["question"]), None
+    if any(c.mode == "fusion" for c in configs.values()):
+        engine.precompute(chunks)
+        fused, _ = fused_request(engine, req, (embedder or Embedder()).encode(chunks))
+    out = evaluate_request(engine, chunks, req, configs, max_new, free_run, repeats, fused)
     for row in out.values():
         if "answer" in row:
             row["f1"] = best_f1(row["answer"], ex["answers"])
@@ -177,9 +194,9 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
     configs = {m: replace(base, mode=m) for m in modes if m != "full"}
     if ratios:
         configs.update(pareto_configs(modes, ratios, base))
-    rows = []
+    rows, embedder = [], Embedder() if "fusion" in modes else None
     for i, ex in enumerate(examples):
-        row = evaluate_example(engine, ex, configs, max_new, repeats=repeats)
+        row = evaluate_example(engine, ex, configs, max_new, repeats=repeats, embedder=embedder)
         rows.append(row)
         log(f"[{i + 1}/{len(examples)}] " + "  ".join(
             f"{m}: {r['ttft_s']:.2f}s top1={r['tf_top1']:.3f} kl={r['tf_kl']:.3f}" for m, r in row.items()))

@@ -17,7 +17,8 @@ With cfg.kvcomm the anchored placeholders are first placed from the KVCOMM ancho
 (blend/anchoring.py); a rejected one makes the prompt from there on fresh (computed) and becomes an anchor.
 The suffix (and any fresh region) is computed in every mode. With cfg.calibrated the ratio is the one stored for
 this model by `chunkcache calibrate` (blend/model_profile.py). fusion places each candidate chunk's entry
-precomputed behind its fused context (req.fused) instead of the plain one.
+precomputed behind its fused context (req.fused) instead of the plain one; a request without fused contexts
+runs UNFUSED_MODE (blend) instead, and its stats say so (mode, fallbacks).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from chunkcache.blend.anchoring import AnchorIndex, Placement, measure, place_anchored
 from chunkcache.blend.chunk_source import ChunkSource
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import UNFUSED_MODE, BlendConfig
 from chunkcache.blend.layer_loader import LayerLoader
 from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.modes import Candidates, select
@@ -142,13 +143,16 @@ class Blender:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
         if cfg.calibrated:
             cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint), calibrated=False)
-        if cfg.mode == "fusion" and not req.fused:
-            raise ValueError("fused: mode 'fusion' needs each chunk's fused precompute context (BlendRequest.fused; "
-                             "blend/fusion.py fused_contexts)")
+        unfused = cfg.mode == "fusion" and not req.fused and bool(req.chunks)
+        if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
+            cfg = replace(cfg, mode=UNFUSED_MODE)
         anchored = cfg.kvcomm and bool(req.placeholders)
         if anchored and self.anchors is None:
             raise ValueError(f"mode {cfg.name!r} needs an anchor pool (Blender(anchors=...))")
         stats = BlendStats(cfg.name, n, req.context_len)
+        if unfused:
+            stats.fallbacks.append(f"fusion: the request carries no fused contexts (BlendRequest.fused); "
+                                   f"{UNFUSED_MODE} over the plain entries")
         cache = r.new_cache(n + reserve)
         ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)  # [n]
         if cfg.mode == "full":

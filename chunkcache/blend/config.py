@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 MODES = ("full", "prefix", "naive", "cacheblend", "adaptive", "epic", "ape", "query", "prophet", "prophet2", "qcfuse",
          "fusion", "blend")
-DEFAULT_MODE = "blend"  # chosen by measurement on the dev set (README, BENCHMARKS.md)
+DEFAULT_MODE = "fusion"  # chosen by measurement on the dev splits (README, BENCHMARKS.md)
+UNFUSED_MODE = "blend"  # what fusion runs for a request without fused contexts (the best plain-entry mode)
 RATIO_FREE_MODES = ("full", "prefix", "naive", "ape")  # modes whose cost does not depend on recompute_ratio
 SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
 DEVIATION_ON = ("k", "v", "kv")

@@ -5,6 +5,10 @@ neighbours' tokens], so its KV has already attended to text it is likely to be r
 (mode fusion) those entries are placed instead of the plain ones and the tokens the question attends most
 over the placed cache are recomputed (the `query` rule, top recompute_ratio).
 
+fusion is the default mode (blend/config.py). A request that carries no fused contexts (no corpus to fuse with:
+bare texts in Python, agents, chat turns) runs UNFUSED_MODE (blend) instead, and its stats say so. For an indexed
+corpus the fused entries are precomputed at ingestion (retrieval/fused_entries.py).
+
 Keys. The neighbours' tokens are part of the precompute context, and the context is part of a chunk's key
 (store/keys.py chunk_key), exactly as the system prefix is: a fused entry and the plain entry of the same
 chunk are two entries under two keys, each evicted on its own. Nothing in the store changes; the plain entry

@@ -22,12 +22,14 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
               scores every context token at a few profiled critical layers only (blend/qcfuse.py); top ratio.
   fusion      FusionRAG (arXiv 2601.12904): chunk KV precomputed behind its top-n embedding neighbours' text
               (BlendRequest.fused, blend/fusion.py), then the tokens the question attends most, top ratio.
-  blend       chunkcache's own (the default): half the budget as the first tokens of every chunk (EPIC's
-              sink fix, spread evenly over the chunks), the other half the tokens the suffix attends most
-              over the naive cache (A3 / ProphetKV's insight); all chosen before layer 0, so, unlike
-              cacheblend, no layer runs over every context token. (Until 2026-12-01 blend was the sinks plus
-              deviation x attention at the check layer, i.e. cacheblend's attention_deviation selection with
-              pinned sinks: the measured rule here reached the same KL 20% faster; BENCHMARKS.md.)
+              The default mode.
+  blend       chunkcache's own (what fusion runs without fused contexts): half the budget as the first
+              tokens of every chunk (EPIC's sink fix, spread evenly over the chunks), the other half the
+              tokens the suffix attends most over the naive cache (A3 / ProphetKV's insight); all chosen
+              before layer 0, so, unlike cacheblend, no layer runs over every context token. (Until
+              2026-12-01 blend was the sinks plus deviation x attention at the check layer, i.e.
+              cacheblend's attention_deviation selection with pinned sinks: the measured rule here reached
+              the same KL 20% faster; BENCHMARKS.md.)
 With the budget covering every candidate (ratio 1.0; epic with k >= chunk length) all are recomputed.
 
 Guessed or left out (the papers' text available here did not settle it):

@@ -31,6 +31,12 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
     from chunkcache.bench.calibrate import calibrate, store_calibration
 
     reqs = [engine.prompts.request(chunks, q) for chunks, q in sample]
+    if cfg.mode == "fusion":  # each example's chunks are its corpus (as in `bench tasks`); entries precomputed
+        from chunkcache.blend.fusion import with_fused
+        from chunkcache.retrieval.embedder import Embedder
+
+        embedder = Embedder()
+        reqs = [with_fused(engine.source, req, embedder.encode(chunks)) for req, (chunks, _) in zip(reqs, sample)]
     res = calibrate(engine.blender, reqs, cfg, engine.eos_ids,
                     lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True))
     res["stored"] = str(store_calibration(engine.runner.fingerprint, res, root))

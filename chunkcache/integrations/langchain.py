@@ -30,6 +30,7 @@ from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.config import EngineConfig
 from chunkcache.retrieval.chunk_index import ChunkIndex
 from chunkcache.retrieval.embedder import Embedder
+from chunkcache.retrieval.fused_entries import fuse_request
 from chunkcache.runner.decode import SamplingConfig
 
 
@@ -88,7 +89,10 @@ class ChunkCacheRAG(Runnable[Any, dict]):
         """{"answer": piece} per printable piece, then {"answer": "", "stats", "usage"}."""
         if not documents:
             raise ValueError("documents: the retriever returned no documents")
-        req = self.engine.prompts.request([self.chunk_text(d) for d in documents], question)
+        texts = [self.chunk_text(d) for d in documents]
+        req = self.engine.prompts.request(texts, question)
+        if self.blend.mode == "fusion" and self.index is not None:  # the corpus neighbours of the chunks it holds
+            req = fuse_request(self.engine, req, texts, self.index.embedder, self.index)
         generated, ttft, stats = 0, 0.0, {}
         for tok, piece, ttft, stats in self.engine.stream(req, self.blend, self.sampling):
             generated += tok not in self.engine.eos_ids

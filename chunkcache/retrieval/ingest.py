@@ -2,7 +2,8 @@
 
 Every model call goes through `run(fn)`, so a server can route them through its single model
 worker (interleaving them with generation requests) and the CLI can call them directly.
-`progress(stage, done, total)` is called as work completes; stages: chunking, embedding, precompute.
+`progress(stage, done, total)` is called as work completes; stages: chunking, embedding, precompute, fusion
+(with `fused`: each new chunk's fused entry behind its corpus neighbours, retrieval/fused_entries.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.retrieval.chunk_index import ChunkIndex
 from chunkcache.retrieval.chunking import ChunkingConfig, split_text
+from chunkcache.retrieval.fused_entries import precompute_fused_entries
 
 Progress = Callable[[str, int, int], None]
-STAGES = ("chunking", "embedding", "precompute")
+STAGES = ("chunking", "embedding", "precompute", "fusion")
 
 
 @dataclass(frozen=True)
@@ -37,18 +39,22 @@ class IngestResult:
     tokens: int = 0
     new_chunks: int = 0  # chunks whose KV was computed now (the rest were already stored)
     seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)  # chunking, embedding, precompute, index
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # chunking, embedding, precompute, fusion, index
+    fusion_extra_tokens: int = 0  # tokens computed for the fused entries beyond the plain precompute
 
     def as_dict(self) -> dict[str, Any]:
         return {"documents": self.documents, "chunks": len(self.chunk_keys), "chunk_keys": self.chunk_keys,
-                "tokens": self.tokens, "new_chunks": self.new_chunks, "seconds": self.seconds,
+                "tokens": self.tokens, "new_chunks": self.new_chunks, "fusion_extra_tokens": self.fusion_extra_tokens,
+                "seconds": self.seconds,
                 "stage_seconds": self.stage_seconds}
 
 
 class Ingestor:
     def __init__(self, engine: ChunkCacheEngine, index: ChunkIndex, cfg: ChunkingConfig = ChunkingConfig(),
-                 run: Callable[[Callable[[], Any]], Any] | None = None, embed_batch: int = 32) -> None:
+                 run: Callable[[Callable[[], Any]], Any] | None = None, embed_batch: int = 32,
+                 fused: bool = True) -> None:
         self.engine = engine
+        self.fused = fused
         self.index = index
         self.cfg = cfg
         self.run = run or (lambda fn: fn())
@@ -88,6 +94,15 @@ class Ingestor:
         t2 = time.perf_counter()
         self.index.save()  # once per batch: saving per chunk rewrote the whole file each time
         res.stage_seconds["index"] += time.perf_counter() - t2
+        if self.fused:  # after the whole batch is indexed: its chunks are each other's neighbours too
+            t2 = time.perf_counter()
+            for i, text in enumerate(texts):
+                vec = vecs[i // self.embed_batch][i % self.embed_batch: i % self.embed_batch + 1]  # [1, 384]
+                res.fusion_extra_tokens += self.run(
+                    lambda t=text, v=vec: precompute_fused_entries(self.engine, self.index, [t], v))
+                progress("fusion", i + 1, len(texts))
+            self._flush()
+            res.stage_seconds["fusion"] = time.perf_counter() - t2
         res.seconds = time.perf_counter() - t0
         return res
 

@@ -7,6 +7,7 @@ import pytest
 
 from chunkcache.bench.tasks.metrics import agreement, exact_match, needle_recall, task_scores
 from chunkcache.bench.tasks.runner import KEYS, TasksConfig, merge_results, report, summarize, sweep_configs
+from chunkcache.blend.config import DEFAULT_MODE
 
 
 def test_exact_match_and_f1_normalise_like_squad():
@@ -82,32 +83,33 @@ def _answered(row, answer):
 
 
 def test_merge_joins_runs_of_other_modes_on_the_same_examples_by_columns():
+    D = DEFAULT_MODE  # dominance is measured for the default mode
     full = _answered(_full(), "paris")
     main_rows = [{"id": f"e{k}", "setting": "", "timed": k == 0, "pareto": False,
-                  "modes": {"full": full, "blend": _answered(_row(1.0, 0.8, 0.1, 4.0), "paris"),
+                  "modes": {"full": full, D: _answered(_row(1.0, 0.8, 0.1, 4.0), "paris"),
                             "cacheblend": _answered(_row(1.0, 0.7, 0.2, 5.0), "rome")}} for k in range(2)]
     sweep_rows = [{"id": f"e{k}", "setting": "", "timed": k == 0, "pareto": True,
-                   "modes": {"full": full, "blend": _answered(_row(1.0, 0.8, 0.1, 3.0), "paris"),
-                             "blend@0.05": _answered(_row(1.0, 0.6, 0.3, 7.0, 0.05), "lyon")}} for k in range(2)]
-    main, sweep = _result(["full", "blend", "cacheblend"], [], main_rows), _result(["full", "blend"], [0.05, 0.15],
+                   "modes": {"full": full, D: _answered(_row(1.0, 0.8, 0.1, 3.0), "paris"),
+                             f"{D}@0.05": _answered(_row(1.0, 0.6, 0.3, 7.0, 0.05), "lyon")}} for k in range(2)]
+    main, sweep = _result(["full", D, "cacheblend"], [], main_rows), _result(["full", D], [0.05, 0.15],
                                                                                       sweep_rows)
     out = merge_results([main, sweep])
     assert out["config"]["joined_by"] == "columns" and out["config"]["ratios"] == [0.05, 0.15]
-    assert out["modes"]["cacheblend"]["agreement_f1"] == 0.7 and out["modes"]["blend"]["n"] == 2
-    assert out["modes"]["blend"]["ttft_speedup_vs_full_median"] == 4.0  # the first run's measurement is kept
+    assert out["modes"]["cacheblend"]["agreement_f1"] == 0.7 and out["modes"][D]["n"] == 2
+    assert out["modes"][D]["ttft_speedup_vs_full_median"] == 4.0  # the first run's measurement is kept
     pareto = {(r["mode"], r["ratio"]): r for r in out["pareto"]}
-    assert set(pareto) == {("full", 1.0), ("blend", 0.05), ("blend", 0.15), ("cacheblend", 0.15)}
-    assert pareto[("blend", 0.05)]["ttft_speedup_vs_full_median"] == 7.0
+    assert set(pareto) == {("full", 1.0), (D, 0.05), (D, 0.15), ("cacheblend", 0.15)}
+    assert pareto[(D, 0.05)]["ttft_speedup_vs_full_median"] == 7.0
     assert pareto[("cacheblend", 0.15)]["tf_kl_mean"] == 0.2
-    dom = {r["mode"]: r for r in out["dominance"]["rows"]}  # blend: (4x, 0.2, 0.1) and (7x, 0.4, 0.3)
+    dom = {r["mode"]: r for r in out["dominance"]["rows"]}  # the default: (4x, 0.2, 0.1) and (7x, 0.4, 0.3)
     assert dom["cacheblend"]["default_kl"] == pytest.approx(0.1 + 0.2 * math.log(5 / 4) / math.log(7 / 4))
     assert dom["cacheblend"]["kl_ratio"] == pytest.approx(dom["cacheblend"]["default_kl"] / 0.2)
     assert dom["cacheblend"]["disagreement"] == pytest.approx(0.3)
     assert dom["cacheblend"]["met"] is False  # KL 0.90x, disagreement 0.93x: above 0.7x
-    sweep_rows[1]["modes"]["blend"] = _answered(sweep_rows[1]["modes"]["blend"], "berlin")
-    with pytest.raises(ValueError, match="blend answered example e1 differently"):
+    sweep_rows[1]["modes"][D] = _answered(sweep_rows[1]["modes"][D], "berlin")
+    with pytest.raises(ValueError, match=f"{D} answered example e1 differently"):
         merge_results([main, sweep])
-    sweep_rows[1]["modes"]["blend"]["answer"], sweep_rows[1]["timed"] = "paris", True
+    sweep_rows[1]["modes"][D]["answer"], sweep_rows[1]["timed"] = "paris", True
     with pytest.raises(ValueError, match="example e1 is timed in one of results 0 and 1"):
         merge_results([main, sweep])
     with pytest.raises(ValueError, match="no other mode"):

@@ -158,10 +158,6 @@ def test_blend_keeps_the_chunk_heads_then_the_tokens_the_question_attends_most(t
     assert not torch.equal(query.logits, res.logits)  # the heads do change the choice
 
 
-def test_blend_is_the_default_mode():
-    assert BlendConfig().mode == "blend"
-
-
 def test_suffix_attention_stops_at_the_depth_asked(tiny_blender):
     """depth d gives the first d layers' rows of the full-depth probe; a depth the model lacks is refused."""
     req = _request(seed=8)

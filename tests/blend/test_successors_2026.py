@@ -172,9 +172,18 @@ def test_with_fused_gives_every_mode_the_same_ids_and_fusion_its_entries(tiny_bl
                        tiny_blender.prefill(req, BlendConfig(mode="query")).logits)  # other modes ignore them
 
 
-def test_fusion_without_fused_contexts_names_the_field(tiny_blender):
-    with pytest.raises(ValueError, match="fused"):
-        tiny_blender.prefill(_request(), BlendConfig(mode="fusion"))
+def test_fusion_without_fused_contexts_runs_blend_and_says_so(tiny_blender):
+    """The default mode (fusion) on a request with no corpus to fuse with: exactly blend over the plain entries,
+    the stats naming the mode run and the reason."""
+    req = _request(3)
+    res = tiny_blender.prefill(req, BlendConfig(recompute_ratio=0.2))  # the default mode
+    ref = tiny_blender.prefill(req, BlendConfig(mode="blend", recompute_ratio=0.2))
+    assert torch.equal(res.logits, ref.logits) and torch.equal(res.cache.keys, ref.cache.keys)
+    assert res.stats.mode == "blend" and res.stats.recomputed_tokens == ref.stats.recomputed_tokens > 0
+    assert [f.split(":")[0] for f in res.stats.fallbacks] == ["fusion"] and not ref.stats.fallbacks
+    fused = tiny_blender.prefill(_fusion_request(3), BlendConfig(recompute_ratio=0.2))
+    assert fused.stats.mode == "fusion" and not fused.stats.fallbacks
+    assert not torch.equal(fused.logits, res.logits)  # the fused entries were placed, not the plain ones
     with pytest.raises(ValueError, match="fused"):
         _request(fused=((1,),))
 

@@ -18,7 +18,7 @@ def test_demo_runs_in_bfloat16_on_the_cpu(tmp_path, smollm_dir, capsys):
     assert main(["--store", "memory", "--threads", "1", "demo", "--device", "cpu", "--dtype", "bfloat16",
                  "--data", str(data)]) == 0
     out = capsys.readouterr().out
-    assert "precomputed KV of 2 chunks" in out
+    assert "precomputed KV of 2 chunks" in out and "precomputed the fused entries" in out  # the default: fusion
     reused, prompt = map(int, re.search(r"reused (\d+)/(\d+) prompt tokens", out).groups())
     assert 0 < reused < prompt  # chunk KV reused in bf16, the question computed
     answers = re.findall(r"TTFT  answer: '(.*)'", out)

@@ -2,6 +2,7 @@
 
 import json
 
+from chunkcache.blend.config import DEFAULT_MODE
 from chunkcache.cli.main import build_parser, main
 
 
@@ -9,7 +10,7 @@ def test_calibrate_parses_its_options():
     args = build_parser().parse_args(["calibrate", "--ratios", "0.1,0.3", "--target-agreement", "0.9",
                                       "--target-kl", "0.05", "--limit", "2", "--critical-layers"])
     assert args.ratios == [0.1, 0.3] and args.target_agreement == 0.9 and args.target_kl == 0.05
-    assert args.limit == 2 and args.critical_layers and args.mode == "blend"
+    assert args.limit == 2 and args.critical_layers and args.mode == DEFAULT_MODE
 
 
 def test_calibrate_rejects_bad_input_before_loading_a_model(tmp_path, capsys):

@@ -49,7 +49,8 @@ def test_faiss_file_saved_once_per_ingest(tmp_path, smollm_tokenizer, monkeypatc
     saves.clear()
     docs = [Document(" ".join(f"Sentence {i} of document {d} talks about topic {i * d}." for i in range(40)), f"d{d}")
             for d in range(3)]
-    res = Ingestor(KeyOnlyEngine(smollm_tokenizer), index, ChunkingConfig(chunk_tokens=32, overlap_tokens=4)).ingest(docs)
+    res = Ingestor(KeyOnlyEngine(smollm_tokenizer), index, ChunkingConfig(chunk_tokens=32, overlap_tokens=4),
+                   fused=False).ingest(docs)
     assert len(res.chunk_keys) > 10 and len(saves) == 1
     index.close()
     reopened = ChunkIndex(tmp_path, HashEmbedder())

@@ -17,13 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from chunkcache.bench.rag import at_speedup, evaluate_request, pareto_configs, pareto_rows
+from chunkcache.bench.rag import at_speedup, evaluate_request, fused_request, pareto_configs, pareto_rows
 from chunkcache.bench.tasks.example import TaskExample
 from chunkcache.bench.tasks.metrics import agreement, task_scores
 from chunkcache.bench.tasks.suites import Suite
 from chunkcache.blend.config import DEFAULT_MODE, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.blend.fusion import with_fused
 from chunkcache.blend.prompt import PromptBuilder
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.embedder import Embedder
@@ -171,16 +170,6 @@ def report_with_settings(rows: list[dict], cfg: TasksConfig) -> dict:
     if len(settings) > 1:
         out["settings"] = {s: report([r for r in rows if r["setting"] == s], cfg) for s in settings}
     return out
-
-
-def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors) -> tuple[BlendRequest, dict]:
-    """req with its fused contexts, their entries precomputed (the example's chunks as the corpus), and the
-    ingestion cost beyond the plain precompute: {fusion_extra_tokens, fusion_precompute_s, plain_tokens}."""
-    t0 = time.perf_counter()
-    fused = with_fused(engine.source, req, vectors)
-    cost = {"fusion_precompute_s": time.perf_counter() - t0, "plain_tokens": sum(map(len, req.chunks)),
-            "fusion_extra_tokens": sum(len(c) for c in fused.fused) - len(req.chunks) * len(engine.source.context_ids)}
-    return fused, cost
 
 
 def full_gate(engine: ChunkCacheEngine, examples: list[TaskExample], kind: str, cfg: TasksConfig,

@@ -1,0 +1,56 @@
+"""Ingestion precomputes each chunk's fused entry behind its corpus neighbours (FusionRAG's offline step), so a
+request over indexed chunks in the default mode (fusion) finds every entry it places and computes none."""
+
+from __future__ import annotations
+
+import torch
+
+from chunkcache.blend.chunk_source import DictStore
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine
+from chunkcache.blend.fusion import FUSION_NEIGHBOURS
+from chunkcache.retrieval.chunk_index import ChunkIndex
+from chunkcache.retrieval.chunking import ChunkingConfig
+from chunkcache.retrieval.fused_entries import fuse_request
+from chunkcache.retrieval.ingest import Document, Ingestor
+from chunkcache.runner.runner import ModelRunner
+
+TOPICS = ("rivers of South America", "volcanoes in Africa", "Gothic cathedrals in France", "honey bee colonies")
+CHUNKING = ChunkingConfig(chunk_tokens=32, overlap_tokens=4)
+
+
+def _docs() -> list[Document]:
+    return [Document(" ".join(f"Fact {i} about {t}: item {i} is number {i * (d + 3)} in the survey." for i in range(6)),
+                     f"doc{d}") for d, t in enumerate(TOPICS)]
+
+
+def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> None:
+    torch.set_num_threads(1)
+    engine = ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), DictStore())
+    index = ChunkIndex(None)
+    res = Ingestor(engine, index, CHUNKING).ingest(_docs())
+    texts = [index.get(k).text for k in dict.fromkeys(res.chunk_keys)]
+    assert len(texts) >= 6 and res.stage_seconds["fusion"] > 0
+
+    # each chunk's entry sits under the key of [prefix | its neighbours, nearest last | chunk]
+    ids = engine.prompts.chunk_ids
+    near = index.neighbours(texts, index.embedder.encode(texts), FUSION_NEIGHBOURS)
+    assert all(ns is not None and len(ns) == FUSION_NEIGHBOURS for ns in near)
+    for text, ns in zip(texts, near):
+        ctx = tuple(engine.source.context_ids) + tuple(t for x in reversed(ns) for t in ids(x))
+        assert engine.source.key(tuple(ids(text)), ctx) in engine.source.store._items
+    assert res.fusion_extra_tokens == sum(len(ids(x)) for ns in near for x in ns)
+
+    # a request over indexed chunks, in the default mode: every fused entry found, none computed
+    pick = [texts[-1], texts[0], texts[len(texts) // 2]]
+    req = fuse_request(engine, engine.prompts.request(pick, "Which survey item is largest?"), pick,
+                       index.embedder, index)
+    out = engine.prefill(req, BlendConfig())
+    assert out.stats.mode == "fusion" and not out.stats.fallbacks
+    assert out.stats.chunk_misses == 0 and out.stats.chunk_hits >= len(pick)
+
+    again = Ingestor(engine, index, CHUNKING).ingest(_docs())  # same corpus: every entry already stored
+    assert again.fusion_extra_tokens == 0
+    plain = Ingestor(engine, ChunkIndex(None), CHUNKING, fused=False).ingest(_docs())
+    assert plain.fusion_extra_tokens == 0 and plain.stage_seconds["fusion"] == 0
+    index.close()
