@@ -107,7 +107,9 @@ def test_api_documents_job_then_rag_answer(client) -> None:
         assert time.monotonic() < deadline, job
         time.sleep(0.3)
     assert job["status"] == "done", job
-    assert job["stage"] == "precompute" and job["done"] == job["total"] == job["result"]["chunks"] >= 2
+    # the last stage precomputes every chunk's fused entry behind its index neighbours
+    assert job["stage"] == "fusion" and job["done"] == job["total"] == job["result"]["chunks"] >= 2
+    assert job["result"]["fusion_extra_tokens"] > 0
     keys = job["result"]["chunk_keys"]
     assert {client.get(f"/chunks/{k}").json()["doc_id"] for k in keys} == {d["id"] for d in docs}
     rag = client.post("/rag/answer", json={"query": "Which volcano is on Sicily?", "k": 2, "max_tokens": 4})
