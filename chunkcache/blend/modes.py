@@ -226,10 +226,14 @@ SELECTORS: dict[str, Callable[[Candidates], Selection]] = {
     "prophet": _prophet, "prophet2": _prophet2, "qcfuse": _qcfuse, "fusion": _query, "blend": _blend,
 }
 FULL_BUDGET_EXEMPT = ("epic", "ape")  # modes whose own rule, not the ratio, sets what is recomputed
+QUESTION_SCORED = ("query", "prophet", "prophet2", "qcfuse", "fusion", "blend")  # pick by the question's attention
 
 
 def select(c: Candidates) -> Selection:
-    """The selection of c.cfg.mode; every candidate when the ratio's budget covers them all."""
+    """The selection of c.cfg.mode; every candidate when the ratio's budget covers them all, none (without the
+    question's scoring pass, whose result could pick nothing) when a question-scored mode's budget is 0."""
     if c.cfg.mode not in FULL_BUDGET_EXEMPT and c.budget >= c.count:
         return Selection()
+    if c.budget == 0 and c.cfg.mode in QUESTION_SCORED:
+        return Selection(keep=torch.zeros(0, dtype=torch.int64, device=c.runner.device))
     return SELECTORS[c.cfg.mode](c)

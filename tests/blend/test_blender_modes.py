@@ -118,3 +118,21 @@ def test_prompt_over_context_is_refused(tiny_blender):
     req = BlendRequest.of(PREFIX, [tuple(range(4, 200)), tuple(range(4, 200)), tuple(range(4, 200))], [5, 6])
     with pytest.raises(ValueError, match="exceeds the model context"):
         tiny_blender.prefill(req, BlendConfig())
+
+
+@pytest.mark.parametrize("mode", ["query", "prophet", "prophet2", "qcfuse", "fusion", "blend"])
+def test_question_scored_modes_at_ratio_zero_skip_the_scoring_pass_and_equal_naive(tiny_blender, monkeypatch, mode):
+    """A zero budget picks nothing whatever the scores: no question pass runs, and the result is naive's."""
+    req = _request()
+    naive = _logits(tiny_blender, req, mode="naive")
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the question's scoring pass ran with a zero budget")
+
+    monkeypatch.setattr("chunkcache.blend.modes.suffix_attention_by_layer", no_pass)
+    monkeypatch.setattr("chunkcache.blend.modes.view_importance", no_pass)
+    res = _logits(tiny_blender, req, mode=mode, recompute_ratio=0.0)
+    assert res.stats.recomputed_tokens == 0 and res.stats.reused_tokens == naive.stats.reused_tokens
+    torch.testing.assert_close(res.logits, naive.logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(AssertionError, match="zero budget"):  # the patch is live: a non-zero budget reaches it
+        _logits(tiny_blender, req, mode=mode, recompute_ratio=0.1)
