@@ -117,7 +117,10 @@ def test_api_documents_job_then_rag_answer(client) -> None:
     got = rag.json()
     assert got["chunks"][0]["doc_id"] == f"volcano-{tag}" and "Etna" in got["chunks"][0]["text"]
     assert got["chunks"][0]["score"] >= got["chunks"][1]["score"]
-    assert got["stats"]["chunk_misses"] == 0  # retrieved chunks were precomputed by the job
+    # this job's chunks (plain and fused entries) were precomputed by it; another test's chunk the search also
+    # returns may have been ingested without its fused entry, which is then computed on first use
+    others = sum(c["id"] not in keys for c in got["chunks"])
+    assert got["stats"]["chunk_misses"] <= others
     assert client.get("/jobs/0123456789abcdef").status_code == 404
 
 
