@@ -172,7 +172,7 @@ class ChunkCacheService:
         """Precompute KV behind the default system prefix and record the texts (model worker only); indexed texts
         with `fused` also get their fused entries (mode fusion) behind their corpus neighbours."""
         keys = self.engine.precompute(texts)
-        self._flush()  # the KV is in every tier (Redis: other replicas) before the texts are recorded
+        self.engine.source.flush()  # the KV is in every tier (Redis: other replicas) before the texts are recorded
         ntok = [len(self.engine.prompts.chunk_ids(t)) for t in texts]
         if not index:
             return [self.index.record(k, t, n, doc_id) for k, t, n in zip(keys, texts, ntok)]
@@ -180,13 +180,8 @@ class ChunkCacheService:
         records = self.index.add(keys, texts, ntok, doc_id, vectors)
         if fused:
             precompute_fused_entries(self.engine, self.index, texts, vectors)
-            self._flush()
+            self.engine.source.flush()
         return records
-
-    def _flush(self) -> None:
-        flush = getattr(self.store, "flush", None)
-        if flush is not None:
-            flush()
 
     def chunk_tiers(self, key: str) -> list[str]:
         tier_of = getattr(self.store, "tier_of", None)

@@ -62,6 +62,13 @@ class ChunkSource:
         """{"faults": self.fallbacks} for store methods that report their faults into a list."""
         return {"faults": self.fallbacks} if self._tells.get(method) else {}
 
+    def flush(self) -> None:
+        """Wait for the store's background writes (every tier, Redis: other replicas, holds what was put);
+        a store without them has no flush."""
+        flush = getattr(self.store, "flush", None)
+        if flush is not None:
+            flush()
+
     def key(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> str:
         ctx = self.context_ids if context_ids is None else context_ids
         return chunk_key(self.runner.fingerprint, ctx, token_ids)

@@ -81,7 +81,7 @@ class Ingestor:
         for i, (doc_id, text) in enumerate(pieces):
             t1 = time.perf_counter()
             key, n_tokens, known = self.run(lambda t=text: self._precompute(t))
-            self._flush()  # the KV is in every tier (Redis: other replicas) before its text is recorded
+            self.engine.source.flush()  # the KV is in every tier (Redis: other replicas) before its text is recorded
             t2 = time.perf_counter()
             vec = vecs[i // self.embed_batch][i % self.embed_batch: i % self.embed_batch + 1]  # [1, 384]
             self.index.add([key], [text], [n_tokens], doc_id, vec, save=False)
@@ -101,16 +101,10 @@ class Ingestor:
                 res.fusion_extra_tokens += self.run(
                     lambda t=text, v=vec: precompute_fused_entries(self.engine, self.index, [t], v))
                 progress("fusion", i + 1, len(texts))
-            self._flush()
+            self.engine.source.flush()
             res.stage_seconds["fusion"] = time.perf_counter() - t2
         res.seconds = time.perf_counter() - t0
         return res
-
-    def _flush(self) -> None:
-        """Wait for the store's background writes (a store without them has no flush)."""
-        flush = getattr(self.engine.source.store, "flush", None)
-        if flush is not None:
-            flush()
 
     def _precompute(self, text: str) -> tuple[str, int, bool]:
         """(chunk key, token count, KV was already stored); tokenizer and model used on the caller's thread."""

@@ -40,6 +40,9 @@ class KeyOnlyEngine:
     def precompute(self, texts: list[str]) -> list[str]:
         return [self.key(self.chunk_ids(t)) for t in texts]
 
+    def flush(self) -> None:
+        pass
+
 
 def test_faiss_file_saved_once_per_ingest(tmp_path, smollm_tokenizer, monkeypatch):
     saves = []
