@@ -69,6 +69,11 @@ class ChunkSource:
         if flush is not None:
             flush()
 
+    def holds(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> bool:
+        """The store says it holds the entry, without reading it (False from a store that cannot tell)."""
+        contains = getattr(self.store, "contains", None)
+        return bool(contains(self.key(token_ids, context_ids))) if contains is not None else False
+
     def key(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None) -> str:
         ctx = self.context_ids if context_ids is None else context_ids
         return chunk_key(self.runner.fingerprint, ctx, token_ids)

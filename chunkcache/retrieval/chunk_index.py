@@ -136,6 +136,16 @@ class ChunkIndex:
                 out.append([t for t in hits if t != text][:n] if text in hits else None)
         return out
 
+    def nearby(self, vectors: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+        """The indexed chunks among the k nearest to any row of vectors [m, dim], each once, in the order found:
+        (their texts, their indexed embeddings [len(texts), dim])."""
+        self.refresh()
+        with self._lock:
+            found = dict.fromkeys(i for vec in vectors for i, _ in self.vectors.search(vec, k))
+            rows = self.table.by_vec_ids(list(found))
+            ids = [i for i in found if i in rows]
+            return [rows[i].text for i in ids], self.vectors.vectors(ids)
+
     def stats(self) -> dict[str, int]:
         return {**self.table.count(), "vectors": len(self.vectors)}
 

@@ -64,6 +64,13 @@ class VectorIndex:
                                         min(k, len(self)))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
+    def vectors(self, vec_ids: list[int]) -> np.ndarray:
+        """The stored vectors of vec_ids (each present): [len(vec_ids), dim]."""
+        out = np.zeros((len(vec_ids), self.dim), np.float32)  # [n, dim]
+        for row, i in enumerate(vec_ids):
+            out[row] = self.index.reconstruct(int(i))
+        return out
+
     def save(self) -> None:
         if self.path is None:
             return

@@ -54,3 +54,34 @@ def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> Non
     plain = Ingestor(engine, ChunkIndex(None), CHUNKING, fused=False).ingest(_docs())
     assert plain.fusion_extra_tokens == 0 and plain.stage_seconds["fusion"] == 0
     index.close()
+
+
+def test_a_later_ingestion_refreshes_the_entries_whose_neighbours_it_changed(smollm) -> None:
+    torch.set_num_threads(1)
+    engine = ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), DictStore())
+    index = ChunkIndex(None)
+    first = Ingestor(engine, index, CHUNKING).ingest(_docs())
+    old = [index.get(k).text for k in dict.fromkeys(first.chunk_keys)]
+    before = dict(zip(old, index.neighbours(old, index.embedder.encode(old), FUSION_NEIGHBOURS)))
+
+    # a near copy of the first document: it becomes a nearest neighbour of that document's chunks
+    late = Ingestor(engine, index, CHUNKING).ingest([Document(_docs()[0].text.replace("survey", "census"), "late")])
+    new = {index.get(k).text for k in late.chunk_keys}
+    after = dict(zip(old, index.neighbours(old, index.embedder.encode(old), FUSION_NEIGHBOURS)))
+    changed = [t for t in old if after[t] != before[t]]
+    assert changed and all(new.intersection(after[t]) for t in changed)
+
+    ids = engine.prompts.chunk_ids
+    for text in changed:  # the entry under the chunk's current neighbours was computed by the late ingestion
+        ctx = tuple(engine.source.context_ids) + tuple(t for x in reversed(after[text]) for t in ids(x))
+        assert engine.source.key(tuple(ids(text)), ctx) in engine.source.store._items
+    own = sum(len(ids(x)) for ns in index.neighbours(sorted(new), index.embedder.encode(sorted(new)),
+                                                      FUSION_NEIGHBOURS) for x in ns)
+    assert late.fusion_extra_tokens == own + sum(len(ids(x)) for t in changed for x in after[t])
+
+    pick = [changed[0], old[-1] if old[-1] != changed[0] else old[0]]
+    req = fuse_request(engine, engine.prompts.request(pick, "Which survey item is largest?"), pick,
+                       index.embedder, index)
+    out = engine.prefill(req, BlendConfig())
+    assert out.stats.mode == "fusion" and out.stats.chunk_misses == 0
+    index.close()
