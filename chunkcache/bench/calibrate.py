@@ -7,8 +7,10 @@ the mode (default: the default mode) runs at every ratio tried, next to full pre
   KL         teacher-forced KL(full || mode) over full prefill's answer tokens, and top-1 agreement.
 The picked ratio is the smallest whose mean agreement >= target_agreement (and mean KL <= target_kl when set);
 when none meets the target, 1.0 (everything recomputed: exact) is stored and `met` is false. It is stored
-under the model's fingerprint (blend/model_profile.py); BlendConfig(calibrated=True), the server's
-`calibrated` request field and `chunkcache ask --calibrated` then use it.
+under the model's fingerprint and the mode that ran (blend/model_profile.py: fusion over requests without fused
+contexts runs blend); BlendConfig(calibrated=True), the server's `calibrated` request field and `chunkcache ask
+--calibrated` then use the ratio of the mode each request runs. `chunkcache calibrate` in mode fusion calibrates
+its fallback, blend, on the same sample too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import Blender
 from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
-from chunkcache.blend.model_profile import update_profile
+from chunkcache.blend.model_profile import calibrations, update_profile
 from chunkcache.blend.request import BlendRequest
 
 DEFAULT_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
@@ -86,6 +88,10 @@ def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationCo
     text: answer ids -> text for the token F1 (default: the ids themselves, for tokenizer-less models)."""
     if not requests:
         raise ValueError("requests: the calibration sample is empty")
+    runs = {req.runs(cfg.mode) for req in requests}
+    if len(runs) > 1:
+        raise ValueError(f"requests: mode {cfg.mode!r} would run as {sorted(runs)} (only some requests carry fused "
+                         "contexts): calibrate one mode at a time")
     r, eos = blender.runner, eos_ids or set()
     per_ratio: dict[float, list[tuple[float, float, float]]] = {x: [] for x in cfg.ratios}
     for req in requests:
@@ -106,11 +112,12 @@ def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationCo
              "tf_top1_agreement": statistics.fmean(t for *_, t in v)} for x, v in per_ratio.items()]
     ok = [row for row in rows if row["agreement_f1"] >= cfg.target_agreement
           and (cfg.target_kl is None or row["tf_kl_mean"] <= cfg.target_kl)]
-    return {"fingerprint": r.fingerprint, "config": asdict(cfg), "n": len(requests), "rows": rows,
+    return {"fingerprint": r.fingerprint, "mode": runs.pop(), "config": asdict(cfg), "n": len(requests), "rows": rows,
             "met": bool(ok), "recompute_ratio": ok[0]["recompute_ratio"] if ok else 1.0}
 
 
 def store_calibration(fingerprint: str, result: dict, root: str | Path | None = None) -> Path:
-    """Store the picked ratio (and what it was measured on) in the model's profile; returns the file."""
+    """Store the picked ratio (and what it was measured on) in the model's profile, under the mode that ran
+    (result["mode"]), beside the other modes' calibrations; returns the file."""
     cal = {k: result[k] for k in ("recompute_ratio", "met", "n", "rows", "config")}
-    return update_profile(fingerprint, root, calibrated=cal)
+    return update_profile(fingerprint, root, calibrated={**calibrations(fingerprint, root), result["mode"]: cal})

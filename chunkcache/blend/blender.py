@@ -141,11 +141,11 @@ class Blender:
         n = req.num_tokens
         if n > r.max_positions:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
-        if cfg.calibrated:
-            cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint), calibrated=False)
-        unfused = cfg.mode == "fusion" and not req.fused and bool(req.chunks)
+        unfused = req.runs(cfg.mode) != cfg.mode
         if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
             cfg = replace(cfg, mode=UNFUSED_MODE)
+        if cfg.calibrated:  # the ratio calibrated for the mode that runs
+            cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint, mode=cfg.mode), calibrated=False)
         anchored = cfg.kvcomm and bool(req.placeholders)
         if anchored and self.anchors is None:
             raise ValueError(f"mode {cfg.name!r} needs an anchor pool (Blender(anchors=...))")

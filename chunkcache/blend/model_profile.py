@@ -2,8 +2,8 @@
 
 Two things are measured per model and reused by every later request on it:
   critical_layers  qcfuse's profiled layers (blend/qcfuse.py `profile_critical_layers`);
-  calibrated       the recompute ratio `chunkcache calibrate` picked for a quality target
-                   (bench/calibrate.py); BlendConfig(calibrated=True) asks for it.
+  calibrated       per mode, the recompute ratio `chunkcache calibrate` picked for a quality target
+                   (bench/calibrate.py); BlendConfig(calibrated=True) asks for the one of the mode that runs.
 The file is <cache dir>/profiles/<fingerprint>.json ($CHUNKCACHE_DIR, else ~/.cache/chunkcache), in a
 directory only this user can write (as the kernel cache): a profile someone else planted is not read.
 The package ships the critical layers of its default model (chunkcache/data/profiles/<fingerprint>.json,
@@ -18,6 +18,7 @@ import os
 from functools import cache
 from pathlib import Path
 
+from chunkcache.blend.config import DEFAULT_MODE
 from chunkcache.kernels._cpp import UnsafeCacheDir, private_dir
 from chunkcache.store.config import default_cache_dir
 
@@ -70,10 +71,22 @@ def update_profile(fingerprint: str, root: str | Path | None = None, **fields) -
     return path
 
 
-def calibrated_ratio(fingerprint: str, root: str | Path | None = None) -> float:
-    """The calibrated recompute ratio of this model; ValueError naming the fix when none is stored."""
+def calibrations(fingerprint: str, root: str | Path | None = None) -> dict[str, dict]:
+    """The stored calibrations of this model by mode ({} when none). A profile written before calibrations
+    were kept per mode holds one, under its config's mode."""
     cal = read_profile(fingerprint, root).get("calibrated")
-    if not isinstance(cal, dict) or not isinstance(cal.get("recompute_ratio"), (int, float)):
-        raise ValueError(f"calibrated: no calibrated recompute ratio is stored for model {fingerprint} "
-                         f"(run `chunkcache calibrate` first, or give recompute_ratio)")
+    if not isinstance(cal, dict):
+        return {}
+    if "recompute_ratio" in cal:  # the older layout: one calibration
+        return {str(cal.get("config", {}).get("mode", "blend")): cal}
+    return {m: c for m, c in cal.items() if isinstance(c, dict)}
+
+
+def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str = DEFAULT_MODE) -> float:
+    """The recompute ratio calibrated for this model in `mode` (the mode that runs: a fusion request without
+    fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored."""
+    cal = calibrations(fingerprint, root).get(mode, {})
+    if not isinstance(cal.get("recompute_ratio"), (int, float)):
+        raise ValueError(f"calibrated: no recompute ratio is calibrated for mode {mode!r} of model {fingerprint} "
+                         f"(run `chunkcache calibrate --mode {mode}` first, or give recompute_ratio)")
     return float(cal["recompute_ratio"])

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chunkcache.blend.config import UNFUSED_MODE
+
 
 @dataclass(frozen=True)
 class Placeholder:
@@ -65,6 +67,11 @@ class BlendRequest:
         return cls(tuple(int(t) for t in prefix_ids), tuple(tuple(int(t) for t in c) for c in chunks),
                    tuple(int(t) for t in suffix_ids), tuple(placeholders), tuple(sorted(responses)),
                    tuple(tuple(int(t) for t in c) for c in fused))
+
+    def runs(self, mode: str) -> str:
+        """The mode that runs when this request asks for `mode`: fusion without fused contexts runs
+        UNFUSED_MODE (blend) over the plain entries (blend/fusion.py)."""
+        return UNFUSED_MODE if mode == "fusion" and not self.fused and self.chunks else mode
 
     @property
     def chunk_offsets(self) -> list[int]:

@@ -1,12 +1,14 @@
 """`chunkcache calibrate`: measure a mode against full prefill on a small sample and store, per model fingerprint,
-the smallest recompute ratio meeting a quality target (bench/calibrate.py); optionally profile qcfuse's
+the smallest recompute ratio meeting a quality target (bench/calibrate.py), per mode: in mode fusion, its fallback
+blend too (on the same sample without fused contexts); optionally profile qcfuse's
 critical layers on the same sample (blend/qcfuse_profile.py)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
-from chunkcache.blend.config import DEFAULT_MODE, MODES
+from chunkcache.blend.config import DEFAULT_MODE, MODES, UNFUSED_MODE
 from chunkcache.cli.args import positive, ratio, ratios
 
 
@@ -30,29 +32,39 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
     critical layers) under root, print one line per ratio and the verdict; the result dict."""
     from chunkcache.bench.calibrate import calibrate, store_calibration
 
-    reqs = [engine.prompts.request(chunks, q) for chunks, q in sample]
+    plain = [engine.prompts.request(chunks, q) for chunks, q in sample]
+    reqs = plain
     if cfg.mode == "fusion":  # each example's chunks are its corpus (as in `bench tasks`); entries precomputed
         from chunkcache.blend.fusion import with_fused
         from chunkcache.retrieval.embedder import Embedder
 
         embedder = Embedder()
-        reqs = [with_fused(engine.source, req, embedder.encode(chunks)) for req, (chunks, _) in zip(reqs, sample)]
-    res = calibrate(engine.blender, reqs, cfg, engine.eos_ids,
-                    lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True))
+        reqs = [with_fused(engine.source, req, embedder.encode(chunks)) for req, (chunks, _) in zip(plain, sample)]
+    decode = lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    res = calibrate(engine.blender, reqs, cfg, engine.eos_ids, decode)
     res["stored"] = str(store_calibration(engine.runner.fingerprint, res, root))
+    if cfg.mode == "fusion":  # a fusion request without fused contexts runs blend: calibrate that too
+        res["fallback"] = calibrate(engine.blender, plain, replace(cfg, mode=UNFUSED_MODE), engine.eos_ids, decode)
+        store_calibration(engine.runner.fingerprint, res["fallback"], root)
     if critical:
         from chunkcache.blend.qcfuse_profile import profile_critical_layers, store_profile
 
         prof = profile_critical_layers(engine.runner, reqs)
         store_profile(engine.runner, prof, root)
         res["critical_layers"] = list(prof.critical)
+    for one in (res, res.get("fallback")):
+        if one is not None:
+            _report(one, res["stored"])
+    return res
+
+
+def _report(res: dict, stored: str) -> None:
     for row in res["rows"]:
-        print(f"ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
+        print(f"{res['mode']} ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
               f"KL {row['tf_kl_mean']:.4f}  top-1 {row['tf_top1_agreement']:.3f}")
     verdict = "meets" if res["met"] else "no ratio tried meets"
-    print(f"{cfg.mode} on {res['n']} examples: {verdict} the target; stored recompute_ratio "
-          f"{res['recompute_ratio']} for model {res['fingerprint']} in {res['stored']}", flush=True)
-    return res
+    print(f"{res['mode']} on {res['n']} examples: {verdict} the target; stored recompute_ratio "
+          f"{res['recompute_ratio']} for model {res['fingerprint']} in {stored}", flush=True)
 
 
 def register(sub, flags) -> None:  # type: ignore[no-untyped-def]

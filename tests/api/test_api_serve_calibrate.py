@@ -28,7 +28,8 @@ def test_serve_calibrate_stores_the_ratio_and_requests_use_it(tmp_path) -> None:
     try:
         [profile] = (cache / "profiles").glob("*.json")
         cal = json.loads(profile.read_text())["calibrated"]
-        assert cal["recompute_ratio"] == 0.05 and cal["met"] and cal["n"] == 2
+        assert set(cal) == {"fusion", "blend"}  # the default and the mode its requests without an index run
+        assert all(c["recompute_ratio"] == 0.05 and c["met"] and c["n"] == 2 for c in cal.values())
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as c:
             chunks = ["Lisbon is the capital of Portugal.", "Madrid is the capital of Spain.",
                       "Porto lies on the Douro river, north of Lisbon, and is the second city of Portugal."]
