@@ -8,13 +8,13 @@ ratios (full TTFT / mode TTFT) measured in the same run.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import replace
 
 import torch
 
+from chunkcache.bench.dominance import KL_ONLY, dominance
 from chunkcache.bench.metrics import best_f1, teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
@@ -160,33 +160,6 @@ def pareto_rows(summary: dict, modes: list[str], ratios: list[float], keys: tupl
     return rows
 
 
-def at_speedup(points: list[tuple[float, float]], x: float) -> float | None:
-    """The value at TTFT speedup x on a curve of (speedup, value) points, linear in log speedup between the
-    two neighbouring points; None where no point is that fast or that slow."""
-    own = sorted(points)
-    for (x0, k0), (x1, k1) in zip(own, own[1:]):
-        if x0 <= x <= x1:
-            w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0.0
-            return k0 + w * (k1 - k0)
-    return None
-
-
-def dominance_rows(pareto: list[dict], default: str) -> list[dict]:
-    """For every other mode's point: the default's KL at that point's TTFT speedup (at_speedup over the
-    default's points) and how much lower it is (kl_reduction = 1 - default / anchor). default_kl is None
-    where the default has no point that fast or that slow."""
-    own = [(r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]) for r in pareto if r["mode"] == default]
-    rows = []
-    for r in pareto:
-        if r["mode"] in (default, "full"):
-            continue
-        x, kl = r["ttft_speedup_vs_full_median"], r["tf_kl_mean"]
-        at = at_speedup(own, x)
-        rows.append({"mode": r["mode"], "ratio": r["ratio"], "ttft_speedup_vs_full_median": x, "tf_kl_mean": kl,
-                     "default_kl": at, "kl_reduction": (1 - at / kl) if at is not None and kl > 0 else None})
-    return rows
-
-
 def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], base: BlendConfig,
             max_new: int = 32, log=print, ratios: list[float] | None = None, repeats: int = 1) -> dict:
     """`modes.<mode>` at base.recompute_ratio; with `ratios`, also the `pareto` rows of every mode at every
@@ -206,7 +179,7 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
     if ratios:
         out["pareto"] = pareto_rows(summary, modes, ratios)
         if DEFAULT_MODE in modes:
-            out["dominance"] = {"default": DEFAULT_MODE, "rows": dominance_rows(out["pareto"], DEFAULT_MODE)}
+            out["dominance"] = {"default": DEFAULT_MODE, "rows": dominance(out["pareto"], DEFAULT_MODE, KL_ONLY)}
     return out
 
 

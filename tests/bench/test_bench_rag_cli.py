@@ -7,7 +7,8 @@ import pytest
 
 from chunkcache.bench.metrics import best_f1, token_f1
 from chunkcache.bench.musique import DEFAULT_DATA
-from chunkcache.bench.rag import _timed_prefill, dominance_rows
+from chunkcache.bench.dominance import KL_ONLY, dominance
+from chunkcache.bench.rag import _timed_prefill
 from chunkcache.cli import main
 
 KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "f1_mean",
@@ -110,8 +111,9 @@ def test_dominance_interpolates_the_default_in_log_speedup():
     row = lambda m, x, kl: {"mode": m, "ratio": 0.1, "ttft_speedup_vs_full_median": x, "tf_kl_mean": kl}  # noqa: E731
     pareto = [row("full", 1.0, 0.0), row("blend", 2.0, 0.04), row("blend", 8.0, 0.08), row("epic", 4.0, 0.1),
               row("query", 10.0, 0.05), row("naive", 1.5, 0.2)]
-    got = {r["mode"]: r for r in dominance_rows(pareto, "blend")}
+    got = {r["mode"]: r for r in dominance(pareto, "blend", KL_ONLY)}
     assert set(got) == {"epic", "query", "naive"}
     assert got["epic"]["default_kl"] == pytest.approx(0.06)  # 4x lies half way between 2x and 8x in log
-    assert got["epic"]["kl_reduction"] == pytest.approx(0.4)
-    assert got["query"]["default_kl"] is None and got["naive"]["kl_reduction"] is None  # faster / slower than any
+    assert got["epic"]["kl_ratio"] == pytest.approx(0.6) and got["epic"]["met"] is True  # 0.6 <= 0.7
+    assert got["query"]["default_kl"] is None and got["naive"]["kl_ratio"] is None  # faster / slower than any
+    assert got["query"]["met"] is None

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from chunkcache.bench.rag import at_speedup, evaluate_request, fused_request, pareto_configs, pareto_rows
+from chunkcache.bench.dominance import DOMINANCE, dominance
+from chunkcache.bench.rag import evaluate_request, fused_request, pareto_configs, pareto_rows
 from chunkcache.bench.tasks.example import TaskExample
 from chunkcache.bench.tasks.metrics import agreement, task_scores
 from chunkcache.bench.tasks.suites import Suite
@@ -121,7 +122,7 @@ def report(rows: list[dict], cfg: TasksConfig) -> dict:
         table.update({label: summarize(sweep, m) for label, m in sweep_configs(cfg)[1].items()})
         out["pareto"] = sweep_points(table, cfg)
         if sum(r["mode"] == DEFAULT_MODE for r in out["pareto"]) > 1:
-            out["dominance"] = {"default": DEFAULT_MODE, "target": DOMINANCE, "rows": dominance(out["pareto"])}
+            out["dominance"] = {"default": DEFAULT_MODE, "target": DOMINANCE, "rows": dominance(out["pareto"], DEFAULT_MODE)}
     return out
 
 
@@ -135,31 +136,6 @@ def sweep_points(table: dict[str, dict], cfg: TasksConfig) -> list[dict]:
             rows += pareto_rows(table, [m], swept, keys=KEYS)
         elif m in table:
             rows.append({"mode": m, "ratio": cfg.base.recompute_ratio, **{k: table[m][k] for k in KEYS}})
-    return rows
-
-
-LOSSES = {"disagreement": lambda r: 1.0 - r["agreement_f1"], "kl": lambda r: r["tf_kl_mean"]}
-DOMINANCE = 0.7  # the issue's target: the default's loss <= 0.7x each anchor's at the anchor's TTFT
-
-
-def dominance(pareto: list[dict], default: str = DEFAULT_MODE) -> list[dict]:
-    """For every other timed mode's point: the default's losses (1 - agreement F1, KL) at that point's TTFT
-    speedup (bench/rag.at_speedup over the default's points; None outside their range), the ratio
-    default / anchor per loss, and met: both ratios <= DOMINANCE (None where the default has no point there)."""
-    own = [r for r in pareto if r["mode"] == default and r["ttft_speedup_vs_full_median"] is not None]
-    rows = []
-    for r in pareto:
-        x = r["ttft_speedup_vs_full_median"]
-        if r["mode"] in (default, "full") or x is None:
-            continue
-        row = {"mode": r["mode"], "ratio": r["ratio"], "ttft_speedup_vs_full_median": x}
-        for name, loss in LOSSES.items():
-            at = at_speedup([(p["ttft_speedup_vs_full_median"], loss(p)) for p in own], x)
-            row[name], row[f"default_{name}"] = loss(r), at
-            row[f"{name}_ratio"] = at / loss(r) if at is not None and loss(r) > 0 else None
-        ratios = [row[f"{name}_ratio"] for name in LOSSES]
-        row["met"] = None if None in ratios else all(q <= DOMINANCE for q in ratios)
-        rows.append(row)
     return rows
 
 
