@@ -122,7 +122,8 @@ def report(rows: list[dict], cfg: TasksConfig) -> dict:
         table.update({label: summarize(sweep, m) for label, m in sweep_configs(cfg)[1].items()})
         out["pareto"] = sweep_points(table, cfg)
         if sum(r["mode"] == DEFAULT_MODE for r in out["pareto"]) > 1:
-            out["dominance"] = {"default": DEFAULT_MODE, "target": DOMINANCE, "rows": dominance(out["pareto"], DEFAULT_MODE)}
+            out["dominance"] = {"default": DEFAULT_MODE, "target": DOMINANCE,
+                                "rows": dominance(out["pareto"], DEFAULT_MODE)}
     return out
 
 
