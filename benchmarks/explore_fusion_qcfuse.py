@@ -4,8 +4,8 @@ layer), beside qcfuse on the plain entries, on HotpotQA; every variant paired wi
 Each example's 10 paragraphs are its corpus, as in `bench tasks`. The question: does qcfuse's cheaper selection
 keep fusion's fidelity, so that at qcfuse's speed the default's loss is <= 0.7x qcfuse's?
 
-python benchmarks/explore_fusion_qcfuse.py dev 30 10 benchmarks/fusion_qcfuse_hotpotqa_dev30.json
-(split, examples, timed examples with 3 repeats, JSON out)
+python benchmarks/explore_fusion_qcfuse.py dev 30 10 benchmarks/fusion_qcfuse_hotpotqa_dev30.json [suite]
+(split, examples, timed examples with 3 repeats, JSON out, suite: hotpotqa (default) or musique)
 
 The variant is patched in: a fusion config with epic_k = 17 (a field fusion never reads) takes qcfuse's selector.
 """
@@ -37,7 +37,7 @@ def main() -> None:
     modes.SELECTORS["fusion"] = lambda c: modes._qcfuse(c) if c.cfg.epic_k == MARK else modes._query(c)
     split, limit, timed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     engine = ChunkCacheEngine.from_config(EngineConfig(cache_dir=tempfile.mkdtemp()))
-    suite, embedder = get_suite("hotpotqa"), Embedder()
+    suite, embedder = get_suite(sys.argv[5] if len(sys.argv) > 5 else "hotpotqa"), Embedder()
     rows = []
     for i, ex in enumerate(load_suite(suite, split, limit)):
         req = task_request(engine.prompts, ex)
@@ -48,7 +48,7 @@ def main() -> None:
         rows.append({"id": ex.id, "timed": i < timed, "modes": score_rows(res, ex, suite.score)})
         print(i, "  ".join(f"{k}: agree={rows[-1]['modes'][k]['agreement_f1']:.2f} kl={rows[-1]['modes'][k]['tf_kl']:.3f}"
                            for k in CONFIGS), flush=True)
-    result = {"split": split, "summary": summary(rows), "rows": rows}
+    result = {"suite": suite.name, "split": split, "summary": summary(rows), "rows": rows}
     Path(out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
 
