@@ -109,5 +109,5 @@ class Ingestor:
     def _precompute(self, text: str) -> tuple[str, int, bool]:
         """(chunk key, token count, KV was already stored); tokenizer and model used on the caller's thread."""
         ids = self.engine.prompts.chunk_ids(text)
-        known = bool(getattr(self.engine.source.store, "contains", lambda k: False)(self.engine.source.key(ids)))
+        known = self.engine.source.holds(ids)
         return self.engine.precompute([text])[0], len(ids), known

@@ -43,6 +43,9 @@ class KeyOnlyEngine:
     def flush(self) -> None:
         pass
 
+    def holds(self, ids: tuple[int, ...]) -> bool:
+        return False
+
 
 def test_faiss_file_saved_once_per_ingest(tmp_path, smollm_tokenizer, monkeypatch):
     saves = []
