@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from chunkcache.bench.metrics import teacher_forced, token_f1
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
@@ -82,25 +84,42 @@ def _ids_text(ids: list[int]) -> str:
     return " ".join(map(str, ids))
 
 
+Reference = tuple[list[int], torch.Tensor, str]  # full prefill's answer ids, its teacher-forcing logits, its text
+
+
+def references(blender: Blender, requests: list[BlendRequest], max_new: int, eos_ids: set[int] | None = None,
+               text: Callable[[list[int]], str] = _ids_text) -> list[Reference]:
+    """Full prefill's greedy answer per request, what every mode and ratio is measured against. Fused contexts
+    do not change it: full prefill reads only the token ids."""
+    r, eos, out = blender.runner, eos_ids or set(), []
+    for req in requests:
+        full = blender.prefill(req, BlendConfig(mode="full"), reserve=max_new)
+        n = full.cache.length
+        answer = greedy(r, full.cache, full.logits, max_new, eos)
+        full.cache.truncate(n)
+        out.append((answer, tf_logits(r, full.cache, full.logits, answer), text([t for t in answer if t not in eos])))
+    return out
+
+
 def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationConfig = CalibrationConfig(),
-              eos_ids: set[int] | None = None, text: Callable[[list[int]], str] = _ids_text) -> dict:
+              eos_ids: set[int] | None = None, text: Callable[[list[int]], str] = _ids_text,
+              refs: list[Reference] | None = None) -> dict:
     """Measure cfg.mode at every ratio on `requests` against full prefill and pick the ratio (module doc).
-    text: answer ids -> text for the token F1 (default: the ids themselves, for tokenizer-less models)."""
+    text: answer ids -> text for the token F1 (default: the ids themselves, for tokenizer-less models). refs:
+    `references` of these requests' token ids (computed when None), to share between modes."""
     if not requests:
         raise ValueError("requests: the calibration sample is empty")
     runs = {req.runs(cfg.mode) for req in requests}
     if len(runs) > 1:
         raise ValueError(f"requests: mode {cfg.mode!r} would run as {sorted(runs)} (only some requests carry fused "
                          "contexts): calibrate one mode at a time")
+    if refs is None:
+        refs = references(blender, requests, cfg.max_new, eos_ids, text)
+    if len(refs) != len(requests):
+        raise ValueError(f"refs: {len(refs)} references for {len(requests)} requests")
     r, eos = blender.runner, eos_ids or set()
     per_ratio: dict[float, list[tuple[float, float, float]]] = {x: [] for x in cfg.ratios}
-    for req in requests:
-        full = blender.prefill(req, BlendConfig(mode="full"), reserve=cfg.max_new)
-        n = full.cache.length
-        answer = greedy(r, full.cache, full.logits, cfg.max_new, eos)
-        full.cache.truncate(n)
-        ref = tf_logits(r, full.cache, full.logits, answer)
-        want = text([t for t in answer if t not in eos])
+    for req, (answer, ref, want) in zip(requests, refs):
         for ratio in cfg.ratios:
             res = blender.prefill(req, BlendConfig(mode=cfg.mode, recompute_ratio=ratio), reserve=cfg.max_new)
             top1, kl = teacher_forced(ref, tf_logits(r, res.cache, res.logits, answer))

@@ -30,7 +30,7 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
                     critical: bool = False) -> dict:
     """Calibrate engine's model on sample ((chunks, question) pairs), store the picked ratio (and, if asked, the
     critical layers) under root, print one line per ratio and the verdict; the result dict."""
-    from chunkcache.bench.calibrate import calibrate, store_calibration
+    from chunkcache.bench.calibrate import calibrate, references, store_calibration
 
     plain = [engine.prompts.request(chunks, q) for chunks, q in sample]
     reqs = plain
@@ -41,10 +41,12 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
         embedder = Embedder()
         reqs = [with_fused(engine.source, req, embedder.encode(chunks)) for req, (chunks, _) in zip(plain, sample)]
     decode = lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-    res = calibrate(engine.blender, reqs, cfg, engine.eos_ids, decode)
+    refs = references(engine.blender, plain, cfg.max_new, engine.eos_ids, decode)  # full prefill once, every mode
+    res = calibrate(engine.blender, reqs, cfg, engine.eos_ids, decode, refs)
     res["stored"] = str(store_calibration(engine.runner.fingerprint, res, root))
     if cfg.mode == "fusion":  # a fusion request without fused contexts runs blend: calibrate that too
-        res["fallback"] = calibrate(engine.blender, plain, replace(cfg, mode=UNFUSED_MODE), engine.eos_ids, decode)
+        res["fallback"] = calibrate(engine.blender, plain, replace(cfg, mode=UNFUSED_MODE), engine.eos_ids, decode,
+                                    refs)
         store_calibration(engine.runner.fingerprint, res["fallback"], root)
     if critical:
         from chunkcache.blend.qcfuse_profile import profile_critical_layers, store_profile
