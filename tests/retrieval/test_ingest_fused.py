@@ -12,7 +12,7 @@ from chunkcache.blend.fusion import FUSION_NEIGHBOURS
 from chunkcache.retrieval.chunk_index import ChunkIndex
 from chunkcache.retrieval.chunking import ChunkingConfig
 from chunkcache.retrieval.fused_entries import fuse_request
-from chunkcache.retrieval.ingest import Document, Ingestor
+from chunkcache.retrieval.ingest import Document, Ingestor, IngestResult
 from chunkcache.runner.runner import ModelRunner
 
 TOPICS = ("rivers of South America", "volcanoes in Africa", "Gothic cathedrals in France", "honey bee colonies")
@@ -24,21 +24,31 @@ def _docs() -> list[Document]:
                      f"doc{d}") for d, t in enumerate(TOPICS)]
 
 
-def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> None:
+def _ingested(smollm) -> tuple[ChunkCacheEngine, ChunkIndex, IngestResult, list[str]]:
+    """The topics ingested into an empty in-memory store and index: (engine, index, result, distinct texts)."""
     torch.set_num_threads(1)
     engine = ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), DictStore())
     index = ChunkIndex(None)
     res = Ingestor(engine, index, CHUNKING).ingest(_docs())
-    texts = [index.get(k).text for k in dict.fromkeys(res.chunk_keys)]
+    return engine, index, res, [index.get(k).text for k in dict.fromkeys(res.chunk_keys)]
+
+
+def _fused_stored(engine: ChunkCacheEngine, text: str, neighbours: list[str]) -> bool:
+    """The store holds text's entry under the key of [prefix | its neighbours, nearest last | text]."""
+    ids = engine.prompts.chunk_ids
+    ctx = tuple(engine.source.context_ids) + tuple(t for x in reversed(neighbours) for t in ids(x))
+    return engine.source.key(tuple(ids(text)), ctx) in engine.source.store._items
+
+
+def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> None:
+    engine, index, res, texts = _ingested(smollm)
     assert len(texts) >= 6 and res.stage_seconds["fusion"] > 0
 
     # each chunk's entry sits under the key of [prefix | its neighbours, nearest last | chunk]
     ids = engine.prompts.chunk_ids
     near = index.neighbours(texts, index.embedder.encode(texts), FUSION_NEIGHBOURS)
     assert all(ns is not None and len(ns) == FUSION_NEIGHBOURS for ns in near)
-    for text, ns in zip(texts, near):
-        ctx = tuple(engine.source.context_ids) + tuple(t for x in reversed(ns) for t in ids(x))
-        assert engine.source.key(tuple(ids(text)), ctx) in engine.source.store._items
+    assert all(_fused_stored(engine, text, ns) for text, ns in zip(texts, near))
     assert res.fusion_extra_tokens == sum(len(ids(x)) for ns in near for x in ns)
 
     # a request over indexed chunks, in the default mode: every fused entry found, none computed
@@ -57,11 +67,7 @@ def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> Non
 
 
 def test_a_later_ingestion_refreshes_the_entries_whose_neighbours_it_changed(smollm) -> None:
-    torch.set_num_threads(1)
-    engine = ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), DictStore())
-    index = ChunkIndex(None)
-    first = Ingestor(engine, index, CHUNKING).ingest(_docs())
-    old = [index.get(k).text for k in dict.fromkeys(first.chunk_keys)]
+    engine, index, _, old = _ingested(smollm)
     before = dict(zip(old, index.neighbours(old, index.embedder.encode(old), FUSION_NEIGHBOURS)))
 
     # a near copy of the first document: it becomes a nearest neighbour of that document's chunks
@@ -71,10 +77,9 @@ def test_a_later_ingestion_refreshes_the_entries_whose_neighbours_it_changed(smo
     changed = [t for t in old if after[t] != before[t]]
     assert changed and all(new.intersection(after[t]) for t in changed)
 
+    # the entry under each changed chunk's current neighbours was computed by the late ingestion
+    assert all(_fused_stored(engine, text, after[text]) for text in changed)
     ids = engine.prompts.chunk_ids
-    for text in changed:  # the entry under the chunk's current neighbours was computed by the late ingestion
-        ctx = tuple(engine.source.context_ids) + tuple(t for x in reversed(after[text]) for t in ids(x))
-        assert engine.source.key(tuple(ids(text)), ctx) in engine.source.store._items
     own = sum(len(ids(x)) for ns in index.neighbours(sorted(new), index.embedder.encode(sorted(new)),
                                                       FUSION_NEIGHBOURS) for x in ns)
     assert late.fusion_extra_tokens == own + sum(len(ids(x)) for t in changed for x in after[t])
