@@ -9,23 +9,13 @@ python benchmarks/explore_fusion_qcfuse.py dev 30 10 benchmarks/fusion_qcfuse_ho
 
 The variant is patched in: a fusion config with epic_k = 17 (a field fusion never reads) takes qcfuse's selector.
 """
-import json
 import sys
-import tempfile
-from pathlib import Path
 
-from explore_score_layers import summary
+from explore_fusion_selection import MARK, explore
 
-from chunkcache.bench.rag import evaluate_request, fused_request
-from chunkcache.bench.tasks.runner import score_rows, task_request
-from chunkcache.bench.tasks.suites import get_suite, load_suite
 from chunkcache.blend import modes
 from chunkcache.blend.config import BlendConfig
-from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.config.settings import EngineConfig
-from chunkcache.retrieval.embedder import Embedder
 
-MARK = 17
 CONFIGS = {"qcfuse": BlendConfig(mode="qcfuse"), "fusion": BlendConfig(mode="fusion"),
            "fusionqc": BlendConfig(mode="fusion", epic_k=MARK),
            "qcfuse@0.1": BlendConfig(mode="qcfuse", recompute_ratio=0.1),
@@ -35,22 +25,7 @@ CONFIGS = {"qcfuse": BlendConfig(mode="qcfuse"), "fusion": BlendConfig(mode="fus
 
 def main() -> None:
     modes.SELECTORS["fusion"] = lambda c: modes._qcfuse(c) if c.cfg.epic_k == MARK else modes._query(c)
-    split, limit, timed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    engine = ChunkCacheEngine.from_config(EngineConfig(cache_dir=tempfile.mkdtemp()))
-    suite, embedder = get_suite(sys.argv[5] if len(sys.argv) > 5 else "hotpotqa"), Embedder()
-    rows = []
-    for i, ex in enumerate(load_suite(suite, split, limit)):
-        req = task_request(engine.prompts, ex)
-        engine.precompute(list(ex.chunks))
-        fused, _ = fused_request(engine, req, embedder.encode(list(ex.chunks)))
-        res = evaluate_request(engine, list(ex.chunks), req, CONFIGS, suite.max_new,
-                               repeats=3 if i < timed else 1, fused=fused)
-        rows.append({"id": ex.id, "timed": i < timed, "modes": score_rows(res, ex, suite.score)})
-        print(i, "  ".join(f"{k}: agree={rows[-1]['modes'][k]['agreement_f1']:.2f} kl={rows[-1]['modes'][k]['tf_kl']:.3f}"
-                           for k in CONFIGS), flush=True)
-    result = {"suite": suite.name, "split": split, "summary": summary(rows), "rows": rows}
-    Path(out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["summary"], indent=1))
+    explore(CONFIGS, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from explore_score_layers import summary
 
-from chunkcache.bench.rag import evaluate_request
-from chunkcache.bench.rag import fused_request
+from chunkcache.bench.rag import evaluate_request, fused_request
 from chunkcache.bench.tasks.runner import score_rows, task_request
 from chunkcache.bench.tasks.suites import get_suite, load_suite
 from chunkcache.blend import modes
@@ -32,24 +31,30 @@ CONFIGS = {"blend": BlendConfig(), "fusion": BlendConfig(mode="fusion"),
            "blend@0.3": BlendConfig(recompute_ratio=0.3)}
 
 
-def main() -> None:
-    modes.SELECTORS["fusion"] = lambda c: modes._blend(c) if c.cfg.epic_k == MARK else modes._query(c)
-    split, limit, timed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def explore(configs: dict[str, BlendConfig], argv: list[str]) -> None:
+    """Run `configs` on each example (argv: split, examples, timed examples with 3 repeats, JSON out, and
+    optionally the suite, default hotpotqa) and write the per-example rows and their summary."""
+    split, limit, timed, out = argv[0], int(argv[1]), int(argv[2]), argv[3]
     engine = ChunkCacheEngine.from_config(EngineConfig(cache_dir=tempfile.mkdtemp()))
-    suite, embedder = get_suite("hotpotqa"), Embedder()
+    suite, embedder = get_suite(argv[4] if len(argv) > 4 else "hotpotqa"), Embedder()
     rows = []
     for i, ex in enumerate(load_suite(suite, split, limit)):
         req = task_request(engine.prompts, ex)
         engine.precompute(list(ex.chunks))
         fused, _ = fused_request(engine, req, embedder.encode(list(ex.chunks)))
-        res = evaluate_request(engine, list(ex.chunks), req, CONFIGS, suite.max_new,
+        res = evaluate_request(engine, list(ex.chunks), req, configs, suite.max_new,
                                repeats=3 if i < timed else 1, fused=fused)
         rows.append({"id": ex.id, "timed": i < timed, "modes": score_rows(res, ex, suite.score)})
         print(i, "  ".join(f"{k}: agree={rows[-1]['modes'][k]['agreement_f1']:.2f} kl={rows[-1]['modes'][k]['tf_kl']:.3f}"
-                           for k in CONFIGS), flush=True)
-    result = {"split": split, "summary": summary(rows), "rows": rows}
+                           for k in configs), flush=True)
+    result = {"suite": suite.name, "split": split, "summary": summary(rows), "rows": rows}
     Path(out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
+
+
+def main() -> None:
+    modes.SELECTORS["fusion"] = lambda c: modes._blend(c) if c.cfg.epic_k == MARK else modes._query(c)
+    explore(CONFIGS, sys.argv[1:])
 
 
 if __name__ == "__main__":
