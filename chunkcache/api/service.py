@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from chunkcache.agents.runtime import AgentRuntime
 from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import FUSED_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.request import BlendRequest
@@ -113,7 +113,7 @@ class ChunkCacheService:
         if req.num_tokens + opts.max_tokens > engine.runner.max_positions:
             raise RequestError("max_tokens", f"prompt of {req.num_tokens} tokens + {opts.max_tokens} new tokens "
                                              f"exceeds the model context of {engine.runner.max_positions}")
-        if opts.mode == "fusion":  # corpus neighbours for indexed chunks; asked for by name, the request's own too
+        if opts.mode in FUSED_MODES:  # corpus neighbours for indexed chunks; asked for by name, the request's own too
             req = fuse_request(engine, req, texts, self.index.embedder, self.index,
                                local="mode" in opts.model_fields_set)
         ratio = opts.recompute_ratio

@@ -19,7 +19,7 @@ from chunkcache.bench.metrics import best_f1, teacher_forced, token_f1
 from chunkcache.bench.musique import passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import BlendResult
-from chunkcache.blend.config import DEFAULT_MODE, RATIO_FREE_MODES, BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.fusion import with_fused
 from chunkcache.blend.request import BlendRequest
@@ -68,9 +68,10 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
     for label, cfg in configs.items():
         labels_of.setdefault(cfg, []).append(label)
     for cfg, labels in labels_of.items():
-        if cfg.mode == "fusion" and fused is None:
-            raise ValueError("fused: mode fusion needs the request with its fused contexts (blend/fusion.with_fused)")
-        res, t = _timed_prefill(engine, fused if cfg.mode == "fusion" else req, cfg, max_new, repeats)
+        if cfg.mode in FUSED_MODES and fused is None:
+            raise ValueError(f"fused: mode {cfg.mode} needs the request with its fused contexts "
+                             "(blend/fusion.with_fused)")
+        res, t = _timed_prefill(engine, fused if cfg.mode in FUSED_MODES else req, cfg, max_new, repeats)
         top1, kl = teacher_forced(ref, _tf_logits(engine, res, answer))
         row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
                "recompute_fraction": res.stats.recompute_fraction}
@@ -101,7 +102,7 @@ def evaluate_example(engine: ChunkCacheEngine, ex: dict, configs: dict[str, Blen
     fusion config runs on the example's fused request (embedder: the chunks' embeddings for their neighbours)."""
     chunks = [passage_text(c) for c in ex["ctxs"]]
     req, fused = engine.prompts.request(chunks, ex["question"]), None
-    if any(c.mode == "fusion" for c in configs.values()):
+    if any(c.mode in FUSED_MODES for c in configs.values()):
         engine.precompute(chunks)
         fused, _ = fused_request(engine, req, (embedder or Embedder()).encode(chunks))
     out = evaluate_request(engine, chunks, req, configs, max_new, free_run, repeats, fused)
@@ -167,7 +168,7 @@ def run_rag(engine: ChunkCacheEngine, examples: list[dict], modes: list[str], ba
     configs = {m: replace(base, mode=m) for m in modes if m != "full"}
     if ratios:
         configs.update(pareto_configs(modes, ratios, base))
-    rows, embedder = [], Embedder() if "fusion" in modes else None
+    rows, embedder = [], Embedder() if set(modes) & set(FUSED_MODES) else None
     for i, ex in enumerate(examples):
         row = evaluate_example(engine, ex, configs, max_new, repeats=repeats, embedder=embedder)
         rows.append(row)

@@ -11,14 +11,15 @@ placeholders (anchored, KVCOMM) and the literal text between them. Modes (BlendC
               layer fresh K/V of the computed tokens are compared with the cached ones and the set is
               narrowed, down to recompute_ratio * context tokens; their fresh K/V overwrite the cache;
   adaptive    as cacheblend, the count chosen per request from the deviation mass (capped by the ratio);
-  epic, ape, query, prophet, prophet2, qcfuse, fusion, blend: the published successors and chunkcache's own
+  epic, ape, query, prophet, prophet2, qcfuse, fusion, fusionqc, blend: the published successors and chunkcache's own
               default, each a selector in blend/modes.py feeding the same recompute loop.
 With cfg.kvcomm the anchored placeholders are first placed from the KVCOMM anchor estimate
 (blend/anchoring.py); a rejected one makes the prompt from there on fresh (computed) and becomes an anchor.
 The suffix (and any fresh region) is computed in every mode. With cfg.calibrated the ratio is the one stored for
-this model by `chunkcache calibrate` (blend/model_profile.py). fusion places each candidate chunk's entry
-precomputed behind its fused context (req.fused) instead of the plain one; a request without fused contexts
-runs UNFUSED_MODE (blend) instead, and its stats say so (mode, fallbacks).
+this model by `chunkcache calibrate` (blend/model_profile.py). The fused modes (fusion, fusionqc) place each
+candidate chunk's entry precomputed behind its fused context (req.fused) instead of the plain one; a request
+without fused contexts runs the mode's plain-entry counterpart (config.UNFUSED) instead, and its stats say so
+(mode, fallbacks).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from chunkcache.blend.anchoring import AnchorIndex, Placement, measure, place_anchored
 from chunkcache.blend.chunk_source import ChunkSource
-from chunkcache.blend.config import UNFUSED_MODE, BlendConfig
+from chunkcache.blend.config import FUSED_MODES, BlendConfig
 from chunkcache.blend.layer_loader import LayerLoader
 from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.modes import Candidates, select
@@ -141,9 +142,10 @@ class Blender:
         n = req.num_tokens
         if n > r.max_positions:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
-        unfused = req.runs(cfg.mode) != cfg.mode
-        if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
-            cfg = replace(cfg, mode=UNFUSED_MODE)
+        asked = cfg.mode
+        unfused = req.runs(asked) != asked
+        if unfused:  # no fused entries to place: the mode's plain-entry counterpart instead, said in the stats
+            cfg = replace(cfg, mode=req.runs(asked))
         if cfg.calibrated:  # the ratio calibrated for the mode that runs
             cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint, mode=cfg.mode), calibrated=False)
         anchored = cfg.kvcomm and bool(req.placeholders)
@@ -151,8 +153,8 @@ class Blender:
             raise ValueError(f"mode {cfg.name!r} needs an anchor pool (Blender(anchors=...))")
         stats = BlendStats(cfg.name, n, req.context_len)
         if unfused:
-            stats.fallbacks.append(f"fusion: the request carries no fused contexts (BlendRequest.fused); "
-                                   f"{UNFUSED_MODE} over the plain entries")
+            stats.fallbacks.append(f"{asked}: the request carries no fused contexts (BlendRequest.fused); "
+                                   f"{cfg.mode} over the plain entries")
         cache = r.new_cache(n + reserve)
         ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=r.device)  # [n]
         if cfg.mode == "full":
@@ -177,7 +179,7 @@ class Blender:
             origins = {}
             for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets)):
                 if placed <= offset < fresh and i not in plc.placed:
-                    ctx = req.fused[i] if cfg.mode == "fusion" else None
+                    ctx = req.fused[i] if cfg.mode in FUSED_MODES else None
                     origins[i] = loader.add(chunk, offset, i in req.responses, ctx)
             if not anchored:
                 stats.slots = [{"placeholder": p.name, "base": origins.get(p.chunk, "exact")}

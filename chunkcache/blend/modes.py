@@ -22,7 +22,8 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
               scores every context token at a few profiled critical layers only (blend/qcfuse.py); top ratio.
   fusion      FusionRAG (arXiv 2601.12904): chunk KV precomputed behind its top-n embedding neighbours' text
               (BlendRequest.fused, blend/fusion.py), then the tokens the question attends most, top ratio.
-              The default mode.
+  fusionqc    fusion's fused entries with qcfuse's selection (the question over each chunk's anchor tokens at
+              the critical layers only): FusionRAG's repaired entries at QCFuse's cost of selection.
   blend       chunkcache's own (what fusion runs without fused contexts): half the budget as the first
               tokens of every chunk (EPIC's sink fix, spread evenly over the chunks), the other half the
               tokens the suffix attends most over the naive cache (A3 / ProphetKV's insight); all chosen
@@ -223,10 +224,11 @@ def _blend(c: Candidates) -> Selection:
 
 SELECTORS: dict[str, Callable[[Candidates], Selection]] = {
     "cacheblend": _cacheblend, "adaptive": _cacheblend, "epic": _epic, "ape": _ape, "query": _query,
-    "prophet": _prophet, "prophet2": _prophet2, "qcfuse": _qcfuse, "fusion": _query, "blend": _blend,
+    "prophet": _prophet, "prophet2": _prophet2, "qcfuse": _qcfuse, "fusion": _query,
+    "fusionqc": _qcfuse, "blend": _blend,
 }
 FULL_BUDGET_EXEMPT = ("epic", "ape")  # modes whose own rule, not the ratio, sets what is recomputed
-QUESTION_SCORED = ("query", "prophet", "prophet2", "qcfuse", "fusion", "blend")  # pick by the question's attention
+QUESTION_SCORED = ("query", "prophet", "prophet2", "qcfuse", "fusion", "fusionqc", "blend")  # by the question
 
 
 def select(c: Candidates) -> Selection:

@@ -9,7 +9,7 @@ chunks: cached segments, each placed by RoPE shift. Two annotations say more abo
     responses: chunks that may be a generated response, whose KV is looked up under the response
         context first (the KV the generating turn already computed);
     fused: per chunk, the precompute context of its FusionRAG entry (the prefix, then its top-n neighbours'
-        tokens; blend/fusion.py), read by mode fusion only;
+        tokens; blend/fusion.py), read by the fused modes (fusion, fusionqc) only;
 suffix: fresh text, always computed.
 Positions follow in that order from 0. A RAG request has no annotations.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chunkcache.blend.config import UNFUSED_MODE
+from chunkcache.blend.config import UNFUSED
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,9 @@ class BlendRequest:
                    tuple(tuple(int(t) for t in c) for c in fused))
 
     def runs(self, mode: str) -> str:
-        """The mode that runs when this request asks for `mode`: fusion without fused contexts runs
-        UNFUSED_MODE (blend) over the plain entries (blend/fusion.py)."""
-        return UNFUSED_MODE if mode == "fusion" and not self.fused and self.chunks else mode
+        """The mode that runs when this request asks for `mode`: a fused mode without fused contexts runs its
+        plain-entry counterpart (config.UNFUSED: fusion -> blend, fusionqc -> qcfuse; blend/fusion.py)."""
+        return UNFUSED.get(mode, mode) if not self.fused and self.chunks else mode
 
     @property
     def chunk_offsets(self) -> list[int]:

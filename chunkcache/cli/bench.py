@@ -138,8 +138,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     rag.add_argument("--limit", type=int, default=8)
     rag.add_argument("--skip", type=int, default=0, help="start after the first N examples of --data")
     rag.add_argument("--modes", default=",".join(MODES),
-                     help=f"comma-separated, from {', '.join(MODES)} (fusion: each example's passages are its "
-                          "corpus; their fused entries are precomputed before timing)")
+                     help=f"comma-separated, from {', '.join(MODES)} (fusion, fusionqc: each example's "
+                          "passages are its corpus; their fused entries are precomputed before timing)")
     rag.add_argument("--recompute-ratio", type=ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=int, default=32)
     rag.add_argument("--repeats", type=int, default=1, help="each TTFT (full included) is the median of N prefills")

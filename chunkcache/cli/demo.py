@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from chunkcache.bench.musique import DEFAULT_DATA
-from chunkcache.blend.config import DEFAULT_MODE, MODES
+from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, MODES
 from chunkcache.cli.args import ratio
 
 
@@ -46,7 +46,7 @@ def cmd_demo(args) -> int:
     precompute_s = time.perf_counter() - t0
     print(f"precomputed KV of {len(chunks)} chunks in {precompute_s:.1f}s")
     req, fusion = engine.prompts.request(chunks, ex["question"]), {}
-    if args.mode == "fusion":  # the example's passages as the corpus: each one's fused entry, precomputed
+    if args.mode in FUSED_MODES:  # the example's passages as the corpus: each one's fused entry, precomputed
         from chunkcache.bench.rag import fused_request
         from chunkcache.retrieval.embedder import Embedder
 

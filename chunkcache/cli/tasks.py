@@ -104,7 +104,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--suite", default=None, choices=tuple(SUITES), help="required unless --merge")
     p.add_argument("--split", default="dev", choices=SPLITS, help="fixed by seed (bench/tasks/suites.py)")
     p.add_argument("--modes", default=",".join(MODES),
-                   help=f"comma-separated, from {', '.join(MODES)} (fusion: each example's chunks are its corpus)")
+                   help=f"comma-separated, from {', '.join(MODES)} (fusion, fusionqc: each example's chunks are "
+                        "its corpus)")
     p.add_argument("--recompute-ratio", type=ratio, default=0.15)
     p.add_argument("--ratios", type=ratios, default=None,
                    help="comma list: every mode at each ratio on the Pareto subset (JSON `pareto`)")

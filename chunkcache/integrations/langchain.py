@@ -25,7 +25,7 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import AddableDict
 from pydantic import ConfigDict, Field
 
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import FUSED_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.config import EngineConfig
 from chunkcache.retrieval.chunk_index import ChunkIndex
@@ -91,7 +91,7 @@ class ChunkCacheRAG(Runnable[Any, dict]):
             raise ValueError("documents: the retriever returned no documents")
         texts = [self.chunk_text(d) for d in documents]
         req = self.engine.prompts.request(texts, question)
-        if self.blend.mode == "fusion" and self.index is not None:  # the corpus neighbours of the chunks it holds
+        if self.blend.mode in FUSED_MODES and self.index is not None:  # the corpus neighbours of the chunks it holds
             req = fuse_request(self.engine, req, texts, self.index.embedder, self.index)
         generated, ttft, stats = 0, 0.0, {}
         for tok, piece, ttft, stats in self.engine.stream(req, self.blend, self.sampling):

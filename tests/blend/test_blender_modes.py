@@ -120,7 +120,7 @@ def test_prompt_over_context_is_refused(tiny_blender):
         tiny_blender.prefill(req, BlendConfig())
 
 
-@pytest.mark.parametrize("mode", ["query", "prophet", "prophet2", "qcfuse", "fusion", "blend"])
+@pytest.mark.parametrize("mode", ["query", "prophet", "prophet2", "qcfuse", "fusion", "fusionqc", "blend"])
 def test_question_scored_modes_at_ratio_zero_skip_the_scoring_pass_and_equal_naive(tiny_blender, monkeypatch, mode):
     """A zero budget picks nothing whatever the scores: no question pass runs, and the result is naive's."""
     req = _request()

@@ -1,4 +1,4 @@
-"""The successors added in issue 21 (qcfuse, prophet2, fusion) on the tiny random llama: exact at full budget,
+"""The successors added in issue 21 (qcfuse, prophet2, fusion, fusionqc) on the tiny random llama: exact at full budget,
 and each selecting or placing what its rule says, checked against an independent computation."""
 
 import pytest
@@ -43,7 +43,7 @@ def _recomputed(blender, req, res):
     return (diff.amax(dim=(0, 2)) > 1e-6).nonzero().flatten()  # candidate indices
 
 
-@pytest.mark.parametrize("mode", ["qcfuse", "prophet2", "fusion"])
+@pytest.mark.parametrize("mode", ["qcfuse", "prophet2", "fusion", "fusionqc"])
 def test_full_budget_reproduces_full_prefill(tiny_blender, mode):
     req = _fusion_request(1)
     full = tiny_blender.prefill(req, BlendConfig(mode="full"))
@@ -96,6 +96,27 @@ def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender):
     assert _recomputed(tiny_blender, req, res).tolist() == want.tolist()
     other = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(3,)))
     assert _recomputed(tiny_blender, req, other).tolist() != want.tolist()  # the layers decide
+
+
+def test_fusionqc_is_qcfuses_selection_over_the_fused_entries(tiny_blender):
+    """fusionqc places the fused entries (fusion at ratio 0: its naive cache) and recomputes the tokens qcfuse's
+    rule picks over that cache, computed here from the parts; not qcfuse's pick over the plain entries."""
+    req, r = _fusion_request(7), tiny_blender.runner
+    cfg = BlendConfig(mode="fusionqc", recompute_ratio=0.2, critical_layers=(1, 2))
+    res = tiny_blender.prefill(req, cfg)
+    budget = round(0.2 * req.context_len)
+    assert res.stats.mode == "fusionqc" and res.stats.recomputed_tokens == budget and not res.stats.fallbacks
+    ids = torch.tensor(req.token_ids())
+    placed, fresh, last = len(PREFIX) + len(req.chunks[0]), req.suffix_start, r.n_layers - 1
+    naive = tiny_blender.prefill(req, BlendConfig(mode="fusion", recompute_ratio=0.0)).cache  # fused entries placed
+    recomputed = (res.cache.keys[last, :, placed:fresh] - naive.keys[last, :, placed:fresh]).abs().amax(dim=(0, 2))
+    naive.truncate(fresh)
+    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
+    anchors = [anchors_for(r, naive, PREFIX, c, s, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
+    want = top_tokens(view_importance(r, naive, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0), budget)
+    assert (recomputed > 1e-6).nonzero().flatten().tolist() == want.tolist()
+    plain = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(1, 2)))
+    assert not torch.allclose(plain.logits, res.logits, atol=1e-4)  # the fused entries, not the plain ones
 
 
 def test_qcfuse_rejects_a_layer_the_model_lacks(tiny_blender):
@@ -186,6 +207,15 @@ def test_fusion_without_fused_contexts_runs_blend_and_says_so(tiny_blender):
     assert not torch.equal(fused.logits, res.logits)  # the fused entries were placed, not the plain ones
     with pytest.raises(ValueError, match="fused"):
         _request(fused=((1,),))
+
+
+def test_fusionqc_without_fused_contexts_runs_qcfuse_and_says_so(tiny_blender):
+    req = _request(8)
+    res = tiny_blender.prefill(req, BlendConfig(mode="fusionqc", recompute_ratio=0.2))
+    ref = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2))
+    assert torch.equal(res.logits, ref.logits) and torch.equal(res.cache.keys, ref.cache.keys)
+    assert res.stats.mode == "qcfuse" and res.stats.recomputed_tokens == ref.stats.recomputed_tokens > 0
+    assert res.stats.fallbacks[0].startswith("fusionqc: the request carries no fused contexts")
 
 
 def test_critical_layer_profile_is_stored_per_model_and_used(tiny_blender, tmp_path, monkeypatch):

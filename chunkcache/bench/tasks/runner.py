@@ -22,7 +22,7 @@ from chunkcache.bench.rag import evaluate_request, fused_request, pareto_configs
 from chunkcache.bench.tasks.example import TaskExample
 from chunkcache.bench.tasks.metrics import agreement, task_scores
 from chunkcache.bench.tasks.suites import Suite
-from chunkcache.blend.config import DEFAULT_MODE, RATIO_FREE_MODES, BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.prompt import PromptBuilder
 from chunkcache.blend.request import BlendRequest
@@ -173,7 +173,7 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
         out["gate"] = full_gate(engine, examples, suite.score, cfg, log)
         examples = [ex for ex in examples if out["gate"][ex.setting]["included"]]
     main, sweep = main_configs(cfg), sweep_configs(cfg)[0]
-    fusing = "fusion" in cfg.modes
+    fusing = bool(set(cfg.modes) & set(FUSED_MODES))
     embedder = Embedder() if fusing else None
     rows, seen = [], {}
     for i, ex in enumerate(examples):
