@@ -125,7 +125,7 @@ class PutChunksRequest(BaseModel):
     doc_id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
     index: bool = Field(True, description="embed and index the chunks for /rag/answer")
     fused: bool = Field(True, description="also precompute each indexed chunk's fused entry behind its nearest "
-                                          "indexed chunks (mode fusion, the default; about 3x the plain precompute)")
+                                          "indexed chunks (the fused modes; about 3x the plain precompute)")
 
 
 class StoredChunk(BaseModel):
@@ -157,7 +157,7 @@ class DocumentsRequest(BaseModel):
     chunk_tokens: int = Field(256, ge=16, le=4096)
     overlap_tokens: int = Field(32, ge=0, le=1024)
     fused: bool = Field(True, description="also precompute each indexed chunk's fused entry behind its nearest "
-                                          "indexed chunks (mode fusion, the default; about 3x the plain precompute)")
+                                          "indexed chunks (the fused modes; about 3x the plain precompute)")
 
     @model_validator(mode="after")
     def _overlap(self) -> "DocumentsRequest":

@@ -18,8 +18,7 @@ With cfg.kvcomm the anchored placeholders are first placed from the KVCOMM ancho
 The suffix (and any fresh region) is computed in every mode. With cfg.calibrated the ratio is the one stored for
 this model by `chunkcache calibrate` (blend/model_profile.py). The fused modes (fusion, fusionqc) place each
 candidate chunk's entry precomputed behind its fused context (req.fused) instead of the plain one; a request
-without fused contexts runs the mode's plain-entry counterpart (config.UNFUSED) instead, and its stats say so
-(mode, fallbacks).
+without fused contexts runs UNFUSED_MODE (blend) instead, and its stats say so (mode, fallbacks).
 """
 
 from __future__ import annotations
@@ -144,7 +143,7 @@ class Blender:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
         asked = cfg.mode
         unfused = req.runs(asked) != asked
-        if unfused:  # no fused entries to place: the mode's plain-entry counterpart instead, said in the stats
+        if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
             cfg = replace(cfg, mode=req.runs(asked))
         if cfg.calibrated:  # the ratio calibrated for the mode that runs
             cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint, mode=cfg.mode), calibrated=False)
@@ -176,11 +175,12 @@ class Blender:
             plc = (place_anchored(r, self.source, self.anchors, req, cfg, loader, stats) if anchored
                    else Placement(req.suffix_start))
             fresh = plc.fresh
-            origins = {}
+            origins, entries = {}, {}
             for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets)):
                 if placed <= offset < fresh and i not in plc.placed:
                     ctx = req.fused[i] if cfg.mode in FUSED_MODES else None
                     origins[i] = loader.add(chunk, offset, i in req.responses, ctx)
+                    entries[i] = ("response",) if origins[i] == "response" else ctx or self.source.context_ids
             if not anchored:
                 stats.slots = [{"placeholder": p.name, "base": origins.get(p.chunk, "exact")}
                                for p in req.placeholders]
@@ -191,7 +191,7 @@ class Blender:
             if cfg.mode == "naive" or fresh <= placed:
                 hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
             else:
-                hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed))
+                hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed), entries)
             stats.timings["compute"] = time.perf_counter() - t0 - (loader.load_s - load0)  # loads excluded
         finally:
             loader.close()
@@ -240,15 +240,17 @@ class Blender:
         return m
 
     def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int, fresh: int,
-               stats: BlendStats, loader: LayerLoader, anchored: frozenset[int]) -> torch.Tensor:
+               stats: BlendStats, loader: LayerLoader, anchored: frozenset[int], entries: dict[int, tuple]
+               ) -> torch.Tensor:
         """Selective recompute over the context tokens in [placed, fresh), plus the fresh region; the mode's
-        selector (blend/modes.py) decides which. anchored: chunk indices placed from KVCOMM estimates."""
+        selector (blend/modes.py) decides which. anchored: chunk indices placed from KVCOMM estimates; entries:
+        what each placed chunk's KV was computed behind (Candidates.entries)."""
         r = self.runner
         positions = torch.arange(placed, req.num_tokens, device=r.device)  # candidates then fresh rows, increasing
         n_cand = fresh - placed
         budget = round(cfg.recompute_ratio * (fresh - len(req.prefix_ids)))
         sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all, anchored,
-                                loader.load))
+                                loader.load, entries))
         if sel.keep is not None:
             positions = torch.cat((placed + sel.keep, positions[n_cand:]))
             n_cand = sel.keep.numel()

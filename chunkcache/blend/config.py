@@ -7,9 +7,8 @@ from dataclasses import dataclass
 MODES = ("full", "prefix", "naive", "cacheblend", "adaptive", "epic", "ape", "query", "prophet", "prophet2", "qcfuse",
          "fusion", "fusionqc", "blend")
 DEFAULT_MODE = "fusion"  # chosen by measurement on the dev splits (README, BENCHMARKS.md)
-UNFUSED = {"fusion": "blend", "fusionqc": "qcfuse"}  # what a fused mode runs on a request without fused contexts
-FUSED_MODES = tuple(UNFUSED)  # modes that place each chunk's fused entry (BlendRequest.fused; blend/fusion.py)
-UNFUSED_MODE = UNFUSED[DEFAULT_MODE]  # the plain-entry default: the default mode over a request it cannot fuse
+FUSED_MODES = ("fusion", "fusionqc")  # modes that place each chunk's fused entry (BlendRequest.fused; blend/fusion.py)
+UNFUSED_MODE = "blend"  # what a fused mode runs on a request without fused contexts (the best plain-entry mode)
 RATIO_FREE_MODES = ("full", "prefix", "naive", "ape")  # modes whose cost does not depend on recompute_ratio
 SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
 DEVIATION_ON = ("k", "v", "kv")

@@ -6,10 +6,9 @@ neighbours' tokens], so its KV has already attended to text it is likely to be r
 over the placed cache are recomputed (the `query` rule, top recompute_ratio). Mode fusionqc places the same
 entries and selects by qcfuse's rule instead (the question over each chunk's anchors at the critical layers).
 
-fusion is the default mode (blend/config.py). A request that carries no fused contexts (no corpus to fuse with:
-bare texts in Python, agents, chat turns) runs its plain-entry counterpart (config.UNFUSED: fusion -> blend,
-fusionqc -> qcfuse) instead, and its stats say so. For an indexed
-corpus the fused entries are precomputed at ingestion (retrieval/fused_entries.py).
+fusionqc is the default mode (blend/config.py). A request that carries no fused contexts (no corpus to fuse
+with: bare texts in Python, agents, chat turns) runs UNFUSED_MODE (blend) instead, and its stats say so. For an
+indexed corpus the fused entries are precomputed at ingestion (retrieval/fused_entries.py).
 
 Keys. The neighbours' tokens are part of the precompute context, and the context is part of a chunk's key
 (store/keys.py chunk_key), exactly as the system prefix is: a fused entry and the plain entry of the same

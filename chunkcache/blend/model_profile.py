@@ -84,7 +84,7 @@ def calibrations(fingerprint: str, root: str | Path | None = None) -> dict[str, 
 
 def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str = DEFAULT_MODE) -> float:
     """The recompute ratio calibrated for this model in `mode` (the mode that runs: a fused-mode request without
-    fused contexts runs its plain-entry counterpart, BlendRequest.runs); ValueError naming the fix when none is stored."""
+    fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored."""
     cal = calibrations(fingerprint, root).get(mode, {})
     if not isinstance(cal.get("recompute_ratio"), (int, float)):
         raise ValueError(f"calibrated: no recompute ratio is calibrated for mode {mode!r} of model {fingerprint} "

@@ -23,8 +23,9 @@ blend/recompute.py. Candidates are the context tokens after the exactly placed p
   fusion      FusionRAG (arXiv 2601.12904): chunk KV precomputed behind its top-n embedding neighbours' text
               (BlendRequest.fused, blend/fusion.py), then the tokens the question attends most, top ratio.
   fusionqc    fusion's fused entries with qcfuse's selection (the question over each chunk's anchor tokens at
-              the critical layers only): FusionRAG's repaired entries at QCFuse's cost of selection.
-  blend       chunkcache's own (what fusion runs without fused contexts): half the budget as the first
+              the critical layers only): FusionRAG's repaired entries at QCFuse's cost of selection. The
+              default mode.
+  blend       chunkcache's own (what fusion and fusionqc run without fused contexts): half the budget as the first
               tokens of every chunk (EPIC's sink fix, spread evenly over the chunks), the other half the
               tokens the suffix attends most over the naive cache (A3 / ProphetKV's insight); all chosen
               before layer 0, so, unlike cacheblend, no layer runs over every context token. (Until
@@ -54,8 +55,8 @@ Guessed or left out (the papers' text available here did not settle it):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -74,7 +75,9 @@ from chunkcache.runner.runner import ModelRunner
 class Candidates:
     """What a selector sees. ids [n]: the prompt; placed: positions before it are exact (not candidates);
     fresh: positions from it on are computed in full (the suffix, or from a placeholder KVCOMM rejected);
-    budget: context tokens the mode may recompute; load_all(): load every layer of the placed chunk KV."""
+    budget: context tokens the mode may recompute; load_all(): load every layer of the placed chunk KV;
+    entries: per placed chunk index, what its KV was computed behind (the precompute context's token ids, or
+    ("response",)): with the chunk's tokens it determines that KV (qcfuse's anchors are remembered by it)."""
 
     runner: ModelRunner
     cache: KVCache
@@ -87,6 +90,7 @@ class Candidates:
     load_all: Callable[[], None]
     anchored: frozenset[int] = frozenset()  # chunk indices placed from a KVCOMM anchor estimate
     load_to: Callable[[int], None] | None = None  # load layers 0..l of the placed chunk KV (None: load_all)
+    entries: Mapping[int, tuple] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -195,8 +199,8 @@ def _qcfuse(c: Candidates) -> Selection:
     cand = c.chunk_spans()
     spans = [(c.placed + s, c.placed + e) for _, s, e in cand]
     sink_ids = tuple(c.req.token_ids()[:min(cfg.anchor_sinks, c.placed)])  # host ids: no device sync
-    anchors = [anchors_for(r, c.cache, sink_ids, c.req.chunks[i], s, last, cfg.anchor_ratio, cfg.anchor_sinks)
-               for (i, _, _), (s, _) in zip(cand, spans)]
+    anchors = [anchors_for(r, c.cache, sink_ids, c.entries.get(i, ()), c.req.chunks[i], s, last, cfg.anchor_ratio,
+                           cfg.anchor_sinks) for (i, _, _), (s, _) in zip(cand, spans)]
     importance = view_importance(r, c.cache, c.ids[c.fresh:], c.placed, c.fresh, spans, anchors, layers)
     return Selection(keep=top_tokens(importance.mean(0), c.budget))
 

@@ -112,11 +112,12 @@ def chunk_anchors(runner: ModelRunner, cache: KVCache, offset: int, length: int,
     return out
 
 
-def anchors_for(runner: ModelRunner, cache: KVCache, sink_ids: tuple[int, ...], chunk: tuple[int, ...], offset: int,
-                last: int, ratio: float, sinks: int) -> torch.Tensor:
-    """`chunk_anchors` (sinks: the prompt's first tokens, sink_ids), remembered per (model, sink tokens, chunk
-    tokens, layers, ratio, sinks): a chunk's anchors depend on its cached KV, which these determine."""
-    key = (runner.fingerprint, sink_ids, chunk, last, ratio, sinks)
+def anchors_for(runner: ModelRunner, cache: KVCache, sink_ids: tuple[int, ...], entry: tuple, chunk: tuple[int, ...],
+                offset: int, last: int, ratio: float, sinks: int) -> torch.Tensor:
+    """`chunk_anchors` (sinks: the prompt's first tokens, sink_ids), remembered per (model, sink tokens, entry,
+    chunk tokens, layers, ratio, sinks): a chunk's anchors depend on its cached KV, which the chunk's tokens and
+    `entry` (what that KV was computed behind: the plain entry's context, a fused context) determine."""
+    key = (runner.fingerprint, sink_ids, entry, chunk, last, ratio, sinks)
     got = _anchor_cache.get(key)
     if got is None:
         got = _anchor_cache[key] = chunk_anchors(runner, cache, offset, len(chunk), len(sink_ids), last, ratio,

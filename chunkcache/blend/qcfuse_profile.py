@@ -62,7 +62,8 @@ def profile_critical_layers(runner: ModelRunner, requests: list[BlendRequest], r
         want = top_tokens(oracle, budget)
         spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
         sink_ids = req.token_ids()[:min(anchor_sinks, placed)]
-        anchors = [anchors_for(runner, naive, tuple(sink_ids), c, o, layers[-1], anchor_ratio, anchor_sinks)
+        anchors = [anchors_for(runner, naive, tuple(sink_ids), source.context_ids, c, o, layers[-1], anchor_ratio,
+                               anchor_sinks)
                    for c, (o, _) in zip(req.chunks[1:], spans)]
         per_layer = view_importance(runner, naive, ids[fresh:], placed, fresh, spans, anchors, layers)
         for layer in layers:

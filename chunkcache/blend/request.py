@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chunkcache.blend.config import UNFUSED
+from chunkcache.blend.config import FUSED_MODES, UNFUSED_MODE
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,9 @@ class BlendRequest:
                    tuple(tuple(int(t) for t in c) for c in fused))
 
     def runs(self, mode: str) -> str:
-        """The mode that runs when this request asks for `mode`: a fused mode without fused contexts runs its
-        plain-entry counterpart (config.UNFUSED: fusion -> blend, fusionqc -> qcfuse; blend/fusion.py)."""
-        return UNFUSED.get(mode, mode) if not self.fused and self.chunks else mode
+        """The mode that runs when this request asks for `mode`: a fused mode (fusion, fusionqc) without fused
+        contexts runs UNFUSED_MODE (blend) over the plain entries (blend/fusion.py)."""
+        return UNFUSED_MODE if mode in FUSED_MODES and not self.fused and self.chunks else mode
 
     @property
     def chunk_offsets(self) -> list[int]:

@@ -1,6 +1,6 @@
 """`chunkcache calibrate`: measure a mode against full prefill on a small sample and store, per model fingerprint,
 the smallest recompute ratio meeting a quality target (bench/calibrate.py), per mode: in a fused mode, its
-plain-entry fallback too (config.UNFUSED, on the same sample without fused contexts); optionally profile qcfuse's
+fallback blend too (on the same sample without fused contexts); optionally profile qcfuse's
 critical layers on the same sample (blend/qcfuse_profile.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from chunkcache.blend.config import DEFAULT_MODE, MODES, UNFUSED
+from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, MODES, UNFUSED_MODE
 from chunkcache.cli.args import positive, ratio, ratios
 
 
@@ -34,7 +34,7 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
 
     plain = [engine.prompts.request(chunks, q) for chunks, q in sample]
     reqs = plain
-    if cfg.mode in UNFUSED:  # each example's chunks are its corpus (as in `bench tasks`); entries precomputed
+    if cfg.mode in FUSED_MODES:  # each example's chunks are its corpus (as in `bench tasks`); entries precomputed
         from chunkcache.blend.fusion import with_fused
         from chunkcache.retrieval.embedder import Embedder
 
@@ -44,9 +44,9 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
     refs = references(engine.blender, plain, cfg.max_new, engine.eos_ids, decode)  # full prefill once, every mode
     res = calibrate(engine.blender, reqs, cfg, engine.eos_ids, decode, refs)
     res["stored"] = str(store_calibration(engine.runner.fingerprint, res, root))
-    if cfg.mode in UNFUSED:  # a request without fused contexts runs the plain-entry mode: calibrate that too
-        res["fallback"] = calibrate(engine.blender, plain, replace(cfg, mode=UNFUSED[cfg.mode]), engine.eos_ids,
-                                    decode, refs)
+    if cfg.mode in FUSED_MODES:  # a request without fused contexts runs blend: calibrate that too
+        res["fallback"] = calibrate(engine.blender, plain, replace(cfg, mode=UNFUSED_MODE), engine.eos_ids, decode,
+                                    refs)
         store_calibration(engine.runner.fingerprint, res["fallback"], root)
     if critical:
         from chunkcache.blend.qcfuse_profile import profile_critical_layers, store_profile

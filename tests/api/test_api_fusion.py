@@ -10,6 +10,8 @@ import uuid
 import pytest
 from api_helpers import CHUNKS, QUERY, body
 
+from chunkcache.blend.config import DEFAULT_MODE
+
 
 @pytest.mark.slow
 def test_fusion_request_equals_the_python_api_and_reuses_its_entries(client, smollm) -> None:
@@ -52,7 +54,7 @@ def test_fusion_over_ingested_chunks_takes_corpus_neighbours_reused_by_other_chu
     assert put.status_code == 201, put.text
     first = client.post("/generate_with_chunks", json=body(chunks=[rome, paris, tower, louvre]))  # default mode
     assert first.status_code == 200, first.text
-    assert first.json()["stats"]["mode"] == "fusion"
+    assert first.json()["stats"]["mode"] == DEFAULT_MODE
     # ingested with fused entries: none computed; without: those of paris, tower, louvre, on first use
     assert first.json()["stats"]["chunk_misses"] == (0 if fused else 3)
     # Another chunk set: a chunk's neighbours come from the corpus, not from the request, so paris and tower
@@ -71,6 +73,6 @@ def test_default_mode_over_chunks_no_corpus_holds_runs_blend(client) -> None:
                                           "The fjords of Norway were carved by glaciers.")]
     default = client.post("/generate_with_chunks", json=body(chunks=chunks, return_token_ids=True)).json()
     blend = client.post("/generate_with_chunks", json=body(chunks=chunks, mode="blend", return_token_ids=True)).json()
-    assert default["stats"]["mode"] == "blend" and default["stats"]["fallbacks"][0].startswith("fusion:")
+    assert default["stats"]["mode"] == "blend" and default["stats"]["fallbacks"][0].startswith(f"{DEFAULT_MODE}:")
     assert default["token_ids"] == blend["token_ids"] and not blend["stats"]["fallbacks"]
     assert blend["stats"]["chunk_misses"] == 0  # the default's request left the plain entries, nothing more

@@ -10,6 +10,8 @@ import pytest
 from api_helpers import CHUNKS, QUERY
 from conftest import AUTH, LiveServer
 
+from chunkcache.blend.config import DEFAULT_MODE
+
 SAMPLE = [{"chunks": list(CHUNKS), "question": QUERY},
           {"chunks": ["The Nile is a major north-flowing river in northeastern Africa.",
                       "Mount Kilimanjaro is a dormant volcano in Tanzania, the highest mountain in Africa."],
@@ -28,7 +30,7 @@ def test_serve_calibrate_stores_the_ratio_and_requests_use_it(tmp_path) -> None:
     try:
         [profile] = (cache / "profiles").glob("*.json")
         cal = json.loads(profile.read_text())["calibrated"]
-        assert set(cal) == {"fusion", "blend"}  # the default and the mode its requests without an index run
+        assert set(cal) == {DEFAULT_MODE, "blend"}  # the default and the mode its requests without an index run
         assert all(c["recompute_ratio"] == 0.05 and c["met"] and c["n"] == 2 for c in cal.values())
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as c:
             chunks = ["Lisbon is the capital of Portugal.", "Madrid is the capital of Spain.",

@@ -12,19 +12,19 @@ from chunkcache.cli import main
 def test_bench_tasks_niah_writes_every_figure(tmp_path, smollm):
     out, png = tmp_path / "niah.json", tmp_path / "niah.png"
     assert main(["--store", "memory", "bench", "tasks", "--suite", "niah", "--limit", "2", "--lengths", "1024",
-                 "--variants", "multikey", "--modes", "full,blend,fusion", "--max-new-tokens", "10", "--repeats", "1",
+                 "--variants", "multikey", "--modes", "full,blend,fusionqc", "--max-new-tokens", "10", "--repeats", "1",
                  "--min-full-score", "0", "--json", str(out), "--plot", str(png)]) == 0
     res = json.loads(out.read_text())
     assert res["suite"] == "niah" and res["split"] == "dev" and res["data"]["n"] == 2
     assert "0" not in res["data"]["gold_positions"]["per_chunk_index"]  # no needle in the first chunk
     modes = res["modes"]
-    assert set(modes) == {"full", "blend", "fusion"}
+    assert set(modes) == {"full", "blend", "fusionqc"}
     for fig in modes.values():
         assert set(KEYS) <= set(fig) and fig["n"] == 2
     full, blend = modes["full"], modes["blend"]
     assert full["agreement_f1"] == full["agreement_exact"] == 1.0 and full["tf_kl_mean"] == 0.0
     assert 0.149 < blend["recompute_fraction"] < 0.151 and blend["tf_kl_mean"] > 0
-    assert 0.149 < modes["fusion"]["recompute_fraction"] < 0.151
+    assert 0.149 < modes["fusionqc"]["recompute_fraction"] < 0.151
     for row in res["examples"]:
         assert row["modes"]["full"]["task_score"] in (0.0, 1.0) and row["id"].startswith("multikey-1024/dev/")
         assert row["modes"]["full"]["prompt_tokens"] + 10 <= 1024

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chunkcache.bench.calibrate import CalibrationConfig, calibrate, load_sample, store_calibration
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
 from chunkcache.blend.model_profile import calibrated_ratio, calibrations, profile_path
 from chunkcache.blend.request import BlendRequest
 
@@ -33,13 +33,13 @@ def test_calibrate_picks_the_smallest_ratio_meeting_the_target(tiny_blender, tmp
     path = store_calibration(tiny_blender.runner.fingerprint, res)
     assert path == profile_path(tiny_blender.runner.fingerprint) and path.parent == tmp_path / "profiles"
     stored = json.loads(path.read_text())
-    assert res["mode"] == "blend"  # the default, fusion, runs blend over requests without fused contexts
+    assert res["mode"] == "blend"  # the default, a fused mode, runs blend over requests without fused contexts
     assert stored["fingerprint"] == tiny_blender.runner.fingerprint
     blend = stored["calibrated"]["blend"]
     assert blend["recompute_ratio"] == want and blend["rows"] == res["rows"]
     assert blend["config"]["target_agreement"] == 0.99
     assert calibrated_ratio(tiny_blender.runner.fingerprint, mode="blend") == want
-    with pytest.raises(ValueError, match="'fusion'"):  # fusion itself was not calibrated
+    with pytest.raises(ValueError, match=f"'{DEFAULT_MODE}'"):  # the default itself was not calibrated
         calibrated_ratio(tiny_blender.runner.fingerprint)
     req = _requests(1)[0]
     asked = tiny_blender.prefill(req, BlendConfig(calibrated=True))
@@ -53,18 +53,18 @@ def _result(mode, ratio):
     return {"mode": mode, "recompute_ratio": ratio, "met": True, "n": 1, "rows": [], "config": {"mode": mode}}
 
 
-def test_fusion_and_its_blend_fallback_each_run_at_their_own_calibrated_ratio(tiny_blender, tmp_path, monkeypatch):
+def test_the_fused_default_and_its_blend_fallback_each_run_at_their_own_calibrated_ratio(tiny_blender, tmp_path, monkeypatch):
     monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
     fp = tiny_blender.runner.fingerprint
     plain = _requests(1)[0]
     fused = replace(plain, fused=tuple((*PREFIX, *plain.chunks[(i + 1) % 3][:6]) for i in range(3)))
-    with pytest.raises(ValueError, match="one mode"):  # fusion over these would run as two modes
+    with pytest.raises(ValueError, match="one mode"):  # the default over these would run as two modes
         calibrate(tiny_blender, [plain, fused], CalibrationConfig(max_new=2))
-    store_calibration(fp, _result("fusion", 0.1))
+    store_calibration(fp, _result(DEFAULT_MODE, 0.1))
     store_calibration(fp, _result("blend", 0.5))
-    assert set(calibrations(fp)) == {"fusion", "blend"}  # the second did not replace the first
-    for req, mode, ratio in ((plain, "blend", 0.5), (fused, "fusion", 0.1)):
-        asked = tiny_blender.prefill(req, BlendConfig(calibrated=True))  # the default mode, fusion
+    assert set(calibrations(fp)) == {DEFAULT_MODE, "blend"}  # the second did not replace the first
+    for req, mode, ratio in ((plain, "blend", 0.5), (fused, DEFAULT_MODE, 0.1)):
+        asked = tiny_blender.prefill(req, BlendConfig(calibrated=True))  # the default mode
         explicit = tiny_blender.prefill(req, BlendConfig(mode=mode, recompute_ratio=ratio))
         assert asked.stats.mode == mode
         assert asked.stats.recomputed_tokens == explicit.stats.recomputed_tokens
@@ -130,5 +130,5 @@ def test_calibrate_on_the_real_model(smollm, tmp_path):
     assert rows[0.15]["tf_kl_mean"] > rows[1.0]["tf_kl_mean"] and 0.0 <= rows[0.15]["agreement_f1"] <= 1.0
     assert res["recompute_ratio"] == (0.15 if rows[0.15]["agreement_f1"] >= 0.9 else 1.0)
     store_calibration(engine.runner.fingerprint, res, tmp_path)
-    assert res["mode"] == "blend"  # plain requests: fusion runs blend
+    assert res["mode"] == "blend"  # plain requests: the fused default runs blend
     assert calibrated_ratio(engine.runner.fingerprint, tmp_path, "blend") == res["recompute_ratio"]

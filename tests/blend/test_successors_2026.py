@@ -6,7 +6,7 @@ import torch
 
 from chunkcache.blend.blender import Blender
 from chunkcache.blend.chunk_source import ChunkSource, DictStore
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, BlendConfig
 from chunkcache.blend.fusion import fuse, fused_contexts, neighbours, precompute_fused, with_fused
 from chunkcache.blend.modes import PROPHET_STAGE1_SHARE, _prophet_fused
 from chunkcache.blend.probe import suffix_attention_by_layer
@@ -77,8 +77,8 @@ def test_qcfuse_anchors_are_the_sinks_and_the_best_scored(tiny_blender):
     assert (got[:, :4] == torch.arange(4)).all()
     assert (got[:, 1:] > got[:, :-1]).all()
     assert not torch.equal(got[0], got[2])  # per layer
-    again = anchors_for(r, cache, PREFIX, req.chunks[1], off, 2, 0.3, 4)
-    assert torch.equal(again, anchors_for(r, cache, PREFIX, req.chunks[1], off, 2, 0.3, 4))
+    again = anchors_for(r, cache, PREFIX, PREFIX, req.chunks[1], off, 2, 0.3, 4)
+    assert torch.equal(again, anchors_for(r, cache, PREFIX, PREFIX, req.chunks[1], off, 2, 0.3, 4))
 
 
 def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender):
@@ -91,7 +91,7 @@ def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender):
     ids = torch.tensor(req.token_ids())
     placed, fresh = len(PREFIX) + len(req.chunks[0]), req.suffix_start
     spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
-    anchors = [anchors_for(r, cache, PREFIX, c, s, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
+    anchors = [chunk_anchors(r, cache, s, len(c), 4, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
     want = top_tokens(view_importance(r, cache, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0), budget)
     assert _recomputed(tiny_blender, req, res).tolist() == want.tolist()
     other = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(3,)))
@@ -100,10 +100,11 @@ def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender):
 
 def test_fusionqc_is_qcfuses_selection_over_the_fused_entries(tiny_blender):
     """fusionqc places the fused entries (fusion at ratio 0: its naive cache) and recomputes the tokens qcfuse's
-    rule picks over that cache, computed here from the parts; not qcfuse's pick over the plain entries."""
+    rule picks over that cache, computed here from the parts; not qcfuse's pick over the plain entries, nor the
+    anchors qcfuse remembered for the same chunks' plain entries (run first)."""
     req, r = _fusion_request(7), tiny_blender.runner
-    cfg = BlendConfig(mode="fusionqc", recompute_ratio=0.2, critical_layers=(1, 2))
-    res = tiny_blender.prefill(req, cfg)
+    plain = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(1, 2)))
+    res = tiny_blender.prefill(req, BlendConfig(mode="fusionqc", recompute_ratio=0.2, critical_layers=(1, 2)))
     budget = round(0.2 * req.context_len)
     assert res.stats.mode == "fusionqc" and res.stats.recomputed_tokens == budget and not res.stats.fallbacks
     ids = torch.tensor(req.token_ids())
@@ -112,10 +113,9 @@ def test_fusionqc_is_qcfuses_selection_over_the_fused_entries(tiny_blender):
     recomputed = (res.cache.keys[last, :, placed:fresh] - naive.keys[last, :, placed:fresh]).abs().amax(dim=(0, 2))
     naive.truncate(fresh)
     spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
-    anchors = [anchors_for(r, naive, PREFIX, c, s, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
+    anchors = [chunk_anchors(r, naive, s, len(c), 4, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
     want = top_tokens(view_importance(r, naive, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0), budget)
     assert (recomputed > 1e-6).nonzero().flatten().tolist() == want.tolist()
-    plain = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(1, 2)))
     assert not torch.allclose(plain.logits, res.logits, atol=1e-4)  # the fused entries, not the plain ones
 
 
@@ -193,28 +193,28 @@ def test_with_fused_gives_every_mode_the_same_ids_and_fusion_its_entries(tiny_bl
                        tiny_blender.prefill(req, BlendConfig(mode="query")).logits)  # other modes ignore them
 
 
-def test_fusion_without_fused_contexts_runs_blend_and_says_so(tiny_blender):
-    """The default mode (fusion) on a request with no corpus to fuse with: exactly blend over the plain entries,
+def test_default_without_fused_contexts_runs_blend_and_says_so(tiny_blender):
+    """The default mode (fused) on a request with no corpus to fuse with: exactly blend over the plain entries,
     the stats naming the mode run and the reason."""
     req = _request(3)
     res = tiny_blender.prefill(req, BlendConfig(recompute_ratio=0.2))  # the default mode
     ref = tiny_blender.prefill(req, BlendConfig(mode="blend", recompute_ratio=0.2))
     assert torch.equal(res.logits, ref.logits) and torch.equal(res.cache.keys, ref.cache.keys)
     assert res.stats.mode == "blend" and res.stats.recomputed_tokens == ref.stats.recomputed_tokens > 0
-    assert [f.split(":")[0] for f in res.stats.fallbacks] == ["fusion"] and not ref.stats.fallbacks
+    assert [f.split(":")[0] for f in res.stats.fallbacks] == [DEFAULT_MODE] and not ref.stats.fallbacks
     fused = tiny_blender.prefill(_fusion_request(3), BlendConfig(recompute_ratio=0.2))
-    assert fused.stats.mode == "fusion" and not fused.stats.fallbacks
+    assert DEFAULT_MODE in FUSED_MODES and fused.stats.mode == DEFAULT_MODE and not fused.stats.fallbacks
     assert not torch.equal(fused.logits, res.logits)  # the fused entries were placed, not the plain ones
     with pytest.raises(ValueError, match="fused"):
         _request(fused=((1,),))
 
 
-def test_fusionqc_without_fused_contexts_runs_qcfuse_and_says_so(tiny_blender):
+def test_fusionqc_without_fused_contexts_runs_blend_and_says_so(tiny_blender):
     req = _request(8)
     res = tiny_blender.prefill(req, BlendConfig(mode="fusionqc", recompute_ratio=0.2))
-    ref = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2))
+    ref = tiny_blender.prefill(req, BlendConfig(mode="blend", recompute_ratio=0.2))
     assert torch.equal(res.logits, ref.logits) and torch.equal(res.cache.keys, ref.cache.keys)
-    assert res.stats.mode == "qcfuse" and res.stats.recomputed_tokens == ref.stats.recomputed_tokens > 0
+    assert res.stats.mode == "blend" and res.stats.recomputed_tokens == ref.stats.recomputed_tokens > 0
     assert res.stats.fallbacks[0].startswith("fusionqc: the request carries no fused contexts")
 
 

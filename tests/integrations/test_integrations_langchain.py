@@ -8,7 +8,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import InMemoryVectorStore
 
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
 from chunkcache.integrations.langchain import ChunkCacheRAG, ChunkCacheRetriever, MiniLMEmbeddings
 from chunkcache.retrieval.chunk_index import ChunkIndex
@@ -56,16 +56,16 @@ def test_integrations_rag_reuses_cached_kv(setup) -> None:  # type: ignore[no-un
 
 
 def test_integrations_rag_default_mode_places_the_index_fused_entries(setup) -> None:  # type: ignore[no-untyped-def]
-    """The default mode (fusion) takes the index's neighbours for the chunks it holds: entries precomputed for the
+    """The default mode (fusionqc) takes the index's neighbours for the chunks it holds: entries precomputed for the
     corpus (retrieval/fused_entries.py) are placed, none computed. Without an index there is no corpus: blend."""
     engine, index, _ = setup
     precompute_fused_entries(engine, index, TEXTS, index.embedder.encode(TEXTS))
     question = "When was the Eiffel Tower completed?"
     out = ChunkCacheRAG(engine, ChunkCacheRetriever(index=index, k=3), index, sampling=SAMPLING).invoke(question)
-    assert out["stats"]["mode"] == "fusion" and not out["stats"]["fallbacks"]
+    assert out["stats"]["mode"] == DEFAULT_MODE and not out["stats"]["fallbacks"]
     assert out["stats"]["chunk_misses"] == 0 and out["answer"]
     bare = ChunkCacheRAG(engine, ChunkCacheRetriever(index=index, k=3), sampling=SAMPLING).invoke(question)
-    assert bare["stats"]["mode"] == "blend" and bare["stats"]["fallbacks"][0].startswith("fusion:")
+    assert bare["stats"]["mode"] == "blend" and bare["stats"]["fallbacks"][0].startswith(f"{DEFAULT_MODE}:")
     blend = ChunkCacheRAG(engine, ChunkCacheRetriever(index=index, k=3), blend=BlendConfig(mode="blend"),
                           sampling=SAMPLING).invoke(question)
     assert bare["answer"] == blend["answer"] and not blend["stats"]["fallbacks"]

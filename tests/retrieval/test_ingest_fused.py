@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from chunkcache.blend.chunk_source import DictStore
-from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.fusion import FUSION_NEIGHBOURS
 from chunkcache.retrieval.chunk_index import ChunkIndex
@@ -56,7 +56,7 @@ def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> Non
     req = fuse_request(engine, engine.prompts.request(pick, "Which survey item is largest?"), pick,
                        index.embedder, index)
     out = engine.prefill(req, BlendConfig())
-    assert out.stats.mode == "fusion" and not out.stats.fallbacks
+    assert out.stats.mode == DEFAULT_MODE and not out.stats.fallbacks
     assert out.stats.chunk_misses == 0 and out.stats.chunk_hits >= len(pick)
 
     again = Ingestor(engine, index, CHUNKING).ingest(_docs())  # same corpus: every entry already stored
@@ -88,5 +88,5 @@ def test_a_later_ingestion_refreshes_the_entries_whose_neighbours_it_changed(smo
     req = fuse_request(engine, engine.prompts.request(pick, "Which survey item is largest?"), pick,
                        index.embedder, index)
     out = engine.prefill(req, BlendConfig())
-    assert out.stats.mode == "fusion" and out.stats.chunk_misses == 0
+    assert out.stats.mode == DEFAULT_MODE and out.stats.chunk_misses == 0
     index.close()
