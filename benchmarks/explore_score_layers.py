@@ -22,12 +22,12 @@ from chunkcache.config.settings import EngineConfig
 
 def summary(rows: list[dict]) -> dict:
     """Per label: mean agreement F1 and KL, median paired speedup over the timed rows and over all rows, and
-    the median paired TTFT ratio against the first label."""
+    the median paired TTFT ratio against the first label (speedup_timed_median None when no row was timed)."""
     labels = [k for k in rows[0]["modes"] if k != "full"]
-    base = labels[0]
+    base, timed = labels[0], [r for r in rows if r["timed"]]
     return {k: {"agreement_f1": statistics.fmean(r["modes"][k]["agreement_f1"] for r in rows),
                 "tf_kl_mean": statistics.fmean(r["modes"][k]["tf_kl"] for r in rows),
-                "speedup_timed_median": statistics.median(r["modes"][k]["speedup"] for r in rows if r["timed"]),
+                "speedup_timed_median": statistics.median(r["modes"][k]["speedup"] for r in timed) if timed else None,
                 "speedup_all_median": statistics.median(r["modes"][k]["speedup"] for r in rows),
                 f"speedup_vs_{base}_median": statistics.median(r["modes"][k]["speedup"] / r["modes"][base]["speedup"]
                                                               for r in rows), "n": len(rows)} for k in labels}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 MODES = ("full", "prefix", "naive", "cacheblend", "adaptive", "epic", "ape", "query", "prophet", "prophet2", "qcfuse",
          "fusion", "fusionqc", "blend")
-DEFAULT_MODE = "fusion"  # chosen by measurement on the dev splits (README, BENCHMARKS.md)
+DEFAULT_MODE = "fusionqc"  # chosen by measurement on the dev splits (README, BENCHMARKS.md)
 FUSED_MODES = ("fusion", "fusionqc")  # modes that place each chunk's fused entry (BlendRequest.fused; blend/fusion.py)
 UNFUSED_MODE = "blend"  # what a fused mode runs on a request without fused contexts (the best plain-entry mode)
 RATIO_FREE_MODES = ("full", "prefix", "naive", "ape")  # modes whose cost does not depend on recompute_ratio
@@ -23,7 +23,7 @@ class BlendConfig:
 
     mode: one of MODES (see blend/blender.py and blend/modes.py for what each one recomputes).
     recompute_ratio: fraction of context (chunk) tokens recomputed from the check layer on
-        (cacheblend, query, prophet, prophet2, qcfuse, fusion, blend: exactly this many; adaptive: at most
+        (cacheblend, query, prophet, prophet2, qcfuse, fusion, fusionqc, blend: exactly this many; adaptive: at most
         this many; epic with epic_k=0: k per chunk derived from it; ape: unused).
     calibrated: use the ratio `chunkcache calibrate` stored for this model (blend/model_profile.py) instead of
         recompute_ratio; a model never calibrated is an error naming the fix.
@@ -43,12 +43,12 @@ class BlendConfig:
         anchor-estimated segment (its offset is already estimated; chunk-path segments get the mode's k).
     ape_temperature, ape_scale: APE's attention temperature T and scaling factor S on the attention
         from the suffix to the context tokens (APE repo default 0.9 / 0.9; T=S=1 is naive).
-    critical_layers: qcfuse's layers where the question's attention scores the context (empty: the model's
-        profiled layers, else the fallback in blend/qcfuse.py).
+    critical_layers: qcfuse's (and fusionqc's) layers where the question's attention scores the context (empty:
+        the model's profiled layers, else the fallback in blend/qcfuse.py).
     score_layers: blend's layers where the suffix's attention over the naive cache scores the context (empty:
         every layer); the scoring pass stops after the last of them.
-    anchor_ratio, anchor_sinks: qcfuse's anchors per chunk: anchor_ratio of its tokens, the first anchor_sinks
-        of them always (QCFuse's release: 0.15 and 4).
+    anchor_ratio, anchor_sinks: qcfuse's (and fusionqc's) anchors per chunk: anchor_ratio of its tokens, the first
+        anchor_sinks of them always (QCFuse's release: 0.15 and 4).
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
         anchor offsets; blend/anchoring.py) before the mode's selection runs. Named "kvcomm" (with mode
         naive: nothing recomputed) or "kvcomm+<mode>" (see `named`).

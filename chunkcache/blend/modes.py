@@ -51,6 +51,10 @@ Guessed or left out (the papers' text available here did not settle it):
     as one selection: the question over the whole cached context at every layer, per-layer shares averaged, top
     ratio, recomputed; under that reading `prophet` is already both stages, fused by the max instead of the mean.)
   - qcfuse, fusion: see blend/qcfuse.py and blend/fusion.py.
+  - fusionqc: each chunk's anchors are chosen over its fused entry (the KV placed), and remembered per entry; the
+    critical layers are the model's qcfuse profile, which was measured over plain entries (not re-profiled for
+    fused ones). Its fallback without fused contexts is blend, not qcfuse: the two tie on HotpotQA test (200
+    examples) and blend leads on MuSiQue test (agreement 0.744 against 0.665; BENCHMARKS.md).
 """
 
 from __future__ import annotations
