@@ -7,8 +7,8 @@ the mode (default: the default mode) runs at every ratio tried, next to full pre
   KL         teacher-forced KL(full || mode) over full prefill's answer tokens, and top-1 agreement.
 The picked ratio is the smallest whose mean agreement >= target_agreement (and mean KL <= target_kl when set);
 when none meets the target, 1.0 (everything recomputed: exact) is stored and `met` is false. It is stored
-under the model's fingerprint and the mode that ran (blend/model_profile.py: a fused mode over requests without fused
-contexts runs blend); BlendConfig(calibrated=True), the server's `calibrated` request field and `chunkcache ask
+under the model's fingerprint and the mode that ran (blend/model_profile.py: a fused mode over requests without
+fused contexts runs blend); BlendConfig(calibrated=True), the server's `calibrated` request field and `chunkcache ask
 --calibrated` then use the ratio of the mode each request runs. `chunkcache calibrate` in a fused mode calibrates
 its fallback, blend, on the same sample too.
 """

@@ -11,8 +11,8 @@ placeholders (anchored, KVCOMM) and the literal text between them. Modes (BlendC
               layer fresh K/V of the computed tokens are compared with the cached ones and the set is
               narrowed, down to recompute_ratio * context tokens; their fresh K/V overwrite the cache;
   adaptive    as cacheblend, the count chosen per request from the deviation mass (capped by the ratio);
-  epic, ape, query, prophet, prophet2, qcfuse, fusion, fusionqc, blend: the published successors and chunkcache's own
-              default, each a selector in blend/modes.py feeding the same recompute loop.
+  epic, ape, query, prophet, prophet2, qcfuse, fusion, fusionqc, blend: the published successors and
+              chunkcache's own, each a selector in blend/modes.py feeding the same recompute loop.
 With cfg.kvcomm the anchored placeholders are first placed from the KVCOMM anchor estimate
 (blend/anchoring.py); a rejected one makes the prompt from there on fresh (computed) and becomes an anchor.
 The suffix (and any fresh region) is computed in every mode. With cfg.calibrated the ratio is the one stored for
@@ -141,10 +141,10 @@ class Blender:
         n = req.num_tokens
         if n > r.max_positions:
             raise ValueError(f"prompt of {n} tokens exceeds the model context of {r.max_positions}")
-        asked = cfg.mode
-        unfused = req.runs(asked) != asked
+        asked, ran = cfg.mode, req.runs(cfg.mode)
+        unfused = ran != asked
         if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
-            cfg = replace(cfg, mode=req.runs(asked))
+            cfg = replace(cfg, mode=ran)
         if cfg.calibrated:  # the ratio calibrated for the mode that runs
             cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint, mode=cfg.mode), calibrated=False)
         anchored = cfg.kvcomm and bool(req.placeholders)
@@ -191,7 +191,8 @@ class Blender:
             if cfg.mode == "naive" or fresh <= placed:
                 hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
             else:
-                hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed), entries)
+                hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed),
+                                     entries)
             stats.timings["compute"] = time.perf_counter() - t0 - (loader.load_s - load0)  # loads excluded
         finally:
             loader.close()

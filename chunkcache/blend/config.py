@@ -23,8 +23,8 @@ class BlendConfig:
 
     mode: one of MODES (see blend/blender.py and blend/modes.py for what each one recomputes).
     recompute_ratio: fraction of context (chunk) tokens recomputed from the check layer on
-        (cacheblend, query, prophet, prophet2, qcfuse, fusion, fusionqc, blend: exactly this many; adaptive: at most
-        this many; epic with epic_k=0: k per chunk derived from it; ape: unused).
+        (cacheblend, query, prophet, prophet2, qcfuse, fusion, fusionqc, blend: exactly this many; adaptive: at
+        most this many; epic with epic_k=0: k per chunk derived from it; ape: unused).
     calibrated: use the ratio `chunkcache calibrate` stored for this model (blend/model_profile.py) instead of
         recompute_ratio; a model never calibrated is an error naming the fix.
     check_layers: layers where fresh K/V are compared with cached K/V. Layers before the first are

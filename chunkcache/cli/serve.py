@@ -240,7 +240,8 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     ingest.add_argument("--overlap-tokens", type=int, default=32)
     ingest.add_argument("--no-fused", dest="fused", action="store_false",
                         help="skip each chunk's fused entry (read by the fused modes, the default among them: "
-                             "about 3x the plain precompute; without it the first request holding the chunk computes it)")
+                             "about 3x the plain precompute; without it the first request holding the chunk "
+                             "computes it)")
     ingest.set_defaults(func=cmd_ingest)
 
     ask = sub.add_parser("ask", help="retrieve from the index and answer with blending", parents=parents)

@@ -53,7 +53,7 @@ def _result(mode, ratio):
     return {"mode": mode, "recompute_ratio": ratio, "met": True, "n": 1, "rows": [], "config": {"mode": mode}}
 
 
-def test_the_fused_default_and_its_blend_fallback_each_run_at_their_own_calibrated_ratio(tiny_blender, tmp_path, monkeypatch):
+def test_the_fused_default_and_its_blend_fallback_each_run_at_their_own_ratio(tiny_blender, tmp_path, monkeypatch):
     monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
     fp = tiny_blender.runner.fingerprint
     plain = _requests(1)[0]
