@@ -6,6 +6,7 @@ pins its use of LMCache's private hash function to the installed version)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -45,10 +46,29 @@ class LMCacheServer:
                 assert self.proc.poll() is None and time.monotonic() < deadline, "lmcache.v1.server did not start"
                 time.sleep(0.1)
 
+    def pause(self) -> None:
+        """SIGSTOP, then wait until every thread has stopped. kill() returns before the group stop reaches the
+        server's connection threads, so on a busy machine a thread could still answer one more call."""
+        self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not all(_state(f"/proc/{self.proc.pid}/task/{t}/stat") == "T"
+                      for t in os.listdir(f"/proc/{self.proc.pid}/task")):
+            assert time.monotonic() < deadline, "lmcache.v1.server did not stop"
+            time.sleep(0.01)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGCONT)
         self.proc.kill()
         self.proc.wait(10)
+
+
+def _state(stat_path: str) -> str:
+    """A thread's state letter from /proc/<pid>/task/<tid>/stat ("T": stopped); a thread gone counts as "T"."""
+    try:
+        with open(stat_path) as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return "T"
 
 
 @pytest.fixture()
@@ -75,7 +95,7 @@ def test_a_paused_server_times_out_every_call_and_closes_the_bridge(server, tiny
     kv = ChunkSource(tiny_runner, DictStore(), PREFIX).compute(CHUNK, PREFIX)
     b = bridge(server.url, tiny_runner)
     b.put(kv, PREFIX)
-    server.proc.send_signal(signal.SIGSTOP)
+    server.pause()
     t0 = time.monotonic()
     with pytest.raises(LMCacheUnavailable, match=r"GET: the LMCache server at .* failed \(no answer within 1s\)"):
         b.get(CHUNK, PREFIX)
@@ -87,7 +107,7 @@ def test_a_paused_server_times_out_every_call_and_closes_the_bridge(server, tiny
 
 def test_constructor_failing_after_connect_leaves_no_thread_or_socket(server, tiny_runner) -> None:  # type: ignore[no-untyped-def]
     before = _threads()
-    server.proc.send_signal(signal.SIGSTOP)  # connects (the kernel's backlog), never answers the model check
+    server.pause()  # connects (the kernel's backlog), never answers the model check
     t0 = time.monotonic()
     with pytest.raises(LMCacheUnavailable, match=r"GET: .*\(no answer within 1s\)"):
         bridge(server.url, tiny_runner)
