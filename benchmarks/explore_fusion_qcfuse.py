@@ -17,11 +17,15 @@ from explore_fusion_selection import explore
 
 from chunkcache.blend.config import BlendConfig
 
+SIX = (3, 5, 6, 8, 9, 10)  # the shipped profile's 6 best layers (3 is the default, TOP_CRITICAL)
 CONFIGS = {"qcfuse": BlendConfig(mode="qcfuse"), "fusion": BlendConfig(mode="fusion"),
            "fusionqc": BlendConfig(mode="fusionqc"),
            "qcfuse@0.1": BlendConfig(mode="qcfuse", recompute_ratio=0.1),
            "fusion@0.1": BlendConfig(mode="fusion", recompute_ratio=0.1),
-           "fusionqc@0.1": BlendConfig(mode="fusionqc", recompute_ratio=0.1)}
+           "fusionqc@0.1": BlendConfig(mode="fusionqc", recompute_ratio=0.1),
+           "fusionqc_l6": BlendConfig(mode="fusionqc", critical_layers=SIX),
+           "fusionqc_a30": BlendConfig(mode="fusionqc", anchor_ratio=0.3),
+           "fusionqc_l6_a30": BlendConfig(mode="fusionqc", critical_layers=SIX, anchor_ratio=0.3)}
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from chunkcache.blend.anchor_memo import AnchorMemo
 from chunkcache.blend.anchoring import AnchorIndex, Placement, measure, place_anchored
 from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.blend.config import FUSED_MODES, BlendConfig
@@ -96,14 +97,16 @@ def run_steps(steps: PrefillSteps) -> BlendResult:
 
 class Blender:
     """anchors: the KVCOMM anchor pool (needed by kvcomm modes on requests with placeholders); prefix_cache:
-    recent prompts for prefix mode (None: the request's exact prefix only)."""
+    recent prompts for prefix mode (None: the request's exact prefix only); anchor_memo: qcfuse's per-chunk
+    anchors, remembered across requests (the engine's, warmed at ingestion; default: this blender's own)."""
 
     def __init__(self, runner: ModelRunner, source: ChunkSource, anchors: AnchorIndex | None = None,
-                 prefix_cache: PrefixCache | None = None) -> None:
+                 prefix_cache: PrefixCache | None = None, anchor_memo: AnchorMemo | None = None) -> None:
         self.runner = runner
         self.source = source
         self.anchors = anchors
         self.prefix_cache = prefix_cache
+        self.anchor_memo = anchor_memo if anchor_memo is not None else AnchorMemo()
 
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
         """Run the prompt and return the merged cache and last-token logits. reserve: extra capacity for decode."""
@@ -251,7 +254,7 @@ class Blender:
         n_cand = fresh - placed
         budget = round(cfg.recompute_ratio * (fresh - len(req.prefix_ids)))
         sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all, anchored,
-                                loader.load, entries))
+                                loader.load, entries, self.anchor_memo))
         if sel.keep is not None:
             positions = torch.cat((placed + sel.keep, positions[n_cand:]))
             n_cand = sel.keep.numel()

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
+from chunkcache.blend.anchor_memo import AnchorMemo
 from chunkcache.blend.blender import Blender, BlendResult, PrefillSteps
 from chunkcache.blend.chunk_source import ChunkSource, KVStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM, PromptBuilder, PromptTemplate
+from chunkcache.blend.qcfuse import critical_layers
 from chunkcache.blend.request import BlendRequest
 from chunkcache.config import EngineConfig, check_config
 from chunkcache.runner.decode import SamplingConfig, decode_steps, eos_token_ids
@@ -39,7 +41,8 @@ class ChunkCacheEngine:
         self.tokenizer = runner.tokenizer
         self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
         self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
-        self.blender = Blender(runner, self.source)
+        self.anchor_memo = AnchorMemo()
+        self.blender = Blender(runner, self.source, anchor_memo=self.anchor_memo)
         self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
 
     @classmethod
@@ -66,6 +69,16 @@ class ChunkCacheEngine:
         if self.prompts.prefix_ids:
             self.source.get(self.prompts.prefix_ids, ())
         return keys
+
+    def warm_anchors(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None,
+                     cfg: BlendConfig = BlendConfig()) -> bool:
+        """Compute qcfuse's anchors of the entry of token_ids behind context_ids (default: the precompute
+        context) at cfg's anchor_ratio / anchor_sinks and critical layers (default: what the default mode reads),
+        so the first request that places the entry does not (blend/anchor_memo.py). False when already held."""
+        last = max(critical_layers(self.runner, cfg.critical_layers))
+        ctx = self.source.context_ids if context_ids is None else tuple(context_ids)
+        return self.anchor_memo.warm(self.runner, self.source, tuple(token_ids), ctx, last, cfg.anchor_ratio,
+                                     cfg.anchor_sinks)
 
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
         return self.blender.prefill(req, cfg, reserve)

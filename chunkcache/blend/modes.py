@@ -51,9 +51,9 @@ Guessed or left out (the papers' text available here did not settle it):
     as one selection: the question over the whole cached context at every layer, per-layer shares averaged, top
     ratio, recomputed; under that reading `prophet` is already both stages, fused by the max instead of the mean.)
   - qcfuse, fusion: see blend/qcfuse.py and blend/fusion.py.
-  - fusionqc: each chunk's anchors are chosen over its fused entry (the KV placed), and remembered per entry; the
-    critical layers are the model's qcfuse profile, which was measured over plain entries (not re-profiled for
-    fused ones). Its fallback without fused contexts is blend, not qcfuse: the two tie on HotpotQA test (200
+  - fusionqc: each chunk's anchors are chosen over its fused entry (the KV placed), computed when the entry is
+    ingested and remembered per entry (blend/anchor_memo.py); the critical layers are the model's qcfuse
+    profile, which was measured over plain entries (not re-profiled for fused ones). Its fallback without fused contexts is blend, not qcfuse: the two tie on HotpotQA test (200
     examples) and blend leads on MuSiQue test (agreement 0.744 against 0.665; BENCHMARKS.md).
 """
 
@@ -66,7 +66,8 @@ import torch
 
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.probe import suffix_attention_by_layer
-from chunkcache.blend.qcfuse import anchors_for, critical_layers, view_importance
+from chunkcache.blend.anchor_memo import AnchorMemo
+from chunkcache.blend.qcfuse import critical_layers, view_importance
 from chunkcache.blend.recompute import selective_recompute
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import adaptive_count, random_tokens, top_tokens
@@ -81,7 +82,8 @@ class Candidates:
     fresh: positions from it on are computed in full (the suffix, or from a placeholder KVCOMM rejected);
     budget: context tokens the mode may recompute; load_all(): load every layer of the placed chunk KV;
     entries: per placed chunk index, what its KV was computed behind (the precompute context's token ids, or
-    ("response",)): with the chunk's tokens it determines that KV (qcfuse's anchors are remembered by it)."""
+    ("response",)): with the chunk's tokens it determines that KV (qcfuse's anchors are remembered by it in
+    anchor_memo)."""
 
     runner: ModelRunner
     cache: KVCache
@@ -95,6 +97,7 @@ class Candidates:
     anchored: frozenset[int] = frozenset()  # chunk indices placed from a KVCOMM anchor estimate
     load_to: Callable[[int], None] | None = None  # load layers 0..l of the placed chunk KV (None: load_all)
     entries: Mapping[int, tuple] = field(default_factory=dict)
+    anchor_memo: AnchorMemo = field(default_factory=AnchorMemo)  # qcfuse's anchors per entry (the engine's)
 
     @property
     def count(self) -> int:
@@ -203,8 +206,8 @@ def _qcfuse(c: Candidates) -> Selection:
     cand = c.chunk_spans()
     spans = [(c.placed + s, c.placed + e) for _, s, e in cand]
     sink_ids = tuple(c.req.token_ids()[:min(cfg.anchor_sinks, c.placed)])  # host ids: no device sync
-    anchors = [anchors_for(r, c.cache, sink_ids, c.entries.get(i, ()), c.req.chunks[i], s, last, cfg.anchor_ratio,
-                           cfg.anchor_sinks) for (i, _, _), (s, _) in zip(cand, spans)]
+    anchors = [c.anchor_memo.get(r, c.cache, sink_ids, c.entries.get(i, ()), c.req.chunks[i], s, last,
+                                 cfg.anchor_ratio, cfg.anchor_sinks) for (i, _, _), (s, _) in zip(cand, spans)]
     importance = view_importance(r, c.cache, c.ids[c.fresh:], c.placed, c.fresh, spans, anchors, layers)
     return Selection(keep=top_tokens(importance.mean(0), c.budget))
 

@@ -8,8 +8,9 @@ sparse/qcfuse/digest_index.py), reproduced here without its code:
      [the first `anchor_sinks` tokens of the system prefix | the chunk | the prompt, causal]; a chunk token's
      score is the largest softmax mass any head and prompt query puts on it. A chunk's anchors at that layer
      are its first `anchor_sinks` tokens, then its best-scored ones, `anchor_ratio` (0.15) of the chunk in
-     all. Offline in the release; here computed from the chunk's cached KV on first use (the same KV the
-     store holds, only shifted) and kept in an in-process LRU by chunk tokens.
+     all. Offline in the release; here computed from the chunk's placed KV (the same KV the store holds,
+     only shifted) at ingestion for fused entries, else on first use, and remembered per engine and entry
+     (blend/anchor_memo.py).
   2. Compressed view. The question (the request's suffix) is run through layers 0..max(critical) over
      [the exact prefix | every chunk's anchors of that layer], each key at its place in the prompt (relative
      RoPE distances kept), so only a few percent of the context is read and only those layers need loading.
@@ -28,8 +29,6 @@ sinks); the fallback layers; that the whole suffix (question and template tail) 
 from __future__ import annotations
 
 import torch
-from cachetools import LRUCache
-
 from chunkcache.blend.model_profile import read_profile, shipped_profile
 from chunkcache.blend.probe import suffix_mass
 from chunkcache.blend.segment import rotate
@@ -41,8 +40,6 @@ ZIP_TEXT = "\n\nRepeat the previous context exactly."  # the release's reconstru
 TEST_ZIP_IDS = (5, 6, 7, 8, 9, 10)  # stand-in for a runner without a tokenizer (the tiny test model)
 TOP_CRITICAL = 3  # the release's DEFAULT_CRITICAL_LAYERS
 FALLBACK_SPAN = 3  # unprofiled model: this many layers around the middle
-
-_anchor_cache: LRUCache = LRUCache(maxsize=8192)
 
 
 def zip_ids(runner: ModelRunner) -> tuple[int, ...]:
@@ -110,19 +107,6 @@ def chunk_anchors(runner: ModelRunner, cache: KVCache, offset: int, length: int,
         out[layer] = score.topk(count).indices.sort().values
         hidden = runner.attend_mlp(layer, hidden, q, work, plan)
     return out
-
-
-def anchors_for(runner: ModelRunner, cache: KVCache, sink_ids: tuple[int, ...], entry: tuple, chunk: tuple[int, ...],
-                offset: int, last: int, ratio: float, sinks: int) -> torch.Tensor:
-    """`chunk_anchors` (sinks: the prompt's first tokens, sink_ids), remembered per (model, sink tokens, entry,
-    chunk tokens, layers, ratio, sinks): a chunk's anchors depend on its cached KV, which the chunk's tokens and
-    `entry` (what that KV was computed behind: the plain entry's context, a fused context) determine."""
-    key = (runner.fingerprint, sink_ids, entry, chunk, last, ratio, sinks)
-    got = _anchor_cache.get(key)
-    if got is None:
-        got = _anchor_cache[key] = chunk_anchors(runner, cache, offset, len(chunk), len(sink_ids), last, ratio,
-                                                 sinks)
-    return got.to(runner.device)
 
 
 @torch.inference_mode()

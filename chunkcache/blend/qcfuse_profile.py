@@ -19,7 +19,8 @@ from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.model_profile import update_profile
 from chunkcache.blend.probe import suffix_attention_by_layer
-from chunkcache.blend.qcfuse import TOP_CRITICAL, anchors_for, view_importance
+from chunkcache.blend.anchor_memo import AnchorMemo
+from chunkcache.blend.qcfuse import TOP_CRITICAL, view_importance
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import top_tokens
 from chunkcache.runner.runner import ModelRunner
@@ -49,6 +50,7 @@ def profile_critical_layers(runner: ModelRunner, requests: list[BlendRequest], r
         raise ValueError("requests: the profiling sample is empty")
     layers = tuple(range(runner.n_layers))
     total = torch.zeros(runner.n_layers, dtype=torch.float64)
+    memo = AnchorMemo()
     for req in requests:
         source = ChunkSource(runner, DictStore(), req.prefix_ids)
         naive = Blender(runner, source).prefill(req, BlendConfig(mode="naive")).cache
@@ -62,8 +64,8 @@ def profile_critical_layers(runner: ModelRunner, requests: list[BlendRequest], r
         want = top_tokens(oracle, budget)
         spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
         sink_ids = req.token_ids()[:min(anchor_sinks, placed)]
-        anchors = [anchors_for(runner, naive, tuple(sink_ids), source.context_ids, c, o, layers[-1], anchor_ratio,
-                               anchor_sinks)
+        anchors = [memo.get(runner, naive, tuple(sink_ids), source.context_ids, c, o, layers[-1], anchor_ratio,
+                            anchor_sinks)
                    for c, (o, _) in zip(req.chunks[1:], spans)]
         per_layer = view_importance(runner, naive, ids[fresh:], placed, fresh, spans, anchors, layers)
         for layer in layers:

@@ -53,7 +53,8 @@ def cmd_demo(args) -> int:
         req, fusion = fused_request(engine, req, Embedder().encode(chunks))
         print(f"precomputed the fused entries (each chunk behind its 2 nearest) in "
               f"{fusion['fusion_precompute_s']:.1f}s: {fusion['fusion_extra_tokens']} tokens beyond the "
-              f"{fusion['plain_tokens']} plain ones")
+              f"{fusion['plain_tokens']} plain ones; their anchors (fusionqc's selection) in "
+              f"{fusion['anchors_s']:.2f}s")
     print(f"question: {ex['question']}\ngold answers: {ex['answers']}")
     full = engine.generate(req, BlendConfig(mode="full"))
     blend = engine.generate(req, BlendConfig(mode=args.mode, recompute_ratio=args.recompute_ratio))

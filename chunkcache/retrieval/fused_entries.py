@@ -59,17 +59,18 @@ def precompute_fused_entries(engine: ChunkCacheEngine, index: ChunkIndex, texts:
 
 
 def _ensure(engine: ChunkCacheEngine, texts: Sequence[str], near: Sequence[list[tuple[int, ...]] | None]) -> int:
-    """Each text's entry behind its neighbours' tokens near[i] (None: skipped), computed unless stored; the
-    neighbours' tokens computed (0 for entries already stored)."""
+    """Each text's entry behind its neighbours' tokens near[i] (None: skipped), computed unless stored, and its
+    qcfuse anchors (read by fusionqc, the default) unless the engine holds them; returns the neighbours' tokens
+    computed (0 for entries already stored)."""
     extra = 0
     for text, ns in zip(texts, near, strict=True):
         if ns is None:  # not indexed: its neighbours come from each request's own chunks
             continue
         ids, ctx = engine.prompts.chunk_ids(text), contexts(engine.source.context_ids, [ns])[0]
-        if engine.source.holds(ids, ctx):
-            continue
-        _, hit = engine.source.get(ids, ctx)
-        extra += 0 if hit else len(ctx) - len(engine.source.context_ids)
+        if not engine.source.holds(ids, ctx):
+            _, hit = engine.source.get(ids, ctx)
+            extra += 0 if hit else len(ctx) - len(engine.source.context_ids)
+        engine.warm_anchors(ids, ctx)
     return extra
 
 

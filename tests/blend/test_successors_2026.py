@@ -10,7 +10,7 @@ from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, BlendConfig
 from chunkcache.blend.fusion import fuse, fused_contexts, neighbours, precompute_fused, with_fused
 from chunkcache.blend.modes import PROPHET_STAGE1_SHARE, _prophet_fused
 from chunkcache.blend.probe import suffix_attention_by_layer
-from chunkcache.blend.qcfuse import anchor_count, anchors_for, chunk_anchors, view_importance
+from chunkcache.blend.qcfuse import anchor_count, chunk_anchors, view_importance
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import top_tokens
 from chunkcache.store.keys import chunk_key
@@ -77,8 +77,6 @@ def test_qcfuse_anchors_are_the_sinks_and_the_best_scored(tiny_blender):
     assert (got[:, :4] == torch.arange(4)).all()
     assert (got[:, 1:] > got[:, :-1]).all()
     assert not torch.equal(got[0], got[2])  # per layer
-    again = anchors_for(r, cache, PREFIX, PREFIX, req.chunks[1], off, 2, 0.3, 4)
-    assert torch.equal(again, anchors_for(r, cache, PREFIX, PREFIX, req.chunks[1], off, 2, 0.3, 4))
 
 
 def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender):

@@ -1,10 +1,12 @@
-"""Ingestion precomputes each chunk's fused entry behind its corpus neighbours (FusionRAG's offline step), so a
-request over indexed chunks in the default mode (fusion) finds every entry it places and computes none."""
+"""Ingestion precomputes each chunk's fused entry behind its corpus neighbours (FusionRAG's offline step) and its
+qcfuse anchors, so a request over indexed chunks in the default mode (fusionqc) finds every entry it places and
+computes neither entries nor anchors."""
 
 from __future__ import annotations
 
 import torch
 
+from chunkcache.blend import anchor_memo
 from chunkcache.blend.chunk_source import DictStore
 from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
@@ -40,7 +42,11 @@ def _fused_stored(engine: ChunkCacheEngine, text: str, neighbours: list[str]) ->
     return engine.source.key(tuple(ids(text)), ctx) in engine.source.store._items
 
 
-def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> None:
+def _no_anchors(*args, **kwargs):  # type: ignore[no-untyped-def]
+    raise AssertionError("anchors computed on the request path")
+
+
+def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm, monkeypatch) -> None:
     engine, index, res, texts = _ingested(smollm)
     assert len(texts) >= 6 and res.stage_seconds["fusion"] > 0
 
@@ -51,13 +57,17 @@ def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm) -> Non
     assert all(_fused_stored(engine, text, ns) for text, ns in zip(texts, near))
     assert res.fusion_extra_tokens == sum(len(ids(x)) for ns in near for x in ns)
 
-    # a request over indexed chunks, in the default mode: every fused entry found, none computed
+    # a request over indexed chunks, in the default mode: every fused entry found, none computed, and every
+    # chunk's anchors computed at ingestion (the refresh's entries too: at least one row per chunk)
+    assert len(engine.anchor_memo) >= len(texts)
+    monkeypatch.setattr(anchor_memo, "chunk_anchors", _no_anchors)
     pick = [texts[-1], texts[0], texts[len(texts) // 2]]
     req = fuse_request(engine, engine.prompts.request(pick, "Which survey item is largest?"), pick,
                        index.embedder, index)
     out = engine.prefill(req, BlendConfig())
     assert out.stats.mode == DEFAULT_MODE and not out.stats.fallbacks
     assert out.stats.chunk_misses == 0 and out.stats.chunk_hits >= len(pick)
+    monkeypatch.undo()
 
     again = Ingestor(engine, index, CHUNKING).ingest(_docs())  # same corpus: every entry already stored
     assert again.fusion_extra_tokens == 0
