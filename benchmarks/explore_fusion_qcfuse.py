@@ -25,6 +25,7 @@ CONFIGS = {"qcfuse": BlendConfig(mode="qcfuse"), "fusion": BlendConfig(mode="fus
            "fusionqc@0.1": BlendConfig(mode="fusionqc", recompute_ratio=0.1),
            "fusionqc_l6": BlendConfig(mode="fusionqc", critical_layers=SIX),
            "fusionqc_a30": BlendConfig(mode="fusionqc", anchor_ratio=0.3),
+           "fusionqc_a30@0.1": BlendConfig(mode="fusionqc", anchor_ratio=0.3, recompute_ratio=0.1),
            "fusionqc_l6_a30": BlendConfig(mode="fusionqc", critical_layers=SIX, anchor_ratio=0.3)}
 
 

@@ -41,10 +41,10 @@ def explore(configs: dict[str, BlendConfig], argv: list[str]) -> None:
     for i, ex in enumerate(load_suite(suite, split, limit)):
         req = task_request(engine.prompts, ex)
         engine.precompute(list(ex.chunks))
-        fused, _ = fused_request(engine, req, embedder.encode(list(ex.chunks)))
+        fused, ingest = fused_request(engine, req, embedder.encode(list(ex.chunks)))
         res = evaluate_request(engine, list(ex.chunks), req, configs, suite.max_new,
                                repeats=3 if i < timed else 1, fused=fused)
-        rows.append({"id": ex.id, "timed": i < timed, "modes": score_rows(res, ex, suite.score)})
+        rows.append({"id": ex.id, "timed": i < timed, **ingest, "modes": score_rows(res, ex, suite.score)})
         print(i, "  ".join(f"{k}: agree={rows[-1]['modes'][k]['agreement_f1']:.2f} kl={rows[-1]['modes'][k]['tf_kl']:.3f}"
                            for k in configs), flush=True)
     result = {"suite": suite.name, "split": split, "summary": summary(rows), "rows": rows}
