@@ -15,6 +15,8 @@ for deeper layers computes them and replaces the row set.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from cachetools import LRUCache
 
@@ -23,24 +25,30 @@ from chunkcache.blend.qcfuse import chunk_anchors
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.runner import ModelRunner
 
-MEMO_ENTRIES = 8192  # about 100 KB per 1,000 entries of 130 tokens x 10 layers (int64 indices)
+MEMO_ENTRIES = 8192  # about 1.6 KB an entry (a 130-token chunk: 20 anchors x 10 layers, int64): 13 MB when full
 
 
 class AnchorMemo:
     """An LRU of anchors [k, a] (layers 0..k-1, chunk-relative indices) keyed by (model, sink tokens, entry,
-    chunk tokens, anchor ratio, sinks). One per engine; not shared between processes."""
+    chunk tokens, anchor ratio, sinks). One per engine, not shared between processes; safe to use from an
+    ingestion thread beside the request path (the LRU is locked, computing is not)."""
 
     def __init__(self, capacity: int = MEMO_ENTRIES) -> None:
         if capacity < 1:
             raise ValueError(f"capacity: must be >= 1, got {capacity}")
         self._rows: LRUCache = LRUCache(maxsize=capacity)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rows)
 
+    def _row(self, key: tuple) -> torch.Tensor | None:
+        with self._lock:
+            return self._rows.get(key)
+
     def holds(self, runner: ModelRunner, sink_ids: tuple[int, ...], entry: tuple, chunk: tuple[int, ...],
               last: int, ratio: float, sinks: int) -> bool:
-        got = self._rows.get((runner.fingerprint, sink_ids, entry, chunk, ratio, sinks))
+        got = self._row((runner.fingerprint, sink_ids, entry, chunk, ratio, sinks))
         return got is not None and got.shape[0] > last
 
     def get(self, runner: ModelRunner, cache: KVCache, sink_ids: tuple[int, ...], entry: tuple,
@@ -48,10 +56,11 @@ class AnchorMemo:
         """Anchors [last + 1, a] of the chunk at cache positions offset..offset+len(chunk) (sinks: the prompt's
         first tokens, sink_ids, at 0..len(sink_ids)), from the memo or computed and kept."""
         key = (runner.fingerprint, sink_ids, entry, chunk, ratio, sinks)
-        got = self._rows.get(key)
+        got = self._row(key)
         if got is None or got.shape[0] <= last:
-            got = self._rows[key] = chunk_anchors(runner, cache, offset, len(chunk), len(sink_ids), last, ratio,
-                                                  sinks)
+            got = chunk_anchors(runner, cache, offset, len(chunk), len(sink_ids), last, ratio, sinks)
+            with self._lock:
+                self._rows[key] = got
         return got[:last + 1].to(runner.device)
 
     @torch.inference_mode()
