@@ -45,7 +45,8 @@ def _recall(a: torch.Tensor, b: torch.Tensor) -> float:
 def profile_critical_layers(runner: ModelRunner, requests: list[BlendRequest], ratio: float = 0.15,
                             anchor_ratio: float = 0.15, anchor_sinks: int = 4, top: int = TOP_CRITICAL
                             ) -> LayerProfile:
-    """Measure every layer on `requests` (chunks precomputed behind each request's prefix) and pick the best `top`."""
+    """Measure every layer on `requests` (chunks precomputed behind each request's prefix; a request with fused
+    contexts places its fused entries, as fusionqc does) and pick the best `top`."""
     if not requests:
         raise ValueError("requests: the profiling sample is empty")
     layers = tuple(range(runner.n_layers))
@@ -53,7 +54,8 @@ def profile_critical_layers(runner: ModelRunner, requests: list[BlendRequest], r
     memo = AnchorMemo()
     for req in requests:
         source = ChunkSource(runner, DictStore(), req.prefix_ids)
-        naive = Blender(runner, source).prefill(req, BlendConfig(mode="naive")).cache
+        placement = BlendConfig(mode="fusion", recompute_ratio=0.0) if req.fused else BlendConfig(mode="naive")
+        naive = Blender(runner, source).prefill(req, placement).cache  # the entries placed, nothing recomputed
         placed, fresh = len(req.prefix_ids) + len(req.chunks[0]), req.suffix_start
         naive.truncate(fresh)
         ids = torch.tensor(req.token_ids(), dtype=torch.int64, device=runner.device)
@@ -64,9 +66,9 @@ def profile_critical_layers(runner: ModelRunner, requests: list[BlendRequest], r
         want = top_tokens(oracle, budget)
         spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
         sink_ids = req.token_ids()[:min(anchor_sinks, placed)]
-        anchors = [memo.get(runner, naive, tuple(sink_ids), source.context_ids, c, o, layers[-1], anchor_ratio,
-                            anchor_sinks)
-                   for c, (o, _) in zip(req.chunks[1:], spans)]
+        entries = req.fused[1:] if req.fused else [source.context_ids] * len(spans)
+        anchors = [memo.get(runner, naive, tuple(sink_ids), e, c, o, layers[-1], anchor_ratio, anchor_sinks)
+                   for c, (o, _), e in zip(req.chunks[1:], spans, entries)]
         per_layer = view_importance(runner, naive, ids[fresh:], placed, fresh, spans, anchors, layers)
         for layer in layers:
             total[layer] += _recall(top_tokens(per_layer[layer], budget), want)

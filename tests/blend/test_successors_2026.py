@@ -230,3 +230,5 @@ def test_critical_layer_profile_is_stored_per_model_and_used(tiny_blender, tmp_p
     store_profile(r, prof)
     assert critical_layers(r) == prof.critical
     assert critical_layers(r, (0,)) == (0,)  # the request's own layers win
+    fused = profile_critical_layers(r, [_fusion_request(8), _fusion_request(9)], ratio=0.2, top=2)
+    assert fused.recall != prof.recall  # the same chunks and questions, measured over their fused entries
