@@ -24,6 +24,7 @@ from chunkcache.blend.chunk_source import ChunkSource
 from chunkcache.blend.qcfuse import chunk_anchors
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.runner import ModelRunner
+from chunkcache.store.chunk_kv import ChunkKV
 
 MEMO_ENTRIES = 8192  # about 1.6 KB an entry (a 130-token chunk: 20 anchors x 10 layers, int64): 13 MB when full
 
@@ -65,18 +66,19 @@ class AnchorMemo:
 
     @torch.inference_mode()
     def warm(self, runner: ModelRunner, source: ChunkSource, chunk: tuple[int, ...], context_ids: tuple[int, ...],
-             last: int, ratio: float, sinks: int) -> bool:
-        """Compute the anchors of the stored entry of `chunk` behind `context_ids` (computed and stored when
-        missing), as a request whose prompt starts with that context's first `sinks` tokens would: the sinks'
-        KV from the entry of the context's prefix, the chunk right after them (anchors use relative positions
-        only). False when the memo already held them."""
+             last: int, ratio: float, sinks: int, kv: ChunkKV | None = None) -> bool:
+        """Compute the anchors of the stored entry of `chunk` behind `context_ids` (kv: that entry when the
+        caller already holds it; else read, computed and stored when missing), as a request whose prompt starts
+        with that context's first `sinks` tokens would: the sinks' KV from the entry of the context's prefix, the
+        chunk right after them (anchors use relative positions only). False when the memo already held them."""
         s = min(sinks, len(context_ids))
         sink_ids, prefix = tuple(context_ids[:s]), source.context_ids
         if self.holds(runner, sink_ids, tuple(context_ids), chunk, last, ratio, sinks):
             return False
         if s and (len(prefix) < s or tuple(prefix[:s]) != sink_ids):
             raise ValueError(f"context_ids: must start with the engine's precompute context's first {s} tokens")
-        kv, _ = source.get(chunk, tuple(context_ids))
+        if kv is None:
+            kv, _ = source.get(chunk, tuple(context_ids))
         n = len(chunk)
         cache = runner.new_cache(s + n)
         if s:

@@ -21,6 +21,7 @@ from chunkcache.runner.decode import SamplingConfig, decode_steps, eos_token_ids
 from chunkcache.runner.detokenize import Detokenizer
 from chunkcache.runner.loader import load_model
 from chunkcache.runner.runner import ModelRunner
+from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.chunk_store import ChunkStore
 
 __all__ = ["Answer", "ChunkCacheEngine", "EngineConfig"]
@@ -71,14 +72,15 @@ class ChunkCacheEngine:
         return keys
 
     def warm_anchors(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] | None = None,
-                     cfg: BlendConfig = BlendConfig()) -> bool:
+                     cfg: BlendConfig = BlendConfig(), kv: ChunkKV | None = None) -> bool:
         """Compute qcfuse's anchors of the entry of token_ids behind context_ids (default: the precompute
-        context) at cfg's anchor_ratio / anchor_sinks and critical layers (default: what the default mode reads),
-        so the first request that places the entry does not (blend/anchor_memo.py). False when already held."""
+        context; kv: that entry, when the caller has just read or computed it) at cfg's anchor_ratio /
+        anchor_sinks and critical layers (default: what the default mode reads), so the first request that
+        places the entry does not (blend/anchor_memo.py). False when already held."""
         last = max(critical_layers(self.runner, cfg.critical_layers))
         ctx = self.source.context_ids if context_ids is None else tuple(context_ids)
         return self.anchor_memo.warm(self.runner, self.source, tuple(token_ids), ctx, last, cfg.anchor_ratio,
-                                     cfg.anchor_sinks)
+                                     cfg.anchor_sinks, kv)
 
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
         return self.blender.prefill(req, cfg, reserve)

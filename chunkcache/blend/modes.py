@@ -65,9 +65,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from chunkcache.blend.anchor_memo import AnchorMemo
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.probe import suffix_attention_by_layer
-from chunkcache.blend.anchor_memo import AnchorMemo
 from chunkcache.blend.qcfuse import critical_layers, view_importance
 from chunkcache.blend.recompute import selective_recompute
 from chunkcache.blend.request import BlendRequest

@@ -29,6 +29,7 @@ sinks); the fallback layers; that the whole suffix (question and template tail) 
 from __future__ import annotations
 
 import torch
+
 from chunkcache.blend.model_profile import read_profile, shipped_profile
 from chunkcache.blend.probe import suffix_mass
 from chunkcache.blend.segment import rotate

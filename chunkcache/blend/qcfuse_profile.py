@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from chunkcache.blend.anchor_memo import AnchorMemo
 from chunkcache.blend.blender import Blender
 from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.model_profile import update_profile
 from chunkcache.blend.probe import suffix_attention_by_layer
-from chunkcache.blend.anchor_memo import AnchorMemo
 from chunkcache.blend.qcfuse import TOP_CRITICAL, view_importance
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import top_tokens

@@ -67,10 +67,11 @@ def _ensure(engine: ChunkCacheEngine, texts: Sequence[str], near: Sequence[list[
         if ns is None:  # not indexed: its neighbours come from each request's own chunks
             continue
         ids, ctx = engine.prompts.chunk_ids(text), contexts(engine.source.context_ids, [ns])[0]
+        kv = None  # a held entry is read only if its anchors are missing
         if not engine.source.holds(ids, ctx):
-            _, hit = engine.source.get(ids, ctx)
+            kv, hit = engine.source.get(ids, ctx)
             extra += 0 if hit else len(ctx) - len(engine.source.context_ids)
-        engine.warm_anchors(ids, ctx)
+        engine.warm_anchors(ids, ctx, kv=kv)
     return extra
 
 
