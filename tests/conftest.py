@@ -30,6 +30,21 @@ def tiny_blender(tiny_runner):
     return Blender(tiny_runner, source)
 
 
+def naive_context_cache(blender: Blender, req):
+    """The naive merged cache of req (every chunk placed, nothing recomputed), cut before the suffix."""
+    from chunkcache.blend.config import BlendConfig
+
+    cache = blender.prefill(req, BlendConfig(mode="naive")).cache
+    cache.truncate(req.suffix_start)
+    return cache
+
+
+@pytest.fixture
+def naive_cache():
+    """naive_context_cache, for tests that probe the cache a selector sees."""
+    return naive_context_cache
+
+
 @pytest.fixture(scope="session")
 def smollm_dir():
     """The default model's directory (SmolLM2-135M-Instruct), converted once into the user cache."""

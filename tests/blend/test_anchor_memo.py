@@ -25,17 +25,11 @@ def _request(seed=0, lens=(20, 33, 17, 25)):
     return BlendRequest.of(PREFIX, chunks, suffix, fused=fused_contexts(PREFIX, chunks, vecs, 2))
 
 
-def _naive_cache(blender, req):
-    cache = blender.prefill(req, BlendConfig(mode="naive")).cache
-    cache.truncate(req.suffix_start)
-    return cache
-
-
-def test_a_hit_serves_the_rows_and_deeper_layers_are_computed(tiny_runner):
+def test_a_hit_serves_the_rows_and_deeper_layers_are_computed(tiny_runner, naive_cache):
     r, memo = tiny_runner, AnchorMemo()
     blender = Blender(r, ChunkSource(r, DictStore(), PREFIX))
     req = _request()
-    cache, off, chunk = _naive_cache(blender, req), req.chunk_offsets[1], req.chunks[1]
+    cache, off, chunk = naive_cache(blender, req), req.chunk_offsets[1], req.chunks[1]
     want = chunk_anchors(r, cache, off, len(chunk), 4, 3, 0.3, 4)
     got = memo.get(r, cache, PREFIX[:4], PREFIX, chunk, off, 1, 0.3, 4)
     assert torch.equal(got, want[:2]) and len(memo) == 1

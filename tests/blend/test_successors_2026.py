@@ -30,12 +30,6 @@ def _fusion_request(seed=0):
     return BlendRequest.of(PREFIX, req.chunks, req.suffix_ids, fused=fused_contexts(PREFIX, req.chunks, vecs, 2))
 
 
-def _naive_cache(blender, req):
-    cache = blender.prefill(req, BlendConfig(mode="naive")).cache
-    cache.truncate(req.suffix_start)
-    return cache
-
-
 def _recomputed(blender, req, res):
     naive = blender.prefill(req, BlendConfig(mode="naive"))
     last, lo = blender.runner.n_layers - 1, len(PREFIX) + len(req.chunks[0])
@@ -54,23 +48,23 @@ def test_full_budget_reproduces_full_prefill(tiny_blender, mode):
     torch.testing.assert_close(res.cache.values[:, :, :n], full.cache.values[:, :, :n], atol=1e-4, rtol=1e-4)
 
 
-def test_qcfuse_view_of_every_token_is_the_naive_probe(tiny_blender):
+def test_qcfuse_view_of_every_token_is_the_naive_probe(tiny_blender, naive_cache):
     """With every chunk token an anchor the compressed view is the naive cache: its per-layer importance must
     equal the suffix's attention over the naive cache (probe.py), which checks the view's RoPE re-framing."""
     req, r = _request(2), tiny_blender.runner
-    cache = _naive_cache(tiny_blender, req)
+    cache = naive_cache(tiny_blender, req)
     ids = torch.tensor(req.token_ids())
     placed, fresh = len(PREFIX) + len(req.chunks[0]), req.suffix_start
     spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
     anchors = [torch.arange(e - s).repeat(r.n_layers, 1) for s, e in spans]
     got = view_importance(r, cache, ids[fresh:], placed, fresh, spans, anchors, (0, 2, 3))
-    want = suffix_attention_by_layer(r, _naive_cache(tiny_blender, req), ids[fresh:])[:, placed:]
+    want = suffix_attention_by_layer(r, naive_cache(tiny_blender, req), ids[fresh:])[:, placed:]
     torch.testing.assert_close(got, want[[0, 2, 3]], atol=1e-5, rtol=1e-4)
 
 
-def test_qcfuse_anchors_are_the_sinks_and_the_best_scored(tiny_blender):
+def test_qcfuse_anchors_are_the_sinks_and_the_best_scored(tiny_blender, naive_cache):
     req, r = _request(3), tiny_blender.runner
-    cache = _naive_cache(tiny_blender, req)
+    cache = naive_cache(tiny_blender, req)
     off, length = req.chunk_offsets[1], len(req.chunks[1])
     got = chunk_anchors(r, cache, off, length, 3, 2, ratio=0.3, sinks=4)
     assert got.shape == (3, anchor_count(length, 0.3, 4)) == (3, round(0.3 * length))
@@ -79,13 +73,13 @@ def test_qcfuse_anchors_are_the_sinks_and_the_best_scored(tiny_blender):
     assert not torch.equal(got[0], got[2])  # per layer
 
 
-def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender):
+def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender, naive_cache):
     req, r = _request(4), tiny_blender.runner
     cfg = BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(1, 2))
     res = tiny_blender.prefill(req, cfg)
     budget = round(0.2 * req.context_len)
     assert res.stats.recomputed_tokens == budget
-    cache = _naive_cache(tiny_blender, req)
+    cache = naive_cache(tiny_blender, req)
     ids = torch.tensor(req.token_ids())
     placed, fresh = len(PREFIX) + len(req.chunks[0]), req.suffix_start
     spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
@@ -122,13 +116,13 @@ def test_qcfuse_rejects_a_layer_the_model_lacks(tiny_blender):
         tiny_blender.prefill(_request(), BlendConfig(mode="qcfuse", critical_layers=(9,)))
 
 
-def test_prophet2_first_stage_is_prophets_half_then_refined(tiny_blender):
+def test_prophet2_first_stage_is_prophets_half_then_refined(tiny_blender, naive_cache):
     req = _request(5)
     res = tiny_blender.prefill(req, BlendConfig(mode="prophet2", recompute_ratio=0.3))
     budget = round(0.3 * req.context_len)
     assert res.stats.recomputed_tokens == budget
     placed = len(PREFIX) + len(req.chunks[0])
-    mass = suffix_attention_by_layer(tiny_blender.runner, _naive_cache(tiny_blender, req),
+    mass = suffix_attention_by_layer(tiny_blender.runner, naive_cache(tiny_blender, req),
                                      torch.tensor(req.suffix_ids))[:, placed:]
     first = top_tokens(_prophet_fused(mass), round(budget * PROPHET_STAGE1_SHARE))
     got = _recomputed(tiny_blender, req, res)
