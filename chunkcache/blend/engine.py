@@ -42,7 +42,7 @@ class ChunkCacheEngine:
         self.tokenizer = runner.tokenizer
         self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
         self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
-        self.anchor_memo = AnchorMemo()
+        self.anchor_memo = AnchorMemo(catalog=getattr(store, "catalog", None))  # persisted where a catalog is
         self.blender = Blender(runner, self.source, anchor_memo=self.anchor_memo)
         self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
 

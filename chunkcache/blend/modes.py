@@ -52,10 +52,11 @@ Guessed or left out (the papers' text available here did not settle it):
     ratio, recomputed; under that reading `prophet` is already both stages, fused by the max instead of the mean.)
   - qcfuse, fusion: see blend/qcfuse.py and blend/fusion.py.
   - fusionqc: each chunk's anchors are chosen over its fused entry (the KV placed), computed when the entry is
-    ingested and remembered per entry (blend/anchor_memo.py); the critical layers are the model's qcfuse
-    profile (measured over plain entries; profiled over fused ones it picks the same layers, BENCHMARKS.md). Its
-    fallback without fused contexts is blend, not qcfuse: the two tie on HotpotQA test (200 examples) and blend
-    leads on MuSiQue test (agreement 0.744 against 0.665; BENCHMARKS.md).
+    ingested and remembered per entry, in the store's catalog where there is one (blend/anchor_memo.py); the
+    critical layers are the model's qcfuse profile (measured over plain entries; profiled over fused ones it
+    picks the same layers, BENCHMARKS.md). Its fallback without fused contexts is blend, not qcfuse: the two
+    tie on HotpotQA test (200 examples) and blend leads on MuSiQue test (agreement 0.744 against 0.665;
+    BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 One row per chunk key: model fingerprint, token count, dtype, shape, bytes, which persistent tiers
 hold it (on_disk, on_remote: node-independent facts; memory tiers are per process and reported by
 ChunkStore.stats()), source document id, the chunk text's hash, recompute cost, created, last used,
-hits. Writes are upserts (INSERT .. ON CONFLICT) so concurrent writers of one key from threads,
+hits. Beside it, `chunkcache_anchors`: qcfuse's anchor indices per placed entry (blend/anchor_memo.py), as
+bytes, so a restarted process or another replica reads them instead of computing them; a chunk's rows go
+with it on delete. Writes are upserts (INSERT .. ON CONFLICT) so concurrent writers of one key from threads,
 processes or nodes never fail. Hits and last-use times are buffered and flushed every
 `flush_every` touches (and on flush()/close()) to keep SQL off the hot read path.
 SQLite runs in WAL mode with synchronous=NORMAL and a busy timeout (crash safe, many readers).
@@ -19,7 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import SecretStr
-from sqlalchemy import BigInteger, DateTime, Float, String, create_engine, delete, event, func, select, update
+from sqlalchemy import (BigInteger, DateTime, Float, LargeBinary, String, create_engine, delete, event, func, select,
+                        update)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -48,6 +51,18 @@ class ChunkRow(_Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     hits: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AnchorRow(_Base):
+    """One entry's anchors: int32 [layers, count], row-major, under blend/anchor_memo's key."""
+
+    __tablename__ = "chunkcache_anchors"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chunk_key: Mapped[str | None] = mapped_column(String(128), index=True)  # the entry's; deleted with it
+    layers: Mapped[int]
+    count: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def _now() -> datetime:
@@ -101,11 +116,7 @@ class Catalog:
         except SQLAlchemyError:  # another process created the table at the same moment
             _Base.metadata.create_all(self.engine)
 
-    def upsert(self, meta: ChunkMeta) -> None:
-        """Insert or refresh a row; tier flags are OR-ed with those already recorded."""
-        values = {f: getattr(meta, f) for f in _FIELDS}
-        values.update(key=meta.key, shape=json.dumps(list(meta.shape)), on_disk=meta.on_disk,
-                      on_remote=meta.on_remote, created=meta.created, last_used=meta.last_used, hits=meta.hits)
+    def _insert(self):  # type: ignore[no-untyped-def]
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
@@ -113,7 +124,14 @@ class Catalog:
             from sqlalchemy.dialects.postgresql import insert
         else:
             raise NotImplementedError(f"catalog supports sqlite and postgresql, not {dialect}")
-        stmt = insert(ChunkRow).values(**values)
+        return insert
+
+    def upsert(self, meta: ChunkMeta) -> None:
+        """Insert or refresh a row; tier flags are OR-ed with those already recorded."""
+        values = {f: getattr(meta, f) for f in _FIELDS}
+        values.update(key=meta.key, shape=json.dumps(list(meta.shape)), on_disk=meta.on_disk,
+                      on_remote=meta.on_remote, created=meta.created, last_used=meta.last_used, hits=meta.hits)
+        stmt = self._insert()(ChunkRow).values(**values)
         t = ChunkRow.__table__.c
         stmt = stmt.on_conflict_do_update(index_elements=[t.key], set_={
             **{f: stmt.excluded[f] for f in (*_FIELDS, "shape", "last_used") if f not in _KEEP},
@@ -162,6 +180,25 @@ class Catalog:
             self._pending.pop(key, None)
         with Session(self.engine) as s, s.begin():
             s.execute(delete(ChunkRow).where(ChunkRow.key == key))
+            s.execute(delete(AnchorRow).where(AnchorRow.chunk_key == key))
+
+    def put_anchors(self, key: str, chunk_key: str | None, layers: int, count: int, data: bytes) -> None:
+        """Insert or replace the anchors under key (data: int32 [layers, count], row-major); chunk_key: the
+        store entry they were computed from (None: not a stored entry), whose delete removes them."""
+        if len(data) != 4 * layers * count:
+            raise ValueError(f"anchors: {len(data)} bytes for int32 [{layers}, {count}]")
+        values = {"key": key, "chunk_key": chunk_key, "layers": layers, "count": count, "data": data}
+        stmt = self._insert()(AnchorRow).values(**values)
+        stmt = stmt.on_conflict_do_update(index_elements=[AnchorRow.__table__.c.key],
+                                          set_={f: stmt.excluded[f] for f in ("layers", "count", "data")})
+        with Session(self.engine) as s, s.begin():
+            s.execute(stmt)
+
+    def get_anchors(self, key: str) -> tuple[int, int, bytes] | None:
+        """(layers, count, data) stored under key, or None."""
+        with Session(self.engine) as s:
+            row = s.get(AnchorRow, key)
+            return None if row is None else (row.layers, row.count, bytes(row.data))
 
     def keys(self, fingerprint: str | None = None) -> list[str]:
         q = select(ChunkRow.key).order_by(ChunkRow.key)

@@ -82,3 +82,71 @@ def test_a_warmed_blender_selects_what_a_cold_one_does_without_computing_anchors
     assert warm.stats.recomputed_tokens == cold.stats.recomputed_tokens > 0
     torch.testing.assert_close(warm.cache.keys, cold.cache.keys, atol=1e-5, rtol=1e-5)
     assert (warm.logits - cold.logits).abs().max().item() < 1e-5
+
+
+def _restarted_memos(runner, tmp_path, monkeypatch):
+    """A memo over a SQLite catalog that warmed req's fused entries, a second memo over the same catalog (a
+    restart, or another replica), the request and its source."""
+    from chunkcache.store.catalog import Catalog
+
+    req, source = _request(3), ChunkSource(runner, DictStore(), PREFIX)
+    precompute_fused(source, req.chunks, req.fused)
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    first = AnchorMemo(catalog=Catalog(url))
+    for chunk, ctx in zip(req.chunks[1:], req.fused[1:]):
+        assert first.warm(runner, source, chunk, ctx, max(CFG.critical_layers), CFG.anchor_ratio, CFG.anchor_sinks)
+    return first, AnchorMemo(catalog=Catalog(url)), req, source
+
+
+def test_anchors_persist_in_the_catalog_across_a_restart(tiny_runner, tmp_path, monkeypatch):
+    r = tiny_runner
+    first, memo, req, source = _restarted_memos(r, tmp_path, monkeypatch)
+    assert first.computed == len(req.chunks) - 1 and first.loaded == 0
+    cold = Blender(r, source, anchor_memo=AnchorMemo()).prefill(req, CFG)  # no catalog: computes its own
+    from chunkcache.blend import anchor_memo
+
+    def no_compute(*a, **k):
+        raise AssertionError("anchors computed after the restart")
+
+    monkeypatch.setattr(anchor_memo, "chunk_anchors", no_compute)
+    assert not memo.warm(r, source, req.chunks[1], req.fused[1], max(CFG.critical_layers), CFG.anchor_ratio,
+                         CFG.anchor_sinks)  # held by the catalog: nothing to compute, the entry not read
+    warm = Blender(r, source, anchor_memo=memo).prefill(req, CFG)
+    assert memo.computed == 0 and memo.loaded == len(req.chunks) - 1
+    assert warm.stats.recomputed_tokens == cold.stats.recomputed_tokens > 0
+    torch.testing.assert_close(warm.cache.keys, cold.cache.keys, atol=1e-5, rtol=1e-5)
+    assert (warm.logits - cold.logits).abs().max().item() < 1e-5
+
+
+def test_a_malformed_or_unreadable_catalog_row_is_computed_again(tiny_runner, tmp_path, monkeypatch, caplog):
+    from chunkcache.store.keys import anchor_key
+
+    r = tiny_runner
+    first, memo, req, source = _restarted_memos(r, tmp_path, monkeypatch)
+    cache = Blender(r, source).prefill(req, BlendConfig(mode="fusion", recompute_ratio=0.0)).cache  # fused entries
+    chunk, ctx, off = req.chunks[1], req.fused[1], req.chunk_offsets[1]
+    key = anchor_key(r.fingerprint, PREFIX[:4], ctx, chunk, CFG.anchor_ratio, CFG.anchor_sinks)
+    layers, count, data = memo.catalog.get_anchors(key)
+    want = memo.get(r, cache, PREFIX[:4], ctx, chunk, off, 2, CFG.anchor_ratio, CFG.anchor_sinks)
+    assert memo.loaded == 1 and memo.computed == 0
+    bad = bytearray(data)
+    bad[4:8] = (len(chunk) + 5).to_bytes(4, "little")  # an index past the chunk
+    for stored in ((layers, count, bytes(bad)), (layers, count + 1, data + bytes(4 * layers))):
+        memo.catalog.put_anchors(key, None, *stored)
+        fresh = AnchorMemo(catalog=memo.catalog)
+        with caplog.at_level("WARNING"):
+            got = fresh.get(r, cache, PREFIX[:4], ctx, chunk, off, 2, CFG.anchor_ratio, CFG.anchor_sinks)
+        assert torch.equal(got, want) and fresh.computed == 1 and fresh.loaded == 0
+        assert "malformed" in caplog.text
+        assert memo.catalog.get_anchors(key) == (layers, count, data)  # the computed set written back
+
+    class Down:
+        def get_anchors(self, key):  # a database that does not answer: cannot be produced on SQLite at will
+            raise OSError("connection refused")
+
+        put_anchors = get_anchors
+
+    down = AnchorMemo(catalog=Down())
+    with caplog.at_level("WARNING"):
+        got = down.get(r, cache, PREFIX[:4], ctx, chunk, off, 2, CFG.anchor_ratio, CFG.anchor_sinks)
+    assert torch.equal(got, want) and down.computed == 1 and "connection refused" in caplog.text

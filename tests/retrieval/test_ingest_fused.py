@@ -16,6 +16,8 @@ from chunkcache.retrieval.chunking import ChunkingConfig
 from chunkcache.retrieval.fused_entries import fuse_request
 from chunkcache.retrieval.ingest import Document, Ingestor, IngestResult
 from chunkcache.runner.runner import ModelRunner
+from chunkcache.store.chunk_store import ChunkStore
+from chunkcache.store.config import StoreConfig, TierConfig
 
 TOPICS = ("rivers of South America", "volcanoes in Africa", "Gothic cathedrals in France", "honey bee colonies")
 CHUNKING = ChunkingConfig(chunk_tokens=32, overlap_tokens=4)
@@ -73,6 +75,32 @@ def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm, monkey
     assert again.fusion_extra_tokens == 0
     plain = Ingestor(engine, ChunkIndex(None), CHUNKING, fused=False).ingest(_docs())
     assert plain.fusion_extra_tokens == 0 and plain.stage_seconds["fusion"] == 0
+    index.close()
+
+
+def test_anchors_computed_at_ingestion_serve_a_restarted_engine(smollm, tmp_path, monkeypatch) -> None:
+    """Over a disk tier and its SQLite catalog (the embedded defaults), a restarted engine reads the anchors the
+    ingestion computed: its first default-mode request computes none and selects what the first engine did."""
+    torch.set_num_threads(1)
+    cfg = StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 30), TierConfig("disk", write_through=True)),
+                      cache_dir=str(tmp_path))
+    runner, index = ModelRunner(smollm.model, smollm.tokenizer), ChunkIndex(None)
+    with ChunkStore(cfg) as store:
+        engine = ChunkCacheEngine(runner, store)
+        texts = [index.get(k).text for k in dict.fromkeys(Ingestor(engine, index, CHUNKING).ingest(_docs()).chunk_keys)]
+        pick = [texts[-1], texts[0], texts[len(texts) // 2]]
+        req = fuse_request(engine, engine.prompts.request(pick, "Which survey item is largest?"), pick,
+                           index.embedder, index)
+        before = engine.prefill(req, BlendConfig())
+        assert engine.anchor_memo.computed >= len(texts) and engine.anchor_memo.loaded == 0
+    monkeypatch.setattr(anchor_memo, "chunk_anchors", _no_anchors)
+    with ChunkStore(cfg) as store:
+        restarted = ChunkCacheEngine(runner, store)
+        after = restarted.prefill(req, BlendConfig())
+        assert after.stats.mode == DEFAULT_MODE and after.stats.chunk_misses == 0
+        assert restarted.anchor_memo.computed == 0 and restarted.anchor_memo.loaded == len(pick) - 1
+    assert after.stats.recomputed_tokens == before.stats.recomputed_tokens > 0
+    assert (after.logits - before.logits).abs().max().item() < 1e-4
     index.close()
 
 

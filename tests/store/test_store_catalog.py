@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 import threading
+
+import pytest
 
 from sqlalchemy import text
 from store_kvgen import FP, make_kv, same
@@ -34,6 +37,23 @@ def test_upsert_get_flags_hits_delete(catalog_url):
     assert cat.keys() == ["a" * 64, "b" * 64] and cat.keys(FP) == ["a" * 64]
     cat.delete("a" * 64)
     assert cat.get("a" * 64) is None and before is not None
+    cat.close()
+
+
+def test_anchor_rows_are_stored_replaced_and_go_with_their_chunk(catalog_url):
+    cat = Catalog(catalog_url)
+    rows = struct.pack("<6i", 0, 3, 5, 0, 2, 5)  # int32 [2, 3]
+    cat.upsert(meta("a" * 64))
+    cat.put_anchors("k" * 64, "a" * 64, 2, 3, rows)
+    cat.put_anchors("j" * 64, None, 1, 1, struct.pack("<i", 7))  # not a stored entry's
+    assert cat.get_anchors("k" * 64) == (2, 3, rows) and cat.get_anchors("x" * 64) is None
+    deeper = rows + struct.pack("<3i", 1, 2, 4)
+    cat.put_anchors("k" * 64, "a" * 64, 3, 3, deeper)  # deeper layers replace the row
+    assert cat.get_anchors("k" * 64) == (3, 3, deeper)
+    with pytest.raises(ValueError, match="int32"):
+        cat.put_anchors("k" * 64, "a" * 64, 3, 4, deeper)
+    cat.delete("a" * 64)
+    assert cat.get_anchors("k" * 64) is None and cat.get_anchors("j" * 64) == (1, 1, struct.pack("<i", 7))
     cat.close()
 
 
