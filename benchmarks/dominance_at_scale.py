@@ -11,6 +11,7 @@ label, full prefill included, gave the same answer on it: the same token ids), t
     the paired difference with its 95% interval, and the loss ratios.
 
 python benchmarks/dominance_at_scale.py --timed T.json --rows A.json B.json ... --json OUT.json [--default fusionqc]
+    [--skip-labels fusionqc@0.3] (labels the untimed shards did not run)
 """
 import argparse
 import json
@@ -47,13 +48,15 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", required=True)
     ap.add_argument("--json", required=True)
     ap.add_argument("--default", default="fusionqc")
+    ap.add_argument("--skip-labels", default="", help="comma list of timed labels left out of the curve")
     a = ap.parse_args()
     timed = json.loads(Path(a.timed).read_text())
     main_ratio = timed["config"]["recompute_ratio"]
     speed = {label_of(p["mode"], p["ratio"], main_ratio): (p["mode"], p["ratio"], p["ttft_speedup_vs_full_median"])
              for p in timed["pareto"]}
     rows = join(a.rows)
-    labels = [lb for lb in speed if lb != "full"]
+    left_out = set(filter(None, a.skip_labels.split(",")))
+    labels = [lb for lb in speed if lb != "full" and lb not in left_out]
     common = [r for r in rows.values() if all(lb in r for lb in labels + ["full"])]
     pareto = [{"mode": speed[lb][0], "ratio": speed[lb][1], "ttft_speedup_vs_full_median": speed[lb][2],
                "agreement_f1": mean(common, lb, "agreement_f1"), "tf_kl_mean": mean(common, lb, "tf_kl"),
