@@ -85,7 +85,7 @@ class AnchorMemo:
     def _load(self, runner: ModelRunner, key: tuple) -> torch.Tensor | None:
         _, _, _, chunk, ratio, sinks = key
         try:
-            row = self.catalog.get_anchors(anchor_key(*key))  # type: ignore[union-attr]
+            row = self.catalog.get_anchors(self._keys(key)[0])  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - SQLAlchemy or driver errors: compute instead
             log.warning("anchors not read from the catalog (%s: %s); computing them", type(e).__name__, e)
             return None
@@ -101,12 +101,17 @@ class AnchorMemo:
             return None
         return rows.to(device=runner.device, dtype=torch.int64)
 
+    @staticmethod
+    def _keys(key: tuple) -> tuple[str, str]:
+        """(the catalog's key of these anchors, the store key of the entry they were computed from)."""
+        fingerprint, sink_ids, entry, chunk, ratio, sinks = key
+        entry_key = chunk_key(fingerprint, entry, chunk)
+        return anchor_key(entry_key, sink_ids, ratio, sinks), entry_key
+
     def _save(self, key: tuple, rows: torch.Tensor) -> None:
-        fingerprint, _, entry, chunk, _, _ = key
         data = rows.to(device="cpu", dtype=torch.int32).contiguous().numpy().tobytes()
         try:
-            self.catalog.put_anchors(anchor_key(*key), chunk_key(fingerprint, entry, chunk),  # type: ignore[union-attr]
-                                     rows.shape[0], rows.shape[1], data)
+            self.catalog.put_anchors(*self._keys(key), rows.shape[0], rows.shape[1], data)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - the memo still holds them
             log.warning("anchors not written to the catalog (%s: %s)", type(e).__name__, e)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections.abc import Sequence
 
@@ -31,14 +30,11 @@ def chunk_key(fingerprint: str, context_ids: Sequence[int], token_ids: Sequence[
     return h.hexdigest()
 
 
-def anchor_key(fingerprint: str, sink_ids: Sequence[int], entry: Sequence[int | str], token_ids: Sequence[int],
-               ratio: float, sinks: int) -> str:
-    """Identity of qcfuse's anchors of one placed entry (blend/anchor_memo.py): the model, the sink tokens
-    ahead of the chunk, the entry (its precompute context's ids, or a tag such as ("response",)), the chunk's
-    tokens, and the anchor parameters. sha256 hex."""
+def anchor_key(entry_key: str, sink_ids: Sequence[int], ratio: float, sinks: int) -> str:
+    """Identity of qcfuse's anchors of one placed entry (blend/anchor_memo.py): the entry's `chunk_key` (model,
+    precompute context, chunk tokens), the sink tokens ahead of the chunk, and the anchor parameters. sha256 hex."""
     h = hashlib.sha256()
-    for part in ("anchors/v1", fingerprint, token_digest(sink_ids), json.dumps(list(entry)), token_digest(token_ids),
-                 repr(float(ratio)), str(int(sinks))):
+    for part in ("anchors/v1", entry_key, token_digest(sink_ids), repr(float(ratio)), str(int(sinks))):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

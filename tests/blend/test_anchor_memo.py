@@ -84,7 +84,7 @@ def test_a_warmed_blender_selects_what_a_cold_one_does_without_computing_anchors
     assert (warm.logits - cold.logits).abs().max().item() < 1e-5
 
 
-def _restarted_memos(runner, tmp_path, monkeypatch):
+def _restarted_memos(runner, tmp_path):
     """A memo over a SQLite catalog that warmed req's fused entries, a second memo over the same catalog (a
     restart, or another replica), the request and its source."""
     from chunkcache.store.catalog import Catalog
@@ -100,7 +100,7 @@ def _restarted_memos(runner, tmp_path, monkeypatch):
 
 def test_anchors_persist_in_the_catalog_across_a_restart(tiny_runner, tmp_path, monkeypatch):
     r = tiny_runner
-    first, memo, req, source = _restarted_memos(r, tmp_path, monkeypatch)
+    first, memo, req, source = _restarted_memos(r, tmp_path)
     assert first.computed == len(req.chunks) - 1 and first.loaded == 0
     cold = Blender(r, source, anchor_memo=AnchorMemo()).prefill(req, CFG)  # no catalog: computes its own
     from chunkcache.blend import anchor_memo
@@ -118,14 +118,14 @@ def test_anchors_persist_in_the_catalog_across_a_restart(tiny_runner, tmp_path, 
     assert (warm.logits - cold.logits).abs().max().item() < 1e-5
 
 
-def test_a_malformed_or_unreadable_catalog_row_is_computed_again(tiny_runner, tmp_path, monkeypatch, caplog):
-    from chunkcache.store.keys import anchor_key
+def test_a_malformed_or_unreadable_catalog_row_is_computed_again(tiny_runner, tmp_path, caplog):
+    from chunkcache.store.keys import anchor_key, chunk_key
 
     r = tiny_runner
-    first, memo, req, source = _restarted_memos(r, tmp_path, monkeypatch)
+    _, memo, req, source = _restarted_memos(r, tmp_path)
     cache = Blender(r, source).prefill(req, BlendConfig(mode="fusion", recompute_ratio=0.0)).cache  # fused entries
     chunk, ctx, off = req.chunks[1], req.fused[1], req.chunk_offsets[1]
-    key = anchor_key(r.fingerprint, PREFIX[:4], ctx, chunk, CFG.anchor_ratio, CFG.anchor_sinks)
+    key = anchor_key(chunk_key(r.fingerprint, ctx, chunk), PREFIX[:4], CFG.anchor_ratio, CFG.anchor_sinks)
     layers, count, data = memo.catalog.get_anchors(key)
     want = memo.get(r, cache, PREFIX[:4], ctx, chunk, off, 2, CFG.anchor_ratio, CFG.anchor_sinks)
     assert memo.loaded == 1 and memo.computed == 0
