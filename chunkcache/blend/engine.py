@@ -117,3 +117,16 @@ class ChunkCacheEngine:
     def answer(self, chunks: list[str], question: str, cfg: BlendConfig = BlendConfig(),
                sampling: SamplingConfig = SamplingConfig()) -> Answer:
         return self.generate(self.prompts.request(chunks, question), cfg, sampling)
+
+    def close(self) -> None:
+        """Close the store (ChunkStore: its queued background writes land first, then its tiers and catalog
+        close), so that what this process computed is there for the next one; a store without close is left."""
+        close = getattr(self.source.store, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "ChunkCacheEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

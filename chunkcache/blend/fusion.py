@@ -67,13 +67,17 @@ def fused_contexts(prefix_ids: Sequence[int], chunks: Sequence[Sequence[int]], v
     return contexts(prefix_ids, [[chunks[j] for j in near] for near in neighbours(vectors, n)])
 
 
-def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]],
-                     contexts: Sequence[Sequence[int]]) -> tuple[list[str], int]:
-    """Precompute and store every chunk behind its fused context (replacing any entry). Returns (keys, extra
-    tokens computed beyond the plain precompute)."""
+def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]], contexts: Sequence[Sequence[int]],
+                     reuse: bool = False) -> tuple[list[str], int]:
+    """Precompute and store every chunk behind its fused context, replacing any entry (reuse: an entry the
+    store holds is kept, as ingestion does). Returns (keys, extra tokens computed beyond the plain precompute:
+    0 for an entry kept)."""
     keys, extra = [], 0
     for ids, ctx in zip(chunks, contexts, strict=True):
         ids, ctx = tuple(int(t) for t in ids), tuple(int(t) for t in ctx)
+        if reuse and source.holds(ids, ctx):
+            keys.append(source.key(ids, ctx))
+            continue
         keys.append(source.recompute(ids, ctx).key)
         extra += len(ctx) - len(source.context_ids)
     return keys, extra
@@ -95,9 +99,11 @@ def fuse(req: BlendRequest, context_ids: Sequence[int], vectors, n: int = FUSION
     return replace(req, fused=tuple(o if ns is None else c for o, c, ns in zip(own, near, corpus)))
 
 
-def with_fused(source: ChunkSource, req: BlendRequest, vectors, n: int = FUSION_NEIGHBOURS) -> BlendRequest:
+def with_fused(source: ChunkSource, req: BlendRequest, vectors, n: int = FUSION_NEIGHBOURS,
+               reuse: bool = False) -> BlendRequest:
     """req carrying every chunk's fused context, neighbours drawn from the request's own chunks (a benchmark
-    example's passages as its corpus; vectors [n_chunks, dim]: their embeddings), those entries precomputed."""
+    example's passages as its corpus; vectors [n_chunks, dim]: their embeddings), those entries precomputed
+    (reuse: entries the store holds are kept, see precompute_fused)."""
     req = fuse(req, source.context_ids, vectors, n)
-    precompute_fused(source, req.chunks, req.fused)
+    precompute_fused(source, req.chunks, req.fused, reuse)
     return req

@@ -51,39 +51,40 @@ def cmd_bench_rag(args) -> int:
     for m in modes:
         BlendConfig(mode=m)  # validates the mode name before the model loads
     codec = args.engine.store.disk_codec
-    engine = engine_from_args(args, codec_store(codec) if codec != "none" else None)
-    if args.sweep:
-        result = run_sweep(engine, examples, [0.0, 0.05, 0.1, 0.15, 0.3, 0.5, 1.0], base, args.max_new_tokens)
-        png = str(Path(args.json).with_suffix(".png")) if args.json else "sweep.png"
-        plot_sweep(result, png)
-        print(f"wrote plot {png}")
-    else:
-        result = run_rag(engine, examples, modes, base, args.max_new_tokens, ratios=ratios, repeats=args.repeats)
-        if ratios and args.plot:
-            plot_pareto(result["pareto"], args.plot)
-            print(f"wrote plot {args.plot}")
-        _bench_rag_extras(args, engine, examples, modes, base, result)
-    if args.profile:
-        from chunkcache.bench.profile import format_profile, profile_prefill
+    store = codec_store(codec) if codec != "none" else None
+    with engine_from_args(args, store) as engine:  # closed at the end: its queued store writes land
+        if args.sweep:
+            result = run_sweep(engine, examples, [0.0, 0.05, 0.1, 0.15, 0.3, 0.5, 1.0], base, args.max_new_tokens)
+            png = str(Path(args.json).with_suffix(".png")) if args.json else "sweep.png"
+            plot_sweep(result, png)
+            print(f"wrote plot {png}")
+        else:
+            result = run_rag(engine, examples, modes, base, args.max_new_tokens, ratios=ratios, repeats=args.repeats)
+            if ratios and args.plot:
+                plot_pareto(result["pareto"], args.plot)
+                print(f"wrote plot {args.plot}")
+            _bench_rag_extras(args, engine, examples, modes, base, result)
+        if args.profile:
+            from chunkcache.bench.profile import format_profile, profile_prefill
 
-        result["profile"] = [profile_prefill(engine, examples[0], replace(base, mode=m)) for m in modes]
-        for p in result["profile"]:
-            print(format_profile(p))
-    result["config"] = {"data": str(args.data), "skip": args.skip, "limit": args.limit,
-                        "recompute_ratio": args.recompute_ratio,
-                        "ratios": ratios, "selection": args.selection, "deviation_on": args.deviation_on,
-                        "check_layers": list(base.check_layers), "epic_k": args.epic_k,
-                        "sink_tokens": args.sink_tokens, "ape_temperature": args.ape_temperature,
-                        "ape_scale": args.ape_scale, "kv_codec": codec, "passages": args.passages,
-                        "repeats": args.repeats,
-                        "device": args.engine.device, "dtype": args.engine.resolved_dtype,
-                        "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
-                        "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
-    print(json.dumps(result["modes"], indent=2))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    return 0
+            result["profile"] = [profile_prefill(engine, examples[0], replace(base, mode=m)) for m in modes]
+            for p in result["profile"]:
+                print(format_profile(p))
+        result["config"] = {"data": str(args.data), "skip": args.skip, "limit": args.limit,
+                            "recompute_ratio": args.recompute_ratio,
+                            "ratios": ratios, "selection": args.selection, "deviation_on": args.deviation_on,
+                            "check_layers": list(base.check_layers), "epic_k": args.epic_k,
+                            "sink_tokens": args.sink_tokens, "ape_temperature": args.ape_temperature,
+                            "ape_scale": args.ape_scale, "kv_codec": codec, "passages": args.passages,
+                            "repeats": args.repeats,
+                            "device": args.engine.device, "dtype": args.engine.resolved_dtype,
+                            "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
+                            "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
+        print(json.dumps(result["modes"], indent=2))
+        if args.json:
+            write_json(result, args.json)
+            print(f"wrote {args.json}")
+        return 0
 
 
 PASSTHROUGH = {  # bench name -> (module whose main(argv) parses its own options, help)

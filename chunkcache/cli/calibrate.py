@@ -18,8 +18,8 @@ def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]
 
     cfg = CalibrationConfig(args.mode, tuple(args.ratios), args.target_agreement, args.target_kl, args.max_new)
     sample = load_sample(args.data, args.limit)
-    res = run_calibration(ChunkCacheEngine.from_config(args.engine), cfg, sample, args.engine.profile_root,
-                          args.critical_layers)
+    with ChunkCacheEngine.from_config(args.engine) as engine:
+        res = run_calibration(engine, cfg, sample, args.engine.profile_root, args.critical_layers)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
@@ -34,12 +34,14 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
 
     plain = [engine.prompts.request(chunks, q) for chunks, q in sample]
     reqs = plain
-    if cfg.mode in FUSED_MODES:  # each example's chunks are its corpus (as in `bench tasks`); entries precomputed
+    if cfg.mode in FUSED_MODES:  # each example's chunks are its corpus (as in `bench tasks`); entries the store
+        # lacks are precomputed
         from chunkcache.blend.fusion import with_fused
         from chunkcache.retrieval.embedder import Embedder
 
         embedder = Embedder()
-        reqs = [with_fused(engine.source, req, embedder.encode(chunks)) for req, (chunks, _) in zip(plain, sample)]
+        reqs = [with_fused(engine.source, req, embedder.encode(chunks), reuse=True)
+                for req, (chunks, _) in zip(plain, sample)]
     decode = lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     refs = references(engine.blender, plain, cfg.max_new, engine.eos_ids, decode)  # full prefill once, every mode
     res = calibrate(engine.blender, reqs, cfg, engine.eos_ids, decode, refs)

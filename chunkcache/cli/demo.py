@@ -28,15 +28,22 @@ def codec_store(codec: str):  # type: ignore[no-untyped-def]
 
 
 def cmd_demo(args) -> int:
-    """RAG answer over a bundled sample: full prefill vs blended, with reuse stats."""
+    """RAG answer over a bundled sample: full prefill vs blended, with reuse stats. The store is closed at the
+    end, so a second run finds every entry (plain and fused) that this one computed."""
+    import time
+
+    t0 = time.perf_counter()
+    with engine_from_args(args) as engine:
+        print(f"model loaded in {time.perf_counter() - t0:.1f}s (fingerprint {engine.runner.fingerprint})")
+        return _demo(engine, args)
+
+
+def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
     import time
 
     from chunkcache.bench.musique import load_examples, passage_text
     from chunkcache.blend.config import BlendConfig
 
-    t0 = time.perf_counter()
-    engine = engine_from_args(args)
-    print(f"model loaded in {time.perf_counter() - t0:.1f}s (fingerprint {engine.runner.fingerprint})")
     att = engine.runner.attention
     print(f"{att.describe()} [{att.source}{f' in {att.startup_s:.1f}s' if att.source == 'measured' else ''}]")
     ex = load_examples(args.data, limit=args.example + 1)[args.example]
@@ -50,11 +57,11 @@ def cmd_demo(args) -> int:
         from chunkcache.bench.rag import fused_request
         from chunkcache.retrieval.embedder import Embedder
 
-        req, fusion = fused_request(engine, req, Embedder().encode(chunks))
-        print(f"precomputed the fused entries (each chunk behind its 2 nearest) in "
-              f"{fusion['fusion_precompute_s']:.1f}s: {fusion['fusion_extra_tokens']} tokens beyond the "
-              f"{fusion['plain_tokens']} plain ones; their anchors (fusionqc's selection) in "
-              f"{fusion['anchors_s']:.2f}s")
+        req, fusion = fused_request(engine, req, Embedder().encode(chunks), reuse=True)
+        print(f"fused entries (each chunk behind its 2 nearest): {len(chunks) - fusion['fused_computed']} found, "
+              f"{fusion['fused_computed']} precomputed in {fusion['fusion_precompute_s']:.1f}s "
+              f"({fusion['fusion_extra_tokens']} tokens beyond the {fusion['plain_tokens']} plain ones); "
+              f"their anchors (fusionqc's selection) in {fusion['anchors_s']:.2f}s")
     print(f"question: {ex['question']}\ngold answers: {ex['answers']}")
     full = engine.generate(req, BlendConfig(mode="full"))
     blend = engine.generate(req, BlendConfig(mode=args.mode, recompute_ratio=args.recompute_ratio))

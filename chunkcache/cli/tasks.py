@@ -35,37 +35,38 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
                       ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
                       repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
                       min_full_score=args.min_full_score)
-    engine = engine_from_args(args)
-    prompts = engine.prompts
-    reserve = len(prompts.prefix_ids) + len(prompts.encode(prompts.template.suffix_text)) + cfg.max_new + 8
-    if args.skip < 0:
-        raise ValueError(f"--skip must be >= 0, got {args.skip}")
-    examples = load_suite(suite, split, args.limit and args.skip + args.limit, args.data,
-                          count=lambda text: len(prompts.encode(text)), reserve=reserve, lengths=lengths,
-                          variants=variants)
-    examples = skip_each_setting(examples, args.skip)
-    if args.save_data:
-        save_examples(examples, args.save_data)
-        print(f"wrote {len(examples)} examples to {args.save_data}")
-    result = run_tasks(engine, suite, examples, cfg)
-    result["split"] = split
-    result["data"] = {"n": len(examples), "gold_positions": gold_positions(examples)}
-    result["config"] = {"data": args.data, "skip": args.skip, "limit": args.limit, "modes": list(cfg.modes),
-                        "recompute_ratio": args.recompute_ratio, "ratios": list(cfg.ratios), "max_new": cfg.max_new,
-                        "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
-                        "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
-                        "reserve_tokens": reserve, "device": args.engine.device, "dtype": args.engine.resolved_dtype,
-                        "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
-                        "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
-    print(json.dumps({"gate": result.get("gate"), "modes": result["modes"]}, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    if args.plot and result["modes"]:
-        plot(result, args.plot)
-        print(f"wrote plot {args.plot}")
-    return 0
+    with engine_from_args(args) as engine:  # closed at the end: its queued store writes land
+        prompts = engine.prompts
+        reserve = len(prompts.prefix_ids) + len(prompts.encode(prompts.template.suffix_text)) + cfg.max_new + 8
+        if args.skip < 0:
+            raise ValueError(f"--skip must be >= 0, got {args.skip}")
+        examples = load_suite(suite, split, args.limit and args.skip + args.limit, args.data,
+                              count=lambda text: len(prompts.encode(text)), reserve=reserve, lengths=lengths,
+                              variants=variants)
+        examples = skip_each_setting(examples, args.skip)
+        if args.save_data:
+            save_examples(examples, args.save_data)
+            print(f"wrote {len(examples)} examples to {args.save_data}")
+        result = run_tasks(engine, suite, examples, cfg)
+        result["split"] = split
+        result["data"] = {"n": len(examples), "gold_positions": gold_positions(examples)}
+        result["config"] = {"data": args.data, "skip": args.skip, "limit": args.limit, "modes": list(cfg.modes),
+                            "recompute_ratio": args.recompute_ratio, "ratios": list(cfg.ratios), "max_new": cfg.max_new,
+                            "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
+                            "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
+                            "reserve_tokens": reserve, "device": args.engine.device,
+                            "dtype": args.engine.resolved_dtype,
+                            "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
+                            "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
+        print(json.dumps({"gate": result.get("gate"), "modes": result["modes"]}, indent=2))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            write_json(result, args.json)
+            print(f"wrote {args.json}")
+        if args.plot and result["modes"]:
+            plot(result, args.plot)
+            print(f"wrote plot {args.plot}")
+        return 0
 
 
 def skip_each_setting(examples: list, skip: int) -> list:

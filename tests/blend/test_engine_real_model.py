@@ -128,3 +128,14 @@ def test_default_model_uses_its_shipped_critical_layers(engine, tmp_path, monkey
     assert critical_layers(r) == layers != fallback_layers(r.n_layers)
     update_profile(r.fingerprint, critical_layers=[1, 2])
     assert critical_layers(r) == (1, 2)
+
+
+def test_closing_the_engine_lands_its_queued_writes(smollm, tmp_path):
+    """`with engine:` (every CLI command): on exit the store's background writes have landed, so a fresh store
+    on the same directory (the next process) holds every entry computed, in its disk tier and its catalog."""
+    cfg = StoreSettings().store_config(tmp_path)
+    with ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer), ChunkStore(cfg)) as eng:
+        keys = eng.precompute(CHUNKS)
+    with ChunkStore(cfg) as fresh:
+        assert all(fresh.contains(k) and fresh.tier_of(k) == ["disk"] for k in keys)
+        assert all(fresh.catalog.get(k) is not None for k in keys)

@@ -13,6 +13,8 @@ from chunkcache.blend.probe import suffix_attention_by_layer
 from chunkcache.blend.qcfuse import anchor_count, chunk_anchors, view_importance
 from chunkcache.blend.request import BlendRequest
 from chunkcache.blend.selection import top_tokens
+from chunkcache.store.chunk_store import ChunkStore
+from chunkcache.store.config import StoreConfig
 from chunkcache.store.keys import chunk_key
 
 PREFIX = (1, 2, 3)
@@ -172,6 +174,28 @@ def test_fusion_places_the_fused_entries_and_keeps_the_plain_ones(tiny_runner):
     assert not torch.allclose(plain.cache.values[last, :, off:off + len(chunk)], want_v, atol=1e-3)
     assert {source.key(chunk), source.key(chunk, ctx)} <= set(store._items)  # plain and fused: two entries
     assert source.key(ctx, ()) not in store._items  # the one-off fused context is not kept
+
+
+def test_precompute_fused_with_reuse_keeps_held_entries_and_computes_the_rest(tiny_runner):
+    """reuse (the demo, calibrate): an entry the store holds is kept, not recomputed, and costs no extra tokens;
+    without it every entry is replaced (what `bench` measures as the ingestion cost)."""
+    req = _fusion_request(7)
+    store = ChunkStore(StoreConfig.memory_only(1 << 30))
+    source = ChunkSource(tiny_runner, store, PREFIX)
+    held, _ = precompute_fused(source, req.chunks[:2], req.fused[:2])
+    before = [store.get(k, tiny_runner.fingerprint) for k in held]
+    calls = []
+    recompute = source.recompute
+    source.recompute = lambda ids, ctx=None: calls.append(ids) or recompute(ids, ctx)
+    keys, extra = precompute_fused(source, req.chunks, req.fused, reuse=True)
+    assert keys[:2] == held and calls == list(req.chunks[2:])
+    assert extra == sum(len(c) - len(PREFIX) for c in req.fused[2:])
+    for k, kv in zip(held, before):  # the held entries' KV as they were
+        assert torch.equal(store.get(k, tiny_runner.fingerprint).keys, kv.keys)
+    calls.clear()
+    assert precompute_fused(source, req.chunks, req.fused, reuse=True) == (keys, 0) and not calls
+    assert precompute_fused(source, req.chunks, req.fused)[1] == sum(len(c) - len(PREFIX) for c in req.fused)
+    assert calls == list(req.chunks)
 
 
 def test_with_fused_gives_every_mode_the_same_ids_and_fusion_its_entries(tiny_blender):

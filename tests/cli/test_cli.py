@@ -11,18 +11,26 @@ from chunkcache.cli import main
 
 
 @pytest.mark.slow
-def test_demo_runs_in_bfloat16_on_the_cpu(tmp_path, smollm_dir, capsys):
+def test_demo_runs_in_bfloat16_on_the_cpu_and_a_second_run_finds_its_entries(tmp_path, smollm_dir, capsys):
+    """Twice over one disk store (the embedded defaults in a temp cache dir): the second run reads every plain
+    and fused entry the first computed (the first closed its store, so its queued writes landed) and answers
+    the same."""
     ex = json.loads(DEFAULT_DATA.read_text())[0]
     data = tmp_path / "two_passages.json"
     data.write_text(json.dumps([dict(ex, ctxs=ex["ctxs"][:2])]))
-    assert main(["--store", "memory", "--threads", "1", "demo", "--device", "cpu", "--dtype", "bfloat16",
-                 "--data", str(data)]) == 0
-    out = capsys.readouterr().out
-    assert "precomputed KV of 2 chunks" in out and "precomputed the fused entries" in out  # the default: fusion
-    reused, prompt = map(int, re.search(r"reused (\d+)/(\d+) prompt tokens", out).groups())
+    argv = ["--cache-dir", str(tmp_path / "cache"), "--threads", "1", "demo", "--device", "cpu",
+            "--dtype", "bfloat16", "--data", str(data)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "precomputed KV of 2 chunks" in first and "0 found, 2 precomputed" in first  # the default: fusion
+    reused, prompt = map(int, re.search(r"reused (\d+)/(\d+) prompt tokens", first).groups())
     assert 0 < reused < prompt  # chunk KV reused in bf16, the question computed
-    answers = re.findall(r"TTFT  answer: '(.*)'", out)
+    answers = re.findall(r"TTFT  answer: '(.*)'", first)
     assert len(answers) == 2 and all(a.strip() for a in answers)
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert "2 found, 0 precomputed" in second and "(0 tokens beyond" in second
+    assert re.findall(r"TTFT  answer: '(.*)'", second) == answers
 
 
 def test_threads_before_a_passthrough_bench(tmp_path, capsys):
