@@ -21,7 +21,7 @@ from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import BlendResult
 from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.blend.fusion import fuse, precompute_fused
+from chunkcache.blend.fusion import FUSION_NEIGHBOURS, fuse, precompute_fused
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.embedder import Embedder
 
@@ -85,15 +85,15 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
     return out
 
 
-def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors, reuse: bool = False
-                  ) -> tuple[BlendRequest, dict]:
+def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors, reuse: bool = False,
+                  n: int = FUSION_NEIGHBOURS) -> tuple[BlendRequest, dict]:
     """req with its fused contexts, their entries precomputed with their anchors, as ingestion does (the
     example's chunks as the corpus; vectors [n_chunks, dim]: their embeddings), and the ingestion cost beyond
     the plain precompute: {fusion_extra_tokens, fusion_precompute_s, anchors_s, plain_tokens, fused_computed}.
     reuse: entries (and anchors) the store holds are kept, and fusion_extra_tokens counts only what was computed
-    (default: every entry recomputed, to measure the cost)."""
+    (default: every entry recomputed, to measure the cost). n: neighbours per chunk."""
     t0 = time.perf_counter()
-    fused = fuse(req, engine.source.context_ids, vectors)
+    fused = fuse(req, engine.source.context_ids, vectors, n)
     held = sum(engine.source.holds(ids, ctx) for ids, ctx in zip(fused.chunks, fused.fused)) if reuse else 0
     _, extra = precompute_fused(engine.source, fused.chunks, fused.fused, reuse)
     t1 = time.perf_counter()
