@@ -15,6 +15,7 @@ tokens (checked: recomputed count and logits).
 python benchmarks/anchors_restart.py test 30 benchmarks/anchors_restart_hotpotqa_test30.json
 """
 import json
+import shutil
 import statistics as st
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def main() -> None:
     root = tempfile.mkdtemp()
     store = ChunkStore(StoreConfig(tiers=(TierConfig("cpu", budget_bytes=8 << 30),
                                           TierConfig("disk", write_through=True)), cache_dir=root))
-    base = ChunkCacheEngine.from_config(EngineConfig(cache_dir=tempfile.mkdtemp(), threads=2), store=store)
+    base = ChunkCacheEngine.from_config(EngineConfig(threads=2), store=store)
     embedder, rows = Embedder(), []
     last = max(critical_layers(base.runner, CFG.critical_layers))
     for i, ex in enumerate(load_suite(get_suite("hotpotqa"), split, limit)):
@@ -95,6 +96,7 @@ def main() -> None:
     Path(out).write_text(json.dumps({"split": split, "summary": summary, "rows": rows}, indent=1))
     print(json.dumps(summary, indent=1))
     store.close()
+    shutil.rmtree(root)  # the disk tier's KV: gigabytes
 
 
 if __name__ == "__main__":

@@ -9,18 +9,15 @@ The variant is patched in: a fusion config with epic_k = 17 (a field fusion neve
 """
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-from explore_score_layers import summary
+from explore_score_layers import scratch_engine, summary
 
 from chunkcache.bench.rag import evaluate_request, fused_request
 from chunkcache.bench.tasks.runner import score_rows, task_request
 from chunkcache.bench.tasks.suites import get_suite, load_suite
 from chunkcache.blend import modes
 from chunkcache.blend.config import BlendConfig
-from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.config.settings import EngineConfig
 from chunkcache.retrieval.embedder import Embedder
 
 MARK = 17
@@ -35,7 +32,7 @@ def explore(configs: dict[str, BlendConfig], argv: list[str]) -> None:
     """Run `configs` on each example (argv: split, examples, timed examples with 3 repeats, JSON out, and
     optionally the suite, default hotpotqa) and write the per-example rows and their summary."""
     split, limit, timed, out = argv[0], int(argv[1]), int(argv[2]), argv[3]
-    engine = ChunkCacheEngine.from_config(EngineConfig(cache_dir=tempfile.mkdtemp()))
+    engine = scratch_engine()
     suite, embedder = get_suite(argv[4] if len(argv) > 4 else "hotpotqa"), Embedder()
     rows = []
     for i, ex in enumerate(load_suite(suite, split, limit)):

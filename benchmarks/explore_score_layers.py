@@ -9,7 +9,6 @@ python benchmarks/explore_score_layers.py dev 30 10 benchmarks/score_layers_hotp
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from chunkcache.bench.rag import evaluate_request
@@ -18,6 +17,12 @@ from chunkcache.bench.tasks.suites import get_suite, load_suite
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.config.settings import EngineConfig
+
+
+def scratch_engine(**fields) -> ChunkCacheEngine:
+    """The default model over an in-memory store (LRU within its budget): an exploration writes nothing to disk,
+    where a temp cache dir per run would keep gigabytes of KV after it."""
+    return ChunkCacheEngine.from_config(EngineConfig(store="memory", **fields))
 
 
 def summary(rows: list[dict]) -> dict:
@@ -36,7 +41,7 @@ def summary(rows: list[dict]) -> dict:
 def main() -> None:
     split, limit, timed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     variants = json.loads(sys.argv[5])
-    engine = ChunkCacheEngine.from_config(EngineConfig(cache_dir=tempfile.mkdtemp()))
+    engine = scratch_engine()
     suite = get_suite("hotpotqa")
     configs = {k: BlendConfig(**{"mode": "blend", **{a: tuple(b) if isinstance(b, list) else b for a, b in v.items()}})
                for k, v in variants.items()}

@@ -3,16 +3,16 @@ profile's sample): does fusionqc need a profile of its own?
 
 python benchmarks/profile_fused_layers.py benchmarks/qcfuse_profile_fused_vs_plain_hotpotqa_dev8.json
 """
-import json, sys, tempfile
+import json, sys
+
+from explore_score_layers import scratch_engine
 from chunkcache.bench.rag import fused_request
 from chunkcache.bench.tasks.runner import task_request
 from chunkcache.bench.tasks.suites import get_suite, load_suite
-from chunkcache.blend.engine import ChunkCacheEngine
 from chunkcache.blend.qcfuse_profile import profile_critical_layers
-from chunkcache.config.settings import EngineConfig
 from chunkcache.retrieval.embedder import Embedder
 
-engine = ChunkCacheEngine.from_config(EngineConfig(cache_dir=tempfile.mkdtemp(), threads=2))
+engine = scratch_engine(threads=2)
 suite, emb = get_suite("hotpotqa"), Embedder()
 plain, fused = [], []
 for ex in load_suite(suite, "dev", 8):

@@ -17,14 +17,19 @@ def engine_from_args(args, store=None):  # type: ignore[no-untyped-def]
 
 
 def codec_store(codec: str):  # type: ignore[no-untyped-def]
-    """A disk-only store in a temp dir whose entries pass through `codec` (every read decodes from disk)."""
+    """A disk-only store in a temp dir whose entries pass through `codec` (every read decodes from disk); the
+    directory is removed with the store (when it is collected, or at exit)."""
+    import shutil
     import tempfile
+    import weakref
 
     from chunkcache.store.chunk_store import ChunkStore
     from chunkcache.store.config import StoreConfig, TierConfig
 
     root = tempfile.mkdtemp(prefix=f"chunkcache-{codec}-")
-    return ChunkStore(StoreConfig(tiers=(TierConfig("disk", codec=codec),), cache_dir=root, promote_on_hit=False))
+    store = ChunkStore(StoreConfig(tiers=(TierConfig("disk", codec=codec),), cache_dir=root, promote_on_hit=False))
+    weakref.finalize(store, shutil.rmtree, root, True)
+    return store
 
 
 def cmd_demo(args) -> int:
