@@ -13,7 +13,6 @@ on HotpotQA with each variant's fused entries, every variant paired with full pr
               that order (RoPE-shifted), only the chunk's tokens computed over it; the entry is keyed behind
               PLACED + the context, so it never meets an exact entry
 
-
 Fidelity only: TTFT does not depend on the variant (the same chunk tokens are placed and selected); ingestion
 does (N neighbours' tokens precomputed again per chunk; reported per variant).
 

@@ -33,17 +33,12 @@ from chunkcache.blend.qcfuse import anchor_count, chunk_anchors
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.runner import ModelRunner
 from chunkcache.store.chunk_kv import ChunkKV
+from chunkcache.store.errors import brief_error
 from chunkcache.store.keys import anchor_key, chunk_key
 
 log = logging.getLogger(__name__)
 
 MEMO_ENTRIES = 8192  # about 1.6 KB an entry (a 130-token chunk: 20 anchors x 10 layers, int64): 13 MB when full
-
-
-def _brief(e: Exception) -> str:
-    """A database error's type and first line (SQLAlchemy appends the statement and its parameters: the
-    anchors' bytes), as ChunkStore records catalog faults."""
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 class AnchorTable(Protocol):
@@ -93,7 +88,7 @@ class AnchorMemo:
         try:
             row = self.catalog.get_anchors(self._keys(key)[0])  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - SQLAlchemy or driver errors: compute instead
-            log.warning("anchors not read from the catalog (%s); computing them", _brief(e))
+            log.warning("anchors not read from the catalog (%s); computing them", brief_error(e))
             return None
         if row is None:
             return None
@@ -119,7 +114,7 @@ class AnchorMemo:
         try:
             self.catalog.put_anchors(*self._keys(key), rows.shape[0], rows.shape[1], data)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - the memo still holds them
-            log.warning("anchors not written to the catalog (%s)", _brief(e))
+            log.warning("anchors not written to the catalog (%s)", brief_error(e))
 
     def holds(self, runner: ModelRunner, sink_ids: tuple[int, ...], entry: tuple, chunk: tuple[int, ...],
               last: int, ratio: float, sinks: int) -> bool:

@@ -28,7 +28,7 @@ import torch
 from chunkcache.store.catalog import Catalog, ChunkMeta
 from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.config import StoreConfig
-from chunkcache.store.errors import EntryUnavailable, Reason, TierWriteError
+from chunkcache.store.errors import EntryUnavailable, Reason, TierWriteError, brief_error
 from chunkcache.store.eviction import estimate_recompute_cost
 from chunkcache.store.layer_stream import LayerStream
 from chunkcache.store.memory_tier import MemoryTier
@@ -87,8 +87,7 @@ class ChunkStore:
         try:
             self.catalog.upsert(meta)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - SQLAlchemy or driver errors: the tier writes go on
-            self._stats.fault(meta.key, "catalog", Reason.CATALOG_UNAVAILABLE,
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", write=True)
+            self._stats.fault(meta.key, "catalog", Reason.CATALOG_UNAVAILABLE, brief_error(e), write=True)
 
     def _cost_of(self, key: str, size: int) -> float:
         return self._costs.get(key) or max(float(size) / 1024.0, 1.0)

@@ -10,6 +10,13 @@ from __future__ import annotations
 from enum import Enum
 
 
+def brief_error(e: BaseException) -> str:
+    """An error's type and first line, at most 200 characters: what a fault record or log line keeps of a
+    database error (SQLAlchemy appends the statement and its parameters, e.g. KV or anchor bytes)."""
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 class Reason(str, Enum):
     """Fault codes recorded in `ChunkStore.stats()["fallbacks"]` and `["put_failures"]`."""
 
