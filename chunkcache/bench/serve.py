@@ -178,7 +178,8 @@ def run_setting(args: argparse.Namespace, s: Setting, reqs: list[LoadRequest], w
                 batching_flag: bool) -> tuple[dict, list[Sample]]:
     bodies = [_body(r, s.mode, args.max_tokens) for r in reqs]
     with tempfile.TemporaryDirectory(prefix="chunkcache-bench-serve-") as tmp:
-        with LiveServer(server_flags(args, s, batching_flag), Path(tmp)) as server:
+        flags = ["--cache-dir", tmp, *server_flags(args, s, batching_flag)]
+        with LiveServer(flags, Path(tmp) / "server.log") as server:
             with httpx.Client(base_url=server.url, timeout=1800) as c:
                 for body in [{"chunks": WARMUP_CHUNKS, "query": "Which river is longest?", "mode": s.mode,
                               "max_tokens": 2}] + [_body(r, s.mode, args.max_tokens) for r in warm]:

@@ -79,11 +79,11 @@ def fused_contexts(prefix_ids: Sequence[int], chunks: Sequence[Sequence[int]], v
 
 
 def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]], contexts: Sequence[Sequence[int]],
-                     reuse: bool = False) -> tuple[list[str], int]:
+                     reuse: bool = False) -> tuple[list[str], int, int]:
     """Precompute and store every chunk behind its fused context, replacing any entry (reuse: an entry the
     store holds is kept, as ingestion does). Returns (keys, extra tokens computed beyond the plain precompute:
-    0 for an entry kept)."""
-    keys, extra = [], 0
+    0 for an entry kept, entries computed)."""
+    keys, extra, computed = [], 0, 0
     for ids, ctx in zip(chunks, contexts, strict=True):
         ids, ctx = tuple(int(t) for t in ids), tuple(int(t) for t in ctx)
         if reuse and source.holds(ids, ctx):
@@ -91,7 +91,8 @@ def precompute_fused(source: ChunkSource, chunks: Sequence[Sequence[int]], conte
             continue
         keys.append(source.recompute(ids, ctx).key)
         extra += len(ctx) - len(source.context_ids)
-    return keys, extra
+        computed += 1
+    return keys, extra, computed
 
 
 def fuse(req: BlendRequest, context_ids: Sequence[int], vectors, n: int = FUSION_NEIGHBOURS,

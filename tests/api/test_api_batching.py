@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from api_helpers import CHUNKS, body
-from conftest import AUTH, LiveServer
+from conftest import AUTH, ApiServer
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,8 @@ BODIES = [body(query=q, mode=m, max_tokens=8) for q, m in
 
 
 @pytest.fixture(scope="module")
-def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(Path(tmp_path_factory.mktemp("batching")), "--store", "memory", "--max-queue", "8",
+def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    server = ApiServer(Path(tmp_path_factory.mktemp("batching")), "--store", "memory", "--max-queue", "8",
                         "--max-batch", "4", "--max-batch-tokens", "64", "--max-new-tokens", "200").wait_ready()
     yield server
     server.stop()
@@ -38,7 +38,7 @@ def _post(url: str, data: dict) -> dict:
         return r.json()
 
 
-def test_concurrent_requests_answer_as_sequential_ones(batching_server: LiveServer) -> None:
+def test_concurrent_requests_answer_as_sequential_ones(batching_server: ApiServer) -> None:
     url = batching_server.url
     _post(url, {"chunks": list(CHUNKS), "query": "warm-up", "max_tokens": 1})  # chunk KV computed once
     sequential = [_post(url, b)["text"] for b in BODIES]
@@ -50,7 +50,7 @@ def test_concurrent_requests_answer_as_sequential_ones(batching_server: LiveServ
     assert health["queue_depth"] == 0
 
 
-def test_disconnected_json_request_is_cancelled(batching_server: LiveServer) -> None:
+def test_disconnected_json_request_is_cancelled(batching_server: ApiServer) -> None:
     url = batching_server.url
     t0 = time.monotonic()
     whole = _post(url, LONG)["stats"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from conftest import AUTH, LiveServer
+from conftest import AUTH, ApiServer
 from hypothesis import HealthCheck, given, settings
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):  # type: ignore[no-untyped-def]
     """Its own server (memory store), stopped with the module so fuzzed ingestion jobs end with it."""
-    server = LiveServer(tmp_path_factory.mktemp("fuzz-cache"), "--store", "memory").wait_ready()
+    server = ApiServer(tmp_path_factory.mktemp("fuzz-cache"), "--store", "memory").wait_ready()
     yield server
     server.stop()
 

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import torch
 
-from servers import PostgresServer, RedisServer, ServeProcess
+from chunkcache.bench.live_server import LiveServer
+from servers import PostgresServer, RedisServer, serve_process
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +55,8 @@ class Cluster:
             r.wait_ready()
         self.state: dict = {}
 
-    def replica(self, name: str, port: int | None = None) -> ServeProcess:
-        return ServeProcess(self.config, self.tmp / f"{name}.log", "--cache-dir", str(self.tmp / name), port=port)
+    def replica(self, name: str, port: int | None = None) -> LiveServer:
+        return serve_process(self.config, self.tmp / f"{name}.log", "--cache-dir", str(self.tmp / name), port=port)
 
     def close(self) -> None:
         for r in (self.a, self.b):
@@ -71,14 +72,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c.close()
 
 
-def ingest(replica: ServeProcess, text: str, doc_id: str, chunk_tokens: int = 32) -> str:
+def ingest(replica: LiveServer, text: str, doc_id: str, chunk_tokens: int = 32) -> str:
     r = httpx.post(f"{replica.url}/documents", timeout=30, json={
         "documents": [{"id": doc_id, "text": text}], "chunk_tokens": chunk_tokens, "overlap_tokens": 0})
     assert r.status_code == 202, r.text
     return r.json()["id"]
 
 
-def wait_job(replica: ServeProcess, job_id: str, timeout_s: float = 180) -> dict:
+def wait_job(replica: LiveServer, job_id: str, timeout_s: float = 180) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         job = httpx.get(f"{replica.url}/jobs/{job_id}", timeout=10).json()
@@ -88,7 +89,7 @@ def wait_job(replica: ServeProcess, job_id: str, timeout_s: float = 180) -> dict
         time.sleep(0.2)
 
 
-def ask(replica: ServeProcess, keys: list[str], **extra: object) -> httpx.Response:
+def ask(replica: LiveServer, keys: list[str], **extra: object) -> httpx.Response:
     return httpx.post(f"{replica.url}/generate_with_chunks", timeout=120,
                       json={"chunks": [{"id": k} for k in keys], **GEN, **extra})
 

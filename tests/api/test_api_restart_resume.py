@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import ServeProcess
+from servers import serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_kill_9_mid_ingestion_interrupts_then_resumes_with_hits(tmp_path: Path) 
     (tmp_path / "key").write_text(key + "\n")
     (tmp_path / "c.toml").write_text("threads = 1\n")
     args = ("--cache-dir", str(tmp_path / "cache"), "--api-key-file", str(tmp_path / "key"))
-    first = ServeProcess(tmp_path / "c.toml", tmp_path / "serve.log", *args).start().wait_ready()
+    first = serve_process(tmp_path / "c.toml", tmp_path / "serve.log", *args).start().wait_ready()
     try:
         cmdline = Path(f"/proc/{first.proc.pid}/cmdline").read_bytes()  # type: ignore[union-attr]
         assert key.encode() not in cmdline and b"--api-key-file" in cmdline
@@ -48,7 +48,7 @@ def test_kill_9_mid_ingestion_interrupts_then_resumes_with_hits(tmp_path: Path) 
         first.stop(kill=True)
     assert seen["done"] < seen["total"], seen  # killed in the middle
 
-    second = ServeProcess(tmp_path / "c.toml", tmp_path / "serve.log", *args).start().wait_ready()
+    second = serve_process(tmp_path / "c.toml", tmp_path / "serve.log", *args).start().wait_ready()
     try:
         with httpx.Client(base_url=second.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
             job = c.get(f"/jobs/{job_id}").json()

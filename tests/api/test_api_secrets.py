@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import PostgresServer, RedisServer, ServeProcess, redis_and_postgres
+from servers import PostgresServer, RedisServer, serve_process, redis_and_postgres
 
 pytestmark = pytest.mark.slow
 REDIS_PW, PG_PW, KEY = "Redis-Pw-9c1e", "Pg-Pw-4b7d", "secrets-test-key"
@@ -31,7 +31,7 @@ def test_no_password_in_responses_logs_or_metrics_with_redis_stopped_mid_request
     cfg.write_text(f'threads = 1\ncache_dir = "{tmp_path / "cache"}"\n[store]\ncpu_bytes = "16KiB"\ndisk = false\n'
                    f'redis_url = "{redis_server.url}"\ncatalog_url = "{pg_url}"\ntimeout_s = 0.5\n'
                    f'redis_retry_after_s = 0.2\n[server]\napi_key = "{KEY}"\nmax_new_tokens = 4\n')
-    serve = ServeProcess(cfg, tmp_path / "server.log").start()
+    serve = serve_process(cfg, tmp_path / "server.log").start()
     bodies: list[str] = []
     try:
         serve.wait_ready()

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 from api_helpers import CHUNKS, QUERY
-from conftest import AUTH, LiveServer
+from conftest import AUTH, ApiServer
 
 from chunkcache.blend.config import DEFAULT_MODE
 
@@ -25,7 +25,7 @@ def test_serve_calibrate_stores_the_ratio_and_requests_use_it(tmp_path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     # a target every ratio meets: the smallest one tried (0.05) is stored
-    server = LiveServer(cache, "--calibrate", "--calibrate-data", str(data), "--calibrate-limit", "2",
+    server = ApiServer(cache, "--calibrate", "--calibrate-data", str(data), "--calibrate-limit", "2",
                         "--target-agreement", "0").wait_ready(timeout_s=300)
     try:
         [profile] = (cache / "profiles").glob("*.json")

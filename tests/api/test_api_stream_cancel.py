@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import AUTH, LiveServer
+from conftest import AUTH, ApiServer
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,8 @@ LONG = {"chunks": ["1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"], "query
 
 
 @pytest.fixture(scope="module")
-def long_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(Path(tmp_path_factory.mktemp("cancel")), "--max-new-tokens", "400",
+def long_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    server = ApiServer(Path(tmp_path_factory.mktemp("cancel")), "--max-new-tokens", "400",
                         "--store", "memory").wait_ready()
     yield server
     server.stop()
@@ -33,7 +33,7 @@ def _next_request(client: httpx.Client) -> dict:
     return r.json()["stats"]
 
 
-def test_disconnect_mid_stream_frees_the_model_worker(long_server: LiveServer) -> None:
+def test_disconnect_mid_stream_frees_the_model_worker(long_server: ApiServer) -> None:
     with httpx.Client(base_url=long_server.url, headers=AUTH, timeout=300) as client:
         t0 = time.monotonic()
         whole = client.post("/generate_with_chunks", json=LONG).json()["stats"]  # what the abandoned answer costs

@@ -158,8 +158,8 @@ def test_fusion_places_the_fused_entries_and_keeps_the_plain_ones(tiny_runner):
     req = _fusion_request(6)
     store = DictStore()
     source = ChunkSource(tiny_runner, store, PREFIX)
-    keys, extra = precompute_fused(source, req.chunks, req.fused)
-    assert extra == sum(len(c) - len(PREFIX) for c in req.fused)
+    keys, extra, computed = precompute_fused(source, req.chunks, req.fused)
+    assert extra == sum(len(c) - len(PREFIX) for c in req.fused) and computed == len(req.chunks)
     assert keys[1] == chunk_key(tiny_runner.fingerprint, req.fused[1], req.chunks[1]) != source.key(req.chunks[1])
     blender = Blender(tiny_runner, source)
     res = blender.prefill(req, BlendConfig(mode="fusion", recompute_ratio=0.0))
@@ -182,18 +182,18 @@ def test_precompute_fused_with_reuse_keeps_held_entries_and_computes_the_rest(ti
     req = _fusion_request(7)
     store = ChunkStore(StoreConfig.memory_only(1 << 30))
     source = ChunkSource(tiny_runner, store, PREFIX)
-    held, _ = precompute_fused(source, req.chunks[:2], req.fused[:2])
+    held, _, _ = precompute_fused(source, req.chunks[:2], req.fused[:2])
     before = [store.get(k, tiny_runner.fingerprint) for k in held]
     calls = []
     recompute = source.recompute
     source.recompute = lambda ids, ctx=None: calls.append(ids) or recompute(ids, ctx)
-    keys, extra = precompute_fused(source, req.chunks, req.fused, reuse=True)
-    assert keys[:2] == held and calls == list(req.chunks[2:])
+    keys, extra, computed = precompute_fused(source, req.chunks, req.fused, reuse=True)
+    assert keys[:2] == held and calls == list(req.chunks[2:]) and computed == len(req.chunks) - 2
     assert extra == sum(len(c) - len(PREFIX) for c in req.fused[2:])
     for k, kv in zip(held, before):  # the held entries' KV as they were
         assert torch.equal(store.get(k, tiny_runner.fingerprint).keys, kv.keys)
     calls.clear()
-    assert precompute_fused(source, req.chunks, req.fused, reuse=True) == (keys, 0) and not calls
+    assert precompute_fused(source, req.chunks, req.fused, reuse=True) == (keys, 0, 0) and not calls
     assert precompute_fused(source, req.chunks, req.fused)[1] == sum(len(c) - len(PREFIX) for c in req.fused)
     assert calls == list(req.chunks)
 
