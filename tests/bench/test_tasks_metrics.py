@@ -54,9 +54,12 @@ def test_summary_means_fidelity_over_all_and_speedup_over_the_timed_examples():
     out = report(rows, TasksConfig(modes=("full", "blend"), ratios=(0.3,)))
     assert set(KEYS) <= set(out["modes"]["blend"])
     pareto = {(r["mode"], r["ratio"]): r for r in out["pareto"]}
-    assert set(pareto) == {("full", 1.0), ("blend", 0.3)}
+    assert set(pareto) == {("full", 1.0), ("blend", 0.15), ("blend", 0.3)}  # the base ratio is on the curve too
     assert pareto[("blend", 0.3)]["n"] == 1 and pareto[("blend", 0.3)]["tf_kl_mean"] == 0.05
+    assert pareto[("blend", 0.15)]["n"] == 1 and pareto[("blend", 0.15)]["tf_kl_mean"] == 0.1
+    assert pareto[("blend", 0.15)]["ttft_speedup_vs_full_median"] == 4.0
     assert pareto[("full", 1.0)]["n"] == 1  # the Pareto rows come from the Pareto subset only
+    assert [r["ratio"] for r in out["pareto"] if r["mode"] == "blend"] == [0.15, 0.3]
 
 
 def test_sweep_point_at_the_base_ratio_is_the_main_runs_not_a_second_prefill():

@@ -128,15 +128,16 @@ def report(rows: list[dict], cfg: TasksConfig) -> dict:
 
 
 def sweep_points(table: dict[str, dict], cfg: TasksConfig) -> list[dict]:
-    """The JSON `pareto` rows: each mode at the ratios it was swept at, or at the base ratio when it ran
-    without the sweep (a mode joined from another run by --merge)."""
+    """The JSON `pareto` rows: each mode at the ratios it was swept at and at the base ratio where it ran there
+    too (a sweep at other ratios, or a mode joined from another run by --merge), by ratio."""
     rows = []
+    base = cfg.base.recompute_ratio
     for m in cfg.modes:
         swept = [r for r in cfg.ratios if f"{m}@{r}" in table]
-        if m in RATIO_FREE_MODES or swept:
-            rows += pareto_rows(table, [m], swept, keys=KEYS)
-        elif m in table:
-            rows.append({"mode": m, "ratio": cfg.base.recompute_ratio, **{k: table[m][k] for k in KEYS}})
+        own = pareto_rows(table, [m], swept, keys=KEYS) if m in RATIO_FREE_MODES or swept else []
+        if m not in RATIO_FREE_MODES and base not in swept and m in table:
+            own.append({"mode": m, "ratio": base, **{k: table[m][k] for k in KEYS}})
+        rows += sorted(own, key=lambda r: r["ratio"])
     return rows
 
 
