@@ -26,7 +26,7 @@ BODIES = [body(query=q, mode=m, max_tokens=8) for q, m in
 @pytest.fixture(scope="module")
 def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     server = ApiServer(Path(tmp_path_factory.mktemp("batching")), "--store", "memory", "--max-queue", "8",
-                        "--max-batch", "4", "--max-batch-tokens", "64", "--max-new-tokens", "200").wait_ready()
+                       "--max-batch", "4", "--max-batch-tokens", "64", "--max-new-tokens", "200").wait_ready()
     yield server
     server.stop()
 

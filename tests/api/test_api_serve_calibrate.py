@@ -26,7 +26,7 @@ def test_serve_calibrate_stores_the_ratio_and_requests_use_it(tmp_path) -> None:
     cache.mkdir()
     # a target every ratio meets: the smallest one tried (0.05) is stored
     server = ApiServer(cache, "--calibrate", "--calibrate-data", str(data), "--calibrate-limit", "2",
-                        "--target-agreement", "0").wait_ready(timeout_s=300)
+                       "--target-agreement", "0").wait_ready(timeout_s=300)
     try:
         [profile] = (cache / "profiles").glob("*.json")
         cal = json.loads(profile.read_text())["calibrated"]

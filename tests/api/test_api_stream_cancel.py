@@ -22,7 +22,7 @@ LONG = {"chunks": ["1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"], "query
 @pytest.fixture(scope="module")
 def long_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     server = ApiServer(Path(tmp_path_factory.mktemp("cancel")), "--max-new-tokens", "400",
-                        "--store", "memory").wait_ready()
+                       "--store", "memory").wait_ready()
     yield server
     server.stop()
 

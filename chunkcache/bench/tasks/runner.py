@@ -134,7 +134,7 @@ def sweep_points(table: dict[str, dict], cfg: TasksConfig) -> list[dict]:
     base = cfg.base.recompute_ratio
     for m in cfg.modes:
         swept = [r for r in cfg.ratios if f"{m}@{r}" in table]
-        own = pareto_rows(table, [m], swept, keys=KEYS) if m in RATIO_FREE_MODES or swept else []
+        own = pareto_rows(table, [m], swept, keys=KEYS)  # [] for a ratio mode swept at no ratio
         if m not in RATIO_FREE_MODES and base not in swept and m in table:
             own.append({"mode": m, "ratio": base, **{k: table[m][k] for k in KEYS}})
         rows += sorted(own, key=lambda r: r["ratio"])
