@@ -200,7 +200,9 @@ def _prophet2(c: Candidates) -> Selection:
     return Selection(keep=top_tokens(fused, c.budget - first.numel()), done=first)
 
 
-def _qcfuse(c: Candidates) -> Selection:
+def qcfuse_importance(c: Candidates) -> torch.Tensor:
+    """qcfuse's score [n_cand]: the question's attention through the compressed view, averaged over the critical
+    layers."""
     cfg, r = c.cfg, c.runner
     layers = critical_layers(r, cfg.critical_layers)
     last = max(layers)
@@ -210,8 +212,11 @@ def _qcfuse(c: Candidates) -> Selection:
     sink_ids = tuple(c.req.token_ids()[:min(cfg.anchor_sinks, c.placed)])  # host ids: no device sync
     anchors = [c.anchor_memo.get(r, c.cache, sink_ids, c.entries.get(i, ()), c.req.chunks[i], s, last,
                                  cfg.anchor_ratio, cfg.anchor_sinks) for (i, _, _), (s, _) in zip(cand, spans)]
-    importance = view_importance(r, c.cache, c.ids[c.fresh:], c.placed, c.fresh, spans, anchors, layers)
-    return Selection(keep=top_tokens(importance.mean(0), c.budget))
+    return view_importance(r, c.cache, c.ids[c.fresh:], c.placed, c.fresh, spans, anchors, layers).mean(0)
+
+
+def _qcfuse(c: Candidates) -> Selection:
+    return Selection(keep=top_tokens(qcfuse_importance(c), c.budget))
 
 
 BLEND_HEAD_SHARE = 0.5  # blend: share of the budget spent on chunk heads (measured on dev examples 0-5)

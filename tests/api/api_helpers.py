@@ -1,10 +1,32 @@
-"""Shared helpers of the API tests: sample chunks, SSE parsing."""
+"""Shared helpers of the API tests: the server with their key and limits, sample chunks, SSE parsing."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
+
+from chunkcache.bench.live_server import LiveServer
+
+API_KEY = "test-key-7f3a"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_NEW_TOKENS = 8
+MAX_PROMPT_TOKENS = 1024
+MAX_BODY_BYTES = 256 * 1024
+MAX_QUEUE = 2
+
+
+class ApiServer(LiveServer):
+    """`chunkcache serve` with the API tests' key and small limits, cache and log under cache_dir; started."""
+
+    def __init__(self, cache_dir: Path, *extra: str) -> None:
+        super().__init__(["--threads", "1", "--cache-dir", str(cache_dir), "--api-key", API_KEY, "--max-new-tokens",
+                          str(MAX_NEW_TOKENS), "--max-prompt-tokens", str(MAX_PROMPT_TOKENS), "--max-body-bytes",
+                          str(MAX_BODY_BYTES), "--max-queue", str(MAX_QUEUE), *extra], Path(cache_dir) / "server.log",
+                         env={"OMP_NUM_THREADS": "1"})
+        self.start()
+
 
 CHUNKS = ["Paris is the capital and largest city of France.",
           "Berlin is the capital of Germany and its largest city.",

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import CHUNKS, body
-from conftest import AUTH, ApiServer
+from api_helpers import AUTH, ApiServer, CHUNKS, body
 
 pytestmark = pytest.mark.slow
 

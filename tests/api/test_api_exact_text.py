@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from api_helpers import sse_events
-from conftest import MAX_NEW_TOKENS
+from api_helpers import MAX_NEW_TOKENS, sse_events
 
 CJK = {"chunks": ["北京是中国的首都。上海是中国最大的城市。"], "query": "请用中文回答：上海是什么？",
        "max_tokens": MAX_NEW_TOKENS, "mode": "full", "return_token_ids": True}

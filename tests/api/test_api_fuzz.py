@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from conftest import AUTH, ApiServer
+from api_helpers import AUTH, ApiServer
 from hypothesis import HealthCheck, given, settings
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import openai
 import pytest
-from conftest import API_KEY, MAX_NEW_TOKENS
+from api_helpers import API_KEY, MAX_NEW_TOKENS
 
 MODEL = "SmolLM2-135M-Instruct"
 SYSTEM = {"role": "system", "content": "You are a terse geography assistant."}

@@ -7,8 +7,7 @@ import json
 
 import httpx
 import pytest
-from api_helpers import CHUNKS, QUERY
-from conftest import AUTH, ApiServer
+from api_helpers import AUTH, ApiServer, CHUNKS, QUERY
 
 from chunkcache.blend.config import DEFAULT_MODE
 

@@ -6,8 +6,7 @@ import concurrent.futures as cf
 import time
 
 import httpx
-from api_helpers import CHUNKS, QUERY, body, sse_events
-from conftest import AUTH, MAX_QUEUE
+from api_helpers import AUTH, CHUNKS, MAX_QUEUE, QUERY, body, sse_events
 
 
 def test_api_healthz_open_and_auth_required(live_server) -> None:

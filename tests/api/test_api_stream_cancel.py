@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import AUTH, ApiServer
+from api_helpers import AUTH, ApiServer
 
 pytestmark = pytest.mark.slow
 

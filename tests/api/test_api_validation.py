@@ -6,8 +6,7 @@ import json
 
 import httpx
 import pytest
-from api_helpers import body
-from conftest import MAX_BODY_BYTES, MAX_NEW_TOKENS
+from api_helpers import MAX_BODY_BYTES, MAX_NEW_TOKENS, body
 
 CASES = [  # (request body, field named)
     ({"chunks": ["a"]}, "query"),
