@@ -4,7 +4,8 @@ Offline, each chunk is prefilled behind [the precompute context (system prefix) 
 neighbours' tokens], so its KV has already attended to text it is likely to be retrieved with; online
 (mode fusion) those entries are placed instead of the plain ones and the tokens the question attends most
 over the placed cache are recomputed (the `query` rule, top recompute_ratio). Mode fusionqc places the same
-entries and selects by qcfuse's rule instead (the question over each chunk's anchors at the critical layers).
+entries and selects blend's chunk heads (half the budget) and, for the rest, by qcfuse's rule (the question over
+each chunk's anchors at the critical layers; blend/modes.py).
 
 fusionqc is the default mode (blend/config.py). A request that carries no fused contexts (no corpus to fuse
 with: bare texts in Python, agents, chat turns) runs UNFUSED_MODE (blend) instead, and its stats say so. For an
@@ -36,7 +37,7 @@ The paper (section 3.1, 3.2; read 2026-12-05) and where chunkcache differs, each
   (its Eq. 10); here the neighbours' tokens are prefilled too (exact context KV; `compute`).
 - online rule: the paper scores tokens by the final layer's query-key product summed over the question's
   tokens, one global top-k; `fusion` uses chunkcache's `query` selector (the question's attention over the
-  placed cache, summed over every layer), `fusionqc` qcfuse's. The paper's rule (final-layer attention mass,
+  placed cache, summed over every layer), `fusionqc` chunk heads and qcfuse's. The paper's rule (final-layer attention mass,
   same cost) gave 32% higher KL than `fusion`'s, beyond noise, at level agreement
   (benchmarks/explore_fusion_online_rule.py): the `fusion` anchor is the stronger of the two.
 """

@@ -66,7 +66,7 @@ def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
         print(f"fused entries (each chunk behind its 2 nearest): {len(chunks) - fusion['fused_computed']} found, "
               f"{fusion['fused_computed']} precomputed in {fusion['fusion_precompute_s']:.1f}s "
               f"({fusion['fusion_extra_tokens']} tokens beyond the {fusion['plain_tokens']} plain ones); "
-              f"their anchors (fusionqc's selection) in {fusion['anchors_s']:.2f}s")
+              f"their anchors (what fusionqc's selection reads) in {fusion['anchors_s']:.2f}s")
     print(f"question: {ex['question']}\ngold answers: {ex['answers']}")
     full = engine.generate(req, BlendConfig(mode="full"))
     blend = engine.generate(req, BlendConfig(mode=args.mode, recompute_ratio=args.recompute_ratio))

@@ -92,10 +92,11 @@ def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender, naive_ca
     assert _recomputed(tiny_blender, req, other).tolist() != want.tolist()  # the layers decide
 
 
-def test_fusionqc_is_qcfuses_selection_over_the_fused_entries(tiny_blender):
-    """fusionqc places the fused entries (fusion at ratio 0: its naive cache) and recomputes the tokens qcfuse's
-    rule picks over that cache, computed here from the parts; not qcfuse's pick over the plain entries, nor the
-    anchors qcfuse remembered for the same chunks' plain entries (run first)."""
+def test_fusionqc_is_heads_then_qcfuses_selection_over_the_fused_entries(tiny_blender):
+    """fusionqc places the fused entries (fusion at ratio 0: its naive cache) and recomputes the first k tokens of
+    every candidate chunk (k = half the budget over the chunks), then the tokens qcfuse's rule ranks highest over
+    that cache, computed here from the parts; not qcfuse's pick over the plain entries, nor the anchors qcfuse
+    remembered for the same chunks' plain entries (run first)."""
     req, r = _fusion_request(7), tiny_blender.runner
     plain = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(1, 2)))
     res = tiny_blender.prefill(req, BlendConfig(mode="fusionqc", recompute_ratio=0.2, critical_layers=(1, 2)))
@@ -108,7 +109,12 @@ def test_fusionqc_is_qcfuses_selection_over_the_fused_entries(tiny_blender):
     naive.truncate(fresh)
     spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
     anchors = [chunk_anchors(r, naive, s, len(c), 4, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
-    want = top_tokens(view_importance(r, naive, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0), budget)
+    score = view_importance(r, naive, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0)  # [n_cand]
+    k = round(budget * 0.5 / len(spans))
+    heads = [s - placed + j for s, _ in spans for j in range(k)]
+    assert k >= 2 and len(set(top_tokens(score, budget).tolist()) & set(heads)) < len(heads)  # the heads matter
+    score[heads] = float("inf")
+    want = top_tokens(score, budget)
     assert (recomputed > 1e-6).nonzero().flatten().tolist() == want.tolist()
     assert not torch.allclose(plain.logits, res.logits, atol=1e-4)  # the fused entries, not the plain ones
 
