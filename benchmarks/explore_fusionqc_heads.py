@@ -1,11 +1,12 @@
 """fusionqc's selection with chunk heads pinned (a share of the budget on the first tokens of every chunk, the rest
 by qcfuse's view importance) against qcfuse's selection alone (fqc_h0: fusionqc until 2026-12-05), on the same
-fused entries. This run made blend's share (fqc_h50) fusionqc's rule. blend leads fusionqc only
-in its chunk heads; the question is whether they add fidelity over fused entries at 6K tokens (MuSiQue), where
+fused entries. This run made blend's share (fqc_h50) fusionqc's rule. blend led the old rule only through its
+chunk heads; the question was whether they add fidelity over fused entries at 6K tokens (MuSiQue), where
 HotpotQA (1.5K) showed no gain for fusion's selection with heads (fusion_selection_hotpotqa_dev30.json).
 Pinning heads changes which tokens are recomputed, not how many nor the selection's cost; the recompute's
-cost moves with where those tokens sit (the question's picks sit late, so heads are cheaper; timed in
-fusionqc_heads_musique_dev5_timed.json). Each example's 10 paragraphs are its corpus, as in `bench tasks`.
+cost moves with where those tokens sit (the question's picks sit late, so heads are cheaper: timed in
+fusionqc_heads_musique_dev5_timed.json, positions from fusionqc_pick_positions.py). Each example's 10 paragraphs
+are its corpus, as in `bench tasks`.
 
 cd benchmarks && python explore_fusionqc_heads.py dev 20 0 fusionqc_heads_musique_dev20.json musique
 (split, examples, timed examples with 3 repeats, JSON out, suite: hotpotqa (default) or musique, labels: a comma

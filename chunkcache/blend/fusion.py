@@ -37,8 +37,8 @@ The paper (section 3.1, 3.2; read 2026-12-05) and where chunkcache differs, each
   (its Eq. 10); here the neighbours' tokens are prefilled too (exact context KV; `compute`).
 - online rule: the paper scores tokens by the final layer's query-key product summed over the question's
   tokens, one global top-k; `fusion` uses chunkcache's `query` selector (the question's attention over the
-  placed cache, summed over every layer), `fusionqc` chunk heads and qcfuse's. The paper's rule (final-layer attention mass,
-  same cost) gave 32% higher KL than `fusion`'s, beyond noise, at level agreement
+  placed cache, summed over every layer), `fusionqc` chunk heads and qcfuse's. The paper's rule (final-layer
+  attention mass, same cost) gave 32% higher KL than `fusion`'s, beyond noise, at level agreement
   (benchmarks/explore_fusion_online_rule.py): the `fusion` anchor is the stronger of the two.
 """
 

@@ -15,8 +15,8 @@ from store_kvgen import FP, make_kv, same
 from chunkcache.store.chunk_store import ChunkStore
 from chunkcache.store.config import StoreConfig, TierConfig
 
-PAUSE_MS = 1500
-FAST_S = 0.3  # a put that waited for the paused server would take PAUSE_MS
+PAUSE_MS = 3000
+FAST_S = 1.0  # a put that waited for the paused server would take up to PAUSE_MS; a loaded 2-core machine took 0.62 s
 
 
 @pytest.fixture()
