@@ -8,9 +8,10 @@ python benchmarks/explore_fusion_qcfuse.py dev 30 10 benchmarks/fusion_qcfuse_ho
 (split, examples, timed examples with 3 repeats, JSON out, suite: hotpotqa (default) or musique, labels: a comma
 list of the configs below to run, default all)
 
-fusionqc is the package's rule when run: qcfuse's selection alone until 2026-12-05 (this script's JSONs), since then
-with blend's chunk heads pinned (explore_fusionqc_heads.py). The variant was (until 2026-12-04 it was patched in: a fusion config with epic_k = 17 took
-qcfuse's selector; the same computation, checked on HotpotQA test 0-1 in BENCHMARKS.md).
+The variant is mode fusionqc, the package's rule when run: qcfuse's selection alone until 2026-12-05 (this script's
+JSONs), since then with blend's chunk heads pinned (explore_fusionqc_heads.py). Until 2026-12-04 it was patched in:
+a fusion config with epic_k = 17 took qcfuse's selector; the same computation, checked on HotpotQA test 0-1 in
+BENCHMARKS.md.
 """
 import sys
 

@@ -42,8 +42,13 @@ def with_heads(c: modes.Candidates) -> modes.Selection:
     return modes.Selection(keep=top_tokens(score, c.budget))
 
 
-def main() -> None:
+def patch() -> None:
+    """fusionqc configs marked in SHARES take with_heads; the rest the package's rule."""
     modes.SELECTORS["fusionqc"] = lambda c: with_heads(c) if c.cfg.epic_k in SHARES else modes._fusionqc(c)
+
+
+def main() -> None:
+    patch()
     labels = sys.argv[6].split(",") if len(sys.argv) > 6 else list(CONFIGS)
     explore({k: CONFIGS[k] for k in labels}, sys.argv[1:6])
 

@@ -20,7 +20,7 @@ from chunkcache.retrieval.embedder import Embedder
 
 def main() -> None:
     suite, split, limit = get_suite(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    modes.SELECTORS["fusionqc"] = lambda c: heads.with_heads(c) if c.cfg.epic_k in heads.SHARES else modes._fusionqc(c)
+    heads.patch()
     picks = {}
 
     def recording(c: modes.Candidates) -> modes.Selection:

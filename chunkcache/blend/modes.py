@@ -231,11 +231,15 @@ def blend_heads(c: Candidates) -> torch.Tensor:
     return c.heads(k, min(k, c.cfg.sink_tokens) if c.cfg.kvcomm else None)
 
 
-def _fusionqc(c: Candidates) -> Selection:
-    """blend's chunk heads, then the tokens qcfuse's view importance ranks highest, up to the budget."""
-    score = qcfuse_importance(c)  # [n_cand]
+def heads_then(c: Candidates, score: torch.Tensor) -> Selection:
+    """blend's chunk heads, then the candidates `score` [n_cand] ranks highest, up to the budget (score is
+    overwritten at the heads)."""
     score[blend_heads(c)] = float("inf")
     return Selection(keep=top_tokens(score, c.budget))
+
+
+def _fusionqc(c: Candidates) -> Selection:
+    return heads_then(c, qcfuse_importance(c))
 
 
 def _blend(c: Candidates) -> Selection:
@@ -244,9 +248,7 @@ def _blend(c: Candidates) -> Selection:
     layers = c.cfg.score_layers or tuple(range(c.runner.n_layers))
     if layers[-1] >= c.runner.n_layers:
         raise ValueError(f"score_layers {layers} out of range for a model of {c.runner.n_layers} layers")
-    score = c.suffix_attention(layers[-1] + 1)[list(layers)].sum(0)  # [n_cand]
-    score[blend_heads(c)] = float("inf")
-    return Selection(keep=top_tokens(score, c.budget))
+    return heads_then(c, c.suffix_attention(layers[-1] + 1)[list(layers)].sum(0))
 
 
 SELECTORS: dict[str, Callable[[Candidates], Selection]] = {
