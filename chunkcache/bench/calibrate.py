@@ -7,9 +7,10 @@ the mode (default: the default mode) runs at every ratio tried, next to full pre
   KL         teacher-forced KL(full || mode) over full prefill's answer tokens, and top-1 agreement.
 The picked ratio is the smallest whose mean agreement >= target_agreement (and mean KL <= target_kl when set);
 when none meets the target, 1.0 (everything recomputed: exact) is stored and `met` is false. It is stored
-under the model's fingerprint and the mode that ran (blend/model_profile.py: a fused mode over requests without
-fused contexts runs blend); BlendConfig(calibrated=True), the server's `calibrated` request field and `chunkcache ask
---calibrated` then use the ratio of the mode each request runs. `chunkcache calibrate` in a fused mode calibrates
+under the model's fingerprint and the mode that ran, with that mode's rule revision (blend/model_profile.py: a
+fused mode over requests without fused contexts runs blend; a ratio stored under an older rule is refused).
+BlendConfig(calibrated=True), the server's `calibrated` request field and `chunkcache ask --calibrated` then use
+the ratio of the mode each request runs. `chunkcache calibrate` in a fused mode calibrates
 its fallback, blend, on the same sample too.
 """
 
@@ -27,7 +28,7 @@ from chunkcache.bench.metrics import teacher_forced, token_f1
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import Blender
-from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, BlendConfig, rule_revision
 from chunkcache.blend.model_profile import calibrations, update_profile
 from chunkcache.blend.request import BlendRequest
 
@@ -131,12 +132,13 @@ def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationCo
              "tf_top1_agreement": statistics.fmean(t for *_, t in v)} for x, v in per_ratio.items()]
     ok = [row for row in rows if row["agreement_f1"] >= cfg.target_agreement
           and (cfg.target_kl is None or row["tf_kl_mean"] <= cfg.target_kl)]
-    return {"fingerprint": r.fingerprint, "mode": runs.pop(), "config": asdict(cfg), "n": len(requests), "rows": rows,
-            "met": bool(ok), "recompute_ratio": ok[0]["recompute_ratio"] if ok else 1.0}
+    mode = runs.pop()
+    return {"fingerprint": r.fingerprint, "mode": mode, "rule": rule_revision(mode), "config": asdict(cfg),
+            "n": len(requests), "rows": rows, "met": bool(ok), "recompute_ratio": ok[0]["recompute_ratio"] if ok else 1.0}
 
 
 def store_calibration(fingerprint: str, result: dict, root: str | Path | None = None) -> Path:
     """Store the picked ratio (and what it was measured on) in the model's profile, under the mode that ran
     (result["mode"]), beside the other modes' calibrations; returns the file."""
-    cal = {k: result[k] for k in ("recompute_ratio", "met", "n", "rows", "config")}
+    cal = {k: result[k] for k in ("recompute_ratio", "met", "n", "rows", "config", "rule")}
     return update_profile(fingerprint, root, calibrated={**calibrations(fingerprint, root), result["mode"]: cal})

@@ -15,6 +15,14 @@ DEVIATION_ON = ("k", "v", "kv")
 ALIASES = {"dense": "full"}  # the agents' old name of full prefill
 KVCOMM_PREFIX = "kvcomm"  # "kvcomm" = naive + KVCOMM offsets; "kvcomm+<mode>" = <mode> over KVCOMM offsets
 AGENT_MODES = ("full", "prefix", "kvcomm", "blend", "kvcomm+blend", "kvcomm+epic")  # what `bench agents` compares by default
+# A mode's selection rule, numbered from 1: bumped when what the mode recomputes at a given ratio changes, so that a
+# ratio `chunkcache calibrate` stored under the older rule is refused instead of silently reused (model_profile.py).
+RULE_REVISIONS = {"fusionqc": 2}  # 2: blend's chunk heads pinned (2026-12-05)
+
+
+def rule_revision(mode: str) -> int:
+    """The current selection rule of `mode` (1 unless RULE_REVISIONS says otherwise)."""
+    return RULE_REVISIONS.get(mode, 1)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-from chunkcache.blend.config import DEFAULT_MODE
+from chunkcache.blend.config import DEFAULT_MODE, rule_revision
 from chunkcache.kernels._cpp import UnsafeCacheDir, private_dir
 from chunkcache.store.config import default_cache_dir
 
@@ -84,9 +84,15 @@ def calibrations(fingerprint: str, root: str | Path | None = None) -> dict[str, 
 
 def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str = DEFAULT_MODE) -> float:
     """The recompute ratio calibrated for this model in `mode` (the mode that runs: a fused-mode request without
-    fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored."""
+    fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored, or when the stored
+    one was measured under an older selection rule of the mode (its "rule", 1 when absent: config.RULE_REVISIONS)."""
     cal = calibrations(fingerprint, root).get(mode, {})
+    fix = f"run `chunkcache calibrate --mode {mode}` first, or give recompute_ratio"
     if not isinstance(cal.get("recompute_ratio"), (int, float)):
         raise ValueError(f"calibrated: no recompute ratio is calibrated for mode {mode!r} of model {fingerprint} "
-                         f"(run `chunkcache calibrate --mode {mode}` first, or give recompute_ratio)")
+                         f"({fix})")
+    if cal.get("rule", 1) != rule_revision(mode):
+        raise ValueError(f"calibrated: the ratio stored for mode {mode!r} of model {fingerprint} was measured under "
+                         f"its selection rule {cal.get('rule', 1)}, and the mode now runs rule {rule_revision(mode)} "
+                         f"({fix.replace('first', 'again')})")
     return float(cal["recompute_ratio"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chunkcache.bench.calibrate import CalibrationConfig, calibrate, load_sample, store_calibration
-from chunkcache.blend.config import DEFAULT_MODE, BlendConfig
+from chunkcache.blend.config import DEFAULT_MODE, RULE_REVISIONS, BlendConfig, rule_revision
 from chunkcache.blend.model_profile import calibrated_ratio, calibrations, profile_path
 from chunkcache.blend.request import BlendRequest
 
@@ -49,8 +49,9 @@ def test_calibrate_picks_the_smallest_ratio_meeting_the_target(tiny_blender, tmp
     assert torch.equal(asked.logits, explicit.logits)
 
 
-def _result(mode, ratio):
-    return {"mode": mode, "recompute_ratio": ratio, "met": True, "n": 1, "rows": [], "config": {"mode": mode}}
+def _result(mode, ratio, rule=None):
+    return {"mode": mode, "recompute_ratio": ratio, "met": True, "n": 1, "rows": [], "config": {"mode": mode},
+            "rule": rule_revision(mode) if rule is None else rule}
 
 
 def test_the_fused_default_and_its_blend_fallback_each_run_at_their_own_ratio(tiny_blender, tmp_path, monkeypatch):
@@ -73,10 +74,40 @@ def test_the_fused_default_and_its_blend_fallback_each_run_at_their_own_ratio(ti
     assert more > tiny_blender.prefill(fused, BlendConfig(calibrated=True)).stats.recomputed_tokens
     # a profile written before calibrations were kept per mode: its one calibration, under its mode
     path = profile_path(fp)
-    path.write_text(json.dumps({"fingerprint": fp, "calibrated": _result("blend", 0.3)}))
+    old = {k: v for k, v in _result("blend", 0.3).items() if k != "rule"}  # nor rule revisions: rule 1
+    path.write_text(json.dumps({"fingerprint": fp, "calibrated": old}))
     assert calibrated_ratio(fp, mode="blend") == 0.3
     with pytest.raises(ValueError, match="chunkcache calibrate --mode fusion"):
         calibrated_ratio(fp, mode="fusion")
+
+
+def test_a_ratio_calibrated_under_an_older_selection_rule_is_refused(tiny_blender, tmp_path, monkeypatch):
+    """fusionqc's rule changed after calibrations were stored (rule 2: blend's chunk heads pinned): a ratio measured
+    under rule 1 says so and names the command, instead of running the new rule at a ratio chosen for the old one."""
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
+    fp = tiny_blender.runner.fingerprint
+    assert rule_revision("fusionqc") == RULE_REVISIONS["fusionqc"] >= 2 and rule_revision("blend") == 1
+    store_calibration(fp, _result("fusionqc", 0.1, rule=1))
+    store_calibration(fp, _result("blend", 0.2, rule=1))
+    with pytest.raises(ValueError, match=r"rule 1.*rule 2.*chunkcache calibrate --mode fusionqc"):
+        calibrated_ratio(fp, mode="fusionqc")
+    plain = _requests(1)[0]
+    fused = replace(plain, fused=tuple((*PREFIX, *plain.chunks[(i + 1) % 3][:6]) for i in range(3)))
+    with pytest.raises(ValueError, match="calibrated"):
+        tiny_blender.prefill(fused, BlendConfig(mode="fusionqc", calibrated=True))
+    assert calibrated_ratio(fp, mode="blend") == 0.2  # blend's rule is unchanged: its ratio still serves
+    store_calibration(fp, _result("fusionqc", 0.3))  # recalibrated: the current rule is stored with it
+    assert calibrations(fp)["fusionqc"]["rule"] == rule_revision("fusionqc")
+    assert calibrated_ratio(fp, mode="fusionqc") == 0.3
+
+
+def test_calibrate_records_the_rule_of_the_mode_that_ran(tiny_blender, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
+    plain = _requests(1)[0]
+    fused = replace(plain, fused=tuple((*PREFIX, *plain.chunks[(i + 1) % 3][:6]) for i in range(3)))
+    cfg = CalibrationConfig(mode="fusionqc", ratios=(0.2,), target_agreement=0.0, max_new=2)
+    assert calibrate(tiny_blender, [fused], cfg)["rule"] == rule_revision("fusionqc")
+    assert calibrate(tiny_blender, [plain], cfg)["rule"] == rule_revision("blend")  # it ran as blend
 
 
 def test_kl_target_and_unmet_target(tiny_blender, tmp_path):
