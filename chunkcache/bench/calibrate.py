@@ -10,8 +10,8 @@ when none meets the target, 1.0 (everything recomputed: exact) is stored and `me
 under the model's fingerprint and the mode that ran, with that mode's rule revision (blend/model_profile.py: a
 fused mode over requests without fused contexts runs blend; a ratio stored under an older rule is refused).
 BlendConfig(calibrated=True), the server's `calibrated` request field and `chunkcache ask --calibrated` then use
-the ratio of the mode each request runs. `chunkcache calibrate` in a fused mode calibrates
-its fallback, blend, on the same sample too.
+the ratio of the mode each request runs. `chunkcache calibrate` in a fused mode calibrates its fallback, blend,
+on the same sample too.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationCo
           and (cfg.target_kl is None or row["tf_kl_mean"] <= cfg.target_kl)]
     mode = runs.pop()
     return {"fingerprint": r.fingerprint, "mode": mode, "rule": rule_revision(mode), "config": asdict(cfg),
-            "n": len(requests), "rows": rows, "met": bool(ok), "recompute_ratio": ok[0]["recompute_ratio"] if ok else 1.0}
+            "n": len(requests), "rows": rows, "met": bool(ok),
+            "recompute_ratio": ok[0]["recompute_ratio"] if ok else 1.0}
 
 
 def store_calibration(fingerprint: str, result: dict, root: str | Path | None = None) -> Path:

@@ -87,12 +87,13 @@ def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str
     fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored, or when the stored
     one was measured under an older selection rule of the mode (its "rule", 1 when absent: config.RULE_REVISIONS)."""
     cal = calibrations(fingerprint, root).get(mode, {})
-    fix = f"run `chunkcache calibrate --mode {mode}` first, or give recompute_ratio"
+    cmd = f"chunkcache calibrate --mode {mode}"
     if not isinstance(cal.get("recompute_ratio"), (int, float)):
         raise ValueError(f"calibrated: no recompute ratio is calibrated for mode {mode!r} of model {fingerprint} "
-                         f"({fix})")
-    if cal.get("rule", 1) != rule_revision(mode):
+                         f"(run `{cmd}` first, or give recompute_ratio)")
+    stored, current = cal.get("rule", 1), rule_revision(mode)
+    if stored != current:
         raise ValueError(f"calibrated: the ratio stored for mode {mode!r} of model {fingerprint} was measured under "
-                         f"its selection rule {cal.get('rule', 1)}, and the mode now runs rule {rule_revision(mode)} "
-                         f"({fix.replace('first', 'again')})")
+                         f"its selection rule {stored}, and the mode now runs rule {current} "
+                         f"(run `{cmd}` again, or give recompute_ratio)")
     return float(cal["recompute_ratio"])

@@ -49,6 +49,11 @@ def test_calibrate_picks_the_smallest_ratio_meeting_the_target(tiny_blender, tmp
     assert torch.equal(asked.logits, explicit.logits)
 
 
+def _fused(req):
+    """req with a fused context per chunk: the prefix and the next chunk's first 6 tokens."""
+    return replace(req, fused=tuple((*PREFIX, *req.chunks[(i + 1) % 3][:6]) for i in range(3)))
+
+
 def _result(mode, ratio, rule=None):
     return {"mode": mode, "recompute_ratio": ratio, "met": True, "n": 1, "rows": [], "config": {"mode": mode},
             "rule": rule_revision(mode) if rule is None else rule}
@@ -58,7 +63,7 @@ def test_the_fused_default_and_its_blend_fallback_each_run_at_their_own_ratio(ti
     monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
     fp = tiny_blender.runner.fingerprint
     plain = _requests(1)[0]
-    fused = replace(plain, fused=tuple((*PREFIX, *plain.chunks[(i + 1) % 3][:6]) for i in range(3)))
+    fused = _fused(plain)
     with pytest.raises(ValueError, match="one mode"):  # the default over these would run as two modes
         calibrate(tiny_blender, [plain, fused], CalibrationConfig(max_new=2))
     store_calibration(fp, _result(DEFAULT_MODE, 0.1))
@@ -92,7 +97,7 @@ def test_a_ratio_calibrated_under_an_older_selection_rule_is_refused(tiny_blende
     with pytest.raises(ValueError, match=r"rule 1.*rule 2.*chunkcache calibrate --mode fusionqc"):
         calibrated_ratio(fp, mode="fusionqc")
     plain = _requests(1)[0]
-    fused = replace(plain, fused=tuple((*PREFIX, *plain.chunks[(i + 1) % 3][:6]) for i in range(3)))
+    fused = _fused(plain)
     with pytest.raises(ValueError, match="calibrated"):
         tiny_blender.prefill(fused, BlendConfig(mode="fusionqc", calibrated=True))
     assert calibrated_ratio(fp, mode="blend") == 0.2  # blend's rule is unchanged: its ratio still serves
@@ -104,7 +109,7 @@ def test_a_ratio_calibrated_under_an_older_selection_rule_is_refused(tiny_blende
 def test_calibrate_records_the_rule_of_the_mode_that_ran(tiny_blender, tmp_path, monkeypatch):
     monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
     plain = _requests(1)[0]
-    fused = replace(plain, fused=tuple((*PREFIX, *plain.chunks[(i + 1) % 3][:6]) for i in range(3)))
+    fused = _fused(plain)
     cfg = CalibrationConfig(mode="fusionqc", ratios=(0.2,), target_agreement=0.0, max_new=2)
     assert calibrate(tiny_blender, [fused], cfg)["rule"] == rule_revision("fusionqc")
     assert calibrate(tiny_blender, [plain], cfg)["rule"] == rule_revision("blend")  # it ran as blend
