@@ -90,7 +90,7 @@ class ChatTurn:
                                                  reserve=self.sampling.max_new_tokens + 1)
             self.stats = pre.stats.as_dict()
             detok, text, sent = Detokenizer(rt.tokenizer), "", 0
-            steps = decode_steps(rt.runner, pre.cache, pre.logits, self.sampling, rt.eos_ids)
+            steps = decode_steps(rt.runner, pre.cache, pre.logits, self.sampling, rt.eos_ids, pre.correction)
             while True:
                 with torch.inference_mode():
                     step = next(steps, None)

@@ -37,11 +37,11 @@ def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig
 
 
 def _tf_logits(engine: ChunkCacheEngine, res: BlendResult, answer: list[int]) -> torch.Tensor:
-    return tf_logits(engine.runner, res.cache, res.logits, answer)
+    return tf_logits(engine.runner, res.cache, res.logits, answer, correction=res.correction)
 
 
 def _greedy(engine: ChunkCacheEngine, res: BlendResult, max_new: int) -> list[int]:
-    return greedy(engine.runner, res.cache, res.logits, max_new, engine.eos_ids)
+    return greedy(engine.runner, res.cache, res.logits, max_new, engine.eos_ids, res.correction)
 
 
 def _text(engine: ChunkCacheEngine, ids: list[int]) -> str:
@@ -57,12 +57,15 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
     engine.precompute(chunks)
     full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
     n = full.cache.length
+    t0 = time.perf_counter()
     answer = _greedy(engine, full, max_new)
+    full_tpot = (time.perf_counter() - t0) / max(1, len(answer) - 1)
     full.cache.truncate(n)
     ref = _tf_logits(engine, full, answer)
     full_text = _text(engine, answer)
     out = {"full": {"ttft_s": full_t, "answer": full_text, "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0,
-                    "first_token": 1.0, "recompute_fraction": 1.0, "prompt_tokens": req.num_tokens}}
+                    "first_token": 1.0, "recompute_fraction": 1.0, "prompt_tokens": req.num_tokens,
+                    "tpot_s": full_tpot}}
     del full
     labels_of: dict[BlendConfig, list[str]] = {}
     for label, cfg in configs.items():
@@ -76,7 +79,9 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
         row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
                "recompute_fraction": res.stats.recompute_fraction}
         if free_run:
+            t0 = time.perf_counter()
             ids = _greedy(engine, res, max_new)
+            row["tpot_s"] = (time.perf_counter() - t0) / max(1, len(ids) - 1)  # per decode forward
             text = _text(engine, ids)
             row.update(answer=text, fidelity_f1=token_f1(text, full_text) if full_text else float(text == full_text),
                        first_token=float(ids[:1] == answer[:1]))

@@ -57,6 +57,9 @@ class BlendConfig:
         every layer); the scoring pass stops after the last of them.
     anchor_ratio, anchor_sinks: qcfuse's (and fusionqc's) anchors per chunk: anchor_ratio of its tokens, the first
         anchor_sinks of them always (QCFuse's release: 0.15 and 4).
+    decode_correction: context tokens recomputed per decode step (0: none), KVShare-style (arXiv 2503.16525): the ones
+        the prefill placed from cache and did not recompute, best first by the mode's own ranking (the question-scored
+        modes), else in position order (runner/decode.py DecodeCorrection). TTFT is unchanged; each step costs more.
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
         anchor offsets; blend/anchoring.py) before the mode's selection runs. Named "kvcomm" (with mode
         naive: nothing recomputed) or "kvcomm+<mode>" (see `named`).
@@ -79,6 +82,7 @@ class BlendConfig:
     anchor_ratio: float = 0.15
     anchor_sinks: int = 4
     score_layers: tuple[int, ...] = ()
+    decode_correction: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -105,6 +109,8 @@ class BlendConfig:
         if not 0.0 < self.anchor_ratio <= 1.0 or self.anchor_sinks < 0:
             raise ValueError(f"anchor_ratio must be in (0, 1] and anchor_sinks >= 0, "
                              f"got {self.anchor_ratio}, {self.anchor_sinks}")
+        if self.decode_correction < 0:
+            raise ValueError(f"decode_correction must be >= 0 tokens per decode step, got {self.decode_correction}")
         if self.kvcomm and not self.places_kv:
             raise ValueError(f"kvcomm places estimated KV; mode {self.mode!r} places none")
 

@@ -101,7 +101,8 @@ class ChunkCacheEngine:
         res = self.prefill(req, cfg, reserve=sampling.max_new_tokens)
         ttft, stats = time.perf_counter() - t0, res.stats.as_dict()
         detok = Detokenizer(self.tokenizer)
-        for tok, last in decode_steps(self.runner, res.cache, res.logits, sampling, self.eos_ids):
+        for tok, last in decode_steps(self.runner, res.cache, res.logits, sampling, self.eos_ids,
+                                      res.correction):
             piece = detok.add(tok) if tok not in self.eos_ids else ""
             yield tok, piece + (detok.flush() if last else ""), ttft, stats
 

@@ -31,7 +31,8 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     lengths = tuple(int(n) for n in _csv(args.lengths))
     variants = _csv(args.variants)
     ruler.settings(suite.name, lengths, variants)  # checks the variants before the model loads
-    cfg = TasksConfig(modes=_csv(args.modes), base=BlendConfig(recompute_ratio=args.recompute_ratio),
+    cfg = TasksConfig(modes=_csv(args.modes), base=BlendConfig(recompute_ratio=args.recompute_ratio,
+                                                                   decode_correction=args.decode_correction),
                       ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
                       repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
                       min_full_score=args.min_full_score)
@@ -51,7 +52,8 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
         result["split"] = split
         result["data"] = {"n": len(examples), "gold_positions": gold_positions(examples)}
         result["config"] = {"data": args.data, "skip": args.skip, "limit": args.limit, "modes": list(cfg.modes),
-                            "recompute_ratio": args.recompute_ratio, "ratios": list(cfg.ratios), "max_new": cfg.max_new,
+                            "recompute_ratio": args.recompute_ratio, "decode_correction": args.decode_correction,
+                            "ratios": list(cfg.ratios), "max_new": cfg.max_new,
                             "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
                             "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
                             "reserve_tokens": reserve, "device": args.engine.device,
@@ -110,6 +112,9 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--recompute-ratio", type=ratio, default=0.15)
     p.add_argument("--ratios", type=ratios, default=None,
                    help="comma list: every mode at each ratio on the Pareto subset (JSON `pareto`)")
+    p.add_argument("--decode-correction", type=int, default=0, metavar="K",
+                   help="every mode recomputes K more of its cached context tokens per decode step (KVShare-style; "
+                        "0: off); the JSON's tpot_ratio_vs_full_median says what it costs")
     p.add_argument("--limit", type=positive, default=None,
                    help="the first N examples of the split (niah, vt: of each setting; default: all, 100 per setting)")
     p.add_argument("--skip", type=int, default=0,

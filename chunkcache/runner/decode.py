@@ -1,5 +1,9 @@
 """Decode loop over a KVCache: greedy or sampled, one token per step (`ModelRunner.decode_step`: no
-per-token planning or validation; the one host sync per token is taking the token)."""
+per-token planning or validation; the one host sync per token is taking the token).
+
+With a `DecodeCorrection` (KVShare-style, arXiv 2503.16525) each step also recomputes the next few context tokens
+the blended prefill left approximate, in the same forward as the step's token (`ModelRunner.forward_rows`), so the
+cache converges towards full prefill's while the answer is generated: TTFT is unchanged, each step costs more."""
 
 from __future__ import annotations
 
@@ -28,6 +32,41 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+@dataclass
+class DecodeCorrection:
+    """Per-request queue of context tokens to recompute during decode. ids [n]: the prompt's token ids; pending [m]:
+    positions (< n) whose KV came from cache, best first (the selector's ranking where it has one); per_step: how
+    many each decode step recomputes. `take` pops the next batch; use `fresh()` for a second pass over a copy."""
+
+    ids: torch.Tensor
+    pending: torch.Tensor
+    per_step: int
+
+    def __post_init__(self) -> None:
+        if self.per_step < 1:
+            raise ValueError(f"decode_correction must be >= 1 tokens per step, got {self.per_step}")
+
+    def take(self) -> torch.Tensor:
+        """The next batch of positions [<= per_step], increasing; removed from the queue."""
+        batch, self.pending = self.pending[: self.per_step], self.pending[self.per_step:]
+        return batch.sort().values
+
+    def fresh(self) -> "DecodeCorrection":
+        return DecodeCorrection(self.ids, self.pending, self.per_step)
+
+
+def next_logits(runner: ModelRunner, token: torch.Tensor, cache: KVCache,
+                correction: DecodeCorrection | None = None) -> torch.Tensor:
+    """token [1] at position cache.length -> next-token logits [vocab]; with a correction, its next batch of context
+    tokens is recomputed in the same forward (their K/V overwrite the cached ones)."""
+    batch = correction.take() if correction is not None else None
+    if batch is None or batch.numel() == 0:
+        return runner.decode_step(token, cache)
+    positions = torch.cat((batch, torch.full((1,), cache.length, dtype=torch.int64, device=batch.device)))  # [b+1]
+    hidden = runner.forward_rows(torch.cat((correction.ids[batch], token)), positions, cache)  # [b+1, H]
+    return runner.logits(hidden[-1:])[0]
+
+
 def pick_token(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> int:
     """logits [vocab] -> token id."""
     if cfg.temperature == 0:
@@ -41,15 +80,16 @@ def pick_token(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator |
 
 
 def decode(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, cfg: SamplingConfig,
-           eos_ids: set[int]) -> Iterator[int]:
+           eos_ids: set[int], correction: DecodeCorrection | None = None) -> Iterator[int]:
     """Yield token ids starting from the prompt's last logits [vocab]; stops at EOS or max_new_tokens."""
-    for token, _ in decode_steps(runner, cache, first_logits, cfg, eos_ids):
+    for token, _ in decode_steps(runner, cache, first_logits, cfg, eos_ids, correction):
         yield token
 
 
 def decode_steps(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, cfg: SamplingConfig,
-                 eos_ids: set[int]) -> Iterator[tuple[int, bool]]:
-    """As `decode`, yielding (token, last): last is True on the final token (so text can be flushed)."""
+                 eos_ids: set[int], correction: DecodeCorrection | None = None) -> Iterator[tuple[int, bool]]:
+    """As `decode`, yielding (token, last): last is True on the final token (so text can be flushed). correction:
+    the prefill's queue of context tokens to recompute during the steps (consumed)."""
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
     logits = first_logits
     for step in range(cfg.max_new_tokens):
@@ -58,7 +98,7 @@ def decode_steps(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor
         yield token, last
         if last:
             return
-        logits = runner.decode_step(torch.tensor([token], dtype=torch.int64, device=runner.device), cache)
+        logits = next_logits(runner, torch.tensor([token], dtype=torch.int64, device=runner.device), cache, correction)
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:

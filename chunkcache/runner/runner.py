@@ -133,6 +133,21 @@ class ModelRunner:
         return hidden
 
     @torch.inference_mode()
+    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Compute tokens ids [m] at strictly increasing positions [m] (anywhere in the cache, e.g. context tokens
+        to correct, then the next token at cache.length) through every layer, each row attending to the cached
+        keys up to its position. Their K/V overwrite the cache. Returns last hidden [m, H]."""
+        end = int(positions[-1]) + 1
+        if end > self.max_positions:
+            raise ValueError(f"position {end - 1} exceeds the model context of {self.max_positions}")
+        cache.reserve(end)
+        plan = plan_sparse_attention(positions, end, dtype=self.dtype)
+        hidden = self.embed(ids)
+        for layer_idx in range(self.n_layers):
+            hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
+        return hidden
+
+    @torch.inference_mode()
     def decode_step(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decode token: token [1] int64 at position cache.length -> next-token logits [vocab] fp32.
 

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from chunkcache.runner.batch import decode_batch
+from chunkcache.runner.decode import next_logits
 from chunkcache.runner.heap import heap_trimmer
 from chunkcache.runner.runner import ModelRunner
 from chunkcache.serving.config import SchedulerConfig
@@ -246,7 +247,7 @@ class Scheduler:
         seqs = list(self._running)
         tokens = torch.tensor([s.next_token for s in seqs], dtype=torch.int64, device=self.runner.device)  # [B]
         try:
-            logits = decode_batch(self.runner, tokens, [s.result.cache for s in seqs])  # [B, vocab]
+            logits = self._decode_rows(seqs, tokens)  # [B, vocab]
         except Exception as err:  # noqa: BLE001 - every sequence of the failed step gets it
             for seq in seqs:
                 self._leave(seq, err)
@@ -256,6 +257,23 @@ class Scheduler:
             token = greedy[b] if seq.req.sampling.temperature == 0 else seq.pick(logits[b])
             if seq.accept(token, self.runner.max_positions):
                 self._leave(seq)
+
+    def _decode_rows(self, seqs: list[Sequence], tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [B, vocab]: one batched forward for the plain rows; a sequence still correcting its
+        context during decode (BlendResult.correction) runs alone, its token with its next context batch."""
+        fixing = [b for b, s in enumerate(seqs)
+                  if s.result.correction is not None and s.result.correction.pending.numel()]
+        if not fixing:
+            return decode_batch(self.runner, tokens, [s.result.cache for s in seqs])
+        rows: list[torch.Tensor | None] = [None] * len(seqs)
+        plain = [b for b in range(len(seqs)) if b not in fixing]
+        if plain:
+            out = decode_batch(self.runner, tokens[plain], [seqs[b].result.cache for b in plain])  # [len(plain), vocab]
+            for i, b in enumerate(plain):
+                rows[b] = out[i]
+        for b in fixing:
+            rows[b] = next_logits(self.runner, tokens[b:b + 1], seqs[b].result.cache, seqs[b].result.correction)
+        return torch.stack(rows)  # type: ignore[arg-type]
 
     def _prefill(self) -> None:
         used = 0

@@ -202,3 +202,27 @@ def test_stop_string_ends_the_text_before_it(blender, smollm_tokenizer):
     assert done["finish_reason"] == "stop" and done["text"] == text[:text.find(stop)]
     assert "".join(e["text"] for e in stop_events[:-1]) == done["text"]
     assert done["token_ids"] == want[:len(done["token_ids"])] and len(done["token_ids"]) < len(want)
+
+
+def test_a_sequence_correcting_its_context_during_decode_equals_it_alone(blender):
+    """A request with decode_correction decodes alone (its token with its context batch) beside batched ones."""
+    sampling = SamplingConfig(max_new_tokens=8)
+    fixing = BlendConfig(mode="query", recompute_ratio=0.1, decode_correction=6)
+    reqs = [(_request(20, 4), fixing), (_request(21, 3), BlendConfig(mode="blend")),
+            (_request(22, 2), BlendConfig(mode="full"))]
+    expected, plain = [], []
+    for req, cfg in reqs:
+        res = blender.prefill(req, cfg, reserve=8)
+        expected.append(list(decode(blender.runner, res.cache, res.logits, sampling, set(), res.correction)))
+        res = blender.prefill(req, BlendConfig(mode=cfg.mode, recompute_ratio=cfg.recompute_ratio), reserve=8)
+        plain.append(list(decode(blender.runner, res.cache, res.logits, sampling, set())))
+    assert expected[0] != plain[0]  # the correction changes this answer, so the check below can fail
+    sched = Scheduler(blender.runner, SchedulerConfig(max_batch=3))
+    try:
+        handles = [sched.submit(SequenceRequest(
+            lambda reserve, slice_tokens, req=req, cfg=cfg: blender.prefill_steps(req, cfg, reserve, slice_tokens),
+            sampling, set(), req.num_tokens + 8)) for req, cfg in reqs]
+        results = [list(h)[-1]["token_ids"] for h in handles]
+    finally:
+        sched.close()
+    assert results == expected

@@ -83,7 +83,8 @@ def score_rows(rows: dict[str, dict], ex: TaskExample, kind: str) -> dict[str, d
 
 
 def summarize(rows: list[dict], label: str) -> dict:
-    """The JSON figures of one label over the example rows that ran it; the speedup over the timed ones."""
+    """The JSON figures of one label over the example rows that ran it; the speedup, and the paired ratio of time
+    per decode forward (tpot: what decode-time correction costs), over the timed ones."""
     per = [r["modes"][label] for r in rows if label in r["modes"]]
     timed = [r["modes"][label] for r in rows if label in r["modes"] and r["timed"]]
     mean = lambda key: statistics.fmean(p[key] for p in per)  # noqa: E731
@@ -92,10 +93,18 @@ def summarize(rows: list[dict], label: str) -> dict:
            "tf_top1_agreement": mean("tf_top1"),
            "ttft_speedup_vs_full_median": statistics.median(p.get("speedup", 1.0) for p in timed) if timed else None,
            "recompute_fraction": mean("recompute_fraction"), "n": len(per), "n_timed": len(timed),
-           "ttft_s_median": statistics.median(p["ttft_s"] for p in timed) if timed else None}
+           "ttft_s_median": statistics.median(p["ttft_s"] for p in timed) if timed else None,
+           "tpot_ratio_vs_full_median": tpot_ratio(rows, label)}
     if "em" in per[0]:
         out["em"] = mean("em")
     return out
+
+
+def tpot_ratio(rows: list[dict], label: str) -> float | None:
+    """Median over the timed rows of label's time per decode forward / full prefill's (None: not measured)."""
+    pairs = [r["modes"][label]["tpot_s"] / r["modes"]["full"]["tpot_s"] for r in rows
+             if r["timed"] and "tpot_s" in r["modes"].get(label, {}) and "tpot_s" in r["modes"]["full"]]
+    return statistics.median(pairs) if pairs else None
 
 
 def main_configs(cfg: TasksConfig) -> dict[str, BlendConfig]:
