@@ -51,9 +51,10 @@ def _check_model(cfg: ServerConfig, model: str) -> str:
     return served
 
 
-def _blend(mode: str | None, marked: bool, ratio: float) -> BlendConfig:
+def _blend(mode: str | None, marked: bool, body: ChatCompletionRequest | CompletionRequest) -> BlendConfig:
     """A chat turn has no corpus to fuse its chunks with: marked chunks default to the plain-entry default."""
-    return BlendConfig.named(mode or (UNFUSED_MODE if marked else PLAIN_MODE), recompute_ratio=ratio)
+    return BlendConfig.named(mode or (UNFUSED_MODE if marked else PLAIN_MODE), recompute_ratio=body.recompute_ratio,
+                             decode_correction=body.decode_correction)
 
 
 def _sampling(cfg: ServerConfig, body: ChatCompletionRequest | CompletionRequest, field: str) -> SamplingConfig:
@@ -113,7 +114,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):  # ty
     served = _check_model(cfg, body.model)
     messages, marked = chat_messages(body, cfg.blend_special_str)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    sampling, blend = _sampling(cfg, body, field), _blend(body.mode, marked, body.recompute_ratio)
+    sampling, blend = _sampling(cfg, body, field), _blend(body.mode, marked, body)
 
     def build() -> generation.TurnSpec:
         try:
@@ -152,7 +153,7 @@ async def completions(body: CompletionRequest, request: Request):  # type: ignor
     def build() -> generation.TurnSpec:
         tpl, values, marked = completion_template(body.prompt, body.documents, cfg.blend_special_str,
                                                   svc.runtime.tokenizer)
-        return generation.TurnSpec(tpl, values, _blend(body.mode, marked, body.recompute_ratio), sampling,
+        return generation.TurnSpec(tpl, values, _blend(body.mode, marked, body), sampling,
                                    tuple(body.stop))
 
     out = await generation.turn(request, build, "prompt", body.stream)

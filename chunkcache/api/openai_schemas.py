@@ -7,7 +7,7 @@ logprobs false, no tools, response_format text...). A field that would change th
 chunkcache does not implement is refused by name (400), and so is any unknown field.
 Extensions: `documents` (chunk texts, see api/openai_layout.py), `mode` (a BlendConfig.named name; default:
 `prefix` when the request marks no chunk, otherwise `blend`, the default for requests without a corpus to fuse
-with: blend/config.UNFUSED_MODE), `recompute_ratio`.
+with: blend/config.UNFUSED_MODE), `recompute_ratio`, `decode_correction`.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ class _Sampling(_Neutral):
     mode: str | None = Field(None, description="chunkcache: blend mode (default: prefix without chunks, else "
                                                "blend)")
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0, description="chunkcache: for the blend modes")
+    decode_correction: int = Field(0, ge=0, le=4096, description="chunkcache: cached context tokens recomputed "
+                                   "per decode step (0: none)")
 
     @field_validator("n")
     @classmethod

@@ -122,7 +122,8 @@ class ChunkCacheService:
                 ratio = calibrated_ratio(engine.runner.fingerprint, self.cfg.engine.profile_root, req.runs(opts.mode))
             except ValueError as err:
                 raise RequestError("calibrated", str(err)) from None
-        return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=ratio),
+        return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=ratio,
+                                                 decode_correction=opts.decode_correction),
                         SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
 
     def tier_hits(self) -> Counter[str]:

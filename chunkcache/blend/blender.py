@@ -18,7 +18,9 @@ With cfg.kvcomm the anchored placeholders are first placed from the KVCOMM ancho
 The suffix (and any fresh region) is computed in every mode. With cfg.calibrated the ratio is the one stored for
 this model by `chunkcache calibrate` (blend/model_profile.py). The fused modes (fusion, fusionqc) place each
 candidate chunk's entry precomputed behind its fused context (req.fused) instead of the plain one; a request
-without fused contexts runs UNFUSED_MODE (blend) instead, and its stats say so (mode, fallbacks).
+without fused contexts runs UNFUSED_MODE (blend) instead, and its stats say so (mode, fallbacks). With
+cfg.decode_correction the result carries a DecodeCorrection (runner/decode.py): the candidates left from cache, best
+first by the selector's ranking (Selection.rest) else in position order, which decode recomputes K per step.
 """
 
 from __future__ import annotations

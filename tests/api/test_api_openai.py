@@ -90,6 +90,11 @@ def test_documents_are_chunks_reused_across_requests(oa) -> None:  # type: ignor
     doc_tokens = s2["context_tokens"] - 8  # the two documents and more: well over a few tokens
     assert second.usage.prompt_tokens_details.cached_tokens >= min(doc_tokens, 20)
     assert second.usage.prompt_tokens_details.cached_tokens == s2["reused_tokens"]
+    fixed = oa.chat.completions.create(model=MODEL, temperature=0, max_tokens=4,
+                                       extra_body={"documents": docs, "decode_correction": 64},
+                                       messages=[{"role": "user", "content": "Where does the Rhone meet the Saone?"}])
+    s3 = fixed.model_extra["chunkcache"]
+    assert s2["decode_pending"] == 0 and 0 < s3["decode_pending"] <= s3["context_tokens"] - s3["recomputed_tokens"]
 
 
 def test_content_parts_and_separator_mark_the_same_chunks(oa) -> None:  # type: ignore[no-untyped-def]

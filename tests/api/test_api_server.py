@@ -42,6 +42,16 @@ def test_api_generate_reuses_chunk_kv(client) -> None:
     assert full["reused_tokens"] == 0 and full["recomputed_tokens"] == full["context_tokens"]
 
 
+def test_api_decode_correction_leaves_the_prefill_and_queues_the_cached_context(client) -> None:
+    ask = body(mode="blend", max_tokens=8, return_token_ids=True)
+    plain = client.post("/generate_with_chunks", json=ask).json()
+    fixed = client.post("/generate_with_chunks", json={**ask, "decode_correction": 1000}).json()
+    s, p = fixed["stats"], plain["stats"]
+    assert p["decode_pending"] == 0 and s["recomputed_tokens"] == p["recomputed_tokens"] > 0
+    assert 0 < s["decode_pending"] <= s["context_tokens"] - s["recomputed_tokens"]
+    assert fixed["token_ids"][0] == plain["token_ids"][0]  # the first token comes from the same prefill
+
+
 def test_api_stream_matches_plain_answer(client) -> None:
     plain = client.post("/generate_with_chunks", json=body(mode="naive")).json()
     with client.stream("POST", "/generate_with_chunks", json=body(mode="naive", stream=True)) as r:

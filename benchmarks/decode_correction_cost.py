@@ -1,0 +1,70 @@
+"""What one decode step costs with decode-time correction, against the plain step (`ModelRunner.decode_step`).
+
+On the default model, over a prompt of --context tokens computed once, each repeat times a plain decode step and a
+corrected step that also recomputes K context tokens (`runner/decode.next_logits`), back to back on copies of the
+same cache; the figure per K is the median of the paired ratios (corrected / plain). Prints a table, writes JSON.
+
+python benchmarks/decode_correction_cost.py [--context 1450] [--ks 1,8,16,32,64,128,256] [--repeats 15] [--json OUT]
+"""
+import argparse
+import json
+import statistics as st
+import time
+from pathlib import Path
+
+import torch
+
+from chunkcache.bench.teacher_forcing import _copy
+from chunkcache.config import EngineConfig
+from chunkcache.runner.decode import DecodeCorrection, next_logits
+from chunkcache.runner.loader import load_model
+from chunkcache.runner.runner import ModelRunner
+
+
+def step_s(runner: ModelRunner, base, prompt: torch.Tensor, k: int) -> float:
+    cache = _copy(runner, base)
+    cache.reserve(cache.length + 1)
+    corr = DecodeCorrection(prompt, torch.randperm(prompt.numel() - 64)[:k] + 64, k) if k else None
+    tok = torch.tensor([42])
+    t0 = time.perf_counter()
+    next_logits(runner, tok, cache, corr)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--context", type=int, default=1450)
+    ap.add_argument("--ks", default="1,8,16,32,64,128,256")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    cfg = EngineConfig()
+    lm = load_model(None, getattr(torch, cfg.resolved_dtype), "cpu")
+    runner = ModelRunner(lm.model, lm.tokenizer)
+    prompt = torch.randint(100, 40000, (args.context,), generator=torch.Generator().manual_seed(0))
+    base = runner.new_cache(args.context + 1)
+    runner.extend(prompt, base)
+    ks = [int(k) for k in args.ks.split(",")]
+    for k in ks:  # warm-up
+        step_s(runner, base, prompt, k)
+    plain, rows = [], {}
+    for k in ks:
+        ratios, times = [], []
+        for _ in range(args.repeats):
+            p, c = step_s(runner, base, prompt, 0), step_s(runner, base, prompt, k)
+            plain.append(p)
+            times.append(c)
+            ratios.append(c / p)
+        rows[k] = {"step_ratio_median": st.median(ratios), "step_ms_median": 1e3 * st.median(times)}
+        print(f"K={k:4d}: {rows[k]['step_ratio_median']:.2f}x a plain step ({rows[k]['step_ms_median']:.1f} ms)",
+              flush=True)
+    out = {"context": args.context, "repeats": args.repeats, "plain_step_ms_median": 1e3 * st.median(plain),
+           "threads": torch.get_num_threads(), "attention": runner.attention.summary(), "per_k": rows}
+    print(f"plain step: {out['plain_step_ms_median']:.1f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
