@@ -146,7 +146,7 @@ def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
         if not hits:
             raise ValueError("the index is empty: run `chunkcache ingest PATH...` first")
         opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, calibrated=args.calibrated,
-                                 max_tokens=args.max_tokens)
+                                 decode_correction=args.decode_correction, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
         text, s, _ = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
         total = time.perf_counter() - t0
@@ -155,9 +155,10 @@ def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
     for h in hits:
         print(f"[{h.score:.3f}] {h.key[:12]} {h.doc_id or ''}: {h.text[:80]!r}")
     print(f"\n{text}\n")
+    queued = f"; {s['decode_pending']} context tokens queued for recompute during decode" if s["decode_pending"] else ""
     print(f"mode {s['mode']}: TTFT {s['ttft_s']:.2f}s, total {total:.2f}s; reused {s['reused_tokens']}/"
           f"{s['prompt_tokens']} prompt tokens, recomputed {s['recomputed_tokens']}; chunk hits {s['chunk_hits']}, "
-          f"misses {s['chunk_misses']}; tiers hit {s['tiers_hit']}")
+          f"misses {s['chunk_misses']}; tiers hit {s['tiers_hit']}{queued}")
     return 0
 
 
@@ -249,6 +250,8 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     ask.add_argument("-k", type=positive, default=4)
     ask.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     ask.add_argument("--recompute-ratio", type=ratio, default=0.15)
+    ask.add_argument("--decode-correction", type=int, default=0, metavar="K",
+                     help="recompute K more cached context tokens per decode step (0: none; TTFT unchanged)")
     ask.add_argument("--calibrated", action="store_true",
                      help="the ratio `chunkcache calibrate` stored for this model instead of --recompute-ratio")
     ask.add_argument("--max-tokens", type=positive, default=32)

@@ -62,6 +62,19 @@ def test_summary_means_fidelity_over_all_and_speedup_over_the_timed_examples():
     assert [r["ratio"] for r in out["pareto"] if r["mode"] == "blend"] == [0.15, 0.3]
 
 
+def test_tpot_ratio_is_the_median_of_paired_decode_step_times_over_the_timed_examples():
+    def row(timed, full_tpot, mode_tpot):
+        return {"timed": timed, "pareto": False,
+                "modes": {"full": {**_full(), "tpot_s": full_tpot}, "blend": {**_row(1.0, 1.0, 0.1, 4.0),
+                                                                              "tpot_s": mode_tpot}}}
+
+    rows = [row(True, 0.04, 0.12), row(True, 0.05, 0.10), row(True, 0.02, 0.08), row(False, 0.01, 1.0)]
+    assert summarize(rows, "blend")["tpot_ratio_vs_full_median"] == pytest.approx(3.0)  # 3, 2, 4: not the 100
+    assert summarize(rows, "full")["tpot_ratio_vs_full_median"] == pytest.approx(1.0)
+    old = [{"timed": True, "pareto": False, "modes": {"full": _full(), "blend": _row(1.0, 1.0, 0.1, 4.0)}}]
+    assert summarize(old, "blend")["tpot_ratio_vs_full_median"] is None  # a run joined from before tpot_s
+
+
 def test_sweep_point_at_the_base_ratio_is_the_main_runs_not_a_second_prefill():
     cfg = TasksConfig(modes=("full", "blend", "epic"), ratios=(0.05, 0.15))  # base ratio 0.15
     run, same = sweep_configs(cfg)

@@ -42,6 +42,11 @@ def test_api_cli_ingest_stats_ask(tmp_path) -> None:  # type: ignore[no-untyped-
     assert r.returncode == 0, r.stderr
     first_hit = r.stdout.splitlines()[0]
     assert "birds.txt" in first_hit and "chunk hits 3, misses 0" in r.stdout  # prefix + 2 chunks from disk
+    r = _cli(cache, "ask", "Where do emperor penguins live?", "-k", "2", "--max-tokens", "4",
+             "--decode-correction", "16")
+    assert r.returncode == 0 and "context tokens queued for recompute during decode" in r.stdout, r.stderr
+    r = _cli(cache, "ask", "Where do emperor penguins live?", "--decode-correction", "-3")
+    assert r.returncode == 2 and "decode_correction" in r.stderr
     r = _cli(cache, "ask", "Where do emperor penguins live?", "--calibrated")  # never calibrated here
     assert r.returncode == 2 and "calibrated" in r.stderr and "chunkcache calibrate" in r.stderr
 
