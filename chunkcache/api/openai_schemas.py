@@ -94,8 +94,8 @@ class _Sampling(_Neutral):
     mode: str | None = Field(None, description="chunkcache: blend mode (default: prefix without chunks, else "
                                                "blend)")
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0, description="chunkcache: for the blend modes")
-    decode_correction: int = Field(0, ge=0, le=4096, description="chunkcache: cached context tokens recomputed "
-                                   "per decode step (0: none)")
+    decode_correction: int = Field(0, ge=0, le=4096, description="chunkcache: prompt tokens recomputed per "
+                                   "decode step until the cache is full prefill's (0: none)")
 
     @field_validator("n")
     @classmethod

@@ -64,8 +64,8 @@ class GenerationOptions(BaseModel):
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0)
     calibrated: bool = Field(False, description="use the recompute ratio `chunkcache calibrate` stored for the "
                                                 "served model instead of recompute_ratio")
-    decode_correction: int = Field(0, ge=0, le=4096, description="cached context tokens recomputed per decode "
-                                   "step, best first (0: none); TTFT unchanged, each step costs more")
+    decode_correction: int = Field(0, ge=0, le=4096, description="prompt tokens recomputed per decode step "
+                                   "until the cache is full prefill's (0: none); TTFT unchanged, those steps cost more")
     max_tokens: int = Field(32, ge=1, le=8192, description="new tokens at most (server limit applies)")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -95,8 +95,7 @@ class GenerationStats(BaseModel):
     reused_tokens: int
     recomputed_tokens: int
     recompute_fraction: float
-    decode_pending: int = Field(0, description="context tokens left from cache that decode recomputes "
-                                               "(decode_correction per step)")
+    decode_pending: int = Field(0, description="prompt tokens decode recomputes (decode_correction per step)")
     chunk_hits: int
     chunk_misses: int
     tiers_hit: dict[str, int] = Field(description="store lookups answered per tier")

@@ -19,8 +19,9 @@ The suffix (and any fresh region) is computed in every mode. With cfg.calibrated
 this model by `chunkcache calibrate` (blend/model_profile.py). The fused modes (fusion, fusionqc) place each
 candidate chunk's entry precomputed behind its fused context (req.fused) instead of the plain one; a request
 without fused contexts runs UNFUSED_MODE (blend) instead, and its stats say so (mode, fallbacks). With
-cfg.decode_correction the result carries a DecodeCorrection (runner/decode.py): the candidates left from cache, best
-first by the selector's ranking (Selection.rest) else in position order, which decode recomputes K per step.
+cfg.decode_correction (every mode that places KV) the result carries a DecodeCorrection (runner/decode.py): decode
+recomputes every position after the exact prefix, K per step in position order, then the tokens generated so far,
+after which the cache is full prefill's.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class BlendStats:
     dense_fallback: bool = False  # kvcomm: the prompt was computed from a rejected placeholder on
     slots: list[dict] = field(default_factory=list)  # per placeholder: base origin, decision, anchors, reason
     fallbacks: list[str] = field(default_factory=list)
-    decode_pending: int = 0  # context tokens queued for recompute during decode (cfg.decode_correction)
+    decode_pending: int = 0  # prompt tokens decode recomputes (cfg.decode_correction): all after the exact prefix
     attention: str = ""  # the attention implementation of the recompute pass (torch | cpp | triton)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step (place, load, recompute, ...)
     ttft_s: float = 0.0  # set by callers that time the prefill
@@ -85,7 +86,7 @@ class BlendResult:
     cache: KVCache  # merged KV of the whole prompt, positions 0..prompt_tokens-1
     logits: torch.Tensor  # [vocab] fp32, next-token logits after the prompt
     stats: BlendStats
-    correction: DecodeCorrection | None = None  # what decode recomputes of the context (cfg.decode_correction)
+    correction: DecodeCorrection | None = None  # what decode recomputes (cfg.decode_correction)
 
 
 PrefillSteps = Generator[int, None, BlendResult]  # yields tokens computed per piece of work; returns the result
@@ -196,12 +197,11 @@ class Blender:
             loader.load(0)  # every position before the fresh region now exists in layer 0
             load0 = stats.timings["load0"] = loader.load_s
             t0 = time.perf_counter()
-            pending = torch.arange(placed, max(placed, fresh), device=r.device)  # naive: every candidate
             if cfg.mode == "naive" or fresh <= placed:
                 hidden = r.extend(ids[fresh:], cache, before_layer=loader.load)
             else:
-                hidden, pending = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader,
-                                              frozenset(plc.placed), entries)
+                hidden = self._blend(req, cfg, cache, ids, placed, fresh, stats, loader, frozenset(plc.placed),
+                                     entries)
             stats.timings["compute"] = time.perf_counter() - t0 - (loader.load_s - load0)  # loads excluded
         finally:
             loader.close()
@@ -215,9 +215,9 @@ class Blender:
         stats.attention = r.attention.choose_for(rows, n, reference_only=rows == n or cfg.mode == "ape")
         self._take_fallbacks(stats)
         correction = None
-        if cfg.decode_correction and pending.numel():
-            correction = DecodeCorrection(ids, pending, cfg.decode_correction)
-            stats.decode_pending = pending.numel()
+        if cfg.decode_correction:
+            correction = DecodeCorrection(ids, placed, cfg.decode_correction)
+            stats.decode_pending = n - placed
         return BlendResult(cache, r.logits(hidden[-1:])[0], stats, correction)
 
     def _take_fallbacks(self, stats: BlendStats) -> None:
@@ -255,12 +255,10 @@ class Blender:
 
     def _blend(self, req: BlendRequest, cfg: BlendConfig, cache: KVCache, ids: torch.Tensor, placed: int, fresh: int,
                stats: BlendStats, loader: LayerLoader, anchored: frozenset[int], entries: dict[int, tuple]
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               ) -> torch.Tensor:
         """Selective recompute over the context tokens in [placed, fresh), plus the fresh region; the mode's
         selector (blend/modes.py) decides which. anchored: chunk indices placed from KVCOMM estimates; entries:
-        what each placed chunk's KV was computed behind (Candidates.entries). Returns (last hidden, the positions
-        left from cache [m], best first by the selector's ranking, else in position order; empty unless
-        cfg.decode_correction)."""
+        what each placed chunk's KV was computed behind (Candidates.entries)."""
         r = self.runner
         positions = torch.arange(placed, req.num_tokens, device=r.device)  # candidates then fresh rows, increasing
         n_cand = fresh - placed
@@ -275,11 +273,4 @@ class Blender:
                                            adaptive, sel.weights, before_layer=loader.load, pinned=sel.pinned,
                                            temper=sel.temper)
         stats.recomputed_tokens = kept.numel() + (sel.done.numel() if sel.done is not None else 0)
-        if not cfg.decode_correction:
-            return hidden, kept[:0]
-        left = torch.ones(fresh - placed, dtype=torch.bool, device=r.device)  # [n_cand]: still the cached KV
-        left[kept - placed] = False
-        if sel.done is not None:
-            left[sel.done] = False
-        order = sel.rest if sel.rest is not None else torch.arange(fresh - placed, device=r.device)
-        return hidden, placed + order[left[order]]
+        return hidden

@@ -57,9 +57,10 @@ class BlendConfig:
         every layer); the scoring pass stops after the last of them.
     anchor_ratio, anchor_sinks: qcfuse's (and fusionqc's) anchors per chunk: anchor_ratio of its tokens, the first
         anchor_sinks of them always (QCFuse's release: 0.15 and 4).
-    decode_correction: context tokens recomputed per decode step (0: none), KVShare-style (arXiv 2503.16525): the ones
-        the prefill placed from cache and did not recompute, best first by the mode's own ranking (the question-scored
-        modes), else in position order (runner/decode.py DecodeCorrection). TTFT is unchanged; each step costs more.
+    decode_correction: K prompt tokens recomputed per decode step (0: none), after KVShare (arXiv 2503.16525): every
+        position after the exact prefix, K per step in position order, then the tokens generated so far, after which
+        the cache is exactly full prefill's (runner/decode.py DecodeCorrection). TTFT is unchanged; the first
+        ceil(n / K) steps cost more.
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
         anchor offsets; blend/anchoring.py) before the mode's selection runs. Named "kvcomm" (with mode
         naive: nothing recomputed) or "kvcomm+<mode>" (see `named`).

@@ -64,7 +64,7 @@ Guessed or left out (the papers' text available here did not settle it):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -139,9 +139,7 @@ class Selection:
     """keep [k]: candidates fixed before layer 0 (None: decided at the check layers); checks: layers where
     deviation narrows the candidates; pinned [n_cand] bool: kept at every check; weights [n] by position:
     multiply the deviation; temper: APE attention for the suffix; done [d]: candidates the selector already
-    recomputed itself (a multi-stage mode; counted as recomputed); rest [r]: the other candidates, best first by the
-    selector's score (only with cfg.decode_correction: the decode-time queue; None: position order). Selection()
-    recomputes every candidate."""
+    recomputed itself (a multi-stage mode; counted as recomputed). Selection() recomputes every candidate."""
 
     keep: torch.Tensor | None = None
     checks: tuple[int, ...] = ()
@@ -149,16 +147,6 @@ class Selection:
     weights: torch.Tensor | None = None
     temper: ContextTemper | None = None
     done: torch.Tensor | None = None
-    rest: torch.Tensor | None = None
-
-
-def keep_top(c: Candidates, score: torch.Tensor, count: int) -> Selection:
-    """The `count` candidates `score` [n_cand] ranks highest; with decode correction on, the rest ranked too."""
-    keep = top_tokens(score, count)
-    if not c.cfg.decode_correction:
-        return Selection(keep=keep)
-    others = torch.ones_like(score, dtype=torch.bool).index_fill_(0, keep, False).nonzero().squeeze(1)  # [n - count]
-    return Selection(keep=keep, rest=others[score[others].argsort(descending=True, stable=True)])
 
 
 def _cacheblend(c: Candidates) -> Selection:
@@ -170,7 +158,7 @@ def _cacheblend(c: Candidates) -> Selection:
     importance = c.suffix_attention().sum(0)  # [n_cand]
     if cfg.selection == "attention":
         count = c.budget if cfg.mode != "adaptive" else min(c.budget, adaptive_count(importance, cfg.adaptive_mass))
-        return keep_top(c, importance, count)
+        return Selection(keep=top_tokens(importance, count))
     weights = torch.nn.functional.pad(importance, (c.placed, c.ids.numel() - c.fresh))  # [n]
     return Selection(checks=cfg.check_layers, weights=weights)
 
@@ -186,11 +174,11 @@ def _ape(c: Candidates) -> Selection:
 
 
 def _query(c: Candidates) -> Selection:
-    return keep_top(c, c.suffix_attention().sum(0), c.budget)
+    return Selection(keep=top_tokens(c.suffix_attention().sum(0), c.budget))
 
 
 def _prophet(c: Candidates) -> Selection:
-    return keep_top(c, _prophet_fused(c.suffix_attention()), c.budget)
+    return Selection(keep=top_tokens(_prophet_fused(c.suffix_attention()), c.budget))
 
 
 PROPHET_STAGE1_SHARE = 0.5  # prophet2: share of the budget chosen and recomputed in stage 1 (guessed)
@@ -211,7 +199,7 @@ def _prophet2(c: Candidates) -> Selection:
     mass = suffix_attention_by_layer(c.runner, c.cache, c.ids[c.fresh:])[:, c.placed:]  # [n_layers, n_cand]
     fused = _prophet_fused(mass)
     fused[first] = float("-inf")
-    return replace(keep_top(c, fused, c.budget - first.numel()), done=first)
+    return Selection(keep=top_tokens(fused, c.budget - first.numel()), done=first)
 
 
 def qcfuse_importance(c: Candidates) -> torch.Tensor:
@@ -230,7 +218,7 @@ def qcfuse_importance(c: Candidates) -> torch.Tensor:
 
 
 def _qcfuse(c: Candidates) -> Selection:
-    return keep_top(c, qcfuse_importance(c), c.budget)
+    return Selection(keep=top_tokens(qcfuse_importance(c), c.budget))
 
 
 BLEND_HEAD_SHARE = 0.5  # blend: share of the budget spent on chunk heads (measured on dev examples 0-5)
@@ -247,7 +235,7 @@ def heads_then(c: Candidates, score: torch.Tensor) -> Selection:
     """blend's chunk heads, then the candidates `score` [n_cand] ranks highest, up to the budget (score is
     overwritten at the heads)."""
     score[blend_heads(c)] = float("inf")
-    return keep_top(c, score, c.budget)
+    return Selection(keep=top_tokens(score, c.budget))
 
 
 def _fusionqc(c: Candidates) -> Selection:

@@ -155,7 +155,7 @@ def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
     for h in hits:
         print(f"[{h.score:.3f}] {h.key[:12]} {h.doc_id or ''}: {h.text[:80]!r}")
     print(f"\n{text}\n")
-    queued = f"; {s['decode_pending']} context tokens queued for recompute during decode" if s["decode_pending"] else ""
+    queued = f"; {s['decode_pending']} prompt tokens recomputed during decode" if s["decode_pending"] else ""
     print(f"mode {s['mode']}: TTFT {s['ttft_s']:.2f}s, total {total:.2f}s; reused {s['reused_tokens']}/"
           f"{s['prompt_tokens']} prompt tokens, recomputed {s['recomputed_tokens']}; chunk hits {s['chunk_hits']}, "
           f"misses {s['chunk_misses']}; tiers hit {s['tiers_hit']}{queued}")
@@ -251,7 +251,7 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     ask.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     ask.add_argument("--recompute-ratio", type=ratio, default=0.15)
     ask.add_argument("--decode-correction", type=int, default=0, metavar="K",
-                     help="recompute K more cached context tokens per decode step (0: none; TTFT unchanged)")
+                     help="recompute K prompt tokens per decode step until the cache is full prefill's (0: none)")
     ask.add_argument("--calibrated", action="store_true",
                      help="the ratio `chunkcache calibrate` stored for this model instead of --recompute-ratio")
     ask.add_argument("--max-tokens", type=positive, default=32)

@@ -1,14 +1,16 @@
 """Decode loop over a KVCache: greedy or sampled, one token per step (`ModelRunner.decode_step`: no
 per-token planning or validation; the one host sync per token is taking the token).
 
-With a `DecodeCorrection` (KVShare-style, arXiv 2503.16525) each step also recomputes the next few context tokens
-the blended prefill left approximate, in the same forward as the step's token (`ModelRunner.forward_rows`), so the
-cache converges towards full prefill's while the answer is generated: TTFT is unchanged, each step costs more."""
+With a `DecodeCorrection` (after KVShare, arXiv 2503.16525, which also recomputes during decode) each step also
+recomputes the next K prompt tokens after the exact prefix, in position order, in the same forward as the step's token
+(`ModelRunner.forward_rows`); once the prompt is done, the tokens generated so far, in one batch. Each batch attends to
+positions already recomputed, so from then on the cache is exactly full prefill's over the same tokens: the blend's
+approximation is confined to the first steps. TTFT is unchanged; those steps cost more."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,36 +36,58 @@ class SamplingConfig:
 
 @dataclass
 class DecodeCorrection:
-    """Per-request queue of context tokens to recompute during decode. ids [n]: the prompt's token ids; pending [m]:
-    positions (< n) whose KV came from cache, best first (the selector's ranking where it has one); per_step: how
-    many each decode step recomputes. `take` pops the next batch; use `fresh()` for a second pass over a copy."""
+    """Per-request schedule of the decode-time recompute. ids [n]: the prompt's token ids; start: the next prompt
+    position to recompute (first: the end of the exact prefix); per_step: K prompt tokens per step. `generated` holds
+    the tokens fed so far (positions n..), recomputed in one batch right after the prompt's last batch."""
 
     ids: torch.Tensor
-    pending: torch.Tensor
+    start: int
     per_step: int
+    generated: list[torch.Tensor] = field(default_factory=list)  # [1] each
+    done: bool = False
 
     def __post_init__(self) -> None:
         if self.per_step < 1:
             raise ValueError(f"decode_correction must be >= 1 tokens per step, got {self.per_step}")
+        if not 0 <= self.start <= self.ids.numel():
+            raise ValueError(f"start {self.start} must be a prompt position in [0, {self.ids.numel()}]")
 
-    def take(self) -> torch.Tensor:
-        """The next batch of positions [<= per_step], increasing; removed from the queue."""
-        batch, self.pending = self.pending[: self.per_step], self.pending[self.per_step:]
-        return batch.sort().values
+    @property
+    def pending(self) -> int:
+        """Prompt tokens still to recompute (the generated ones come on top)."""
+        return 0 if self.done else self.ids.numel() - self.start
 
     def fresh(self) -> "DecodeCorrection":
-        return DecodeCorrection(self.ids, self.pending, self.per_step)
+        """An independent copy of the schedule as it stands (to replay it, e.g. teacher forcing then free run)."""
+        return DecodeCorrection(self.ids, self.start, self.per_step, list(self.generated), self.done)
+
+    def take(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(ids [b], positions [b], increasing) to recompute with this step's token [1] (then recorded as generated;
+        no host sync); None once done."""
+        if self.done:
+            return None
+        n, dev = self.ids.numel(), self.ids.device
+        end = min(n, self.start + self.per_step)
+        ids, positions = self.ids[self.start:end], torch.arange(self.start, end, device=dev)
+        self.start = end
+        if end == n:  # the prompt is done: the generated tokens follow, and the cache is full prefill's after them
+            gen = torch.cat(self.generated) if self.generated else ids[:0]  # [g]
+            ids, positions = torch.cat((ids, gen)), torch.cat((positions, torch.arange(n, n + gen.numel(), device=dev)))
+            self.done = True
+        self.generated.append(token)
+        return (ids, positions) if positions.numel() else None
 
 
 def next_logits(runner: ModelRunner, token: torch.Tensor, cache: KVCache,
                 correction: DecodeCorrection | None = None) -> torch.Tensor:
-    """token [1] at position cache.length -> next-token logits [vocab]; with a correction, its next batch of context
-    tokens is recomputed in the same forward (their K/V overwrite the cached ones)."""
-    batch = correction.take() if correction is not None else None
-    if batch is None or batch.numel() == 0:
+    """token [1] at position cache.length -> next-token logits [vocab]; with a correction, its next batch is
+    recomputed in the same forward (their K/V overwrite the cached ones)."""
+    batch = correction.take(token) if correction is not None else None
+    if batch is None:
         return runner.decode_step(token, cache)
-    positions = torch.cat((batch, torch.full((1,), cache.length, dtype=torch.int64, device=batch.device)))  # [b+1]
-    hidden = runner.forward_rows(torch.cat((correction.ids[batch], token)), positions, cache)  # [b+1, H]
+    ids, positions = batch
+    pos = torch.full((1,), cache.length, dtype=torch.int64, device=positions.device)
+    hidden = runner.forward_rows(torch.cat((ids, token)), torch.cat((positions, pos)), cache)  # [b+1, H]
     return runner.logits(hidden[-1:])[0]
 
 

@@ -261,8 +261,7 @@ class Scheduler:
     def _decode_rows(self, seqs: list[Sequence], tokens: torch.Tensor) -> torch.Tensor:
         """Next-token logits [B, vocab]: one batched forward for the plain rows; a sequence still correcting its
         context during decode (BlendResult.correction) runs alone, its token with its next context batch."""
-        fixing = [b for b, s in enumerate(seqs)
-                  if s.result.correction is not None and s.result.correction.pending.numel()]
+        fixing = [b for b, s in enumerate(seqs) if s.result.correction is not None and not s.result.correction.done]
         if not fixing:
             return decode_batch(self.runner, tokens, [s.result.cache for s in seqs])
         rows: list[torch.Tensor | None] = [None] * len(seqs)

@@ -48,7 +48,9 @@ def test_api_decode_correction_leaves_the_prefill_and_queues_the_cached_context(
     fixed = client.post("/generate_with_chunks", json={**ask, "decode_correction": 1000}).json()
     s, p = fixed["stats"], plain["stats"]
     assert p["decode_pending"] == 0 and s["recomputed_tokens"] == p["recomputed_tokens"] > 0
-    assert 0 < s["decode_pending"] <= s["context_tokens"] - s["recomputed_tokens"]
+    assert 0 < s["decode_pending"] < s["prompt_tokens"]  # all after the system prefix and chunk 0
+    full = client.post("/generate_with_chunks", json={**ask, "mode": "full", "decode_correction": 1000}).json()
+    assert full["stats"]["decode_pending"] == 0  # nothing placed from cache: nothing to correct
     assert fixed["token_ids"][0] == plain["token_ids"][0]  # the first token comes from the same prefill
 
 

@@ -44,7 +44,7 @@ def test_api_cli_ingest_stats_ask(tmp_path) -> None:  # type: ignore[no-untyped-
     assert "birds.txt" in first_hit and "chunk hits 3, misses 0" in r.stdout  # prefix + 2 chunks from disk
     r = _cli(cache, "ask", "Where do emperor penguins live?", "-k", "2", "--max-tokens", "4",
              "--decode-correction", "16")
-    assert r.returncode == 0 and "context tokens queued for recompute during decode" in r.stdout, r.stderr
+    assert r.returncode == 0 and "prompt tokens recomputed during decode" in r.stdout, r.stderr
     r = _cli(cache, "ask", "Where do emperor penguins live?", "--decode-correction", "-3")
     assert r.returncode == 2 and "decode_correction" in r.stderr
     r = _cli(cache, "ask", "Where do emperor penguins live?", "--calibrated")  # never calibrated here

@@ -208,7 +208,7 @@ def test_a_sequence_correcting_its_context_during_decode_equals_it_alone(blender
     """A request with decode_correction decodes alone (its token with its context batch) beside batched ones."""
     sampling = SamplingConfig(max_new_tokens=8)
     fixing = BlendConfig(mode="query", recompute_ratio=0.1, decode_correction=6)
-    reqs = [(_request(20, 4), fixing), (_request(21, 3), BlendConfig(mode="blend")),
+    reqs = [(_request(22, 4), fixing), (_request(21, 3), BlendConfig(mode="blend")),
             (_request(22, 2), BlendConfig(mode="full"))]
     expected, plain = [], []
     for req, cfg in reqs:
