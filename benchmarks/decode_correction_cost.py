@@ -1,7 +1,7 @@
 """What one decode step costs with decode-time correction, against the plain step (`ModelRunner.decode_step`).
 
 On the default model, over a prompt of --context tokens computed once, each repeat times a plain decode step and a
-corrected step that also recomputes K context tokens (`runner/decode.next_logits`), back to back on copies of the
+corrected step that also recomputes K prompt tokens (`runner/decode.next_logits`), back to back on copies of the
 same cache; the figure per K is the median of the paired ratios (corrected / plain). Prints a table, writes JSON.
 
 python benchmarks/decode_correction_cost.py [--context 1450] [--ks 1,8,16,32,64,128,256] [--repeats 15] [--json OUT]
@@ -24,7 +24,7 @@ from chunkcache.runner.runner import ModelRunner
 def step_s(runner: ModelRunner, base, prompt: torch.Tensor, k: int) -> float:
     cache = _copy(runner, base)
     cache.reserve(cache.length + 1)
-    corr = DecodeCorrection(prompt, torch.randperm(prompt.numel() - 64)[:k] + 64, k) if k else None
+    corr = DecodeCorrection(prompt, prompt.numel() - k, k) if k else None  # the prompt's last k positions
     tok = torch.tensor([42])
     t0 = time.perf_counter()
     next_logits(runner, tok, cache, corr)

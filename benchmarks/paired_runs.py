@@ -1,0 +1,47 @@
+"""One mode's figures in two `bench tasks` runs on the same examples, paired by example id: agreement with full
+prefill (mean, paired difference with a 95% interval, examples better / worse) and teacher-forced KL. Both runs must
+have the same full-prefill answers (same examples, same model and dtype), which is checked.
+
+python benchmarks/paired_runs.py A.json B.json [--label-a fusionqc] [--label-b fusionqc]
+(B is the one compared against A: the difference is B - A.)
+"""
+import argparse
+import json
+import statistics as st
+from pathlib import Path
+
+
+def rows(path: str) -> dict[str, dict]:
+    data = json.loads(Path(path).read_text())
+    return {ex["id"]: ex["modes"] for ex in data.get("examples", data.get("rows", []))}  # bench tasks / explore_*
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--label-a", default="fusionqc")
+    ap.add_argument("--label-b", default="fusionqc")
+    args = ap.parse_args()
+    a, b = rows(args.a), rows(args.b)
+    ids = [i for i in a if i in b and args.label_a in a[i] and args.label_b in b[i]]
+    if not ids:
+        raise SystemExit("the two runs share no example holding both labels")
+    for i in ids:
+        if a[i]["full"]["answer"] != b[i]["full"]["answer"]:
+            raise SystemExit(f"{i}: full prefill answered differently in the two runs")
+    pa, pb = [a[i][args.label_a] for i in ids], [b[i][args.label_b] for i in ids]
+    diff = [y["agreement_f1"] - x["agreement_f1"] for x, y in zip(pa, pb)]
+    half = 1.96 * st.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else 0.0
+    mean = lambda p, k: st.fmean(r[k] for r in p)  # noqa: E731
+    print(f"n={len(ids)}  agreement F1 A {mean(pa, 'agreement_f1'):.3f}  B {mean(pb, 'agreement_f1'):.3f}  "
+          f"B-A {st.fmean(diff):+.3f} +- {half:.3f}  (B better on {sum(d > 0 for d in diff)}, worse on "
+          f"{sum(d < 0 for d in diff)})")
+    print(f"exact A {mean(pa, 'agreement_exact'):.3f}  B {mean(pb, 'agreement_exact'):.3f}  "
+          f"KL A {mean(pa, 'tf_kl'):.4f}  B {mean(pb, 'tf_kl'):.4f}  "
+          f"task score A {mean(pa, 'task_score'):.4f}  B {mean(pb, 'task_score'):.4f}  "
+          f"full {st.fmean(a[i]['full']['task_score'] for i in ids):.4f}")
+
+
+if __name__ == "__main__":
+    main()
