@@ -16,6 +16,11 @@ def rows(path: str) -> dict[str, dict]:
     return {ex["id"]: ex["modes"] for ex in data.get("examples", data.get("rows", []))}  # bench tasks / explore_*
 
 
+def timed_ids(path: str) -> set[str]:
+    data = json.loads(Path(path).read_text())
+    return {ex["id"] for ex in data.get("examples", data.get("rows", [])) if ex.get("timed")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("a")
@@ -41,7 +46,25 @@ def main() -> None:
           f"KL A {mean(pa, 'tf_kl'):.4f}  B {mean(pb, 'tf_kl'):.4f}  "
           f"task score A {mean(pa, 'task_score'):.4f}  B {mean(pb, 'task_score'):.4f}  "
           f"full {st.fmean(a[i]['full']['task_score'] for i in ids):.4f}")
+    timed = [i for i in ids if i in timed_ids(args.b) and "tpot_s" in b[i][args.label_b] and "tpot_s" in b[i]["full"]]
+    if timed:  # B's own timed examples: each run's time to its whole answer, prefill + its decode steps
+        from transformers import AutoTokenizer
 
+        from chunkcache.runner.loader import default_model_dir
+
+        tok = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
+        max_new = json.loads(Path(args.b).read_text()).get("config", {}).get("max_new", 32)
+
+        def answer_s(m: dict) -> float:  # decode steps = generated ids - 1; ids re-counted from the answer text
+            ids = min(max_new, len(tok(m["answer"])["input_ids"]) + 1)  # + EOS when it stopped before max_new
+            return m["ttft_s"] + m["tpot_s"] * (ids - 1)
+
+        ratio = st.median(answer_s(b[i]["full"]) / answer_s(b[i][args.label_b]) for i in timed)
+        tpot = st.median(b[i][args.label_b]["tpot_s"] / b[i]["full"]["tpot_s"] for i in timed)
+        ttft = st.median(b[i][args.label_b]["speedup"] for i in timed)
+        print(f"B on its {len(timed)} timed examples: TTFT speedup {ttft:.2f}x, decode step {tpot:.2f}x full's time "
+              f"(mean over each answer), the whole answer at {ratio:.2f}x full prefill's speed (steps re-counted "
+              f"from the answer text)")
 
 if __name__ == "__main__":
     main()
