@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from chunkcache.bench.teacher_forcing import _copy
+from chunkcache.bench.teacher_forcing import copy_cache
 from chunkcache.config import EngineConfig
 from chunkcache.runner.decode import DecodeCorrection, next_logits
 from chunkcache.runner.loader import load_model
@@ -22,7 +22,7 @@ from chunkcache.runner.runner import ModelRunner
 
 
 def step_s(runner: ModelRunner, base, prompt: torch.Tensor, k: int) -> float:
-    cache = _copy(runner, base)
+    cache = copy_cache(runner, base)
     cache.reserve(cache.length + 1)
     corr = DecodeCorrection(prompt, prompt.numel() - k, k) if k else None  # the prompt's last k positions
     tok = torch.tensor([42])

@@ -15,10 +15,10 @@ def tf_logits(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, a
 
     keep: leave the KV of the whole answer in the cache (a caller stores it); otherwise the cache is
     truncated back to its prompt. correction: the prefill's decode-time correction, replayed on a fresh copy of
-    its queue as decoding would (one token per step, each with its context batch); without keep it runs on a copy
-    of the cache, so the cache keeps the prefill's KV."""
+    its schedule as decoding would (one token per step, each with its batch of prompt tokens); without keep it runs
+    on a copy of the cache, so the cache keeps the prefill's KV."""
     if correction is not None:
-        return _tf_corrected(runner, cache if keep else _copy(runner, cache), first_logits, answer, keep,
+        return _tf_corrected(runner, cache if keep else copy_cache(runner, cache), first_logits, answer, keep,
                              correction.fresh())
     n = cache.length
     rows = [first_logits[None]]  # [1, vocab]
@@ -43,7 +43,7 @@ def _tf_corrected(runner: ModelRunner, cache: KVCache, first_logits: torch.Tenso
     return torch.stack(rows)  # [len(answer), vocab]
 
 
-def _copy(runner: ModelRunner, cache: KVCache) -> KVCache:
+def copy_cache(runner: ModelRunner, cache: KVCache) -> KVCache:
     """A new cache holding cache's valid positions (with room for the same capacity)."""
     out, n = runner.new_cache(cache.capacity), cache.length
     out.write(slice(None), slice(0, n), cache.keys[:, :, :n], cache.values[:, :, :n])
@@ -53,7 +53,7 @@ def _copy(runner: ModelRunner, cache: KVCache) -> KVCache:
 def greedy(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, max_new: int,
            eos_ids: set[int], correction: DecodeCorrection | None = None) -> list[int]:
     """Greedy continuation of the prompt in `cache` (EOS included when generated); the cache keeps its KV (with a
-    correction, a fresh copy of its queue is applied, so the cache's context KV changes too)."""
+    correction, a fresh copy of its schedule runs, so the cache's prompt KV becomes full prefill's too)."""
     fresh = correction.fresh() if correction is not None else None
     with torch.inference_mode():
         return list(decode(runner, cache, first_logits, SamplingConfig(max_new_tokens=max_new), eos_ids, fresh))
