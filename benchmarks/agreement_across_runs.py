@@ -17,14 +17,25 @@ from pathlib import Path
 from chunkcache.bench.tasks.metrics import agreement
 
 
+def by_id(run: dict) -> dict[str, dict]:
+    """A run's examples by id: `bench tasks` JSON ("examples") or a benchmarks/explore_* one ("rows")."""
+    return {ex["id"]: ex for ex in run.get("examples", run.get("rows", []))}
+
+
 def rows(path: str) -> dict[str, dict]:
-    return {ex["id"]: ex["modes"] for ex in json.loads(Path(path).read_text())["examples"]}
+    return {i: ex["modes"] for i, ex in by_id(json.loads(Path(path).read_text())).items()}
 
 
-def compare(a: dict[str, dict], b: dict[str, dict], label_a: str, label_b: str) -> dict:
+def shared_ids(a: dict[str, dict], b: dict[str, dict], label_a: str, label_b: str) -> list[str]:
+    """The example ids of a (id -> modes) that b holds too, with label_a in a's and label_b in b's."""
     ids = [i for i in a if i in b and label_a in a[i] and label_b in b[i]]
     if not ids:
         raise ValueError("the two runs share no example holding both labels")
+    return ids
+
+
+def compare(a: dict[str, dict], b: dict[str, dict], label_a: str, label_b: str) -> dict:
+    ids = shared_ids(a, b, label_a, label_b)
     for i in ids:
         if a[i]["full"]["prompt_tokens"] != b[i]["full"]["prompt_tokens"]:
             raise ValueError(f"{i}: the runs saw different prompts ({a[i]['full']['prompt_tokens']} against "

@@ -10,15 +10,7 @@ import json
 import statistics as st
 from pathlib import Path
 
-
-def rows(path: str) -> dict[str, dict]:
-    data = json.loads(Path(path).read_text())
-    return {ex["id"]: ex["modes"] for ex in data.get("examples", data.get("rows", []))}  # bench tasks / explore_*
-
-
-def timed_ids(path: str) -> set[str]:
-    data = json.loads(Path(path).read_text())
-    return {ex["id"] for ex in data.get("examples", data.get("rows", [])) if ex.get("timed")}
+from agreement_across_runs import by_id, rows, shared_ids  # this folder's sibling script
 
 
 def main() -> None:
@@ -28,10 +20,13 @@ def main() -> None:
     ap.add_argument("--label-a", default="fusionqc")
     ap.add_argument("--label-b", default="fusionqc")
     args = ap.parse_args()
-    a, b = rows(args.a), rows(args.b)
-    ids = [i for i in a if i in b and args.label_a in a[i] and args.label_b in b[i]]
-    if not ids:
-        raise SystemExit("the two runs share no example holding both labels")
+    run_b = json.loads(Path(args.b).read_text())
+    ex_b = by_id(run_b)
+    a, b = rows(args.a), {i: ex["modes"] for i, ex in ex_b.items()}
+    try:
+        ids = shared_ids(a, b, args.label_a, args.label_b)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     for i in ids:
         if a[i]["full"]["answer"] != b[i]["full"]["answer"]:
             raise SystemExit(f"{i}: full prefill answered differently in the two runs")
@@ -46,14 +41,14 @@ def main() -> None:
           f"KL A {mean(pa, 'tf_kl'):.4f}  B {mean(pb, 'tf_kl'):.4f}  "
           f"task score A {mean(pa, 'task_score'):.4f}  B {mean(pb, 'task_score'):.4f}  "
           f"full {st.fmean(a[i]['full']['task_score'] for i in ids):.4f}")
-    timed = [i for i in ids if i in timed_ids(args.b) and "tpot_s" in b[i][args.label_b] and "tpot_s" in b[i]["full"]]
+    timed = [i for i in ids if ex_b[i].get("timed") and "tpot_s" in b[i][args.label_b] and "tpot_s" in b[i]["full"]]
     if timed:  # B's own timed examples: each run's time to its whole answer, prefill + its decode steps
         from transformers import AutoTokenizer
 
         from chunkcache.runner.loader import default_model_dir
 
         tok = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
-        max_new = json.loads(Path(args.b).read_text()).get("config", {}).get("max_new", 32)
+        max_new = run_b.get("config", {}).get("max_new", 32)
 
         def answer_s(m: dict) -> float:  # decode steps = generated ids - 1; ids re-counted from the answer text
             ids = min(max_new, len(tok(m["answer"])["input_ids"]) + 1)  # + EOS when it stopped before max_new

@@ -113,7 +113,7 @@ def decode(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, cfg:
 def decode_steps(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, cfg: SamplingConfig,
                  eos_ids: set[int], correction: DecodeCorrection | None = None) -> Iterator[tuple[int, bool]]:
     """As `decode`, yielding (token, last): last is True on the final token (so text can be flushed). correction:
-    the prefill's queue of context tokens to recompute during the steps (consumed)."""
+    the prefill's schedule of prompt tokens to recompute during the steps (consumed)."""
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
     logits = first_logits
     for step in range(cfg.max_new_tokens):

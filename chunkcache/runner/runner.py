@@ -122,28 +122,23 @@ class ModelRunner:
         start, m = cache.length, ids.numel()
         if start + m > self.max_positions:
             raise ValueError(f"prompt of {start + m} tokens exceeds the model context of {self.max_positions}")
-        cache.reserve(start + m)
-        positions = torch.arange(start, start + m, device=self.device)
-        plan = plan_sparse_attention(positions, start + m, dtype=self.dtype)
-        hidden = self.embed(ids)
-        for layer_idx in range(self.n_layers):
-            if before_layer is not None:
-                before_layer(layer_idx)
-            hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
-        return hidden
+        return self.forward_rows(ids, torch.arange(start, start + m, device=self.device), cache, before_layer)
 
     @torch.inference_mode()
-    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Compute tokens ids [m] at strictly increasing positions [m] (anywhere in the cache, e.g. context tokens
-        to correct, then the next token at cache.length) through every layer, each row attending to the cached
-        keys up to its position. Their K/V overwrite the cache. Returns last hidden [m, H]."""
-        end = int(positions[-1]) + 1
+    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                     before_layer: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Compute tokens ids [m] at strictly increasing positions [m] (anywhere in the cache: new tokens at
+        cache.length.., or prompt tokens to recompute, then the next token) through every layer, each row attending
+        to the cached keys up to its position. Their K/V overwrite the cache. Returns last hidden [m, H]."""
+        end = int(positions[-1]) + 1 if positions.numel() else 0  # empty: plan_sparse_attention says so
         if end > self.max_positions:
             raise ValueError(f"position {end - 1} exceeds the model context of {self.max_positions}")
         cache.reserve(end)
         plan = plan_sparse_attention(positions, end, dtype=self.dtype)
         hidden = self.embed(ids)
         for layer_idx in range(self.n_layers):
+            if before_layer is not None:
+                before_layer(layer_idx)
             hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
         return hidden
 
