@@ -52,20 +52,23 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
                      max_new: int, free_run: bool = True, repeats: int = 1, fused: BlendRequest | None = None) -> dict:
     """Per-mode figures of one request over `chunks` (precomputed first). configs: label -> BlendConfig (full is
     added); labels with equal configs run once and share one row. repeats: each TTFT is the median of this many
-    prefills (full included), which damps a shared machine's interference. Rows hold the free-run `answer`.
+    prefills (full included), which damps a shared machine's interference. Rows hold the free-run `answer`, its
+    `new_tokens` (EOS included) and its decode time: `decode_s` for the answer after the first token, `tpot_s` per
+    decode forward.
     fused: req with its fused contexts (blend/fusion.py), what mode fusion runs on (its entries precomputed)."""
     engine.precompute(chunks)
     full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
     n = full.cache.length
     t0 = time.perf_counter()
     answer = _greedy(engine, full, max_new)
-    full_tpot = (time.perf_counter() - t0) / max(1, len(answer) - 1)
+    full_decode = time.perf_counter() - t0
     full.cache.truncate(n)
     ref = _tf_logits(engine, full, answer)
     full_text = _text(engine, answer)
     out = {"full": {"ttft_s": full_t, "answer": full_text, "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0,
                     "first_token": 1.0, "recompute_fraction": 1.0, "prompt_tokens": req.num_tokens,
-                    "tpot_s": full_tpot}}
+                    "tpot_s": full_decode / max(1, len(answer) - 1), "decode_s": full_decode,
+                    "new_tokens": len(answer)}}
     del full
     labels_of: dict[BlendConfig, list[str]] = {}
     for label, cfg in configs.items():
@@ -81,7 +84,8 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
         if free_run:
             t0 = time.perf_counter()
             ids = _greedy(engine, res, max_new)
-            row["tpot_s"] = (time.perf_counter() - t0) / max(1, len(ids) - 1)  # per decode forward
+            decode_s = time.perf_counter() - t0
+            row.update(tpot_s=decode_s / max(1, len(ids) - 1), decode_s=decode_s, new_tokens=len(ids))  # per forward
             text = _text(engine, ids)
             row.update(answer=text, fidelity_f1=token_f1(text, full_text) if full_text else float(text == full_text),
                        first_token=float(ids[:1] == answer[:1]))

@@ -75,6 +75,21 @@ def test_tpot_ratio_is_the_median_of_paired_decode_step_times_over_the_timed_exa
     assert summarize(old, "blend")["tpot_ratio_vs_full_median"] is None  # a run joined from before tpot_s
 
 
+def test_answer_speedup_pairs_whole_answer_times_each_over_its_own_answer():
+    def row(timed, full, mode):  # (ttft_s, decode_s) of full and of the mode
+        return {"timed": timed, "pareto": False,
+                "modes": {"full": {**_full(), "ttft_s": full[0], "decode_s": full[1]},
+                          "blend": {**_row(1.0, 1.0, 0.1, 4.0), "ttft_s": mode[0], "decode_s": mode[1]}}}
+
+    rows = [row(True, (2.0, 1.0), (0.5, 3.5)), row(True, (2.0, 2.0), (0.5, 1.5)), row(True, (1.0, 1.0), (0.5, 4.5)),
+            row(False, (9.0, 9.0), (0.1, 0.1))]
+    out = summarize(rows, "blend")
+    assert out["answer_speedup_vs_full_median"] == pytest.approx(0.75)  # 3/4, 4/2, 2/5: the untimed 180 left out
+    assert summarize(rows, "full")["answer_speedup_vs_full_median"] == pytest.approx(1.0)
+    old = [{"timed": True, "pareto": False, "modes": {"full": _full(), "blend": _row(1.0, 1.0, 0.1, 4.0)}}]
+    assert summarize(old, "blend")["answer_speedup_vs_full_median"] is None  # a run from before decode_s
+
+
 def test_sweep_point_at_the_base_ratio_is_the_main_runs_not_a_second_prefill():
     cfg = TasksConfig(modes=("full", "blend", "epic"), ratios=(0.05, 0.15))  # base ratio 0.15
     run, same = sweep_configs(cfg)

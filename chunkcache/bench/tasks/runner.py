@@ -83,8 +83,9 @@ def score_rows(rows: dict[str, dict], ex: TaskExample, kind: str) -> dict[str, d
 
 
 def summarize(rows: list[dict], label: str) -> dict:
-    """The JSON figures of one label over the example rows that ran it; the speedup, and the paired ratio of time
-    per decode forward (tpot: what decode-time correction costs), over the timed ones."""
+    """The JSON figures of one label over the example rows that ran it; over the timed ones, the TTFT speedup, the
+    paired ratio of time per decode forward (tpot: what decode-time correction costs) and of time to the whole
+    answer."""
     per = [r["modes"][label] for r in rows if label in r["modes"]]
     timed = [r["modes"][label] for r in rows if label in r["modes"] and r["timed"]]
     mean = lambda key: statistics.fmean(p[key] for p in per)  # noqa: E731
@@ -94,7 +95,8 @@ def summarize(rows: list[dict], label: str) -> dict:
            "ttft_speedup_vs_full_median": statistics.median(p.get("speedup", 1.0) for p in timed) if timed else None,
            "recompute_fraction": mean("recompute_fraction"), "n": len(per), "n_timed": len(timed),
            "ttft_s_median": statistics.median(p["ttft_s"] for p in timed) if timed else None,
-           "tpot_ratio_vs_full_median": tpot_ratio(rows, label)}
+           "tpot_ratio_vs_full_median": tpot_ratio(rows, label),
+           "answer_speedup_vs_full_median": answer_speedup(rows, label)}
     if "em" in per[0]:
         out["em"] = mean("em")
     return out
@@ -104,6 +106,15 @@ def tpot_ratio(rows: list[dict], label: str) -> float | None:
     """Median over the timed rows of label's time per decode forward / full prefill's (None: not measured)."""
     pairs = [r["modes"][label]["tpot_s"] / r["modes"]["full"]["tpot_s"] for r in rows
              if r["timed"] and "tpot_s" in r["modes"].get(label, {}) and "tpot_s" in r["modes"]["full"]]
+    return statistics.median(pairs) if pairs else None
+
+
+def answer_speedup(rows: list[dict], label: str) -> float | None:
+    """Median over the timed rows of full prefill's time to its whole answer (TTFT + decode_s) / label's, each
+    its own answer (None: not measured). Below 1 the last token arrives later than with full prefill."""
+    whole = lambda m: m["ttft_s"] + m["decode_s"]  # noqa: E731
+    pairs = [whole(r["modes"]["full"]) / whole(r["modes"][label]) for r in rows
+             if r["timed"] and "decode_s" in r["modes"].get(label, {}) and "decode_s" in r["modes"]["full"]]
     return statistics.median(pairs) if pairs else None
 
 
