@@ -107,7 +107,8 @@ class ServerConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"engine"}
         unknown = sorted(set(table) - known)
         if unknown:
-            raise ConfigError(f"server.{unknown[0]}: unknown key in the [server] table (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"server.{unknown[0]}: unknown key in the [server] table "
+                              f"(known: {', '.join(sorted(known))})")
         kw = {**table, **{k: v for k, v in flags.items() if v is not None}}
         if "api_key" not in flags and os.environ.get(API_KEY_ENV):
             kw["api_key"] = os.environ[API_KEY_ENV]

@@ -87,7 +87,8 @@ def replay(rt: AgentRuntime, turns: list[RefTurn], cfg: BlendConfig, max_new: in
         if cfg.places_kv:
             rt.keep_response(pre, n, t.answer)
         s = pre.stats
-        row = {"round": t.round, "ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n, "reused_tokens": s.reused_tokens,
+        row = {"round": t.round, "ttft_s": s.ttft_s, "speedup": t.ttft_s / s.ttft_s, "prompt_tokens": n,
+               "reused_tokens": s.reused_tokens,
                "tf_top1": top1, "tf_kl": kl, "anchors_hit": s.anchors_hit, "anchors_added": s.anchors_added,
                "dense_fallback": s.dense_fallback, "recomputed_tokens": s.recomputed_tokens,
                "fallbacks": s.fallbacks, "timings": dict(s.timings),
@@ -167,10 +168,10 @@ def run_agents(runner: ModelRunner, examples: list[dict], n_agents: int, rounds:
         turns = dense_conversation(dense_rt, agents, ex, rounds, passages, max_new, layout)
         if not warm:
             per_mode.setdefault("full", [])
-            per_mode["full"] += [{"round": t.round, "ttft_s": t.ttft_s, "speedup": 1.0, "prompt_tokens": t.prompt_tokens,
-                                   "reused_tokens": 0, "tf_top1": 1.0, "tf_kl": 0.0, "fidelity_f1": 1.0,
-                                   "first_token": 1.0, "anchors_hit": 0, "anchors_added": 0,
-                                   "dense_fallback": False, "recomputed_tokens": 0} for t in turns]
+            per_mode["full"] += [{"round": t.round, "ttft_s": t.ttft_s, "speedup": 1.0,
+                                   "prompt_tokens": t.prompt_tokens, "reused_tokens": 0, "tf_top1": 1.0,
+                                   "tf_kl": 0.0, "fidelity_f1": 1.0, "first_token": 1.0, "anchors_hit": 0,
+                                   "anchors_added": 0, "dense_fallback": False, "recomputed_tokens": 0} for t in turns]
         line = []
         for m in others:
             if warm and not cfgs[m].kvcomm:

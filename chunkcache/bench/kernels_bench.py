@@ -120,7 +120,8 @@ def bench_model(model: str, tokens: int, ratio: float, dtype: torch.dtype, devic
     deltas = torch.full((chunk,), tokens - chunk, dtype=torch.int64, device=device)
     inv_freq = (1.0 / 1e5 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)).to(device)
     out = merged[:, :, tokens - chunk:]
-    tri, ref = timed(lambda: rope_shift_triton(keys, deltas, inv_freq, out), lambda: rope_shift_ref(keys, deltas, inv_freq, out))
+    tri, ref = timed(lambda: rope_shift_triton(keys, deltas, inv_freq, out),
+                     lambda: rope_shift_ref(keys, deltas, inv_freq, out))
     rows.append(_row("rope_shift", model, {"layers": n_layers, "n_kv": n_kv, "T": chunk, "d": d}, dev, tri, ref,
                      nbytes=2 * keys.numel() * esize + chunk * 8))
 
@@ -180,13 +181,14 @@ def _print(rows: list[dict]) -> None:
         if "gbps" in r:
             line += f"  {r['gbps']:.1f} GB/s" + (f" ({r['frac_peak_bw']:.0%} of peak)" if r.get("frac_peak_bw") else "")
         if "tflops" in r:
-            line += f"  {r['tflops']:.2f} TFLOP/s" + (f" ({r['frac_peak_tflops']:.0%})" if r.get("frac_peak_tflops") else "")
+            peak = f" ({r['frac_peak_tflops']:.0%})" if r.get("frac_peak_tflops") else ""
+            line += f"  {r['tflops']:.2f} TFLOP/s{peak}"
         if "causal_share_ms" in r:
             line += f"  causal-share bound {r['causal_share_ms']:.2f} ms (torch {r['torch_vs_causal_share']:.2f}x)"
             for march, c in r["cpp"].items():
                 line += f"\n{'':>38}C++ {march}: "
-                line += (f"{c['ms']:.2f} ms, x{c['speedup_vs_torch']:.2f} vs torch, {c['vs_causal_share']:.2f}x the bound"
-                         if "ms" in c else c["skipped"])
+                line += (f"{c['ms']:.2f} ms, x{c['speedup_vs_torch']:.2f} vs torch, "
+                         f"{c['vs_causal_share']:.2f}x the bound" if "ms" in c else c["skipped"])
         if r.get("vs_sdpa_same_m"):
             line += f"  time/SDPA(same m) {r['vs_sdpa_same_m']:.2f}"
         print(line)
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if not run_triton:
         why = "no CUDA device" if not cuda else "triton is not installed"
         print(f"{why}: Triton kernel timings need a GPU; timing the torch references only (GPU figures still open)")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("bf16" if cuda else "fp32")]
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dtype = dtypes[args.dtype or ("bf16" if cuda else "fp32")]
     tokens = args.tokens or (8192 if cuda else 1024)
     dev = _device_info(cuda)
     rows, dispatch, prefill = [], {}, {}

@@ -95,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", type=_modes, default=list(SERVE_MODES), help="with batching (default blend,full,prefix)")
     p.add_argument("--no-batching", action="store_true", help="only blend one-at-a-time")
     p.add_argument("--batching-only", action="store_true", help="skip the one-at-a-time blend row")
-    p.add_argument("--max-batch", type=int, default=None, help="server --max-batch of Poisson runs (default: max clients)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="server --max-batch of Poisson runs (default: max clients)")
     p.add_argument("--passages", type=int, default=3, help="passages per request (default 3)")
     p.add_argument("--pool", type=int, default=None, help="the first N distinct passages of --data (default all)")
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent over the pool (default 1.1)")
@@ -231,13 +232,15 @@ def format_table(result: dict) -> str:
         def f(v: float | None, w: int, p: int = 2) -> str:
             return f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
 
-        lines.append(f"{r['mode']:<7}{'yes' if r['batching'] else 'no':>9}{load:>11}{r['n']:>6}{f(r['req_per_s'], 8, 3)}"
-                     f"{f(r['out_tok_per_s'], 8, 1)}{f(r['ttft_p50_s'], 10)}{f(r['ttft_p90_s'], 8)}{f(r['ttft_p99_s'], 8)}"
+        lines.append(f"{r['mode']:<7}{'yes' if r['batching'] else 'no':>9}{load:>11}{r['n']:>6}"
+                     f"{f(r['req_per_s'], 8, 3)}{f(r['out_tok_per_s'], 8, 1)}"
+                     f"{f(r['ttft_p50_s'], 10)}{f(r['ttft_p90_s'], 8)}{f(r['ttft_p99_s'], 8)}"
                      f"{f(r['itl_p50_s'], 9, 3)}{f(r['itl_p99_s'], 8, 3)}{f(r['hit_rate'], 6)}"
                      f"{f(r['chunk_hit_rate'], 7)}{f(sp[-1] if sp else None, 8)}")
     for name, t in result["targets"].items():
         if isinstance(t, dict):
-            value = "not run" if t["met"] is None else f"{t['value']:.2f} (goal {t['goal']:.2f}, margin {t['margin']:+.0%})"
+            value = ("not run" if t["met"] is None
+                     else f"{t['value']:.2f} (goal {t['goal']:.2f}, margin {t['margin']:+.0%})")
             lines.append(f"target {name}: {'MET' if t['met'] else 'missed' if t['met'] is not None else '-'}: {value}")
     return "\n".join(lines)
 

@@ -36,7 +36,8 @@ from chunkcache.store.keys import chunk_key
 FP = "bench-model"
 
 
-def make_chunk(seed: int, tokens: int, layers: int, heads: int, dim: int, dtype: torch.dtype = torch.float32) -> ChunkKV:
+def make_chunk(seed: int, tokens: int, layers: int, heads: int, dim: int,
+               dtype: torch.dtype = torch.float32) -> ChunkKV:
     g = torch.Generator().manual_seed(seed)
     ids = tuple((seed * 1009 + i) % 49152 for i in range(tokens))
     shape = (layers, heads, tokens, dim)
@@ -109,8 +110,9 @@ def bench_disk(chunks: list[ChunkKV], root: Path, reps: int) -> dict[str, object
     store.close()
     return {"files": len(paths), "bytes": nbytes, "get_cold_GBps": max(ours), "dd_cold_GBps": max(dds),
             "ratio": max(ours) / max(dds), "put_fsync_GBps": nbytes / t_put / 1e9,
-            "put_chunks_per_s": len(chunks) / t_put, "page_cache_bypass": "posix_fadvise(DONTNEED) on the file before each read; the store reads with "
-            "O_DIRECT; dd baseline = the faster of dd bs=4M buffered and dd bs=4M iflag=direct"}
+            "put_chunks_per_s": len(chunks) / t_put,
+            "page_cache_bypass": "posix_fadvise(DONTNEED) on the file before each read; the store reads with "
+                                 "O_DIRECT; dd baseline = the faster of dd bs=4M buffered and dd bs=4M iflag=direct"}
 
 
 def bench_layer_stream(chunk: ChunkKV, root: Path, compute_ms: float) -> dict[str, float]:

@@ -14,7 +14,8 @@ SELECTIONS = ("deviation", "random", "attention", "attention_deviation")
 DEVIATION_ON = ("k", "v", "kv")
 ALIASES = {"dense": "full"}  # the agents' old name of full prefill
 KVCOMM_PREFIX = "kvcomm"  # "kvcomm" = naive + KVCOMM offsets; "kvcomm+<mode>" = <mode> over KVCOMM offsets
-AGENT_MODES = ("full", "prefix", "kvcomm", "blend", "kvcomm+blend", "kvcomm+epic")  # what `bench agents` compares by default
+# what `bench agents` compares by default
+AGENT_MODES = ("full", "prefix", "kvcomm", "blend", "kvcomm+blend", "kvcomm+epic")
 # A mode's selection rule, numbered from 1: bumped when what the mode recomputes at a given ratio changes, so that a
 # ratio `chunkcache calibrate` stored under the older rule is refused instead of silently reused (model_profile.py).
 RULE_REVISIONS = {"fusionqc": 2}  # 2: blend's chunk heads pinned (2026-12-05)
@@ -90,7 +91,8 @@ class BlendConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 <= self.recompute_ratio <= 1.0:
             raise ValueError(f"recompute_ratio must be in [0, 1], got {self.recompute_ratio}")
-        if not self.check_layers or list(self.check_layers) != sorted(set(self.check_layers)) or self.check_layers[0] < 1:
+        layers = list(self.check_layers)
+        if not layers or layers != sorted(set(layers)) or layers[0] < 1:
             raise ValueError(f"check_layers must be increasing layer indices >= 1, got {self.check_layers}")
         if self.deviation_on not in DEVIATION_ON:
             raise ValueError(f"deviation_on must be one of {DEVIATION_ON}, got {self.deviation_on!r}")

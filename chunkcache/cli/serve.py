@@ -210,7 +210,8 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     serve.add_argument("--port", type=int, default=None, help="default 8000")
     serve.add_argument("--max-queue", type=positive, default=None, help="waiting requests before 429 (default 16)")
     serve.add_argument("--max-batch", type=positive, default=None,
-                       help="requests prefilling or decoding at once (continuous batching; 1: one at a time; default 16)")
+                       help="requests prefilling or decoding at once (continuous batching; 1: one at a time; "
+                            "default 16)")
     serve.add_argument("--max-batch-tokens", type=positive, default=None,
                        help="prefill tokens per scheduler step; full/prefix prefills are sliced to it (default 512)")
     serve.add_argument("--kv-budget", dest="kv_budget_bytes", type=byte_size, default=None,

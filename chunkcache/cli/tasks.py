@@ -114,7 +114,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
                    help="comma list: every mode at each ratio on the Pareto subset (JSON `pareto`)")
     p.add_argument("--decode-correction", type=int, default=0, metavar="K",
                    help="every mode recomputes K prompt tokens per decode step until its cache is full prefill's "
-                        "(0: off); the JSON's tpot_ratio_vs_full_median and answer_speedup_vs_full_median say what it costs")
+                        "(0: off); the JSON's tpot_ratio_vs_full_median and answer_speedup_vs_full_median say "
+                        "what it costs")
     p.add_argument("--limit", type=positive, default=None,
                    help="the first N examples of the split (niah, vt: of each setting; default: all, 100 per setting)")
     p.add_argument("--skip", type=int, default=0,

@@ -7,7 +7,8 @@ neighbours are the index's at the time of the call. A later ingestion that bring
 chunk's fused context: the ingestion computes the new entries of the indexed chunks among each new chunk's
 REFRESH_FAN nearest whose neighbours it changed. The search is one-sided (a chunk whose neighbour lists changed
 but which is not among the new chunk's REFRESH_FAN nearest is missed, and its new entry is computed on first
-use: a chunk miss in that request's stats). Deleting a chunk does not refresh the entries of chunks that had it as a neighbour (first use again).
+use: a chunk miss in that request's stats). Deleting a chunk does not refresh the entries of chunks that had it
+as a neighbour (first use again).
 The old entries age out of the store like any unused one.
 
 Cost: per chunk, its FUSION_NEIGHBOURS neighbours' tokens computed again behind the system prefix, then the

@@ -67,7 +67,8 @@ class KVCache:
         if isinstance(index, slice):
             dst_k, dst_v = dst_k[..., start:stop, :], dst_v[..., start:stop, :]
             if dst_k.shape != k.shape or dst_v.shape != v.shape:
-                raise ValueError(f"KVCache.write: k {tuple(k.shape)} v {tuple(v.shape)} do not fit {tuple(dst_k.shape)}")
+                raise ValueError(f"KVCache.write: k {tuple(k.shape)} v {tuple(v.shape)} "
+                                 f"do not fit {tuple(dst_k.shape)}")
             if rope_delta:
                 deltas = torch.full((k.shape[-2],), rope_delta, dtype=torch.int64, device=k.device)
                 rope_shift(k, deltas, self.inv_freq, out=dst_k, use_triton=self.use_triton)

@@ -51,7 +51,8 @@ class ChunkStore:
         if not tcs:
             raise ValueError("no usable tier (only a GPU tier was configured and CUDA is absent)")
         self._slots = [TierSlot(tc, build_tier(tc, cache_dir)) for tc in tcs]
-        self.catalog = Catalog(config.resolved_catalog_url, config.catalog_flush_every) if config.wants_catalog else None
+        self.catalog = (Catalog(config.resolved_catalog_url, config.catalog_flush_every)
+                        if config.wants_catalog else None)
         self._stats = StoreStats([s.name for s in self._slots], config.max_recent_faults)
         # With a remote tier the catalog is shared by replicas: its on_disk flag is some node's, not ours.
         self._shared = any(s.name == "remote" for s in self._slots)

@@ -25,7 +25,8 @@ Layer = tuple[int, torch.Tensor, torch.Tensor]
 
 class LayerStream:
     def __init__(self, source: LayerSource, tier: str, device: torch.device | str, depth: int = 2,
-                 *, copy: bool, threaded: bool = True, on_complete: Callable[[list[tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
+                 *, copy: bool, threaded: bool = True,
+                 on_complete: Callable[[list[tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
                  on_fault: Callable[[EntryUnavailable], None] | None = None) -> None:
         """copy: hand out copies, because source tensors may alias the cache (memory tiers) or be kept for
         promotion (on_complete); False only for a caller that copies each layer before the next one and

@@ -102,20 +102,24 @@ def summarize(rows: list[dict], label: str) -> dict:
     return out
 
 
-def tpot_ratio(rows: list[dict], label: str) -> float | None:
-    """Median over the timed rows of label's time per decode forward / full prefill's (None: not measured)."""
-    pairs = [r["modes"][label]["tpot_s"] / r["modes"]["full"]["tpot_s"] for r in rows
-             if r["timed"] and "tpot_s" in r["modes"].get(label, {}) and "tpot_s" in r["modes"]["full"]]
+def paired_median(rows: list[dict], label: str, key: str, ratio) -> float | None:
+    """Median over the timed rows where label's and full prefill's results both carry `key` of
+    ratio(label's, full's) (None: not measured)."""
+    pairs = [ratio(r["modes"][label], r["modes"]["full"]) for r in rows
+             if r["timed"] and key in r["modes"].get(label, {}) and key in r["modes"]["full"]]
     return statistics.median(pairs) if pairs else None
+
+
+def tpot_ratio(rows: list[dict], label: str) -> float | None:
+    """Paired median of label's time per decode forward / full prefill's."""
+    return paired_median(rows, label, "tpot_s", lambda m, full: m["tpot_s"] / full["tpot_s"])
 
 
 def answer_speedup(rows: list[dict], label: str) -> float | None:
-    """Median over the timed rows of full prefill's time to its whole answer (TTFT + decode_s) / label's, each
-    its own answer (None: not measured). Below 1 the last token arrives later than with full prefill."""
+    """Paired median of full prefill's time to its whole answer (TTFT + decode_s) / label's, each its own answer.
+    Below 1 the last token arrives later than with full prefill."""
     whole = lambda m: m["ttft_s"] + m["decode_s"]  # noqa: E731
-    pairs = [whole(r["modes"]["full"]) / whole(r["modes"][label]) for r in rows
-             if r["timed"] and "decode_s" in r["modes"].get(label, {}) and "decode_s" in r["modes"]["full"]]
-    return statistics.median(pairs) if pairs else None
+    return paired_median(rows, label, "decode_s", lambda m, full: whole(full) / whole(m))
 
 
 def main_configs(cfg: TasksConfig) -> dict[str, BlendConfig]:
