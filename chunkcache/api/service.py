@@ -119,7 +119,8 @@ class ChunkCacheService:
         ratio = opts.recompute_ratio
         if opts.calibrated:
             try:
-                ratio = calibrated_ratio(engine.runner.fingerprint, self.cfg.engine.profile_root, req.runs(opts.mode))
+                ratio = calibrated_ratio(engine.runner.fingerprint, self.cfg.engine.profile_root, req.runs(opts.mode),
+                                         opts.decode_correction)
             except ValueError as err:
                 raise RequestError("calibrated", str(err)) from None
         return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=ratio,

@@ -9,6 +9,8 @@ The picked ratio is the smallest whose mean agreement >= target_agreement (and m
 when none meets the target, 1.0 (everything recomputed: exact) is stored and `met` is false. It is stored
 under the model's fingerprint and the mode that ran, with that mode's rule revision (blend/model_profile.py: a
 fused mode over requests without fused contexts runs blend; a ratio stored under an older rule is refused).
+With decode_correction=K every answer is decoded with that correction (runner/decode.py), and the ratio is stored
+apart from the mode's uncorrected one (model_profile.calibration_key): requests with the same K use it.
 BlendConfig(calibrated=True), the server's `calibrated` request field and `chunkcache ask --calibrated` then use
 the ratio of the mode each request runs. `chunkcache calibrate` in a fused mode calibrates its fallback, blend,
 on the same sample too.
@@ -29,7 +31,7 @@ from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.blender import Blender
 from chunkcache.blend.config import DEFAULT_MODE, BlendConfig, rule_revision
-from chunkcache.blend.model_profile import calibrations, update_profile
+from chunkcache.blend.model_profile import calibration_key, calibrations, update_profile
 from chunkcache.blend.request import BlendRequest
 
 DEFAULT_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
@@ -39,13 +41,15 @@ DEFAULT_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 class CalibrationConfig:
     """mode: the mode calibrated; ratios: tried, increasing; target_agreement: mean answer token F1 vs full
     prefill to reach; target_kl: mean teacher-forced KL not to exceed (None: not checked); max_new: answer
-    tokens generated per example."""
+    tokens generated per example; decode_correction: K prompt tokens recomputed per decode step (0: none), as the
+    requests that will use the ratio run."""
 
     mode: str = DEFAULT_MODE
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     target_agreement: float = 0.95
     target_kl: float | None = None
     max_new: int = 16
+    decode_correction: int = 0
 
     def __post_init__(self) -> None:
         BlendConfig(mode=self.mode)  # names the mode when unknown
@@ -60,6 +64,7 @@ class CalibrationConfig:
             raise ValueError(f"target_kl must be >= 0, got {self.target_kl}")
         if self.max_new < 1:
             raise ValueError(f"max_new must be >= 1, got {self.max_new}")
+        BlendConfig(mode=self.mode, decode_correction=self.decode_correction)  # names a bad K
 
 
 def load_sample(path: str | Path | None = None, limit: int | None = 8) -> list[tuple[list[str], str]]:
@@ -122,9 +127,11 @@ def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationCo
     per_ratio: dict[float, list[tuple[float, float, float]]] = {x: [] for x in cfg.ratios}
     for req, (answer, ref, want) in zip(requests, refs):
         for ratio in cfg.ratios:
-            res = blender.prefill(req, BlendConfig(mode=cfg.mode, recompute_ratio=ratio), reserve=cfg.max_new)
-            top1, kl = teacher_forced(ref, tf_logits(r, res.cache, res.logits, answer))
-            got = text([t for t in greedy(r, res.cache, res.logits, cfg.max_new, eos) if t not in eos])
+            bc = BlendConfig(mode=cfg.mode, recompute_ratio=ratio, decode_correction=cfg.decode_correction)
+            res = blender.prefill(req, bc, reserve=cfg.max_new)
+            top1, kl = teacher_forced(ref, tf_logits(r, res.cache, res.logits, answer, correction=res.correction))
+            got = text([t for t in greedy(r, res.cache, res.logits, cfg.max_new, eos, res.correction)
+                        if t not in eos])
             agree = token_f1(got, want) if want.strip() else float(got.strip() == want.strip())
             per_ratio[ratio].append((agree, kl, top1))
     rows = [{"recompute_ratio": x, "agreement_f1": statistics.fmean(a for a, _, _ in v),
@@ -142,4 +149,5 @@ def store_calibration(fingerprint: str, result: dict, root: str | Path | None = 
     """Store the picked ratio (and what it was measured on) in the model's profile, under the mode that ran
     (result["mode"]), beside the other modes' calibrations; returns the file."""
     cal = {k: result[k] for k in ("recompute_ratio", "met", "n", "rows", "config", "rule")}
-    return update_profile(fingerprint, root, calibrated={**calibrations(fingerprint, root), result["mode"]: cal})
+    key = calibration_key(result["mode"], result["config"].get("decode_correction", 0))
+    return update_profile(fingerprint, root, calibrated={**calibrations(fingerprint, root), key: cal})

@@ -154,8 +154,9 @@ class Blender:
         unfused = ran != asked
         if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
             cfg = replace(cfg, mode=ran)
-        if cfg.calibrated:  # the ratio calibrated for the mode that runs
-            cfg = replace(cfg, recompute_ratio=calibrated_ratio(r.fingerprint, mode=cfg.mode), calibrated=False)
+        if cfg.calibrated:  # the ratio calibrated for the mode that runs (with this decode correction, if stored)
+            ratio = calibrated_ratio(r.fingerprint, mode=cfg.mode, decode_correction=cfg.decode_correction)
+            cfg = replace(cfg, recompute_ratio=ratio, calibrated=False)
         anchored = cfg.kvcomm and bool(req.placeholders)
         if anchored and self.anchors is None:
             raise ValueError(f"mode {cfg.name!r} needs an anchor pool (Blender(anchors=...))")

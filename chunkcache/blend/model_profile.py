@@ -2,8 +2,9 @@
 
 Two things are measured per model and reused by every later request on it:
   critical_layers  qcfuse's profiled layers (blend/qcfuse.py `profile_critical_layers`);
-  calibrated       per mode, the recompute ratio `chunkcache calibrate` picked for a quality target
-                   (bench/calibrate.py); BlendConfig(calibrated=True) asks for the one of the mode that runs.
+  calibrated       per mode (and decode correction, `calibration_key`), the recompute ratio `chunkcache
+                   calibrate` picked for a quality target (bench/calibrate.py); BlendConfig(calibrated=True)
+                   asks for the one of the mode that runs.
 The file is <cache dir>/profiles/<fingerprint>.json ($CHUNKCACHE_DIR, else ~/.cache/chunkcache), in a
 directory only this user can write (as the kernel cache): a profile someone else planted is not read.
 The package ships the critical layers of its default model (chunkcache/data/profiles/<fingerprint>.json,
@@ -82,11 +83,21 @@ def calibrations(fingerprint: str, root: str | Path | None = None) -> dict[str, 
     return {m: c for m, c in cal.items() if isinstance(c, dict)}
 
 
-def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str = DEFAULT_MODE) -> float:
+def calibration_key(mode: str, decode_correction: int = 0) -> str:
+    """The key a calibration is stored under: the mode, and the decode correction it was measured with if any."""
+    return f"{mode}:decode_correction={decode_correction}" if decode_correction else mode
+
+
+def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str = DEFAULT_MODE,
+                     decode_correction: int = 0) -> float:
     """The recompute ratio calibrated for this model in `mode` (the mode that runs: a fused-mode request without
     fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored, or when the stored
-    one was measured under an older selection rule of the mode (its "rule", 1 when absent: config.RULE_REVISIONS)."""
-    cal = calibrations(fingerprint, root).get(mode, {})
+    one was measured under an older selection rule of the mode (its "rule", 1 when absent: config.RULE_REVISIONS).
+    With a decode_correction, the ratio calibrated with that correction if one is stored, else the mode's own:
+    measured without the correction, which only recomputes more, so it errs on the side of recomputing."""
+    stored = calibrations(fingerprint, root)
+    key = calibration_key(mode, decode_correction)
+    cal = stored.get(key if key in stored else mode, {})
     cmd = f"chunkcache calibrate --mode {mode}"
     if not isinstance(cal.get("recompute_ratio"), (int, float)):
         raise ValueError(f"calibrated: no recompute ratio is calibrated for mode {mode!r} of model {fingerprint} "

@@ -16,7 +16,8 @@ def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.bench.calibrate import CalibrationConfig, load_sample
     from chunkcache.blend.engine import ChunkCacheEngine
 
-    cfg = CalibrationConfig(args.mode, tuple(args.ratios), args.target_agreement, args.target_kl, args.max_new)
+    cfg = CalibrationConfig(args.mode, tuple(args.ratios), args.target_agreement, args.target_kl, args.max_new,
+                            args.decode_correction)
     sample = load_sample(args.data, args.limit)
     with ChunkCacheEngine.from_config(args.engine) as engine:
         res = run_calibration(engine, cfg, sample, args.engine.profile_root, args.critical_layers)
@@ -63,11 +64,13 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
 
 
 def _report(res: dict, stored: str) -> None:
+    dc = res["config"].get("decode_correction", 0)
+    name = res["mode"] + (f" (decode_correction {dc})" if dc else "")
     for row in res["rows"]:
-        print(f"{res['mode']} ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
+        print(f"{name} ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
               f"KL {row['tf_kl_mean']:.4f}  top-1 {row['tf_top1_agreement']:.3f}")
     verdict = "meets" if res["met"] else "no ratio tried meets"
-    print(f"{res['mode']} on {res['n']} examples: {verdict} the target; stored recompute_ratio "
+    print(f"{name} on {res['n']} examples: {verdict} the target; stored recompute_ratio "
           f"{res['recompute_ratio']} for model {res['fingerprint']} in {stored}", flush=True)
 
 
@@ -82,6 +85,9 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--target-agreement", type=ratio, default=0.95, help="mean answer token F1 vs full prefill")
     p.add_argument("--target-kl", type=float, default=None, help="mean teacher-forced KL not to exceed")
     p.add_argument("--max-new", type=positive, default=16)
+    p.add_argument("--decode-correction", type=int, default=0, metavar="K",
+                   help="decode every answer with this correction (K prompt tokens recomputed per step) and store "
+                        "the ratio for requests that use the same K (default 0: none)")
     p.add_argument("--critical-layers", action="store_true", help="also profile qcfuse's critical layers")
     p.add_argument("--json", default=None, help="write the full result here")
     p.set_defaults(func=cmd_calibrate)

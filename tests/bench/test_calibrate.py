@@ -115,6 +115,35 @@ def test_calibrate_records_the_rule_of_the_mode_that_ran(tiny_blender, tmp_path,
     assert calibrate(tiny_blender, [plain], cfg)["rule"] == rule_revision("blend")  # it ran as blend
 
 
+def test_a_ratio_calibrated_with_decode_correction_is_kept_apart_and_serves_that_correction(tiny_blender, tmp_path,
+                                                                                           monkeypatch):
+    """Calibrated with a correction that recomputes the whole prompt at the first step, every answer token after the
+    first is predicted over full prefill's cache (only row 0, the prefill's, keeps its KL): KL falls below the
+    uncorrected run's at each ratio. The ratio is
+    stored beside the mode's own; a request with that K gets it, one with another K the uncorrected one."""
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
+    fp, reqs, k = tiny_blender.runner.fingerprint, _requests(), 512
+    assert all(r.num_tokens < k for r in reqs)
+    plain = calibrate(tiny_blender, reqs, CalibrationConfig(ratios=(0.0, 0.05), target_agreement=0.0, max_new=6))
+    fixed = calibrate(tiny_blender, reqs, CalibrationConfig(ratios=(0.0, 0.05), target_agreement=0.0, max_new=6,
+                                                             decode_correction=k))
+    for p, f in zip(plain["rows"], fixed["rows"]):
+        assert f["tf_kl_mean"] < p["tf_kl_mean"] and f["tf_top1_agreement"] >= p["tf_top1_agreement"]
+    store_calibration(fp, {**plain, "recompute_ratio": 0.05})
+    store_calibration(fp, {**fixed, "recompute_ratio": 0.0})
+    assert set(calibrations(fp)) == {"blend", f"blend:decode_correction={k}"}
+    assert calibrated_ratio(fp, mode="blend", decode_correction=k) == 0.0
+    assert calibrated_ratio(fp, mode="blend", decode_correction=64) == 0.05  # not calibrated with 64: the plain one
+    assert calibrated_ratio(fp, mode="blend") == 0.05
+    req = reqs[0]
+    asked = tiny_blender.prefill(req, BlendConfig(mode="blend", calibrated=True, decode_correction=k))
+    explicit = tiny_blender.prefill(req, BlendConfig(mode="blend", recompute_ratio=0.0, decode_correction=k))
+    assert asked.stats.recomputed_tokens == explicit.stats.recomputed_tokens
+    assert torch.equal(asked.logits, explicit.logits)
+    with pytest.raises(ValueError, match="decode_correction"):
+        CalibrationConfig(decode_correction=-1)
+
+
 def test_kl_target_and_unmet_target(tiny_blender, tmp_path):
     res = calibrate(tiny_blender, _requests(1), CalibrationConfig(ratios=(0.05, 0.5), target_agreement=0.0,
                                                                  target_kl=0.0, max_new=4))

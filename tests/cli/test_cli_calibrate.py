@@ -8,9 +8,10 @@ from chunkcache.cli.main import build_parser, main
 
 def test_calibrate_parses_its_options():
     args = build_parser().parse_args(["calibrate", "--ratios", "0.1,0.3", "--target-agreement", "0.9",
-                                      "--target-kl", "0.05", "--limit", "2", "--critical-layers"])
+                                      "--target-kl", "0.05", "--limit", "2", "--critical-layers",
+                                      "--decode-correction", "512"])
     assert args.ratios == [0.1, 0.3] and args.target_agreement == 0.9 and args.target_kl == 0.05
-    assert args.limit == 2 and args.critical_layers and args.mode == DEFAULT_MODE
+    assert args.limit == 2 and args.critical_layers and args.mode == DEFAULT_MODE and args.decode_correction == 512
 
 
 def test_calibrate_rejects_bad_input_before_loading_a_model(tmp_path, capsys):
@@ -22,3 +23,5 @@ def test_calibrate_rejects_bad_input_before_loading_a_model(tmp_path, capsys):
     assert "mode" in capsys.readouterr().err
     assert main(["calibrate", "--ratios", "0.5,0.1"]) == 2
     assert "ratios" in capsys.readouterr().err
+    assert main(["calibrate", "--decode-correction", "-1"]) == 2
+    assert "decode_correction" in capsys.readouterr().err
