@@ -54,7 +54,8 @@ def _check_model(cfg: ServerConfig, model: str) -> str:
 def _blend(mode: str | None, marked: bool, body: ChatCompletionRequest | CompletionRequest) -> BlendConfig:
     """A chat turn has no corpus to fuse its chunks with: marked chunks default to the plain-entry default."""
     return BlendConfig.named(mode or (UNFUSED_MODE if marked else PLAIN_MODE), recompute_ratio=body.recompute_ratio,
-                             decode_correction=body.decode_correction)
+                             decode_correction=body.decode_correction,
+                             decode_correction_steps=body.decode_correction_steps)
 
 
 def _sampling(cfg: ServerConfig, body: ChatCompletionRequest | CompletionRequest, field: str) -> SamplingConfig:

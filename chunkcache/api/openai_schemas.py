@@ -7,17 +7,17 @@ logprobs false, no tools, response_format text...). A field that would change th
 chunkcache does not implement is refused by name (400), and so is any unknown field.
 Extensions: `documents` (chunk texts, see api/openai_layout.py), `mode` (a BlendConfig.named name; default:
 `prefix` when the request marks no chunk, otherwise `blend`, the default for requests without a corpus to fuse
-with: blend/config.UNFUSED_MODE), `recompute_ratio`, `decode_correction`.
+with: blend/config.UNFUSED_MODE), `recompute_ratio`, `decode_correction`, `decode_correction_steps`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from chunkcache.api.schemas import MAX_TEXT_CHARS, Text
-from chunkcache.blend.config import check_mode_name
+from chunkcache.blend.config import BlendConfig, check_mode_name
 
 _OPEN = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -96,6 +96,8 @@ class _Sampling(_Neutral):
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0, description="chunkcache: for the blend modes")
     decode_correction: int = Field(0, ge=0, le=4096, description="chunkcache: prompt tokens recomputed per "
                                    "decode step until the cache is full prefill's (0: none)")
+    decode_correction_steps: int = Field(0, ge=0, le=4096, description="chunkcache: the same correction, "
+                                         "finishing within this many decode steps (0: none)")
 
     @field_validator("n")
     @classmethod
@@ -116,6 +118,12 @@ class _Sampling(_Neutral):
     @classmethod
     def _mode(cls, mode: str | None) -> str | None:
         return check_mode_name(mode) if mode is not None else None
+
+    @field_validator("decode_correction_steps")
+    @classmethod
+    def _one_correction(cls, steps: int, info: ValidationInfo) -> int:
+        BlendConfig(decode_correction=info.data.get("decode_correction", 0), decode_correction_steps=steps)
+        return steps
 
     @property
     def include_usage(self) -> bool:

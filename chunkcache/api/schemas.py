@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
+                      field_validator, model_validator)
 
-from chunkcache.blend.config import DEFAULT_MODE, MODES
+from chunkcache.blend.config import DEFAULT_MODE, MODES, BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM
 
 MAX_TEXT_CHARS = 200_000
@@ -66,12 +67,21 @@ class GenerationOptions(BaseModel):
                                                 "served model instead of recompute_ratio")
     decode_correction: int = Field(0, ge=0, le=4096, description="prompt tokens recomputed per decode step "
                                    "until the cache is full prefill's (0: none); TTFT unchanged, those steps cost more")
+    decode_correction_steps: int = Field(0, ge=0, le=4096, description="the same correction, finishing within this "
+                                         "many decode steps: ceil(pending prompt tokens / steps) per step (0: none); "
+                                         "instead of decode_correction")
     max_tokens: int = Field(32, ge=1, le=8192, description="new tokens at most (server limit applies)")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = Field(False, description="stream tokens as server-sent events")
     return_token_ids: bool = Field(False, description="also return the generated token ids (EOS excluded)")
+
+    @field_validator("decode_correction_steps")
+    @classmethod
+    def _one_correction(cls, steps: int, info: ValidationInfo) -> int:
+        BlendConfig(decode_correction=info.data.get("decode_correction", 0), decode_correction_steps=steps)
+        return steps
 
 
 class GenerateRequest(GenerationOptions):
@@ -95,7 +105,7 @@ class GenerationStats(BaseModel):
     reused_tokens: int
     recomputed_tokens: int
     recompute_fraction: float
-    decode_pending: int = Field(0, description="prompt tokens decode recomputes (decode_correction per step)")
+    decode_pending: int = Field(0, description="prompt tokens decode recomputes (a correction's K per step)")
     chunk_hits: int
     chunk_misses: int
     tiers_hit: dict[str, int] = Field(description="store lookups answered per tier")

@@ -120,11 +120,12 @@ class ChunkCacheService:
         if opts.calibrated:
             try:
                 ratio = calibrated_ratio(engine.runner.fingerprint, self.cfg.engine.profile_root, req.runs(opts.mode),
-                                         opts.decode_correction)
+                                         opts.decode_correction, opts.decode_correction_steps)
             except ValueError as err:
                 raise RequestError("calibrated", str(err)) from None
-        return Prepared(engine, req, BlendConfig(mode=opts.mode, recompute_ratio=ratio,
-                                                 decode_correction=opts.decode_correction),
+        blend = BlendConfig(mode=opts.mode, recompute_ratio=ratio, decode_correction=opts.decode_correction,
+                            decode_correction_steps=opts.decode_correction_steps)
+        return Prepared(engine, req, blend,
                         SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
 
     def tier_hits(self) -> Counter[str]:

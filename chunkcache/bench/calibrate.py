@@ -41,8 +41,8 @@ DEFAULT_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 class CalibrationConfig:
     """mode: the mode calibrated; ratios: tried, increasing; target_agreement: mean answer token F1 vs full
     prefill to reach; target_kl: mean teacher-forced KL not to exceed (None: not checked); max_new: answer
-    tokens generated per example; decode_correction: K prompt tokens recomputed per decode step (0: none), as the
-    requests that will use the ratio run."""
+    tokens generated per example; decode_correction: K prompt tokens recomputed per decode step (0: none), or
+    decode_correction_steps: the same within S steps, as the requests that will use the ratio run."""
 
     mode: str = DEFAULT_MODE
     ratios: tuple[float, ...] = DEFAULT_RATIOS
@@ -50,10 +50,12 @@ class CalibrationConfig:
     target_kl: float | None = None
     max_new: int = 16
     decode_correction: int = 0
+    decode_correction_steps: int = 0
 
     def __post_init__(self) -> None:
-        BlendConfig(mode=self.mode)  # names the mode when unknown
-        if not BlendConfig(mode=self.mode).recomputes:
+        blend = BlendConfig(mode=self.mode, decode_correction=self.decode_correction,  # names a bad mode or K
+                            decode_correction_steps=self.decode_correction_steps)
+        if not blend.recomputes:
             raise ValueError(f"mode: {self.mode!r} has no recompute ratio to calibrate")
         if not self.ratios or list(self.ratios) != sorted(set(self.ratios)) \
                 or not all(0.0 <= r <= 1.0 for r in self.ratios):
@@ -64,7 +66,6 @@ class CalibrationConfig:
             raise ValueError(f"target_kl must be >= 0, got {self.target_kl}")
         if self.max_new < 1:
             raise ValueError(f"max_new must be >= 1, got {self.max_new}")
-        BlendConfig(mode=self.mode, decode_correction=self.decode_correction)  # names a bad K
 
 
 def load_sample(path: str | Path | None = None, limit: int | None = 8) -> list[tuple[list[str], str]]:
@@ -127,7 +128,8 @@ def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationCo
     per_ratio: dict[float, list[tuple[float, float, float]]] = {x: [] for x in cfg.ratios}
     for req, (answer, ref, want) in zip(requests, refs):
         for ratio in cfg.ratios:
-            bc = BlendConfig(mode=cfg.mode, recompute_ratio=ratio, decode_correction=cfg.decode_correction)
+            bc = BlendConfig(mode=cfg.mode, recompute_ratio=ratio, decode_correction=cfg.decode_correction,
+                             decode_correction_steps=cfg.decode_correction_steps)
             res = blender.prefill(req, bc, reserve=cfg.max_new)
             top1, kl = teacher_forced(ref, tf_logits(r, res.cache, res.logits, answer, correction=res.correction))
             got = text([t for t in greedy(r, res.cache, res.logits, cfg.max_new, eos, res.correction)
@@ -149,5 +151,6 @@ def store_calibration(fingerprint: str, result: dict, root: str | Path | None = 
     """Store the picked ratio (and what it was measured on) in the model's profile, under the mode that ran
     (result["mode"]), beside the other modes' calibrations; returns the file."""
     cal = {k: result[k] for k in ("recompute_ratio", "met", "n", "rows", "config", "rule")}
-    key = calibration_key(result["mode"], result["config"].get("decode_correction", 0))
+    c = result["config"]
+    key = calibration_key(result["mode"], c.get("decode_correction", 0), c.get("decode_correction_steps", 0))
     return update_profile(fingerprint, root, calibrated={**calibrations(fingerprint, root), key: cal})

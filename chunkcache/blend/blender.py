@@ -19,9 +19,9 @@ The suffix (and any fresh region) is computed in every mode. With cfg.calibrated
 this model by `chunkcache calibrate` (blend/model_profile.py). The fused modes (fusion, fusionqc) place each
 candidate chunk's entry precomputed behind its fused context (req.fused) instead of the plain one; a request
 without fused contexts runs UNFUSED_MODE (blend) instead, and its stats say so (mode, fallbacks). With
-cfg.decode_correction (every mode that places KV) the result carries a DecodeCorrection (runner/decode.py): decode
-recomputes every position after the exact prefix, K per step in position order, then the tokens generated so far,
-after which the cache is full prefill's.
+cfg.decode_correction or cfg.decode_correction_steps (every mode that places KV) the result carries a
+DecodeCorrection (runner/decode.py): decode recomputes every position after the exact prefix, K per step in position
+order (K = ceil(pending / S) with steps S), then the tokens generated so far, after which the cache is full prefill's.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class BlendStats:
     dense_fallback: bool = False  # kvcomm: the prompt was computed from a rejected placeholder on
     slots: list[dict] = field(default_factory=list)  # per placeholder: base origin, decision, anchors, reason
     fallbacks: list[str] = field(default_factory=list)
-    decode_pending: int = 0  # prompt tokens decode recomputes (cfg.decode_correction): all after the exact prefix
+    decode_pending: int = 0  # prompt tokens decode recomputes (cfg.corrects): all after the exact prefix
     attention: str = ""  # the attention implementation of the recompute pass (torch | cpp | triton)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step (place, load, recompute, ...)
     ttft_s: float = 0.0  # set by callers that time the prefill
@@ -86,7 +86,7 @@ class BlendResult:
     cache: KVCache  # merged KV of the whole prompt, positions 0..prompt_tokens-1
     logits: torch.Tensor  # [vocab] fp32, next-token logits after the prompt
     stats: BlendStats
-    correction: DecodeCorrection | None = None  # what decode recomputes (cfg.decode_correction)
+    correction: DecodeCorrection | None = None  # what decode recomputes (cfg.corrects)
 
 
 PrefillSteps = Generator[int, None, BlendResult]  # yields tokens computed per piece of work; returns the result
@@ -155,7 +155,8 @@ class Blender:
         if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
             cfg = replace(cfg, mode=ran)
         if cfg.calibrated:  # the ratio calibrated for the mode that runs (with this decode correction, if stored)
-            ratio = calibrated_ratio(r.fingerprint, mode=cfg.mode, decode_correction=cfg.decode_correction)
+            ratio = calibrated_ratio(r.fingerprint, mode=cfg.mode, decode_correction=cfg.decode_correction,
+                                     decode_correction_steps=cfg.decode_correction_steps)
             cfg = replace(cfg, recompute_ratio=ratio, calibrated=False)
         anchored = cfg.kvcomm and bool(req.placeholders)
         if anchored and self.anchors is None:
@@ -216,8 +217,8 @@ class Blender:
         stats.attention = r.attention.choose_for(rows, n, reference_only=rows == n or cfg.mode == "ape")
         self._take_fallbacks(stats)
         correction = None
-        if cfg.decode_correction:
-            correction = DecodeCorrection(ids, placed, cfg.decode_correction)
+        if cfg.corrects:
+            correction = DecodeCorrection(ids, placed, cfg.correction_per_step(n - placed))
             stats.decode_pending = n - placed
         return BlendResult(cache, r.logits(hidden[-1:])[0], stats, correction)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 MODES = ("full", "prefix", "naive", "cacheblend", "adaptive", "epic", "ape", "query", "prophet", "prophet2", "qcfuse",
@@ -62,6 +64,9 @@ class BlendConfig:
         position after the exact prefix, K per step in position order, then the tokens generated so far, after which
         the cache is exactly full prefill's (runner/decode.py DecodeCorrection). TTFT is unchanged; the first
         ceil(n / K) steps cost more.
+    decode_correction_steps: the same correction, with K chosen per request so that it finishes within S decode
+        steps: K = ceil(pending / S) (0: K is decode_correction). One of the two, not both: K bounds each step's
+        cost, S bounds how many tokens are decoded from the approximate cache, whatever the prompt's length.
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
         anchor offsets; blend/anchoring.py) before the mode's selection runs. Named "kvcomm" (with mode
         naive: nothing recomputed) or "kvcomm+<mode>" (see `named`).
@@ -85,6 +90,7 @@ class BlendConfig:
     anchor_sinks: int = 4
     score_layers: tuple[int, ...] = ()
     decode_correction: int = 0
+    decode_correction_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -114,6 +120,11 @@ class BlendConfig:
                              f"got {self.anchor_ratio}, {self.anchor_sinks}")
         if self.decode_correction < 0:
             raise ValueError(f"decode_correction must be >= 0 tokens per decode step, got {self.decode_correction}")
+        if self.decode_correction_steps < 0:
+            raise ValueError(f"decode_correction_steps must be >= 0 decode steps, got {self.decode_correction_steps}")
+        if self.decode_correction and self.decode_correction_steps:
+            raise ValueError("decode_correction and decode_correction_steps: give one, not both "
+                             f"(got {self.decode_correction} and {self.decode_correction_steps})")
         if self.kvcomm and not self.places_kv:
             raise ValueError(f"kvcomm places estimated KV; mode {self.mode!r} places none")
 
@@ -133,6 +144,17 @@ class BlendConfig:
     def recomputes(self) -> bool:
         """Whether the mode recomputes context tokens past the first layers (a selector runs)."""
         return self.mode not in ("full", "prefix", "naive", "ape")
+
+    @property
+    def corrects(self) -> bool:
+        """Whether decode recomputes the placed KV (decode_correction or decode_correction_steps)."""
+        return bool(self.decode_correction or self.decode_correction_steps)
+
+    def correction_per_step(self, pending: int) -> int:
+        """K, the prompt tokens recomputed per decode step when `pending` follow the exact prefix (>= 1)."""
+        if self.decode_correction_steps:
+            return max(1, math.ceil(pending / self.decode_correction_steps))
+        return self.decode_correction
 
     @classmethod
     def named(cls, name: str, **kw) -> "BlendConfig":

@@ -83,20 +83,23 @@ def calibrations(fingerprint: str, root: str | Path | None = None) -> dict[str, 
     return {m: c for m, c in cal.items() if isinstance(c, dict)}
 
 
-def calibration_key(mode: str, decode_correction: int = 0) -> str:
-    """The key a calibration is stored under: the mode, and the decode correction it was measured with if any."""
+def calibration_key(mode: str, decode_correction: int = 0, decode_correction_steps: int = 0) -> str:
+    """The key a calibration is stored under: the mode, and the decode correction it was measured with if any
+    (K tokens per step, or within S steps: BlendConfig.decode_correction, decode_correction_steps)."""
+    if decode_correction_steps:
+        return f"{mode}:decode_correction_steps={decode_correction_steps}"
     return f"{mode}:decode_correction={decode_correction}" if decode_correction else mode
 
 
 def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str = DEFAULT_MODE,
-                     decode_correction: int = 0) -> float:
+                     decode_correction: int = 0, decode_correction_steps: int = 0) -> float:
     """The recompute ratio calibrated for this model in `mode` (the mode that runs: a fused-mode request without
     fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored, or when the stored
     one was measured under an older selection rule of the mode (its "rule", 1 when absent: config.RULE_REVISIONS).
     With a decode_correction, the ratio calibrated with that correction if one is stored, else the mode's own:
     measured without the correction, which only recomputes more, so it errs on the side of recomputing."""
     stored = calibrations(fingerprint, root)
-    key = calibration_key(mode, decode_correction)
+    key = calibration_key(mode, decode_correction, decode_correction_steps)
     cal = stored.get(key if key in stored else mode, {})
     cmd = f"chunkcache calibrate --mode {mode}"
     if not isinstance(cal.get("recompute_ratio"), (int, float)):

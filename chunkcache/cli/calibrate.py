@@ -17,7 +17,7 @@ def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.blend.engine import ChunkCacheEngine
 
     cfg = CalibrationConfig(args.mode, tuple(args.ratios), args.target_agreement, args.target_kl, args.max_new,
-                            args.decode_correction)
+                            args.decode_correction, args.decode_correction_steps)
     sample = load_sample(args.data, args.limit)
     with ChunkCacheEngine.from_config(args.engine) as engine:
         res = run_calibration(engine, cfg, sample, args.engine.profile_root, args.critical_layers)
@@ -64,8 +64,10 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
 
 
 def _report(res: dict, stored: str) -> None:
-    dc = res["config"].get("decode_correction", 0)
-    name = res["mode"] + (f" (decode_correction {dc})" if dc else "")
+    c = res["config"]
+    dc, steps = c.get("decode_correction", 0), c.get("decode_correction_steps", 0)
+    name = res["mode"] + (f" (decode_correction {dc})" if dc else
+                          f" (decode_correction_steps {steps})" if steps else "")
     for row in res["rows"]:
         print(f"{name} ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
               f"KL {row['tf_kl_mean']:.4f}  top-1 {row['tf_top1_agreement']:.3f}")
@@ -88,6 +90,8 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--decode-correction", type=int, default=0, metavar="K",
                    help="decode every answer with this correction (K prompt tokens recomputed per step) and store "
                         "the ratio for requests that use the same K (default 0: none)")
+    p.add_argument("--decode-correction-steps", type=int, default=0, metavar="S",
+                   help="the same correction, finishing within S decode steps (instead of --decode-correction)")
     p.add_argument("--critical-layers", action="store_true", help="also profile qcfuse's critical layers")
     p.add_argument("--json", default=None, help="write the full result here")
     p.set_defaults(func=cmd_calibrate)

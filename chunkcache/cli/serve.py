@@ -79,7 +79,9 @@ def cmd_serve(args) -> int:  # type: ignore[no-untyped-def]
         from chunkcache.bench.calibrate import CalibrationConfig, load_sample
         from chunkcache.cli.calibrate import run_calibration
 
-        calibration = CalibrationConfig(target_agreement=args.target_agreement)
+        calibration = CalibrationConfig(target_agreement=args.target_agreement,
+                                        decode_correction=args.calibrate_decode_correction,
+                                        decode_correction_steps=args.calibrate_decode_correction_steps)
         sample = load_sample(args.calibrate_data, args.calibrate_limit)
         service = ChunkCacheService(cfg)
         run_calibration(service.engine, calibration, sample, cfg.engine.profile_root)
@@ -146,7 +148,8 @@ def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
         if not hits:
             raise ValueError("the index is empty: run `chunkcache ingest PATH...` first")
         opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, calibrated=args.calibrated,
-                                 decode_correction=args.decode_correction, max_tokens=args.max_tokens)
+                                 decode_correction=args.decode_correction,
+                                 decode_correction_steps=args.decode_correction_steps, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
         text, s, _ = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
         total = time.perf_counter() - t0
@@ -233,6 +236,10 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     serve.add_argument("--calibrate-limit", type=positive, default=4, help="--calibrate's examples")
     serve.add_argument("--target-agreement", type=ratio, default=0.95,
                        help="--calibrate's target: mean answer token F1 against full prefill")
+    serve.add_argument("--calibrate-decode-correction", type=int, default=0, metavar="K",
+                       help="--calibrate decodes with this correction: the ratio requests with that K get")
+    serve.add_argument("--calibrate-decode-correction-steps", type=int, default=0, metavar="S",
+                       help="--calibrate decodes with the correction finishing within S steps")
     serve.set_defaults(func=cmd_serve)
 
     ingest = sub.add_parser("ingest", help="chunk, embed, index and precompute .txt/.md files or folders",
@@ -253,6 +260,8 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     ask.add_argument("--recompute-ratio", type=ratio, default=0.15)
     ask.add_argument("--decode-correction", type=int, default=0, metavar="K",
                      help="recompute K prompt tokens per decode step until the cache is full prefill's (0: none)")
+    ask.add_argument("--decode-correction-steps", type=int, default=0, metavar="S",
+                     help="the same correction, finishing within S decode steps (instead of --decode-correction)")
     ask.add_argument("--calibrated", action="store_true",
                      help="the ratio `chunkcache calibrate` stored for this model instead of --recompute-ratio")
     ask.add_argument("--max-tokens", type=positive, default=32)

@@ -31,8 +31,9 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     lengths = tuple(int(n) for n in _csv(args.lengths))
     variants = _csv(args.variants)
     ruler.settings(suite.name, lengths, variants)  # checks the variants before the model loads
-    cfg = TasksConfig(modes=_csv(args.modes), base=BlendConfig(recompute_ratio=args.recompute_ratio,
-                                                                   decode_correction=args.decode_correction),
+    base = BlendConfig(recompute_ratio=args.recompute_ratio, decode_correction=args.decode_correction,
+                       decode_correction_steps=args.decode_correction_steps)
+    cfg = TasksConfig(modes=_csv(args.modes), base=base,
                       ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
                       repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
                       min_full_score=args.min_full_score)
@@ -53,6 +54,7 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
         result["data"] = {"n": len(examples), "gold_positions": gold_positions(examples)}
         result["config"] = {"data": args.data, "skip": args.skip, "limit": args.limit, "modes": list(cfg.modes),
                             "recompute_ratio": args.recompute_ratio, "decode_correction": args.decode_correction,
+                            "decode_correction_steps": args.decode_correction_steps,
                             "ratios": list(cfg.ratios), "max_new": cfg.max_new,
                             "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
                             "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
@@ -116,6 +118,9 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
                    help="every mode recomputes K prompt tokens per decode step until its cache is full prefill's "
                         "(0: off); the JSON's tpot_ratio_vs_full_median and answer_speedup_vs_full_median say "
                         "what it costs")
+    p.add_argument("--decode-correction-steps", type=int, default=0, metavar="S",
+                   help="the same correction with K per request, finishing within S decode steps: "
+                        "K = ceil(pending prompt tokens / S) (instead of --decode-correction)")
     p.add_argument("--limit", type=positive, default=None,
                    help="the first N examples of the split (niah, vt: of each setting; default: all, 100 per setting)")
     p.add_argument("--skip", type=int, default=0,

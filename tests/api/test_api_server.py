@@ -52,6 +52,9 @@ def test_api_decode_correction_leaves_the_prefill_and_queues_the_cached_context(
     full = client.post("/generate_with_chunks", json={**ask, "mode": "full", "decode_correction": 1000}).json()
     assert full["stats"]["decode_pending"] == 0  # nothing placed from cache: nothing to correct
     assert fixed["token_ids"][0] == plain["token_ids"][0]  # the first token comes from the same prefill
+    at_once = client.post("/generate_with_chunks", json={**ask, "decode_correction_steps": 1}).json()
+    assert at_once["stats"]["decode_pending"] == s["decode_pending"] < 1000  # K = 1000 also recomputes it at once
+    assert at_once["token_ids"] == fixed["token_ids"]
 
 
 def test_api_stream_matches_plain_answer(client) -> None:

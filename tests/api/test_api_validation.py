@@ -27,6 +27,8 @@ CASES = [  # (request body, field named)
     (body(decode_correction=-1), "decode_correction"),
     (body(decode_correction="8"), "decode_correction"),
     (body(decode_correction=5000), "decode_correction"),
+    (body(decode_correction_steps=-1), "decode_correction_steps"),
+    (body(decode_correction=8, decode_correction_steps=2), "decode_correction_steps"),  # one, not both
     (body(calibrated="yes"), "calibrated"),
     (body(calibrated=True), "calibrated"),  # the served model was never calibrated
     (body(max_tokens=0), "max_tokens"),

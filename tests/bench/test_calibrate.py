@@ -142,6 +142,24 @@ def test_a_ratio_calibrated_with_decode_correction_is_kept_apart_and_serves_that
     assert torch.equal(asked.logits, explicit.logits)
     with pytest.raises(ValueError, match="decode_correction"):
         CalibrationConfig(decode_correction=-1)
+    with pytest.raises(ValueError, match="one, not both"):
+        CalibrationConfig(decode_correction=k, decode_correction_steps=2)
+
+
+def test_a_ratio_calibrated_within_s_steps_is_kept_apart_from_a_per_step_k(tiny_blender, tmp_path, monkeypatch):
+    """decode_correction_steps=1 recomputes the whole prompt at the first step, as a K above every prompt's length
+    does: the same rows; stored under its own key, and served to requests with that S only."""
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path))
+    fp, reqs, k = tiny_blender.runner.fingerprint, _requests(), 512
+    cfg = CalibrationConfig(ratios=(0.0, 0.05), target_agreement=0.0, max_new=6)
+    by_k = calibrate(tiny_blender, reqs, replace(cfg, decode_correction=k))
+    by_s = calibrate(tiny_blender, reqs, replace(cfg, decode_correction_steps=1))
+    assert [r["tf_kl_mean"] for r in by_s["rows"]] == [r["tf_kl_mean"] for r in by_k["rows"]]
+    store_calibration(fp, {**by_k, "recompute_ratio": 0.05})
+    store_calibration(fp, {**by_s, "recompute_ratio": 0.0})
+    assert set(calibrations(fp)) == {f"blend:decode_correction={k}", "blend:decode_correction_steps=1"}
+    assert calibrated_ratio(fp, mode="blend", decode_correction_steps=1) == 0.0
+    assert calibrated_ratio(fp, mode="blend", decode_correction=k) == 0.05
 
 
 def test_kl_target_and_unmet_target(tiny_blender, tmp_path):

@@ -56,6 +56,30 @@ def test_from_the_last_scheduled_step_decoding_is_full_prefills(tiny_blender, mo
         assert (got[1] - ref[1]).abs().max() > 1e-4
 
 
-def test_negative_decode_correction_is_refused():
+@pytest.mark.parametrize(("mode", "steps"), [("query", 1), ("blend", 2), ("naive", 3)])
+def test_a_step_count_spreads_the_correction_over_that_many_steps_whatever_the_prompt(tiny_blender, mode, steps):
+    r = tiny_blender.runner
+    for seed, lens in ((5, (20, 33, 17, 25)), (6, (40, 61, 9))):
+        req = _request(seed=seed, lens=lens)
+        full = tiny_blender.prefill(req, BlendConfig(mode="full"), reserve=12)
+        answer = greedy(r, full.cache, full.logits, 8, set())
+        full.cache.truncate(req.num_tokens)
+        ref = tf_logits(r, full.cache, full.logits, answer)  # [8, vocab]
+        res = tiny_blender.prefill(req, BlendConfig(mode=mode, recompute_ratio=0.1, decode_correction_steps=steps),
+                                   reserve=12)
+        pending = res.stats.decode_pending
+        assert pending == req.num_tokens - len(PREFIX) - lens[0]
+        assert res.correction.per_step == math.ceil(pending / steps)
+        got = tf_logits(r, res.cache, res.logits, answer, correction=res.correction)
+        assert (got[steps - 1] - ref[steps - 1]).abs().max() > 1e-4  # the last step still decoded from the blend
+        torch.testing.assert_close(got[steps:], ref[steps:], atol=1e-4, rtol=1e-4)
+
+
+def test_a_bad_decode_correction_is_refused():
     with pytest.raises(ValueError, match="decode_correction"):
         BlendConfig(decode_correction=-1)
+    with pytest.raises(ValueError, match="decode_correction_steps"):
+        BlendConfig(decode_correction_steps=-2)
+    with pytest.raises(ValueError, match="one, not both"):
+        BlendConfig(decode_correction=64, decode_correction_steps=2)
+    assert BlendConfig(decode_correction_steps=4).correction_per_step(0) == 1
