@@ -95,6 +95,10 @@ def test_documents_are_chunks_reused_across_requests(oa) -> None:  # type: ignor
                                        messages=[{"role": "user", "content": "Where does the Rhone meet the Saone?"}])
     s3 = fixed.model_extra["chunkcache"]
     assert s2["decode_pending"] == 0 and 0 < s3["decode_pending"] < fixed.usage.prompt_tokens
+    stepped = oa.chat.completions.create(model=MODEL, temperature=0, max_tokens=4,
+                                         extra_body={"documents": docs, "decode_correction_steps": 2},
+                                         messages=[{"role": "user", "content": "Where does the Rhone meet the Saone?"}])
+    assert stepped.model_extra["chunkcache"]["decode_pending"] == s3["decode_pending"]
 
 
 def test_content_parts_and_separator_mark_the_same_chunks(oa) -> None:  # type: ignore[no-untyped-def]
@@ -151,6 +155,10 @@ def test_errors_have_openai_shape(oa, live_server) -> None:  # type: ignore[no-u
     with pytest.raises(openai.BadRequestError) as e:
         oa.chat.completions.create(model=MODEL, messages=msgs, extra_body={"frobnicate": 1})
     assert e.value.body["param"] == "frobnicate"
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.chat.completions.create(model=MODEL, messages=msgs,
+                                   extra_body={"decode_correction": 8, "decode_correction_steps": 2})
+    assert e.value.body["param"] == "decode_correction_steps" and "one, not both" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
         oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=MAX_NEW_TOKENS + 1)
     assert e.value.body["param"] == "max_tokens"
