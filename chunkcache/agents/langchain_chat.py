@@ -59,7 +59,8 @@ class ChunkCacheChatModel(BaseChatModel):
     """runtime: an AgentRuntime (model, store, anchor pool), or None to load one from engine_config (None: the
     configuration `chunkcache` itself reads, `load_config()`: CHUNKCACHE_* environment over defaults); mode: a
     BlendConfig.named name (full, prefix, kvcomm, blend, kvcomm+blend, ...); max_tokens, temperature (0: greedy),
-    top_p, seed, stop: the defaults of every call."""
+    top_p, seed, stop: the defaults of every call; recompute_ratio, decode_correction, decode_correction_steps: the
+    BlendConfig fields of every call."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
@@ -72,6 +73,8 @@ class ChunkCacheChatModel(BaseChatModel):
     seed: int | None = None
     stop: list[str] | None = None
     recompute_ratio: float = 0.15
+    decode_correction: int = 0
+    decode_correction_steps: int = 0
     agent_name: str | None = None
     model_name: str | None = Field(None, alias="model", description="defaults to the model directory's name")
     streaming: bool = False
@@ -88,6 +91,7 @@ class ChunkCacheChatModel(BaseChatModel):
 
     @model_validator(mode="after")
     def _load_and_name(self) -> "ChunkCacheChatModel":
+        self.blend  # noqa: B018  (a bad ratio or correction fails here, before a model loads)
         if self.runtime is None:
             self.engine_config = self.engine_config if self.engine_config is not None else load_config()
             self.runtime = AgentRuntime.from_config(self.engine_config)
@@ -100,6 +104,13 @@ class ChunkCacheChatModel(BaseChatModel):
     @classmethod
     def _check_mode(cls, mode: str) -> str:
         return check_mode_name(mode)
+
+    @property
+    def blend(self) -> BlendConfig:
+        """The BlendConfig of every call (built at construction too, so a bad field fails there)."""
+        return BlendConfig.named(self.mode, recompute_ratio=self.recompute_ratio,
+                                 decode_correction=self.decode_correction,
+                                 decode_correction_steps=self.decode_correction_steps)
 
     @classmethod
     def from_engine(cls, engine: ChunkCacheEngine, **kw: Any) -> "ChunkCacheChatModel":
@@ -143,9 +154,8 @@ class ChunkCacheChatModel(BaseChatModel):
         sampling = SamplingConfig(int(max_tokens), float(kwargs.get("temperature", self.temperature)),
                                   float(kwargs.get("top_p", self.top_p)), kwargs.get("seed", self.seed))
         template, values = self.to_template(messages)
-        cfg = BlendConfig.named(self.mode, recompute_ratio=self.recompute_ratio)
         stop = stop if stop is not None else self.stop
-        return ChatTurn(self.runtime, template, values, cfg, sampling, stop, author=self.agent_name)
+        return ChatTurn(self.runtime, template, values, self.blend, sampling, stop, author=self.agent_name)
 
     def _metadata(self, turn: ChatTurn) -> dict[str, Any]:
         return {"model_name": self.model_name, "finish_reason": turn.finish_reason, "chunkcache": turn.stats}

@@ -66,13 +66,17 @@ def to_chat(messages: Sequence[LLMMessage]) -> list[ChatMessage]:
 
 class ChunkCacheChatCompletionClient(ChatCompletionClient):
     """runtime: an AgentRuntime (model, store, anchor pool); mode: a BlendConfig.named name; max_tokens,
-    temperature (0: greedy), top_p, seed, stop: the defaults of every call."""
+    temperature (0: greedy), top_p, seed, stop: the defaults of every call; recompute_ratio, decode_correction,
+    decode_correction_steps: the BlendConfig fields of every call."""
 
     def __init__(self, runtime: AgentRuntime, mode: str = "kvcomm+epic", max_tokens: int = 32,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
-                 recompute_ratio: float = 0.15, keep_stats: int = 256) -> None:
+                 recompute_ratio: float = 0.15, keep_stats: int = 256, decode_correction: int = 0,
+                 decode_correction_steps: int = 0) -> None:
         self.runtime = runtime
-        self.cfg = BlendConfig.named(check_mode_name(mode), recompute_ratio=recompute_ratio)
+        self.cfg = BlendConfig.named(check_mode_name(mode), recompute_ratio=recompute_ratio,
+                                     decode_correction=decode_correction,
+                                     decode_correction_steps=decode_correction_steps)
         self.sampling = SamplingConfig(max_tokens, temperature, top_p, seed)
         self.stop = list(stop or [])
         self.last_stats: dict = {}

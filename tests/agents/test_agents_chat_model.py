@@ -91,3 +91,18 @@ def test_names_params_and_deprecated_alias(runtime) -> None:  # type: ignore[no-
         llm.invoke("hi", model="gpt-4o")
     with pytest.raises(ValueError, match="only text content"):
         llm.invoke([HumanMessage(content=[{"type": "image", "url": "http://x/y.png"}])])
+
+
+def test_decode_correction_reaches_the_turn(runtime) -> None:  # type: ignore[no-untyped-def]
+    """Messages read before are placed from cache; with a correction decode recomputes all of them (and the
+    first token, from the same prefill, is the uncorrected call's)."""
+    plain = ChunkCacheChatModel(runtime=runtime, mode="kvcomm+epic", max_tokens=6)
+    plain.invoke(CONVERSATION)
+    base = plain.invoke(CONVERSATION)
+    fixed = ChunkCacheChatModel(runtime=runtime, mode="kvcomm+epic", max_tokens=6, decode_correction_steps=1)
+    stream = list(fixed.stream(CONVERSATION))
+    s, b = stream[-1].response_metadata["chunkcache"], base.response_metadata["chunkcache"]
+    assert b["decode_pending"] == 0 and 0 < s["decode_pending"] < s["prompt_tokens"]
+    assert base.content.startswith(stream[0].content) and stream[0].content
+    with pytest.raises(ValueError, match="one, not both"):
+        ChunkCacheChatModel(runtime=runtime, decode_correction=8, decode_correction_steps=1)

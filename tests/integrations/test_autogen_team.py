@@ -101,3 +101,9 @@ def test_client_options_usage_and_refusals(runner) -> None:  # type: ignore[no-u
         asyncio.run(client.create(msgs, json_output=True))
     with pytest.raises(ValueError, match="unknown"):
         asyncio.run(client.create(msgs, extra_create_args={"frequency_penalty": 1}))
+    fixed = ChunkCacheChatCompletionClient(AgentRuntime(runner), mode="blend", max_tokens=3, decode_correction=4)
+    asyncio.run(fixed.create(msgs))
+    asyncio.run(fixed.create(msgs))  # the messages are cached now: placed, then recomputed during decode
+    assert fixed.last_stats["decode_pending"] > 0 and client.last_stats["decode_pending"] == 0
+    with pytest.raises(ValueError, match="one, not both"):
+        ChunkCacheChatCompletionClient(AgentRuntime(runner), decode_correction=4, decode_correction_steps=2)
