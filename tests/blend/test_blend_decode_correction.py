@@ -36,14 +36,20 @@ def test_the_prefill_is_unchanged_and_decode_starts_after_the_exact_prefix(tiny_
     assert res.correction.ids.tolist() == list(req.token_ids())
 
 
+def _full_reference(blender, req, n):
+    """Full prefill's greedy answer [n] and its teacher-forced logits [n, vocab]."""
+    r = blender.runner
+    full = blender.prefill(req, BlendConfig(mode="full"), reserve=n + 2)
+    answer = greedy(r, full.cache, full.logits, n, set())
+    full.cache.truncate(req.num_tokens)
+    return answer, tf_logits(r, full.cache, full.logits, answer)
+
+
 @pytest.mark.parametrize(("mode", "per_step"), [("query", 16), ("naive", 40), ("blend", 200)])
 def test_from_the_last_scheduled_step_decoding_is_full_prefills(tiny_blender, mode, per_step):
     r = tiny_blender.runner
     req = _request(seed=3)
-    full = tiny_blender.prefill(req, BlendConfig(mode="full"), reserve=12)
-    answer = greedy(r, full.cache, full.logits, 10, set())
-    full.cache.truncate(req.num_tokens)
-    ref = tf_logits(r, full.cache, full.logits, answer)  # [10, vocab]
+    answer, ref = _full_reference(tiny_blender, req, 10)
     res = tiny_blender.prefill(req, BlendConfig(mode=mode, recompute_ratio=0.1, decode_correction=per_step),
                                reserve=12)
     before = res.cache.keys[:, :, :req.num_tokens].clone()
@@ -61,10 +67,7 @@ def test_a_step_count_spreads_the_correction_over_that_many_steps_whatever_the_p
     r = tiny_blender.runner
     for seed, lens in ((5, (20, 33, 17, 25)), (6, (40, 61, 9))):
         req = _request(seed=seed, lens=lens)
-        full = tiny_blender.prefill(req, BlendConfig(mode="full"), reserve=12)
-        answer = greedy(r, full.cache, full.logits, 8, set())
-        full.cache.truncate(req.num_tokens)
-        ref = tf_logits(r, full.cache, full.logits, answer)  # [8, vocab]
+        answer, ref = _full_reference(tiny_blender, req, 8)
         res = tiny_blender.prefill(req, BlendConfig(mode=mode, recompute_ratio=0.1, decode_correction_steps=steps),
                                    reserve=12)
         pending = res.stats.decode_pending
