@@ -96,7 +96,7 @@ def calibrated_ratio(fingerprint: str, root: str | Path | None = None, mode: str
     """The recompute ratio calibrated for this model in `mode` (the mode that runs: a fused-mode request without
     fused contexts runs blend, BlendRequest.runs); ValueError naming the fix when none is stored, or when the stored
     one was measured under an older selection rule of the mode (its "rule", 1 when absent: config.RULE_REVISIONS).
-    With a decode_correction, the ratio calibrated with that correction if one is stored, else the mode's own:
+    With a decode correction (K or S), the ratio calibrated with that correction if one is stored, else the mode's own:
     measured without the correction, which only recomputes more, so it errs on the side of recomputing."""
     stored = calibrations(fingerprint, root)
     key = calibration_key(mode, decode_correction, decode_correction_steps)
