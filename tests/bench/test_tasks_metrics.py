@@ -147,6 +147,17 @@ def test_merge_joins_runs_of_other_modes_on_the_same_examples_by_columns():
         merge_results([main, main])
 
 
+def test_merge_refuses_shards_run_with_another_decode_correction():
+    rows = lambda ids: [{"id": i, "setting": "", "timed": False, "pareto": False,  # noqa: E731
+                         "modes": {"full": _answered(_full(), "x")}} for i in ids]
+    old, new = _result(["full"], [], rows(["a"])), _result(["full"], [], rows(["b"]))
+    new["config"]["decode_correction_steps"] = 0  # an older result has no such key: the same as 0
+    assert merge_results([old, new])["modes"]["full"]["n"] == 2
+    new["config"]["decode_correction"] = 1024
+    with pytest.raises(ValueError, match="config.decode_correction 1024, result 0 0"):
+        merge_results([old, new])
+
+
 def test_config_refuses_bad_values():
     assert TasksConfig(modes=("blend",)).modes == ("full", "blend")
     with pytest.raises(ValueError, match="mode must be one of"):
