@@ -91,7 +91,7 @@ class ChunkCacheChatModel(BaseChatModel):
 
     @model_validator(mode="after")
     def _load_and_name(self) -> "ChunkCacheChatModel":
-        self.blend  # noqa: B018  (a bad ratio or correction fails here, before a model loads)
+        _ = self.blend  # a bad ratio or correction fails here, before a model loads
         if self.runtime is None:
             self.engine_config = self.engine_config if self.engine_config is not None else load_config()
             self.runtime = AgentRuntime.from_config(self.engine_config)
