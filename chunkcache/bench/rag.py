@@ -80,7 +80,8 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
         res, t = _timed_prefill(engine, fused if cfg.mode in FUSED_MODES else req, cfg, max_new, repeats)
         top1, kl = teacher_forced(ref, _tf_logits(engine, res, answer))
         row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
-               "recompute_fraction": res.stats.recompute_fraction}
+               "recompute_fraction": res.stats.recompute_fraction, "decode_pending": res.stats.decode_pending,
+               "decode_per_step": res.correction.per_step if res.correction else 0}
         if free_run:
             t0 = time.perf_counter()
             ids = _greedy(engine, res, max_new)

@@ -2,6 +2,7 @@
 plot, not a measurement; 1K-token prompts keep it short)."""
 
 import json
+import math
 
 import pytest
 
@@ -74,3 +75,10 @@ def test_shards_run_with_skip_merge_into_the_whole_run(tmp_path, smollm):
     other["config"]["modes"] = ["full"]
     b.write_text(json.dumps(other))
     assert main(["bench", "tasks", "--merge", str(a), str(b)]) == 2
+    corrected = tmp_path / "corrected.json"
+    assert main([*base, "--limit", "1", "--skip", "1", "--timed", "0", "--decode-correction-steps", "2",
+                 "--json", str(corrected)]) == 0
+    row = json.loads(corrected.read_text())["examples"][0]["modes"]["naive"]
+    assert row["decode_pending"] > 0 and row["decode_per_step"] == math.ceil(row["decode_pending"] / 2)
+    assert w["examples"][0]["modes"]["naive"]["decode_pending"] == 0
+    assert main(["bench", "tasks", "--merge", str(a), str(corrected)]) == 2  # another correction
