@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from chunkcache.api.schemas import MAX_TEXT_CHARS, Text
-from chunkcache.blend.config import BlendConfig, check_mode_name
+from chunkcache.api.schemas import MAX_TEXT_CHARS, CorrectionSteps, Text
+from chunkcache.blend.config import check_mode_name
 
 _OPEN = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -96,8 +96,8 @@ class _Sampling(_Neutral):
     recompute_ratio: float = Field(0.15, ge=0.0, le=1.0, description="chunkcache: for the blend modes")
     decode_correction: int = Field(0, ge=0, le=4096, description="chunkcache: prompt tokens recomputed per "
                                    "decode step until the cache is full prefill's (0: none)")
-    decode_correction_steps: int = Field(0, ge=0, le=4096, description="chunkcache: the same correction, "
-                                         "finishing within this many decode steps (0: none)")
+    decode_correction_steps: CorrectionSteps = Field(0, description="chunkcache: the same correction, finishing "
+                                                     "within this many decode steps (0: none)")
 
     @field_validator("n")
     @classmethod
@@ -118,12 +118,6 @@ class _Sampling(_Neutral):
     @classmethod
     def _mode(cls, mode: str | None) -> str | None:
         return check_mode_name(mode) if mode is not None else None
-
-    @field_validator("decode_correction_steps")
-    @classmethod
-    def _one_correction(cls, steps: int, info: ValidationInfo) -> int:
-        BlendConfig(decode_correction=info.data.get("decode_correction", 0), decode_correction_steps=steps)
-        return steps
 
     @property
     def include_usage(self) -> bool:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, model_validator
 
 from chunkcache.blend.config import DEFAULT_MODE, MODES, BlendConfig
 from chunkcache.blend.prompt import DEFAULT_SYSTEM
@@ -30,7 +29,14 @@ def _text(value: str) -> str:
     return value
 
 
+def _one_correction(steps: int, info: ValidationInfo) -> int:
+    """decode_correction_steps, declared after decode_correction: BlendConfig refuses both at once, naming them."""
+    BlendConfig(decode_correction=info.data.get("decode_correction", 0), decode_correction_steps=steps)
+    return steps
+
+
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_text)]
+CorrectionSteps = Annotated[int, Field(ge=0, le=4096), AfterValidator(_one_correction)]
 Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(_text)]
 ChunkId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")]
 
@@ -67,21 +73,15 @@ class GenerationOptions(BaseModel):
                                                 "served model instead of recompute_ratio")
     decode_correction: int = Field(0, ge=0, le=4096, description="prompt tokens recomputed per decode step "
                                    "until the cache is full prefill's (0: none); TTFT unchanged, those steps cost more")
-    decode_correction_steps: int = Field(0, ge=0, le=4096, description="the same correction, finishing within this "
-                                         "many decode steps: ceil(pending prompt tokens / steps) per step (0: none); "
-                                         "instead of decode_correction")
+    decode_correction_steps: CorrectionSteps = Field(0, description="the same correction, finishing within this "
+                                                     "many decode steps: ceil(pending prompt tokens / steps) per step "
+                                                     "(0: none); instead of decode_correction")
     max_tokens: int = Field(32, ge=1, le=8192, description="new tokens at most (server limit applies)")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = Field(False, description="stream tokens as server-sent events")
     return_token_ids: bool = Field(False, description="also return the generated token ids (EOS excluded)")
-
-    @field_validator("decode_correction_steps")
-    @classmethod
-    def _one_correction(cls, steps: int, info: ValidationInfo) -> int:
-        BlendConfig(decode_correction=info.data.get("decode_correction", 0), decode_correction_steps=steps)
-        return steps
 
 
 class GenerateRequest(GenerationOptions):
