@@ -55,11 +55,13 @@ class AgentRuntime:
     """runner: the model; store: chunk KV store (placeholder bases, responses), by default a CPU-tier
     `ChunkStore` bounded by store_bytes (LRU eviction), never an unbounded dict; source: an engine's chunk
     source instead (its store and precompute context); anchor_dir: persist the anchor pool there (None: in
-    memory only). `from_engine` / `from_config` share an engine's model, store and key space."""
+    memory only); profile_root: where the model's calibrated ratios and critical layers are read (None: the
+    default). `from_engine` / `from_config` share an engine's model, store, key space and profile root."""
 
     def __init__(self, runner: ModelRunner, store: KVStore | None = None, anchor_config: AnchorConfig = AnchorConfig(),
                  anchor_dir: str | Path | None = None, prefix_cache_entries: int = 8,
-                 store_bytes: int = DEFAULT_CPU_BYTES, source: ChunkSource | None = None) -> None:
+                 store_bytes: int = DEFAULT_CPU_BYTES, source: ChunkSource | None = None,
+                 profile_root: Path | None = None) -> None:
         self.runner = runner
         self.tokenizer = runner.tokenizer
         if source is None:
@@ -77,7 +79,7 @@ class AgentRuntime:
             self.anchor_store = None
             self.pool = AnchorPool(anchor_config, runner.fingerprint,
                                    loader=StoreAnchorTensors(self.store, runner.fingerprint, str(runner.device)))
-        self.blender = Blender(runner, source, self.pool, PrefixCache(prefix_cache_entries))
+        self.blender = Blender(runner, source, self.pool, PrefixCache(prefix_cache_entries), profile_root=profile_root)
         self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
         self._trim = heap_trimmer()
         self._compiled: OrderedDict[AgentTemplate, CompiledTemplate] = OrderedDict()  # LRU of `compile_cache`
@@ -88,6 +90,7 @@ class AgentRuntime:
     @classmethod
     def from_engine(cls, engine: ChunkCacheEngine, **kw: object) -> "AgentRuntime":
         """The engine's model and store (kw: the other constructor arguments)."""
+        kw.setdefault("profile_root", engine.profile_root)
         return cls(engine.runner, source=engine.source, **kw)  # type: ignore[arg-type]
 
     @classmethod

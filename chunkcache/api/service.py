@@ -19,7 +19,6 @@ from chunkcache.api.config import ServerConfig
 from chunkcache.api.schemas import ChunkRef, GenerationOptions
 from chunkcache.blend.config import FUSED_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
-from chunkcache.blend.model_profile import calibrated_ratio
 from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.chunk_index import ChunkIndex, Hit
 from chunkcache.retrieval.chunk_table import ChunkRecord
@@ -73,7 +72,7 @@ class ChunkCacheService:
             if system in self._engines:
                 self._engines.move_to_end(system)
                 return self._engines[system]
-            view = ChunkCacheEngine(self.engine.runner, self.store, system)
+            view = ChunkCacheEngine(self.engine.runner, self.store, system, self.engine.profile_root)
             self._engines[system] = view
             while len(self._engines) > self.cfg.max_systems + 1:
                 oldest = next(k for k in self._engines if k != self.cfg.system)
@@ -116,15 +115,13 @@ class ChunkCacheService:
         if opts.mode in FUSED_MODES:  # corpus neighbours for indexed chunks; asked for by name, the request's own too
             req = fuse_request(engine, req, texts, self.index.embedder, self.index,
                                local="mode" in opts.model_fields_set)
-        ratio = opts.recompute_ratio
-        if opts.calibrated:
-            try:
-                ratio = calibrated_ratio(engine.runner.fingerprint, self.cfg.engine.profile_root, req.runs(opts.mode),
-                                         opts.decode_correction, opts.decode_correction_steps)
-            except ValueError as err:
-                raise RequestError("calibrated", str(err)) from None
-        blend = BlendConfig(mode=opts.mode, recompute_ratio=ratio, decode_correction=opts.decode_correction,
+        blend = BlendConfig(mode=opts.mode, recompute_ratio=opts.recompute_ratio, calibrated=opts.calibrated,
+                            decode_correction=opts.decode_correction,
                             decode_correction_steps=opts.decode_correction_steps)
+        try:  # resolved here, so a model never calibrated is a 400 before the request queues
+            blend = engine.blender.with_calibrated_ratio(req, blend)
+        except ValueError as err:
+            raise RequestError("calibrated", str(err)) from None
         return Prepared(engine, req, blend,
                         SamplingConfig(opts.max_tokens, opts.temperature, opts.top_p, opts.seed))
 

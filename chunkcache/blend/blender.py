@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -104,15 +105,29 @@ def run_steps(steps: PrefillSteps) -> BlendResult:
 class Blender:
     """anchors: the KVCOMM anchor pool (needed by kvcomm modes on requests with placeholders); prefix_cache:
     recent prompts for prefix mode (None: the request's exact prefix only); anchor_memo: qcfuse's per-chunk
-    anchors, remembered across requests (the engine's, warmed at ingestion; default: this blender's own)."""
+    anchors, remembered across requests (the engine's, warmed at ingestion; default: this blender's own);
+    profile_root: where this model's calibrated ratios and critical layers are read (EngineConfig.profile_root;
+    None: the default cache dir's `profiles`)."""
 
     def __init__(self, runner: ModelRunner, source: ChunkSource, anchors: AnchorIndex | None = None,
-                 prefix_cache: PrefixCache | None = None, anchor_memo: AnchorMemo | None = None) -> None:
+                 prefix_cache: PrefixCache | None = None, anchor_memo: AnchorMemo | None = None,
+                 profile_root: Path | None = None) -> None:
         self.runner = runner
         self.source = source
         self.anchors = anchors
         self.prefix_cache = prefix_cache
         self.anchor_memo = anchor_memo if anchor_memo is not None else AnchorMemo()
+        self.profile_root = profile_root
+
+    def with_calibrated_ratio(self, req: BlendRequest, cfg: BlendConfig) -> BlendConfig:
+        """cfg with `calibrated` resolved (cfg itself when not asked): the ratio `chunkcache calibrate` stored under
+        profile_root for the mode that runs req (req.runs) with cfg's decode correction, and calibrated=False;
+        ValueError naming the fix when none is stored."""
+        if not cfg.calibrated:
+            return cfg
+        ratio = calibrated_ratio(self.runner.fingerprint, self.profile_root, req.runs(cfg.mode), cfg.decode_correction,
+                                 cfg.decode_correction_steps)
+        return replace(cfg, recompute_ratio=ratio, calibrated=False)
 
     def prefill(self, req: BlendRequest, cfg: BlendConfig, reserve: int = 0) -> BlendResult:
         """Run the prompt and return the merged cache and last-token logits. reserve: extra capacity for decode."""
@@ -154,10 +169,7 @@ class Blender:
         unfused = ran != asked
         if unfused:  # no fused entries to place: the plain-entry default instead, said in the stats
             cfg = replace(cfg, mode=ran)
-        if cfg.calibrated:  # the ratio calibrated for the mode that runs (with this decode correction, if stored)
-            ratio = calibrated_ratio(r.fingerprint, mode=cfg.mode, decode_correction=cfg.decode_correction,
-                                     decode_correction_steps=cfg.decode_correction_steps)
-            cfg = replace(cfg, recompute_ratio=ratio, calibrated=False)
+        cfg = self.with_calibrated_ratio(req, cfg)
         anchored = cfg.kvcomm and bool(req.placeholders)
         if anchored and self.anchors is None:
             raise ValueError(f"mode {cfg.name!r} needs an anchor pool (Blender(anchors=...))")
@@ -266,7 +278,7 @@ class Blender:
         n_cand = fresh - placed
         budget = round(cfg.recompute_ratio * (fresh - len(req.prefix_ids)))
         sel = select(Candidates(r, cache, ids, req, cfg, placed, fresh, budget, loader.load_all, anchored,
-                                loader.load, entries, self.anchor_memo))
+                                loader.load, entries, self.anchor_memo, self.profile_root))
         if sel.keep is not None:
             positions = torch.cat((placed + sel.keep, positions[n_cand:]))
             n_cand = sel.keep.numel()

@@ -36,14 +36,19 @@ class Answer:
 
 
 class ChunkCacheEngine:
-    def __init__(self, runner: ModelRunner, store: KVStore, system: str = DEFAULT_SYSTEM) -> None:
+    """profile_root: where this model's measurements (calibrated ratios, critical layers) are read
+    (EngineConfig.profile_root; None: the default cache dir's `profiles`)."""
+
+    def __init__(self, runner: ModelRunner, store: KVStore, system: str = DEFAULT_SYSTEM,
+                 profile_root: Path | None = None) -> None:
         self.runner = runner
         self.system = system
+        self.profile_root = profile_root
         self.tokenizer = runner.tokenizer
         self.prompts = PromptBuilder(self.tokenizer, PromptTemplate.from_tokenizer(self.tokenizer, system))
         self.source = ChunkSource(runner, store, self.prompts.prefix_ids)
         self.anchor_memo = AnchorMemo(catalog=getattr(store, "catalog", None))  # persisted where a catalog is
-        self.blender = Blender(runner, self.source, anchor_memo=self.anchor_memo)
+        self.blender = Blender(runner, self.source, anchor_memo=self.anchor_memo, profile_root=profile_root)
         self.eos_ids = eos_token_ids(runner.model, self.tokenizer)
 
     @classmethod
@@ -58,7 +63,7 @@ class ChunkCacheEngine:
         lm = load_model(Path(cfg.model_path).expanduser() if cfg.model_path else None,
                         getattr(torch, cfg.resolved_dtype), cfg.device)
         runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
-        return cls(runner, store, cfg.system if cfg.system is not None else DEFAULT_SYSTEM)
+        return cls(runner, store, cfg.system if cfg.system is not None else DEFAULT_SYSTEM, cfg.profile_root)
 
     def precompute(self, chunks: list[str]) -> list[str]:
         """Compute (or find) each chunk's KV; returns their keys."""
@@ -77,7 +82,7 @@ class ChunkCacheEngine:
         context; kv: that entry, when the caller has just read or computed it) at cfg's anchor_ratio /
         anchor_sinks and critical layers (default: what the default mode reads), so the first request that
         places the entry does not (blend/anchor_memo.py). False when already held."""
-        last = max(critical_layers(self.runner, cfg.critical_layers))
+        last = max(critical_layers(self.runner, cfg.critical_layers, self.profile_root))
         ctx = self.source.context_ids if context_ids is None else tuple(context_ids)
         return self.anchor_memo.warm(self.runner, self.source, tuple(token_ids), ctx, last, cfg.anchor_ratio,
                                      cfg.anchor_sinks, kv)

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -87,7 +88,7 @@ class Candidates:
     budget: context tokens the mode may recompute; load_all(): load every layer of the placed chunk KV;
     entries: per placed chunk index, what its KV was computed behind (the precompute context's token ids, or
     ("response",)): with the chunk's tokens it determines that KV (qcfuse's anchors are remembered by it in
-    anchor_memo)."""
+    anchor_memo); profile_root: where this model's profiled critical layers are read (None: the default root)."""
 
     runner: ModelRunner
     cache: KVCache
@@ -102,6 +103,7 @@ class Candidates:
     load_to: Callable[[int], None] | None = None  # load layers 0..l of the placed chunk KV (None: load_all)
     entries: Mapping[int, tuple] = field(default_factory=dict)
     anchor_memo: AnchorMemo = field(default_factory=AnchorMemo)  # qcfuse's anchors per entry (the engine's)
+    profile_root: Path | None = None
 
     @property
     def count(self) -> int:
@@ -206,7 +208,7 @@ def qcfuse_importance(c: Candidates) -> torch.Tensor:
     """qcfuse's score [n_cand]: the question's attention through the compressed view, averaged over the critical
     layers."""
     cfg, r = c.cfg, c.runner
-    layers = critical_layers(r, cfg.critical_layers)
+    layers = critical_layers(r, cfg.critical_layers, c.profile_root)
     last = max(layers)
     c.load(last)  # only the layers up to the last critical one: the rest keep loading under the recompute
     cand = c.chunk_spans()

@@ -28,6 +28,8 @@ sinks); the fallback layers; that the whole suffix (question and template tail) 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from chunkcache.blend.model_profile import read_profile, shipped_profile
@@ -54,12 +56,12 @@ def fallback_layers(n_layers: int) -> tuple[int, ...]:
     return tuple(range(lo, min(n_layers, lo + FALLBACK_SPAN)))
 
 
-def critical_layers(runner: ModelRunner, given: tuple[int, ...] = ()) -> tuple[int, ...]:
-    """The request's layers, else the model's profiled ones (blend/qcfuse_profile.py: the user's own, else the
-    package's for its default model), else the fallback; ValueError naming the field when a layer does not exist
-    in this model."""
+def critical_layers(runner: ModelRunner, given: tuple[int, ...] = (), root: Path | None = None) -> tuple[int, ...]:
+    """The request's layers, else the model's profiled ones (blend/qcfuse_profile.py: the user's own under root,
+    default the cache dir's `profiles`, else the package's for its default model), else the fallback; ValueError
+    naming the field when a layer does not exist in this model."""
     fp = runner.fingerprint
-    layers = given or tuple(read_profile(fp).get("critical_layers", ())) \
+    layers = given or tuple(read_profile(fp, root).get("critical_layers", ())) \
         or tuple(shipped_profile(fp).get("critical_layers", ())) or fallback_layers(runner.n_layers)
     if any(not 0 <= x < runner.n_layers for x in layers):
         raise ValueError(f"critical_layers {layers} out of range for a model of {runner.n_layers} layers")

@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 
 from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, MODES, UNFUSED_MODE
+from chunkcache.blend.model_profile import calibration_key
 from chunkcache.cli.args import positive, ratio, ratios
 
 
@@ -16,22 +17,26 @@ def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.bench.calibrate import CalibrationConfig, load_sample
     from chunkcache.blend.engine import ChunkCacheEngine
 
-    cfg = CalibrationConfig(args.mode, tuple(args.ratios), args.target_agreement, args.target_kl, args.max_new,
-                            args.decode_correction, args.decode_correction_steps)
+    cfg = CalibrationConfig(mode=args.mode, ratios=tuple(args.ratios), target_agreement=args.target_agreement,
+                            target_kl=args.target_kl, max_new=args.max_new, decode_correction=args.decode_correction,
+                            decode_correction_steps=args.decode_correction_steps)
     sample = load_sample(args.data, args.limit)
     with ChunkCacheEngine.from_config(args.engine) as engine:
-        res = run_calibration(engine, cfg, sample, args.engine.profile_root, args.critical_layers)
+        res = run_calibration(engine, cfg, sample, args.critical_layers)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     return 0
 
 
-def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # type: ignore[no-untyped-def]
+def run_calibration(engine, cfg, sample: list[tuple[list[str], str]],  # type: ignore[no-untyped-def]
                     critical: bool = False) -> dict:
     """Calibrate engine's model on sample ((chunks, question) pairs), store the picked ratio (and, if asked, the
-    critical layers) under root, print one line per ratio and the verdict; the result dict."""
+    critical layers) under the engine's profile root, where its blender reads them; print one line per ratio and
+    the verdict; the result dict."""
     from chunkcache.bench.calibrate import calibrate, references, store_calibration
+
+    root = engine.profile_root
 
     plain = [engine.prompts.request(chunks, q) for chunks, q in sample]
     reqs = plain
@@ -65,9 +70,7 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]], root,  # t
 
 def _report(res: dict, stored: str) -> None:
     c = res["config"]
-    dc, steps = c.get("decode_correction", 0), c.get("decode_correction_steps", 0)
-    name = res["mode"] + (f" (decode_correction {dc})" if dc else
-                          f" (decode_correction_steps {steps})" if steps else "")
+    name = calibration_key(res["mode"], c.get("decode_correction", 0), c.get("decode_correction_steps", 0))
     for row in res["rows"]:
         print(f"{name} ratio {row['recompute_ratio']:.2f}: agreement F1 {row['agreement_f1']:.3f}  "
               f"KL {row['tf_kl_mean']:.4f}  top-1 {row['tf_top1_agreement']:.3f}")

@@ -84,7 +84,7 @@ def cmd_serve(args) -> int:  # type: ignore[no-untyped-def]
                                         decode_correction_steps=args.calibrate_decode_correction_steps)
         sample = load_sample(args.calibrate_data, args.calibrate_limit)
         service = ChunkCacheService(cfg)
-        run_calibration(service.engine, calibration, sample, cfg.engine.profile_root)
+        run_calibration(service.engine, calibration, sample)
     uvicorn.run(create_app(cfg, service), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
