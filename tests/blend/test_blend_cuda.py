@@ -48,7 +48,7 @@ def test_blend_cuda_matches_cpu(runners, cfg):
     torch.testing.assert_close(gpu.logits.cpu(), cpu.logits, atol=2e-3, rtol=2e-3)
     n = req.num_tokens
     torch.testing.assert_close(gpu.cache.keys[:, :, :n].cpu(), cpu.cache.keys[:, :, :n], atol=2e-3, rtol=2e-3)
-    assert gpu_toks == cpu_toks
+    assert gpu_keys.is_cuda and gpu_toks == cpu_toks
 
 
 @pytest.mark.parametrize("mode", ["full", "kvcomm", "blend"])
@@ -62,3 +62,28 @@ def test_agents_cuda_matches_cpu(runners, mode):
         logits.append(pre.prefill(agents_tiny.prompt(7), cfg).logits)
     assert logits[1].is_cuda
     torch.testing.assert_close(logits[1].cpu(), logits[0], atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("cfg", [BlendConfig(mode="blend", recompute_ratio=0.1, decode_correction=16),
+                                 BlendConfig(mode="blend", recompute_ratio=0.1, decode_correction_steps=2)],
+                         ids=["K16", "S2"])
+def test_decode_correction_cuda_matches_cpu_and_converges_to_full_prefill(runners, cfg):
+    """Decode-time correction on CUDA: the same tokens as on the CPU, and once its schedule is done the cache over
+    the prompt is full prefill's on the same device."""
+    req, sampling = _request(), SamplingConfig(max_new_tokens=10)
+    n = req.num_tokens
+    out = []
+    for r in runners:
+        blender = Blender(r, ChunkSource(r, DictStore(), context_ids=(1, 2, 3)))
+        blender.prefill(req, cfg)  # cold: computes the chunks
+        res = blender.prefill(req, cfg, reserve=16)
+        corr = res.correction
+        assert corr is not None and corr.per_step == cfg.correction_per_step(res.stats.decode_pending)
+        toks = list(decode(r, res.cache, res.logits, sampling, set(), corr))
+        assert corr.done  # 10 steps finish a schedule of at most ceil(n / 16) + 1 batches
+        full = blender.prefill(req, BlendConfig(mode="full"), reserve=16).cache
+        torch.testing.assert_close(res.cache.keys[:, :, :n], full.keys[:, :, :n], atol=2e-3, rtol=2e-3)
+        out.append((res.cache.keys[:, :, :n], toks))
+    (cpu_keys, cpu_toks), (gpu_keys, gpu_toks) = out
+    assert gpu_keys.is_cuda and gpu_toks == cpu_toks
+    torch.testing.assert_close(gpu_keys.cpu(), cpu_keys, atol=2e-3, rtol=2e-3)
