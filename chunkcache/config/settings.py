@@ -118,8 +118,8 @@ class EngineConfig(BaseSettings):
     store: StoreSettings = StoreSettings()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,  # type: ignore[no-untyped-def]
-                                   file_secret_settings):
+    def settings_customise_sources(cls, settings_cls, init_settings,  # type: ignore[no-untyped-def]
+                                   env_settings, dotenv_settings, file_secret_settings):
         return (init_settings,)
 
     @field_validator("device")

@@ -123,7 +123,8 @@ class ChunkCacheChatCompletionClient(ChatCompletionClient):
 
     async def create_stream(self, messages: Sequence[LLMMessage], *, tools: Sequence[Any] = [],
                             tool_choice: Any = "auto", json_output: Any = None,
-                            extra_create_args: Mapping[str, Any] = {}, cancellation_token: CancellationToken | None = None
+                            extra_create_args: Mapping[str, Any] = {},
+                            cancellation_token: CancellationToken | None = None
                             ) -> AsyncGenerator[str | CreateResult, None]:
         turn = self._turn(messages, tools, json_output, extra_create_args)
         pieces, done = iter(turn), object()

@@ -217,7 +217,8 @@ class ChunkStore:
         if self.catalog is not None:
             self.catalog.touch(kv.key)
 
-    def _lookup(self, key: str, fingerprint: str, open_fn: str, faults: list[str] | None):  # type: ignore[no-untyped-def]
+    def _lookup(self, key: str, fingerprint: str, open_fn: str,  # type: ignore[no-untyped-def]
+                faults: list[str] | None):
         """First usable (tier index, result of tier.<open_fn>) or None, recording faults."""
         for i, slot in enumerate(self._slots):
             try:

@@ -101,7 +101,8 @@ class LMCacheBridge:
                 raise LMCacheUnavailable(f"url: cannot reach the LMCache server at {url}: {err}") from err
             raise
 
-    def key(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] = (), tags: dict | None = None):  # type: ignore[no-untyped-def]
+    def key(self, token_ids: tuple[int, ...], context_ids: tuple[int, ...] = (),  # type: ignore[no-untyped-def]
+            tags: dict | None = None):
         """LMCache's CacheEngineKey of a chunk computed behind context_ids: its token database's hash of the
         chunk chained on the context's, made a key by the public `process_tokens`."""
         prefix = self.tokens._hash_tokens(list(context_ids)) if context_ids else None
@@ -222,7 +223,8 @@ class LMCacheBridge:
         return ChunkKV(chunk_key(self.fingerprint, context_ids, token_ids), self.fingerprint, tuple(token_ids),
                        len(context_ids), kv[0], kv[1])
 
-    def pull(self, store, token_ids: tuple[int, ...], context_ids: tuple[int, ...] = ()) -> bool:  # type: ignore[no-untyped-def]
+    def pull(self, store, token_ids: tuple[int, ...],  # type: ignore[no-untyped-def]
+             context_ids: tuple[int, ...] = ()) -> bool:
         """Copy a chunk's KV from LMCache into a chunkcache store (then requests hit it); False on a miss."""
         kv = self.get(token_ids, context_ids)
         if kv is None:
