@@ -10,8 +10,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#     pydantic==2.14.4 pydantic-core==$(pip show pydantic-core | sed -n 's/^Version: //p') pydantic-settings==2.16.3 \
-#     python-dotenv==1.2.4 annotated-types==0.8.0 typing-inspection==0.4.5 cachetools==8.0.2
+#     pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5 cachetools==8.0.2        (the venv's versions; 2.8 MB)
 # then: device run, carry [".whl"], command "bash benchmarks/device_check.sh", timeout_s 540.
 set -o pipefail
 OUT=${OUT:-/tmp/device_check}
