@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from chunkcache.bench.tasks.metrics import agreement, exact_match, needle_recall, task_scores
-from chunkcache.bench.tasks.runner import KEYS, TasksConfig, merge_results, report, summarize, sweep_configs
+from chunkcache.bench.tasks.example import TaskExample
+from chunkcache.bench.tasks.metrics import agreement, exact_match, needle_recall, needles_kept, task_scores
+from chunkcache.bench.tasks.runner import KEYS, TasksConfig, merge_results, report, score_rows, summarize, sweep_configs
 from chunkcache.blend.config import DEFAULT_MODE
 
 
@@ -23,6 +24,28 @@ def test_needle_recall_is_ruler_string_match_all():
     assert task_scores("recall", "nothing here", ("1234567",)) == {"task_score": 0.0}
     with pytest.raises(ValueError, match="score kind"):
         task_scores("bleu", "x", ("x",))
+
+
+def test_needles_kept_counts_what_full_prefill_found_and_the_answer_kept():
+    needles = ("1234567", "7654321", "1111111", "2222222")
+    full = "The numbers are 1234567, 7654321 and 1111111."
+    assert needles_kept("1234567 and 2222222", full, needles) == {"needles_full": 3, "needles_kept": 1}
+    assert needles_kept(full.upper(), full, needles) == {"needles_full": 3, "needles_kept": 3}
+    assert needles_kept("1234567", "none", needles) == {"needles_full": 0, "needles_kept": 0}
+
+
+def test_recall_rows_pool_the_needles_kept_over_examples():
+    """Scored rows of a recall suite carry the counts; the summary pools them (kept / found, not a mean of ratios)."""
+    ex = [TaskExample(id=str(i), chunks=("a",), question="q", answers=("111", "222")) for i in range(2)]
+    rows = [{"timed": False, "pareto": False, "modes": score_rows(
+        {"full": {**_full(), "answer": full}, "blend": {**_row(0, 0, 0.1, 1.0), "answer": mine}}, e, "recall")}
+        for e, full, mine in zip(ex, ("111 and 222", "111"), ("222", "nothing"))]
+    assert rows[0]["modes"]["blend"]["needles_kept"] == 1 and rows[1]["modes"]["blend"]["needles_full"] == 1
+    assert rows[0]["modes"]["blend"]["task_score"] == 0.5
+    assert summarize(rows, "blend")["needles_kept_of_full"] == pytest.approx(1 / 3)  # 1 of the 3 full found
+    assert summarize(rows, "full")["needles_kept_of_full"] == 1.0
+    f1_rows = [{"timed": False, "pareto": False, "modes": {"full": _full(), "blend": _row(1.0, 1.0, 0.1, 4.0)}}]
+    assert "needles_kept_of_full" not in summarize(f1_rows, "blend")  # F1 suites: no needles
 
 
 def test_agreement_with_full_prefill():

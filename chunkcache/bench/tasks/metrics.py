@@ -22,6 +22,15 @@ def needle_recall(prediction: str, needles: tuple[str, ...] | list[str]) -> floa
     return sum(n.lower() in pred for n in needles) / len(needles)
 
 
+def needles_kept(prediction: str, full_prediction: str, needles: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """What an answer keeps of what full prefill's retrieved: needles_full, the needles full prefill's answer holds;
+    needles_kept, how many of those this answer holds too (case-insensitive substrings, as needle_recall). Pooled
+    over examples, kept / full measures a mode against full prefill where full's own recall is low."""
+    pred, full = prediction.lower(), full_prediction.lower()
+    found = [n for n in needles if n.lower() in full]
+    return {"needles_full": len(found), "needles_kept": sum(n.lower() in pred for n in found)}
+
+
 def task_scores(kind: str, prediction: str, answers: tuple[str, ...] | list[str]) -> dict[str, float]:
     """{"task_score", ...}: f1 suites add "em"; recall suites score the needles."""
     if kind == "f1":

@@ -7,7 +7,9 @@ fidelity figures are deterministic, so each example is prefilled once per mode; 
 examples of each setting are timed, each TTFT the median of `repeats` prefills, and the speedup is the
 median of their paired ratios (full TTFT / mode TTFT). The Pareto sweep (every mode at every ratio) runs on
 the first `pareto_limit` examples of each setting. Gated suites (niah, vt) first run full prefill alone on
-every setting and run the modes only where its mean score reaches `min_full_score`.
+every setting and run the modes only where its mean score reaches `min_full_score`. Recall suites also report
+needles_kept_of_full: of the needles full prefill's answers found, the share each mode's answers found too (pooled),
+a fidelity figure that holds where full prefill's own recall is low.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, replace
 from chunkcache.bench.dominance import DOMINANCE, dominance
 from chunkcache.bench.rag import evaluate_request, fused_request, pareto_configs, pareto_rows
 from chunkcache.bench.tasks.example import TaskExample
-from chunkcache.bench.tasks.metrics import agreement, task_scores
+from chunkcache.bench.tasks.metrics import agreement, needles_kept, task_scores
 from chunkcache.bench.tasks.suites import Suite
 from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, RATIO_FREE_MODES, BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine
@@ -75,10 +77,12 @@ def task_request(prompts: PromptBuilder, ex: TaskExample) -> BlendRequest:
 
 def score_rows(rows: dict[str, dict], ex: TaskExample, kind: str) -> dict[str, dict]:
     """Add task_score (and em), agreement_exact and agreement_f1 to each mode's row (rows shared by equal
-    configs are scored once)."""
+    configs are scored once); recall suites also count the needles full prefill's answer found and the row kept."""
     full_text = rows["full"]["answer"]
     for row in {id(r): r for r in rows.values()}.values():
         row.update(task_scores(kind, row["answer"], ex.answers), **agreement(row["answer"], full_text))
+        if kind == "recall":
+            row.update(needles_kept(row["answer"], full_text, ex.answers))
     return rows
 
 
@@ -99,6 +103,9 @@ def summarize(rows: list[dict], label: str) -> dict:
            "answer_speedup_vs_full_median": answer_speedup(rows, label)}
     if "em" in per[0]:
         out["em"] = mean("em")
+    if all("needles_full" in p for p in per):  # pooled: of the needles full found, the share this mode kept
+        found = sum(p["needles_full"] for p in per)
+        out["needles_kept_of_full"] = sum(p["needles_kept"] for p in per) / found if found else None
     return out
 
 
