@@ -65,6 +65,7 @@ def test_qcfuse_reads_the_critical_layers_profiled_under_the_blenders_root(tiny_
     assert not torch.equal(profiled.logits, other.logits)  # the default root's layer picks other tokens here
 
 
+@pytest.mark.slow  # loads the real model
 def test_an_engine_from_config_reads_and_calibrates_under_its_cache_dir(smollm_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path / "default"))
     cfg = EngineConfig(store="memory", cache_dir=str(tmp_path / "mine"), threads=1)
