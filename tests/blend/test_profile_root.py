@@ -68,7 +68,7 @@ def test_qcfuse_reads_the_critical_layers_profiled_under_the_blenders_root(tiny_
 @pytest.mark.slow  # loads the real model
 def test_an_engine_from_config_reads_and_calibrates_under_its_cache_dir(smollm_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path / "default"))
-    cfg = EngineConfig(store="memory", cache_dir=str(tmp_path / "mine"), threads=1)
+    cfg = EngineConfig(model_path=str(smollm_dir), store="memory", cache_dir=str(tmp_path / "mine"), threads=1)
     with ChunkCacheEngine.from_config(cfg) as engine:
         assert engine.profile_root == cfg.profile_root == tmp_path / "mine" / "profiles"
         assert engine.blender.profile_root == engine.profile_root
