@@ -18,22 +18,13 @@ from pathlib import Path
 
 import torch
 
+from chunkcache.bench.kernels_bench import MODELS
+from chunkcache.bench.prefill_speed import random_model
 from chunkcache.bench.teacher_forcing import copy_cache
 from chunkcache.config import EngineConfig
 from chunkcache.runner.decode import DecodeCorrection, next_logits
 from chunkcache.runner.loader import load_model
 from chunkcache.runner.runner import ModelRunner
-
-
-def default_shape(dtype: torch.dtype, device: str) -> torch.nn.Module:
-    """A llama of the default model's configuration (its config.json) with random weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
-                      rms_norm_eps=1e-5, rope_theta=1e5, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).to(device, dtype).eval()
 
 
 def sync(device: torch.device) -> None:
@@ -66,7 +57,7 @@ def main() -> None:
     cfg = EngineConfig(device=args.device, dtype=args.dtype)
     dtype = getattr(torch, cfg.resolved_dtype)
     if args.random_weights:
-        runner = ModelRunner(default_shape(dtype, args.device))
+        runner = ModelRunner(random_model(MODELS["smollm2-135m"], dtype, args.device))
     else:
         lm = load_model(None, dtype, args.device)
         runner = ModelRunner(lm.model, lm.tokenizer)

@@ -20,7 +20,8 @@ from chunkcache.runner.runner import ModelRunner
 PREFIX, CHUNK, SUFFIX = 64, 512, 32
 
 
-def _model(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str) -> torch.nn.Module:
+def random_model(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """A llama of shape (layers, query heads, KV heads, head_dim) with random weights (seed 0), for timings."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     n_layers, n_heads, n_kv, d = shape
@@ -40,7 +41,7 @@ def _median_s(fn, cuda: bool) -> float:
 @torch.inference_mode()
 def prefill_speed(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, tokens: int) -> dict:
     """{kernels: {full_prefill_tok_s, precompute_tok_s, blend_pass_ms, attention}} for a model of `shape`."""
-    model = _model(shape, dtype, device)
+    model = random_model(shape, dtype, device)
     cuda = device.startswith("cuda")
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 49152, (tokens,), generator=gen).to(device)

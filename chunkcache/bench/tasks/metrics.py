@@ -13,22 +13,25 @@ def exact_match(prediction: str, answers: tuple[str, ...] | list[str]) -> float:
     return float(any(pred == normalize_answer(a) for a in answers))
 
 
+def found_needles(prediction: str, needles: tuple[str, ...] | list[str]) -> list[str]:
+    """The needles the prediction holds (case-insensitive substring, RULER's string match)."""
+    pred = prediction.lower()
+    return [n for n in needles if n.lower() in pred]
+
+
 def needle_recall(prediction: str, needles: tuple[str, ...] | list[str]) -> float:
-    """RULER's string_match_all for one sample, in [0, 1]: the share of needles found in the prediction
-    (case-insensitive substring)."""
+    """RULER's string_match_all for one sample, in [0, 1]: the share of needles found in the prediction."""
     if not needles:
         raise ValueError("needle_recall: no needles to find")
-    pred = prediction.lower()
-    return sum(n.lower() in pred for n in needles) / len(needles)
+    return len(found_needles(prediction, needles)) / len(needles)
 
 
 def needles_kept(prediction: str, full_prediction: str, needles: tuple[str, ...] | list[str]) -> dict[str, int]:
     """What an answer keeps of what full prefill's retrieved: needles_full, the needles full prefill's answer holds;
-    needles_kept, how many of those this answer holds too (case-insensitive substrings, as needle_recall). Pooled
-    over examples, kept / full measures a mode against full prefill where full's own recall is low."""
-    pred, full = prediction.lower(), full_prediction.lower()
-    found = [n for n in needles if n.lower() in full]
-    return {"needles_full": len(found), "needles_kept": sum(n.lower() in pred for n in found)}
+    needles_kept, how many of those this answer holds too (found_needles). Pooled over examples, kept / full
+    measures a mode against full prefill where full's own recall is low."""
+    found = found_needles(full_prediction, needles)
+    return {"needles_full": len(found), "needles_kept": len(found_needles(prediction, found))}
 
 
 def task_scores(kind: str, prediction: str, answers: tuple[str, ...] | list[str]) -> dict[str, float]:
