@@ -255,7 +255,7 @@ def cmd_bench_agents(args) -> int:
     if args.turns:
         return _cmd_long(args, cfg)
     examples = load_examples(args.data, args.warmup + args.limit)
-    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
+    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device, cfg.cache_dir)
     runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
     result = run_agents(runner, examples, args.agents, args.rounds, modes, args.passages, args.max_new_tokens,
                         args.warmup, args.recompute_ratio, acfg, epic_k=args.epic_k, sink_tokens=args.sink_tokens,
@@ -277,7 +277,7 @@ def _cmd_long(args, cfg) -> int:
     from chunkcache.runner.loader import load_model
 
     check_mode_name(args.long_mode)
-    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device)
+    lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device, cfg.cache_dir)
     runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
     result = run_long(runner, load_examples(args.data, 200), make_agents(args.agents),
                       args.turns, args.long_mode, args.cpu_budget_mib * 2**20)

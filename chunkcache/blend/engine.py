@@ -60,8 +60,7 @@ class ChunkCacheEngine:
             torch.set_num_threads(cfg.threads)
         if store is None:
             store = ChunkStore(cfg.store_config())
-        lm = load_model(Path(cfg.model_path).expanduser() if cfg.model_path else None,
-                        getattr(torch, cfg.resolved_dtype), cfg.device)
+        lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device, cfg.cache_dir)
         runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels)
         return cls(runner, store, cfg.system if cfg.system is not None else DEFAULT_SYSTEM, cfg.profile_root)
 

