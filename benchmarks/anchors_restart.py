@@ -90,8 +90,10 @@ def main() -> None:
     med = {k: st.median(r["full_s"] / r[f"{k}_s"] for r in rows) for k in ("catalog", "computed", "warm")}
     summary = {"n": len(rows), **{f"{k}_speedup_vs_full_median": v for k, v in med.items()},
                "catalog_over_computed_median": st.median(r["computed_s"] / r["catalog_s"] for r in rows),
-               "catalog_read_ms_per_chunk_median": st.median(1e3 * r["catalog_read_s"] / r["chunks_read"] for r in rows),
-               "anchors_compute_ms_per_chunk_median": st.median(1e3 * r["anchors_s"] / r["chunks_warmed"] for r in rows),
+               "catalog_read_ms_per_chunk_median": st.median(1e3 * r["catalog_read_s"] / r["chunks_read"]
+                                                             for r in rows),
+               "anchors_compute_ms_per_chunk_median": st.median(1e3 * r["anchors_s"] / r["chunks_warmed"]
+                                                                for r in rows),
                "same_selection": all(r["same_selection"] for r in rows)}
     Path(out).write_text(json.dumps({"split": split, "summary": summary, "rows": rows}, indent=1))
     print(json.dumps(summary, indent=1))

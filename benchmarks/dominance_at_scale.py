@@ -88,7 +88,8 @@ def main() -> None:
     print(f"equal ratio {main_ratio}:")
     for e in equal:
         print(f"  vs {e['mode']:>10} n={e['n']}: {e['agreement_f1']:.3f}/{e['tf_kl_mean']:.4f} against "
-              f"{e['default_agreement_f1']:.3f}/{e['default_tf_kl_mean']:.4f}  diff {e['diff']:+.3f}+-{e['diff_ci95']:.3f}"
+              f"{e['default_agreement_f1']:.3f}/{e['default_tf_kl_mean']:.4f}"
+              f"  diff {e['diff']:+.3f}+-{e['diff_ci95']:.3f}"
               f"  loss {e['disagreement_ratio']:.2f}x / KL {e['kl_ratio']:.2f}x")
 
 

@@ -23,7 +23,8 @@ from chunkcache.bench import rag
 import importlib.resources as ir
 
 def fill(c, score, fixed):
-    score = score.clone(); score[fixed] = float("inf")
+    score = score.clone()
+    score[fixed] = float("inf")
     return md.Selection(keep=top_tokens(score, max(c.budget, fixed.numel())))
 
 def qsink(c):
@@ -39,11 +40,12 @@ bc.MODES = bc.MODES + tuple(new)
 md.SELECTORS.update(new)
 ratios = [float(x) for x in sys.argv[1].split(",")]
 modes = sys.argv[2].split(",")
-lim = int(sys.argv[3]); out = sys.argv[4]
+lim, out = int(sys.argv[3]), sys.argv[4]
 eng = ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory"))
 data = json.loads((ir.files("chunkcache")/"data"/"musique_dev.json").read_text())
 data = data if isinstance(data, list) else data["examples"]
 res = rag.run_rag(eng, data[:lim], ["full"] + modes, BlendConfig(), max_new=16, ratios=ratios)
 json.dump(res, open(out, "w"), indent=1)
 for r in res["pareto"]:
-    print(f"{r['mode']:>10} {r['ratio']:.2f} {r['ttft_speedup_vs_full_median']:6.2f}x top1 {r['tf_top1_agreement']:.3f} kl {r['tf_kl_mean']:.4f} fidF1 {r['fidelity_f1_mean']:.3f}")
+    print(f"{r['mode']:>10} {r['ratio']:.2f} {r['ttft_speedup_vs_full_median']:6.2f}x "
+          f"top1 {r['tf_top1_agreement']:.3f} kl {r['tf_kl_mean']:.4f} fidF1 {r['fidelity_f1_mean']:.3f}")

@@ -42,8 +42,9 @@ def explore(configs: dict[str, BlendConfig], argv: list[str]) -> None:
         res = evaluate_request(engine, list(ex.chunks), req, configs, suite.max_new,
                                repeats=3 if i < timed else 1, fused=fused)
         rows.append({"id": ex.id, "timed": i < timed, **ingest, "modes": score_rows(res, ex, suite.score)})
-        print(i, "  ".join(f"{k}: agree={rows[-1]['modes'][k]['agreement_f1']:.2f} kl={rows[-1]['modes'][k]['tf_kl']:.3f}"
-                           for k in configs), flush=True)
+        last = rows[-1]["modes"]
+        print(i, "  ".join(f"{k}: agree={last[k]['agreement_f1']:.2f} kl={last[k]['tf_kl']:.3f}" for k in configs),
+              flush=True)
     result = {"suite": suite.name, "split": split, "summary": summary(rows), "rows": rows}
     Path(out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))

@@ -50,8 +50,9 @@ def main() -> None:
         res = evaluate_request(engine, list(ex.chunks), task_request(engine.prompts, ex), configs, suite.max_new,
                                repeats=3 if i < timed else 1)
         rows.append({"id": ex.id, "timed": i < timed, "modes": score_rows(res, ex, suite.score)})
-        print(i, "  ".join(f"{k}: agree={rows[-1]['modes'][k]['agreement_f1']:.2f} kl={rows[-1]['modes'][k]['tf_kl']:.3f}"
-                           for k in configs), flush=True)
+        last = rows[-1]["modes"]
+        print(i, "  ".join(f"{k}: agree={last[k]['agreement_f1']:.2f} kl={last[k]['tf_kl']:.3f}" for k in configs),
+              flush=True)
     result = {"split": split, "variants": variants, "summary": summary(rows), "rows": rows}
     Path(out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))

@@ -88,8 +88,8 @@ def main() -> int:
         rows.append({"kernel": name, "dtype": str(dtype).removeprefix("torch."), "head_dim": d, "rel_err": err,
                      "ok": ok})
         print(f"{'ok  ' if ok else 'FAIL'} {name:38s} {rows[-1]['dtype']:8s} d={d:3d}  rel err {err:.2e}", flush=True)
-    out = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (interpreter)", "torch": torch.__version__, "cases": rows,
-           "failed": sum(not r["ok"] for r in rows)}
+    out = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (interpreter)",
+           "torch": torch.__version__, "cases": rows, "failed": sum(not r["ok"] for r in rows)}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"{len(rows) - out['failed']} of {len(rows)} cases match on {out['device']}")

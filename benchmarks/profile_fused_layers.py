@@ -3,7 +3,8 @@ profile's sample): does fusionqc need a profile of its own?
 
 python benchmarks/profile_fused_layers.py benchmarks/qcfuse_profile_fused_vs_plain_hotpotqa_dev8.json
 """
-import json, sys
+import json
+import sys
 
 from explore_score_layers import scratch_engine
 from chunkcache.bench.rag import fused_request

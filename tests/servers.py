@@ -41,7 +41,8 @@ def pg_bindir() -> Path:
     for c in cands:
         if c and (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
             return Path(c)
-    raise RuntimeError("PostgreSQL initdb/pg_ctl not found: pip install pgserver (a test extra), or set CHUNKCACHE_PG_BIN")
+    raise RuntimeError("PostgreSQL initdb/pg_ctl not found: pip install pgserver (a test extra), "
+                       "or set CHUNKCACHE_PG_BIN")
 
 
 def _pg_user_as_root(bindir: Path) -> pwd.struct_passwd:

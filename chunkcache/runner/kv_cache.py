@@ -99,6 +99,6 @@ class KVCache:
         n = self.length if length is None else length
         if not 0 < n <= self.length:
             raise ValueError(f"length {n} must be in (0, {self.length}]")
-        data = [(self.keys[l, None, :, :n].clone(), self.values[l, None, :, :n].clone())  # [1, n_kv, n, d]
-                for l in range(self.num_layers)]
+        data = [(self.keys[i, None, :, :n].clone(), self.values[i, None, :, :n].clone())  # [1, n_kv, n, d]
+                for i in range(self.num_layers)]
         return DynamicCache(ddp_cache_data=data)

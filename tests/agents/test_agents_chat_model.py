@@ -30,7 +30,8 @@ def test_prompt_is_the_chat_template_rendering(runtime) -> None:  # type: ignore
     ids = list(req.prefix_ids) + [t for c in req.chunks for t in c] + list(req.suffix_ids)
     turns = [{"role": "system", "content": "You are a {curly} geographer."},
              {"role": "user", "content": "ana:\nName a river in Brazil."},
-             {"role": "assistant", "content": "The Amazon."}, {"role": "user", "content": "Write a paragraph about the history of Egypt."}]
+             {"role": "assistant", "content": "The Amazon."},
+             {"role": "user", "content": "Write a paragraph about the history of Egypt."}]
     text = runtime.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     assert ids == runtime.tokenizer.encode(text, add_special_tokens=False)
     chunk_texts = [runtime.tokenizer.decode(req.chunks[p.chunk]) for p in req.placeholders]

@@ -70,4 +70,5 @@ def test_disconnected_json_request_is_cancelled(batching_server: ApiServer) -> N
 def _generations(url: str) -> float:
     """Generations completed so far (the reuse-ratio histogram's count)."""
     text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=10).text
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("chunkcache_reuse_ratio_count")))
+    return float(next(line.split()[-1] for line in text.splitlines()
+                      if line.startswith("chunkcache_reuse_ratio_count")))

@@ -36,7 +36,8 @@ def test_api_fuzz_no_server_errors(fuzz_server) -> None:  # type: ignore[no-unty
         def check(case) -> None:  # type: ignore[no-untyped-def]
             response = case.call(headers=AUTH, timeout=120)
             calls[op.label] = calls.get(op.label, 0) + 1
-            assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}"
+            assert response.status_code < 500, \
+                f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}"
             if response.status_code in (400, 404, 413, 422):
                 body = response.json()
                 assert (body["error"]["message"] if case.path.startswith("/v1/") else body["detail"]), response.text

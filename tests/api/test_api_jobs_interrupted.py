@@ -57,7 +57,8 @@ def test_killed_owner_jobs_are_interrupted_at_start_up(url: str) -> None:
         assert time.monotonic() - t0 < 5
         assert jobs.interrupted == [killed_job]
         assert state.status == "interrupted" and state.finished is not None
-        assert state.error.startswith("interrupted: the server that ran this job") and "precompute (3/10)" in state.error
+        assert state.error.startswith("interrupted: the server that ran this job")
+        assert "precompute (3/10)" in state.error
         assert f"POST /jobs/{killed_job}/resume" in state.error
         assert jobs.get(alive_job).status == "running"  # its process is alive: not touched
         assert JobRegistry(4, 16, url).interrupted == []  # marked once

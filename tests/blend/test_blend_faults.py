@@ -98,7 +98,8 @@ def test_disk_store_survives_restart(tiny_runner, tmp_path):
 
 @pytest.mark.parametrize("kw, field", [({"mode": "fast"}, "mode"), ({"recompute_ratio": 1.5}, "recompute_ratio"),
                                        ({"check_layers": (0,)}, "check_layers"), ({"selection": "x"}, "selection"),
-                                       ({"deviation_on": "q"}, "deviation_on"), ({"adaptive_mass": 0}, "adaptive_mass")])
+                                       ({"deviation_on": "q"}, "deviation_on"),
+                                       ({"adaptive_mass": 0}, "adaptive_mass")])
 def test_bad_config_names_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         BlendConfig(**kw)

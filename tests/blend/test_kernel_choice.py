@@ -33,8 +33,9 @@ def test_kernel_choice_reaches_every_dispatch(dispatched, kernels, use, impl):
     from transformers import LlamaConfig, LlamaForCausalLM  # not at collection: it imports triton.language
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=512)  # head_dim 64: the C++ kernel takes it
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=512)  # head_dim 64: the C++ kernel takes it
     runner = ModelRunner(LlamaForCausalLM(cfg).eval(), kernels=kernels)
     g = torch.Generator().manual_seed(3)
     chunks = [tuple(torch.randint(4, 256, (n,), generator=g).tolist()) for n in (20, 33, 17)]

@@ -149,7 +149,8 @@ def test_cli_exits_2_naming_the_field_before_loading_a_model(tmp_path: Path) -> 
     cases = [(["serve", "--config", str(f)], "store.redis_url: cannot reach"),
              (["--device", "cuda:7", "demo"], "device: 'cuda:7' is not present"),
              (["ask", "q", "--cpu-bytes", "-1"], "store.cpu_bytes: a byte budget must be >= 0"),
-             (["serve", "--config", str(write(tmp_path, "[server]\nprot = 1\n", "s.toml"))], "server.prot: unknown key"),
+             (["serve", "--config", str(write(tmp_path, "[server]\nprot = 1\n", "s.toml"))],
+              "server.prot: unknown key"),
              (["stats", "--config", str(write(tmp_path, "modell = 'x'\n", "m.toml"))], "modell: unknown key")]
     for argv, message in cases:
         t0 = time.monotonic()

@@ -1,4 +1,5 @@
-"""AutoGen in-process on the real model: a two-round, three-agent RoundRobinGroupChat on ChunkCacheChatCompletionClient."""
+"""AutoGen in-process on the real model: a two-round, three-agent RoundRobinGroupChat on
+ChunkCacheChatCompletionClient."""
 
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def test_cpu_kernel_rejects_what_it_does_not_take():
 
 def test_cpu_kernel_build_failure_falls_back_to_the_reference(tmp_path):
     """A compiler that fails: no kernel, the reason logged and kept, attention still exact (torch reference)."""
-    code = f"""
+    code = """
 import logging, torch
 logging.basicConfig()
 from chunkcache.kernels._cpp import build_error
@@ -173,7 +173,8 @@ q, k, v = torch.randn(9, 70, 64), torch.randn(3, 90, 64), torch.randn(3, 90, 64)
 plan = plan_sparse_attention(torch.arange(20, 90), 90)
 assert not cpu_kernel_applies(q, k, v)
 assert "could not build" in build_error("sparse_attention_cpu"), build_error("sparse_attention_cpu")
-torch.testing.assert_close(sparse_query_attention(q, k, v, plan, 0.125), sparse_query_attention_ref(q, k, v, plan, 0.125))
+out, ref = sparse_query_attention(q, k, v, plan, 0.125), sparse_query_attention_ref(q, k, v, plan, 0.125)
+torch.testing.assert_close(out, ref)
 """
     env = {**os.environ, "CXX": "false", "CHUNKCACHE_KERNEL_CACHE": str(tmp_path)}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

@@ -20,7 +20,8 @@ def _stale(r, prompt, lo):
     r.extend(prompt, stale)
     g = torch.Generator().manual_seed(1)
     shape = (r.n_layers, r.n_kv_heads, prompt.numel() - lo, r.head_dim)
-    stale.write(slice(None), slice(lo, prompt.numel()), torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+    stale.write(slice(None), slice(lo, prompt.numel()), torch.randn(shape, generator=g),
+                torch.randn(shape, generator=g))
     return clean, stale
 
 

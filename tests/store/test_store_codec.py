@@ -26,8 +26,8 @@ def test_int8_error_bound_and_ratio():
 
 def test_int8_disk_tier_roundtrip(tmp_path):
     kv = make_kv(1, 128, n_layers=3, head_dim=16)
-    cfg = StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 20), TierConfig("disk", codec="int8", write_through=True)),
-                      cache_dir=str(tmp_path))
+    tiers = (TierConfig("cpu", budget_bytes=1 << 20), TierConfig("disk", codec="int8", write_through=True))
+    cfg = StoreConfig(tiers=tiers, cache_dir=str(tmp_path))
     with ChunkStore(cfg) as store:
         store.put(kv)
         store.flush()  # the disk write is queued behind the CPU tier's copy

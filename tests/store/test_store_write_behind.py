@@ -14,8 +14,8 @@ from chunkcache.store.write_behind import WriteBehind
 
 
 def _store(tmp_path, write_queue=64) -> ChunkStore:  # type: ignore[no-untyped-def]
-    return ChunkStore(StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 24), TierConfig("disk", write_through=True)),
-                                  cache_dir=str(tmp_path), write_queue=write_queue))
+    tiers = (TierConfig("cpu", budget_bytes=1 << 24), TierConfig("disk", write_through=True))
+    return ChunkStore(StoreConfig(tiers=tiers, cache_dir=str(tmp_path), write_queue=write_queue))
 
 
 def _disk_only(tmp_path) -> ChunkStore:  # type: ignore[no-untyped-def]
