@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
+
 from chunkcache.blend.chunk_source import ChunkSource, Layer, kv_layers
 from chunkcache.blend.segment import SegmentKV
 from chunkcache.runner.kv_cache import KVCache
@@ -44,6 +46,7 @@ class LayerLoader:
         self.load_s = 0.0  # time spent writing placed KV into the cache
         self.next_layer = 0
         self.hits = self.misses = 0
+        self._delta_memo: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}
 
     def add(self, token_ids: tuple[int, ...], offset: int, response: bool = False,
             context: tuple[int, ...] | None = None) -> str:
@@ -69,15 +72,45 @@ class LayerLoader:
                              rope_delta=offset)
         self.in_hand.clear()
         while self.next_layer <= layer:
-            for p in self.pending:
-                self._write(p, self.next_layer)
+            self._write_layer(self.next_layer)
             self.next_layer += 1
         self.load_s += time.perf_counter() - t0
 
     def load_all(self) -> None:
         self.load(self.cache.num_layers - 1)
 
-    def _write(self, p: _Pending, layer: int) -> None:
+    def _write_layer(self, layer: int) -> None:
+        """Layer `layer` of every pending chunk. Chunks laid side by side are written by one cache write: their
+        K/V concatenated, each token rotated by its own chunk's delta (one call per run instead of per chunk)."""
+        runs: list[list[tuple[_Pending, torch.Tensor, torch.Tensor]]] = []
+        for p in self.pending:
+            k, v = self._layer(p, layer)  # [n_kv, n, d] each
+            prev = runs[-1][-1] if runs else None
+            if prev is not None and prev[0].offset + len(prev[0].token_ids) == p.offset \
+                    and (prev[1].device, prev[1].dtype) == (k.device, k.dtype):
+                runs[-1].append((p, k, v))
+            else:
+                runs.append([(p, k, v)])
+        for run in runs:
+            first, last = run[0][0], run[-1][0]
+            where = slice(first.offset, last.offset + len(last.token_ids))
+            if len(run) == 1:
+                self.cache.write(layer, where, run[0][1], run[0][2], rope_delta=first.offset - first.base_position)
+                continue
+            shifts = tuple((p.offset - p.base_position, len(p.token_ids)) for p, _, _ in run)
+            self.cache.write(layer, where, torch.cat([k for _, k, _ in run], 1),  # [n_kv, m, d]
+                             torch.cat([v for _, _, v in run], 1), rope_delta=self._deltas(shifts))
+
+    def _deltas(self, shifts: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        """Per-token deltas [sum n] of a run of chunks ((delta, n) each); the same for every layer, made once."""
+        if shifts not in self._delta_memo:
+            delta, n = (torch.tensor(x, dtype=torch.int64, device=self.cache.keys.device) for x in zip(*shifts))
+            self._delta_memo[shifts] = torch.repeat_interleave(delta, n)  # [sum n]
+        return self._delta_memo[shifts]
+
+    def _layer(self, p: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer` of a pending chunk (k, v [n_kv, n, d]), from its entry, or recomputed when the entry is
+        unusable there (p then reads its remaining layers from the fresh KV)."""
         n = len(p.token_ids)
         try:
             got, k, v = next(p.layers)
@@ -96,7 +129,7 @@ class LayerLoader:
             for _ in range(layer):
                 next(p.layers)
             got, k, v = next(p.layers)
-        self.cache.write(layer, slice(p.offset, p.offset + n), k, v, rope_delta=p.offset - p.base_position)
+        return k, v
 
     def close(self) -> None:
         for p in self.pending:

@@ -34,5 +34,5 @@ def rotate(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor, use_triton: b
     """keys [..., T, d] rotated by `delta` positions (a new tensor). use_triton: the engine's kernel choice."""
     if delta == 0:
         return keys.clone()
-    deltas = torch.full((keys.shape[-2],), delta, dtype=torch.int64, device=keys.device)  # [T]
+    deltas = torch.full((1,), delta, dtype=torch.int64, device=keys.device)  # every token
     return rope_shift(keys.contiguous(), deltas, inv_freq.to(keys.device), use_triton=use_triton)

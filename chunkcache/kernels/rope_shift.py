@@ -25,24 +25,31 @@ def _check(keys: torch.Tensor, deltas: torch.Tensor, inv_freq: torch.Tensor, out
     t, d = keys.shape[-2], keys.shape[-1]
     if d % 2 or inv_freq.shape != (d // 2,):
         raise ValueError(f"inv_freq must be [head_dim/2={d // 2}], got {tuple(inv_freq.shape)}")
-    if deltas.shape != (t,):
-        raise ValueError(f"deltas must be [T={t}], got {tuple(deltas.shape)}")
+    if deltas.shape not in ((t,), (1,)):
+        raise ValueError(f"deltas must be [T={t}] or [1] (one delta for every token), got {tuple(deltas.shape)}")
     if out is not None and out.shape != keys.shape:
         raise ValueError(f"out {tuple(out.shape)} must match keys {tuple(keys.shape)}")
 
 
 def rope_shift_ref(keys: torch.Tensor, deltas: torch.Tensor, inv_freq: torch.Tensor,
                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotate keys [..., T, head_dim] by deltas [T] (int64 positions) and write to out (may alias keys).
+    """Rotate keys [..., T, head_dim] by deltas [T] (int64 positions; [1]: the same delta for every token, one
+    cos/sin row) and write to out (may alias keys).
 
     inv_freq: [head_dim/2] fp32 rotary frequencies of the model (rope scaling already folded in).
     Returns out (a new tensor when out is None). Math in fp32, stored in keys.dtype.
     """
     _check(keys, deltas, inv_freq, out)
-    angle = deltas.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]  # [T, d/2]
+    angle = deltas.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]  # [T or 1, d/2]
     cos, sin = angle.cos(), angle.sin()
     k = keys.to(torch.float32)
     k1, k2 = k.chunk(2, dim=-1)  # [..., T, d/2] each
+    if out is not None and out.dtype == torch.float32 and not keys.requires_grad \
+            and out.untyped_storage().data_ptr() != keys.untyped_storage().data_ptr():
+        o1, o2 = out.chunk(2, dim=-1)  # fp32 into a separate buffer: straight into out, no temporaries
+        torch.mul(k1, cos, out=o1).addcmul_(k2, sin, value=-1)
+        torch.mul(k2, cos, out=o2).addcmul_(k1, sin)
+        return out
     rotated = torch.cat((k1 * cos - k2 * sin, k2 * cos + k1 * sin), dim=-1)
     if out is None:
         return rotated.to(keys.dtype)
@@ -105,7 +112,7 @@ def rope_shift_triton(keys: torch.Tensor, deltas: torch.Tensor, inv_freq: torch.
         src = keys.reshape(-1, t, d)  # [B, T, d] copy
     dst = _as_rows(out)
     target = dst if dst is not None else torch.empty(src.shape, dtype=out.dtype, device=out.device)  # [B, T, d]
-    deltas = deltas.to(device=keys.device, dtype=torch.int64).contiguous()
+    deltas = deltas.to(device=keys.device, dtype=torch.int64).expand(t).contiguous()  # [T]
     inv_freq = inv_freq.to(device=keys.device, dtype=torch.float32).contiguous()
     b = src.shape[0]
     block_t, rows = min(32, next_pow2(t)), 4

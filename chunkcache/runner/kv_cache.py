@@ -47,12 +47,13 @@ class KVCache:
             setattr(self, name, new)
 
     def write(self, layers: int | slice, index: slice | torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              rope_delta: int = 0, end: int | None = None) -> None:
+              rope_delta: int | torch.Tensor = 0, end: int | None = None) -> None:
         """Write K/V for `layers` at positions `index`.
 
         layers=int: k, v [n_kv, m, d]; layers=slice: k, v [n_layers_in_slice, n_kv, m, d].
         index: a contiguous slice of positions, or an int64 tensor [m] of positions.
-        rope_delta: rotate keys by this many positions on the way in (placing a cached chunk).
+        rope_delta: rotate keys by this many positions on the way in (placing a cached chunk); an int64 tensor
+            [m]: each token by its own delta (chunks laid side by side, written at once).
         end: for a tensor index, max(index) + 1 when the caller knows it (skips a device->host sync).
         """
         if isinstance(index, slice):
@@ -69,14 +70,15 @@ class KVCache:
             if dst_k.shape != k.shape or dst_v.shape != v.shape:
                 raise ValueError(f"KVCache.write: k {tuple(k.shape)} v {tuple(v.shape)} "
                                  f"do not fit {tuple(dst_k.shape)}")
-            if rope_delta:
-                deltas = torch.full((k.shape[-2],), rope_delta, dtype=torch.int64, device=k.device)
+            if isinstance(rope_delta, torch.Tensor) or rope_delta:
+                deltas = rope_delta if isinstance(rope_delta, torch.Tensor) else \
+                    torch.full((1,), rope_delta, dtype=torch.int64, device=k.device)  # [m], or [1]: every token
                 rope_shift(k, deltas, self.inv_freq, out=dst_k, use_triton=self.use_triton)
             else:
                 dst_k.copy_(k)
             dst_v.copy_(v)
         else:
-            if rope_delta:
+            if isinstance(rope_delta, torch.Tensor) or rope_delta:
                 raise ValueError("rope_delta is only supported for contiguous writes")
             dst_k.index_copy_(-2, index, k.to(dst_k.dtype))
             dst_v.index_copy_(-2, index, v.to(dst_v.dtype))

@@ -20,16 +20,24 @@ def _rope_at(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -
     return x.to(torch.float64) * cos + torch.cat((-x2, x1), -1) * sin
 
 
+@pytest.mark.parametrize("into", ["new", "buffer", "keys"])
 @pytest.mark.parametrize("d", [64, 128])
-def test_ref_matches_rope_at_target_position(d):
+def test_ref_matches_rope_at_target_position(d, into):
+    """Every way out is given (none: a new tensor; a separate fp32 buffer, e.g. the merged cache: written in place
+    without temporaries; keys itself) gives the keys RoPE puts at the target positions."""
     g = torch.Generator().manual_seed(d)
     raw = torch.randn(2, 3, 40, d, generator=g)
     stored_at = torch.arange(40) + 1  # chunk stored behind a 1-token precompute prefix
     target = torch.arange(40) + 700  # chunk placed at offset 700
     inv_freq = _inv_freq(d)
     stored = _rope_at(raw, stored_at, inv_freq).to(torch.float32)
-    shifted = rope_shift_ref(stored, target - stored_at, inv_freq.to(torch.float32))
+    cache = torch.zeros(2, 3, 50, d)  # a merged cache; the chunk lands at 5..44
+    out = {"new": None, "buffer": cache[:, :, 5:45], "keys": stored}[into]
+    shifted = rope_shift_ref(stored, target - stored_at, inv_freq.to(torch.float32), out=out)
+    assert out is None or shifted is out
     torch.testing.assert_close(shifted.to(torch.float64), _rope_at(raw, target, inv_freq), atol=5e-4, rtol=0)
+    if into == "buffer":
+        assert cache[:, :, :5].abs().max() == 0 and cache[:, :, 45:].abs().max() == 0
 
 
 def test_ref_out_aliases_keys():
@@ -52,6 +60,18 @@ def test_triton_matches_ref(lead, t, d, dtype):
     want = rope_shift_ref(keys, deltas, inv_freq)
     assert got.dtype == dtype and got.shape == keys.shape
     torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_one_delta_for_every_token(use_triton):
+    """deltas [1] rotates every token by that delta: the same keys as the delta repeated [T]."""
+    g = torch.Generator().manual_seed(2)
+    keys = torch.randn(2, 3, 25, 64, generator=g)
+    inv_freq = _inv_freq(64).float()
+    got = rope_shift(keys, torch.tensor([1234]), inv_freq, use_triton=use_triton)
+    torch.testing.assert_close(got, rope_shift_ref(keys, torch.full((25,), 1234), inv_freq), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="deltas"):
+        rope_shift(keys, torch.tensor([1, 2]), inv_freq, use_triton=use_triton)
 
 
 def test_triton_in_place_and_into_cache_slice():

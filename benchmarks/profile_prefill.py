@@ -1,0 +1,102 @@
+"""Where a blended prefill's time goes: full prefill against fusionqc at a few ratios on HotpotQA examples, each
+TTFT the median of `repeats` prefills, with the blender's own step timings (place, load, compute) and a cProfile
+of one prefill per ratio (the chunkcache functions by cumulative time, and torch's ops by own time).
+
+python benchmarks/profile_prefill.py --split test --limit 5 --ratios 0.05,0.15 --json benchmarks/profile_prefill.json
+"""
+
+import argparse
+import cProfile
+import json
+import pstats
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+from chunkcache.bench.rag import fused_request
+from chunkcache.bench.tasks.runner import task_request
+from chunkcache.bench.tasks.suites import get_suite, load_suite
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+from chunkcache.retrieval.embedder import Embedder
+
+
+def timed(engine, req, cfg, repeats):
+    times, res = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = engine.prefill(req, cfg, 32)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), res
+
+
+def profile(engine, req, cfg, top):
+    prof = cProfile.Profile()
+    prof.enable()
+    engine.prefill(req, cfg, 32)
+    prof.disable()
+    st = pstats.Stats(prof)
+    rows = [{"where": f"{file.split('/chunkcache/')[-1]}:{line}:{fn}", "calls": calls, "own_s": own,
+             "cum_s": cum, "ours": "/chunkcache/" in file and "site-packages" not in file}
+            for (file, line, fn), (_, calls, own, cum, _) in st.stats.items()]
+    ours = sorted((r for r in rows if r["ours"]), key=lambda r: -r["cum_s"])[:top]
+    own = sorted(rows, key=lambda r: -r["own_s"])[:top]
+    return {"by_cumulative": ours, "by_own_time": own}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=5)
+    ap.add_argument("--ratios", default="0.05,0.15")
+    ap.add_argument("--mode", default="fusionqc")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    engine = ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory"))
+    embedder = Embedder()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    rows = []
+    for ex in load_suite(get_suite("hotpotqa"), args.split, args.limit):
+        req = task_request(engine.prompts, ex)
+        engine.precompute(list(ex.chunks))
+        fused, _ = fused_request(engine, req, embedder.encode(list(ex.chunks)))
+        full_t, _ = timed(engine, req, BlendConfig(mode="full"), args.repeats)
+        row = {"id": ex.id, "prompt_tokens": req.num_tokens, "full_s": full_t, "modes": {}}
+        for r in ratios:
+            cfg = replace(BlendConfig(mode=args.mode), recompute_ratio=r)
+            t, res = timed(engine, fused, cfg, args.repeats)
+            row["modes"][str(r)] = {"ttft_s": t, "speedup": full_t / t, "timings": res.stats.timings,
+                                    "recomputed_tokens": res.stats.recomputed_tokens}
+        rows.append(row)
+        steps = lambda m: json.dumps({k: round(v, 3) for k, v in m["timings"].items()})  # noqa: E731
+        print(ex.id, req.num_tokens, f"full {full_t:.3f}s", "  ".join(
+            f"{r}: {m['ttft_s']:.3f}s {m['speedup']:.2f}x {steps(m)}" for r, m in row["modes"].items()), flush=True)
+    last = load_suite(get_suite("hotpotqa"), args.split, 1)[0]
+    req = task_request(engine.prompts, last)
+    fused, _ = fused_request(engine, req, embedder.encode(list(last.chunks)))
+    profiles = {str(r): profile(engine, fused, replace(BlendConfig(mode=args.mode), recompute_ratio=r), args.top)
+                for r in ratios}
+    profiles["full"] = profile(engine, req, BlendConfig(mode="full"), args.top)
+    summary = {str(r): statistics.median(row["modes"][str(r)]["speedup"] for row in rows) for r in ratios}
+    print("median paired speedup:", summary)
+    for k, p in profiles.items():
+        print(f"--- {k}: by cumulative")
+        for e in p["by_cumulative"][:15]:
+            print(f"  {e['cum_s']:.3f}s cum {e['own_s']:.3f}s own {e['calls']:5d}x  {e['where']}")
+        print(f"--- {k}: by own time")
+        for e in p["by_own_time"][:12]:
+            print(f"  {e['own_s']:.3f}s own {e['calls']:5d}x  {e['where']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :"),
+                       "torch": torch.__version__, "mode": args.mode, "split": args.split,
+                       "median_speedup": summary, "rows": rows, "profiles": profiles}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
