@@ -44,7 +44,7 @@ def rope_shift_ref(keys: torch.Tensor, deltas: torch.Tensor, inv_freq: torch.Ten
     cos, sin = angle.cos(), angle.sin()
     k = keys.to(torch.float32)
     k1, k2 = k.chunk(2, dim=-1)  # [..., T, d/2] each
-    if out is not None and out.dtype == torch.float32 and not keys.requires_grad \
+    if out is not None and out.dtype == torch.float32 and out.device == keys.device and not keys.requires_grad \
             and out.untyped_storage().data_ptr() != keys.untyped_storage().data_ptr():
         o1, o2 = out.chunk(2, dim=-1)  # fp32 into a separate buffer: straight into out, no temporaries
         torch.mul(k1, cos, out=o1).addcmul_(k2, sin, value=-1)
