@@ -47,3 +47,32 @@ def test_deltas_differ_per_chunk_in_a_run(tiny_runner):
     loader = LayerLoader(source, tiny_runner.new_cache(60))
     deltas = loader._deltas(((1, 2), (17, 3)))
     assert deltas.tolist() == [1, 1, 17, 17, 17]
+
+
+def test_chunk_corrupt_mid_stream_inside_a_run_is_recomputed(tiny_runner, tmp_path):
+    """Four chunks side by side on the disk tier, the third with a flipped byte in its last layer: the loader
+    has written its earlier layers in the run's writes when the checksum fails; the chunk is recomputed and the
+    result equals a clean run's."""
+    from chunkcache.blend.blender import Blender
+    from chunkcache.blend.config import BlendConfig
+    from chunkcache.blend.request import BlendRequest
+    from chunkcache.config import StoreSettings
+    from chunkcache.store.chunk_store import ChunkStore
+
+    prefix = (1, 2, 3)
+    chunks = [tuple(range(10 + 20 * i, 26 + 20 * i)) for i in range(5)]  # chunk 0 goes with the prefix
+    req = BlendRequest.of(prefix, chunks, [7, 8, 9])
+    clean = Blender(tiny_runner, ChunkSource(tiny_runner, DictStore(), prefix)).prefill(req, BlendConfig(mode="naive"))
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:
+        source = ChunkSource(tiny_runner, store, prefix)
+        Blender(tiny_runner, source).prefill(req, BlendConfig(mode="naive"))
+        victim = source.key(chunks[3], prefix)
+    (path,) = [p for p in tmp_path.rglob("*.safetensors") if victim in p.name]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with ChunkStore(StoreSettings().store_config(tmp_path)) as store:  # cold CPU tier: every read goes to disk
+        res = Blender(tiny_runner, ChunkSource(tiny_runner, store, prefix)).prefill(req, BlendConfig(mode="naive"))
+    assert len(res.stats.fallbacks) == 1 and "unusable at layer" in res.stats.fallbacks[0], res.stats.fallbacks
+    torch.testing.assert_close(res.cache.keys[:, :, :req.num_tokens], clean.cache.keys[:, :, :req.num_tokens])
+    torch.testing.assert_close(res.logits, clean.logits)
