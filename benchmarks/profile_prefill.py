@@ -10,26 +10,17 @@ import cProfile
 import json
 import pstats
 import statistics
-import time
 from dataclasses import replace
 
 import torch
 
-from chunkcache.bench.rag import fused_request
+from chunkcache.bench.rag import fused_request, timed_prefill
 from chunkcache.bench.tasks.runner import task_request
 from chunkcache.bench.tasks.suites import get_suite, load_suite
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+from chunkcache.kernels._cpp import cpuinfo
 from chunkcache.retrieval.embedder import Embedder
-
-
-def timed(engine, req, cfg, repeats):
-    times, res = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        res = engine.prefill(req, cfg, 32)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), res
 
 
 def profile(engine, req, cfg, top):
@@ -56,7 +47,6 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--json")
     args = ap.parse_args()
-    torch.set_num_threads(2)
     engine = ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory"))
     embedder = Embedder()
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -65,11 +55,11 @@ def main():
         req = task_request(engine.prompts, ex)
         engine.precompute(list(ex.chunks))
         fused, _ = fused_request(engine, req, embedder.encode(list(ex.chunks)))
-        full_t, _ = timed(engine, req, BlendConfig(mode="full"), args.repeats)
+        _, full_t = timed_prefill(engine, req, BlendConfig(mode="full"), 32, args.repeats)
         row = {"id": ex.id, "prompt_tokens": req.num_tokens, "full_s": full_t, "modes": {}}
         for r in ratios:
             cfg = replace(BlendConfig(mode=args.mode), recompute_ratio=r)
-            t, res = timed(engine, fused, cfg, args.repeats)
+            res, t = timed_prefill(engine, fused, cfg, 32, args.repeats)
             row["modes"][str(r)] = {"ttft_s": t, "speedup": full_t / t, "timings": res.stats.timings,
                                     "recomputed_tokens": res.stats.recomputed_tokens}
         rows.append(row)
@@ -93,7 +83,7 @@ def main():
             print(f"  {e['own_s']:.3f}s own {e['calls']:5d}x  {e['where']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :"),
+            json.dump({"machine": cpuinfo("model name"),
                        "torch": torch.__version__, "mode": args.mode, "split": args.split,
                        "median_speedup": summary, "rows": rows, "profiles": profiles}, f, indent=1)
 

@@ -26,7 +26,7 @@ from chunkcache.blend.request import BlendRequest
 from chunkcache.retrieval.embedder import Embedder
 
 
-def _timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig, reserve: int, repeats: int = 1):
+def timed_prefill(engine: ChunkCacheEngine, req: BlendRequest, cfg: BlendConfig, reserve: int, repeats: int = 1):
     """The last prefill's result and the median wall time of `repeats` prefills of the same request."""
     times = []
     for _ in range(repeats):
@@ -57,7 +57,7 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
     decode forward.
     fused: req with its fused contexts (blend/fusion.py), what mode fusion runs on (its entries precomputed)."""
     engine.precompute(chunks)
-    full, full_t = _timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
+    full, full_t = timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
     n = full.cache.length
     t0 = time.perf_counter()
     answer = _greedy(engine, full, max_new)
@@ -77,7 +77,7 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
         if cfg.mode in FUSED_MODES and fused is None:
             raise ValueError(f"fused: mode {cfg.mode} needs the request with its fused contexts "
                              "(blend/fusion.with_fused)")
-        res, t = _timed_prefill(engine, fused if cfg.mode in FUSED_MODES else req, cfg, max_new, repeats)
+        res, t = timed_prefill(engine, fused if cfg.mode in FUSED_MODES else req, cfg, max_new, repeats)
         top1, kl = teacher_forced(ref, _tf_logits(engine, res, answer))
         row = {"ttft_s": t, "tf_top1": top1, "tf_kl": kl, "speedup": full_t / t,
                "recompute_fraction": res.stats.recompute_fraction, "decode_pending": res.stats.decode_pending,

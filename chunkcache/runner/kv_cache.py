@@ -61,6 +61,7 @@ class KVCache:
             end = stop
         else:
             end = end if end is not None else (int(index.max()) + 1 if index.numel() else 0)
+        rotate = isinstance(rope_delta, torch.Tensor) or rope_delta != 0
         if end > self.capacity:
             raise ValueError(f"write up to position {end} exceeds KVCache capacity {self.capacity}")
         dst_k = self.keys[layers]  # [(L,) n_kv, cap, d] view
@@ -70,7 +71,7 @@ class KVCache:
             if dst_k.shape != k.shape or dst_v.shape != v.shape:
                 raise ValueError(f"KVCache.write: k {tuple(k.shape)} v {tuple(v.shape)} "
                                  f"do not fit {tuple(dst_k.shape)}")
-            if isinstance(rope_delta, torch.Tensor) or rope_delta:
+            if rotate:
                 deltas = rope_delta if isinstance(rope_delta, torch.Tensor) else \
                     torch.full((1,), rope_delta, dtype=torch.int64, device=k.device)  # [m], or [1]: every token
                 rope_shift(k, deltas, self.inv_freq, out=dst_k, use_triton=self.use_triton)
@@ -78,7 +79,7 @@ class KVCache:
                 dst_k.copy_(k)
             dst_v.copy_(v)
         else:
-            if isinstance(rope_delta, torch.Tensor) or rope_delta:
+            if rotate:
                 raise ValueError("rope_delta is only supported for contiguous writes")
             dst_k.index_copy_(-2, index, k.to(dst_k.dtype))
             dst_v.index_copy_(-2, index, v.to(dst_v.dtype))

@@ -8,7 +8,7 @@ import pytest
 from chunkcache.bench.metrics import best_f1, token_f1
 from chunkcache.bench.musique import DEFAULT_DATA
 from chunkcache.bench.dominance import KL_ONLY, dominance
-from chunkcache.bench.rag import _timed_prefill
+from chunkcache.bench.rag import timed_prefill
 from chunkcache.cli import main
 
 KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_agreement", "tf_kl_mean", "f1_mean",
@@ -57,7 +57,7 @@ def test_repeated_prefills_report_the_median_time_and_the_last_result():
             return len(self.calls)
 
     engine = Engine()
-    res, t = _timed_prefill(engine, "req", "cfg", 7, repeats=3)
+    res, t = timed_prefill(engine, "req", "cfg", 7, repeats=3)
     assert res == 3 and engine.calls == [("req", "cfg", 7)] * 3
     assert 0.05 <= t < 0.1  # the median of 0.12, 0.01 and 0.05 s
 
