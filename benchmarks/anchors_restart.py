@@ -67,7 +67,7 @@ def main() -> None:
         reader = AnchorMemo(catalog=store.catalog)
         t0 = time.perf_counter()
         held = [reader.holds(base.runner, sink_ids, ctx, c, last, CFG.anchor_ratio, CFG.anchor_sinks)
-                for c, ctx in zip(fused.chunks[1:], fused.fused[1:])]
+                for c, ctx in zip(fused.chunks[1:], fused.fused[1:], strict=True)]
         read_s = time.perf_counter() - t0
         got = {}
         for name in (("catalog", "computed") if i % 2 == 0 else ("computed", "catalog")):

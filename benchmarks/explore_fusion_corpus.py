@@ -110,12 +110,12 @@ def main() -> None:
                     engine.precompute(sorted({pool_texts[j] for ns in near for j in ns}))
                     t0 = time.perf_counter()
                     fused = replace(fused, fused=tuple(put_placed(engine.source, ids, [*reversed(ns)])
-                                                       for ids, ns in zip(fused.chunks, corpus)))
+                                                       for ids, ns in zip(fused.chunks, corpus, strict=True)))
                     extra = 0
                 elif kind == "ownplaced":  # the plain entries are the request's own, already computed
                     placed = [[fused.chunks[j] for j in reversed(ns)] for ns in neighbours(vecs, n)]  # nearest last
                     fused = replace(fused, fused=tuple(put_placed(engine.source, ids, ns)
-                                                       for ids, ns in zip(fused.chunks, placed)))
+                                                       for ids, ns in zip(fused.chunks, placed, strict=True)))
                     extra = 0
                 else:
                     _, extra, _ = precompute_fused(engine.source, fused.chunks, fused.fused)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from chunkcache.kernels.attention_dispatch import query_positions
 from chunkcache.kernels.deviation import select_topk_deviation_ref, select_topk_deviation_triton
 from chunkcache.kernels.deviation import token_deviation_ref, token_deviation_triton
 from chunkcache.kernels.rope_shift import rope_shift_ref, rope_shift_triton
@@ -30,14 +31,6 @@ SHAPES = ((9, 3, 64), (8, 2, 128))  # (n_heads, n_kv, head_dim)
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     got, ref = got.float(), ref.float()
     return float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
-
-
-def positions(kv_len: int, m: int, scattered: bool, gen: torch.Generator) -> torch.Tensor:
-    """m increasing query positions in [0, kv_len), the last one kv_len - 1 (the question's last token)."""
-    if not scattered:
-        return torch.arange(kv_len - m, kv_len)
-    head = torch.randperm(kv_len - 1, generator=gen)[:m - 1].sort().values
-    return torch.cat((head, torch.tensor([kv_len - 1])))
 
 
 def cases(dev: torch.device):
@@ -60,13 +53,14 @@ def cases(dev: torch.device):
             got = select_topk_deviation_triton(fk, cached, fv, cv2, 150)
             want = select_topk_deviation_ref(fk, cached, fv, cv2, 150)
             yield ("select_topk_deviation", dtype, d), got.float(), want.float()
-            for kv_len, m, scattered in ((1500, 200, True), (6000, 900, True), (4100, 64, False)):
+            for kv_len, m, contiguous in ((1500, 200, False), (6000, 900, False), (4100, 64, True)):
                 q, k, v = r(n_heads, m, d), r(n_kv, kv_len + 8, d), r(n_kv, kv_len + 8, d)
-                plan = plan_sparse_attention(positions(kv_len, m, scattered, gen).to(dev), kv_len, dtype=dtype)
+                pos = query_positions(kv_len, m, contiguous, gen).to(dev)
+                plan = plan_sparse_attention(pos, kv_len, dtype=dtype)
                 scale = 1 / math.sqrt(d)
                 want = sparse_query_attention_ref(q.float(), k.float(), v.float(), plan_sparse_attention(
                     plan.q_positions, kv_len, dtype=torch.float32), scale)
-                yield (f"sparse_attention {kv_len}x{m}{' scattered' if scattered else ''}", dtype, d), \
+                yield (f"sparse_attention {kv_len}x{m}{'' if contiguous else ' scattered'}", dtype, d), \
                     sparse_query_attention_triton(q, k, v, plan, scale), want
 
 

@@ -32,7 +32,7 @@ def main() -> None:
         if a[i]["full"]["answer"] != b[i]["full"]["answer"]:
             raise SystemExit(f"{i}: full prefill answered differently in the two runs")
     pa, pb = [a[i][args.label_a] for i in ids], [b[i][args.label_b] for i in ids]
-    diff = [y["agreement_f1"] - x["agreement_f1"] for x, y in zip(pa, pb)]
+    diff = [y["agreement_f1"] - x["agreement_f1"] for x, y in zip(pa, pb, strict=True)]
     half = 1.96 * st.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else 0.0
     mean = lambda p, k: st.fmean(r[k] for r in p)  # noqa: E731
     print(f"n={len(ids)}  agreement F1 A {mean(pa, 'agreement_f1'):.3f}  B {mean(pb, 'agreement_f1'):.3f}  "

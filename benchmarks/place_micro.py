@@ -49,7 +49,7 @@ def main(path):
         deltas = torch.repeat_interleave(torch.arange(chunks) * length + 5, torch.full((chunks,), length))  # [n]
 
         def per_chunk():
-            for i, (k, v) in enumerate(zip(ks, vs)):
+            for i, (k, v) in enumerate(zip(ks, vs, strict=True)):
                 sl = slice(i * length, (i + 1) * length)
                 before(k, deltas[sl], k_dst[:, sl])
                 v_dst[:, sl].copy_(v)

@@ -40,7 +40,7 @@ async def debate(client, rounds: int = 2, task: str = TASK) -> list[tuple[str, s
     result = await build_team(client, rounds).run(task=task)
     replies = [m for m in result.messages if isinstance(m, TextMessage) and m.source != "user"]
     stats = list(client.recent_stats)[-len(replies):]
-    return [(m.source, m.content, s) for m, s in zip(replies, stats)]
+    return [(m.source, m.content, s) for m, s in zip(replies, stats, strict=True)]
 
 
 def main() -> None:

@@ -178,7 +178,7 @@ class AnchorPool:
         L, F = base.num_tokens, follow.num_tokens
         pk, pv = base.keys.clone(), base.values.clone()
         fk, fv = follow.keys.clone(), follow.values.clone()
-        for a, w, wf in zip(m.anchors, m.w_ph.tolist(), m.w_follow.tolist()):
+        for a, w, wf in zip(m.anchors, m.w_ph.tolist(), m.w_follow.tolist(), strict=True):
             off = self._loaded(a, reader_key)[2]
             if w > 1e-4:
                 pk[1:].add_(off.ph_k[:, :, :L].to(pk.dtype), alpha=w)

@@ -44,20 +44,22 @@ class ChatMessage:
 
     def __post_init__(self) -> None:
         if self.parts and (len(self.joins) != len(self.parts) - 1
-                           or "".join(p + j for p, j in zip(self.parts, (*self.joins, ""))) != self.text):
+                           or "".join(p + j for p, j in zip(self.parts, (*self.joins, ""), strict=True)) != self.text):
             raise ValueError(f"{self.role} message: parts and joins do not make up its text")
 
     @classmethod
     def of_parts(cls, role: str, parts: list[str], joins: list[str], name: str | None = None) -> "ChatMessage":
         """A message made of chunks `parts`, joins[i] the literal text between parts[i] and parts[i + 1]."""
-        text = "".join(p + j for p, j in zip(parts, (*joins, "")))
+        if parts and len(joins) != len(parts) - 1:
+            raise ValueError(f"{role} message: {len(parts)} parts take {len(parts) - 1} joins, got {len(joins)}")
+        text = "".join(p + j for p, j in zip(parts, (*joins, ""), strict=True))
         return cls(role, text, name, tuple(parts), tuple(joins)) if len(parts) > 1 else cls(role, text, name)
 
     def chunks(self, i: int) -> list[tuple[str, str, str]]:
         """(placeholder name, chunk text, literal text after it) of message i (the last join is "")."""
         if not self.parts:
             return [(f"m{i}", self.text, "")]
-        return [(f"m{i}_{j}", p, s) for j, (p, s) in enumerate(zip(self.parts, (*self.joins, "")))]
+        return [(f"m{i}_{j}", p, s) for j, (p, s) in enumerate(zip(self.parts, (*self.joins, ""), strict=True))]
 
 
 def _mark(name: str) -> str:
@@ -107,7 +109,7 @@ def chat_template(tokenizer, messages: list[ChatMessage],
             before, text = text.split(_mark(s))
             slots.append(s)
             pieces.append(before)
-    body = "".join(f"{_escape(lit) if k else ''}{{{s}}}" for k, (s, lit) in enumerate(zip(slots, pieces)))
+    body = "".join(f"{_escape(lit) if k else ''}{{{s}}}" for k, (s, lit) in enumerate(zip(slots, pieces, strict=True)))
     return AgentTemplate(name, role, body, frame=(pieces[0], text)), values
 
 

@@ -77,7 +77,7 @@ def chat_messages(body: ChatCompletionRequest, separator: str) -> tuple[list[Cha
         role = "system" if m.role == "developer" else m.role
         texts, joins = _content(m)
         if i == 0 and role == "system":
-            out.append(ChatMessage(role, "".join(t + j for t, j in zip(texts, (*joins, "")))))
+            out.append(ChatMessage(role, "".join(t + j for t, j in zip(texts, (*joins, ""), strict=True))))
             continue
         if i == last_user and body.documents:
             texts, joins = [*body.documents, *texts], [DOC_JOIN] * len(body.documents) + joins

@@ -175,7 +175,7 @@ class ChunkCacheService:
         self.engine.source.flush()  # the KV is in every tier (Redis: other replicas) before the texts are recorded
         ntok = [len(self.engine.prompts.chunk_ids(t)) for t in texts]
         if not index:
-            return [self.index.record(k, t, n, doc_id) for k, t, n in zip(keys, texts, ntok)]
+            return [self.index.record(k, t, n, doc_id) for k, t, n in zip(keys, texts, ntok, strict=True)]
         vectors = self.index.embedder.encode(texts)  # [n_chunks, 384]
         records = self.index.add(keys, texts, ntok, doc_id, vectors)
         if fused:

@@ -126,7 +126,7 @@ def calibrate(blender: Blender, requests: list[BlendRequest], cfg: CalibrationCo
         raise ValueError(f"refs: {len(refs)} references for {len(requests)} requests")
     r, eos = blender.runner, eos_ids or set()
     per_ratio: dict[float, list[tuple[float, float, float]]] = {x: [] for x in cfg.ratios}
-    for req, (answer, ref, want) in zip(requests, refs):
+    for req, (answer, ref, want) in zip(requests, refs, strict=True):
         for ratio in cfg.ratios:
             bc = BlendConfig(mode=cfg.mode, recompute_ratio=ratio, decode_correction=cfg.decode_correction,
                              decode_correction_steps=cfg.decode_correction_steps)

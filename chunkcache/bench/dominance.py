@@ -9,6 +9,7 @@ between the two neighbouring points (`at_speedup`); None where the default has n
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from collections.abc import Callable, Mapping
 
 DOMINANCE = 0.7  # issue 21's target: the default's loss <= 0.7x each anchor's at the anchor's TTFT
@@ -21,7 +22,7 @@ def at_speedup(points: list[tuple[float, float]], x: float) -> float | None:
     """The value at TTFT speedup x on a curve of (speedup, value) points, linear in log speedup between the
     two neighbouring points; None where no point is that fast or that slow."""
     own = sorted(points)
-    for (x0, k0), (x1, k1) in zip(own, own[1:]):
+    for (x0, k0), (x1, k1) in pairwise(own):
         if x0 <= x <= x1:
             w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0.0
             return k0 + w * (k1 - k0)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,6 +138,6 @@ async def stream_request(client: httpx.AsyncClient, index: int, body: dict, t0: 
                 elif line.startswith("data:") and event == "done":
                     end = time.perf_counter() - t0
                     stats = json.loads(line[5:])["stats"]
-                    itl = [b - a for a, b in zip(tokens, tokens[1:])]
+                    itl = [b - a for a, b in pairwise(tokens)]
                     return Sample(index, start, tokens[0] if tokens else end, end, itl, stats, retries)
             raise RuntimeError(f"request {index}: the stream ended without a `done` event")

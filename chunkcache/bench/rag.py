@@ -106,7 +106,7 @@ def fused_request(engine: ChunkCacheEngine, req: BlendRequest, vectors, reuse: b
     fused = fuse(req, engine.source.context_ids, vectors, n)
     _, extra, computed = precompute_fused(engine.source, fused.chunks, fused.fused, reuse)
     t1 = time.perf_counter()
-    for ids, ctx in zip(fused.chunks, fused.fused):
+    for ids, ctx in zip(fused.chunks, fused.fused, strict=True):
         engine.warm_anchors(ids, ctx)
     cost = {"fusion_precompute_s": t1 - t0, "anchors_s": time.perf_counter() - t1,
             "plain_tokens": sum(map(len, req.chunks)), "fusion_extra_tokens": extra,
@@ -219,9 +219,9 @@ def plot_pareto(pareto: list[dict], path: str, panels: tuple[tuple[str, str], ..
         pts = sorted((r for r in pareto if r["mode"] == m), key=lambda r: r["ttft_speedup_vs_full_median"])
         x = [r["ttft_speedup_vs_full_median"] for r in pts]
         style = {"full": "k*", "naive": "rX", "ape": "mD", "prefix": "cs"}.get(m, "o-")
-        for ax, (key, _) in zip(axes, panels):
+        for ax, (key, _) in zip(axes, panels, strict=True):
             ax.plot(x, [r[key] for r in pts], style, label=m, markersize=9 if len(pts) == 1 else 5)
-    for ax, (_, title) in zip(axes, panels):
+    for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("TTFT speedup vs full prefill (median, log)")
         ax.set_title(title)
@@ -259,7 +259,8 @@ def plot_sweep(sweep: dict, path: str) -> None:
         axes[0].plot(ratios, [x["tf_top1_agreement"] for x in m], style, label=sel)
         axes[1].plot(ratios, [x["tf_kl_mean"] for x in m], style, label=sel)
         axes[2].plot(ratios, [x["ttft_speedup_vs_full_median"] for x in m], style, label=sel)
-    for ax, title in zip(axes, ("teacher-forced top-1 agreement", "mean KL vs full", "TTFT speedup vs full")):
+    titles = ("teacher-forced top-1 agreement", "mean KL vs full", "TTFT speedup vs full")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_xlabel("recompute ratio")
         ax.set_title(title)
         ax.grid(alpha=0.3)

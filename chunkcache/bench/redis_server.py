@@ -61,9 +61,10 @@ class RedisServer:
             try:
                 redis.Redis.from_url(self.url, socket_timeout=1).ping()
                 return self
-            except redis.exceptions.ConnectionError:
+            except redis.exceptions.ConnectionError as e:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {(Path(self.dir) / 'redis.log').read_text()}")
+                    log = (Path(self.dir) / "redis.log").read_text()
+                    raise RuntimeError(f"redis-server did not start: {log}") from e
                 time.sleep(0.05)
 
     def stop(self) -> None:

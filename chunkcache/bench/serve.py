@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(f"{s.label()}: {row['n']} answered in {row['wall_s']:.1f}s ({time.perf_counter() - t:.0f}s with the "
               f"server start), {row['req_per_s']:.3f} req/s", flush=True)
-    for s, row in zip(samples, rows):
+    for s, row in zip(samples, rows, strict=True):
         full = samples.get(Setting("full", True, s.clients, s.rate))
         row["windows"] = windows(samples[s], full, args.window)
     closed = {(s.mode, s.batching, s.clients): v for s, v in samples.items() if s.clients is not None}

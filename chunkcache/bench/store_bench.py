@@ -100,7 +100,7 @@ def bench_disk(chunks: list[ChunkKV], root: Path, reps: int) -> dict[str, object
         os.fsync(f.fileno())
     for _ in range(reps):
         t = 0.0
-        for c, p in zip(chunks, paths):
+        for c, p in zip(chunks, paths, strict=True):
             _drop(p)
             t0 = time.perf_counter()
             assert store.get(c.key, FP) is not None

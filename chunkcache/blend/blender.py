@@ -199,7 +199,7 @@ class Blender:
                    else Placement(req.suffix_start))
             fresh = plc.fresh
             origins, entries = {}, {}
-            for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets)):
+            for i, (chunk, offset) in enumerate(zip(req.chunks, req.chunk_offsets, strict=True)):
                 if placed <= offset < fresh and i not in plc.placed:
                     ctx = req.fused[i] if cfg.mode in FUSED_MODES else None
                     origins[i] = loader.add(chunk, offset, i in req.responses, ctx)

@@ -67,7 +67,7 @@ class ChunkCacheEngine:
     def precompute(self, chunks: list[str]) -> list[str]:
         """Compute (or find) each chunk's KV; returns their keys."""
         keys = []
-        for i, text in enumerate(chunks):
+        for text in chunks:
             ids = self.prompts.chunk_ids(text)
             kv, _ = self.source.get(ids)
             keys.append(kv.key)

@@ -112,7 +112,7 @@ def fuse(req: BlendRequest, context_ids: Sequence[int], vectors, n: int = FUSION
     if len(corpus) != len(req.chunks):
         raise ValueError(f"corpus: neighbours for {len(corpus)} chunks, the request has {len(req.chunks)}")
     near = contexts(context_ids, [ns if ns is not None else () for ns in corpus])
-    return replace(req, fused=tuple(o if ns is None else c for o, c, ns in zip(own, near, corpus)))
+    return replace(req, fused=tuple(o if ns is None else c for o, c, ns in zip(own, near, corpus, strict=True)))
 
 
 def with_fused(source: ChunkSource, req: BlendRequest, vectors, n: int = FUSION_NEIGHBOURS,

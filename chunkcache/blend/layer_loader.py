@@ -104,7 +104,8 @@ class LayerLoader:
     def _deltas(self, shifts: tuple[tuple[int, int], ...]) -> torch.Tensor:
         """Per-token deltas [sum n] of a run of chunks ((delta, n) each); the same for every layer, made once."""
         if shifts not in self._delta_memo:
-            delta, n = (torch.tensor(x, dtype=torch.int64, device=self.cache.keys.device) for x in zip(*shifts))
+            dev = self.cache.keys.device
+            delta, n = (torch.tensor(x, dtype=torch.int64, device=dev) for x in zip(*shifts, strict=True))
             self._delta_memo[shifts] = torch.repeat_interleave(delta, n)  # [sum n]
         return self._delta_memo[shifts]
 

@@ -111,7 +111,7 @@ class Candidates:
 
     def chunk_spans(self) -> list[tuple[int, int, int]]:
         """(chunk index, start, end) in candidate indices of every chunk that is a candidate."""
-        spans = enumerate(zip(self.req.chunks, self.req.chunk_offsets))
+        spans = enumerate(zip(self.req.chunks, self.req.chunk_offsets, strict=True))
         return [(i, off - self.placed, off - self.placed + len(c)) for i, (c, off) in spans
                 if self.placed <= off < self.fresh]
 
@@ -215,7 +215,8 @@ def qcfuse_importance(c: Candidates) -> torch.Tensor:
     spans = [(c.placed + s, c.placed + e) for _, s, e in cand]
     sink_ids = tuple(c.req.token_ids()[:min(cfg.anchor_sinks, c.placed)])  # host ids: no device sync
     anchors = [c.anchor_memo.get(r, c.cache, sink_ids, c.entries.get(i, ()), c.req.chunks[i], s, last,
-                                 cfg.anchor_ratio, cfg.anchor_sinks) for (i, _, _), (s, _) in zip(cand, spans)]
+                                 cfg.anchor_ratio, cfg.anchor_sinks)
+               for (i, _, _), (s, _) in zip(cand, spans, strict=True)]
     return view_importance(r, c.cache, c.ids[c.fresh:], c.placed, c.fresh, spans, anchors, layers).mean(0)
 
 

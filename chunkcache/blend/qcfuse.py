@@ -121,7 +121,8 @@ def view_importance(runner: ModelRunner, cache: KVCache, suffix_ids: torch.Tenso
     anchors[i] [max(layers) + 1, a_i]: its anchors per layer. Cache layers 0..max(layers) must be placed."""
     last, dev, ns = max(layers), runner.device, suffix_ids.numel()
     base = torch.arange(placed, device=dev)
-    views = [torch.cat([base] + [s + a[layer] for (s, _), a in zip(spans, anchors)]) for layer in range(last + 1)]
+    views = [torch.cat([base] + [s + a[layer] for (s, _), a in zip(spans, anchors, strict=True)])
+             for layer in range(last + 1)]
     m = views[0].numel()
     work = runner.new_cache(m + ns)
     for layer, idx in enumerate(views):  # view keys kept at their prompt distance from the suffix

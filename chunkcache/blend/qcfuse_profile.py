@@ -64,11 +64,11 @@ def profile_critical_layers(runner: ModelRunner, requests: list[BlendRequest], r
         oracle = suffix_attention_by_layer(runner, full, ids[fresh:]).sum(0)[placed:]  # [n_cand]
         budget = max(1, round(ratio * (fresh - len(req.prefix_ids))))
         want = top_tokens(oracle, budget)
-        spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
+        spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:], strict=True)]
         sink_ids = req.token_ids()[:min(anchor_sinks, placed)]
         entries = req.fused[1:] if req.fused else [source.context_ids] * len(spans)
         anchors = [memo.get(runner, naive, tuple(sink_ids), e, c, o, layers[-1], anchor_ratio, anchor_sinks)
-                   for c, (o, _), e in zip(req.chunks[1:], spans, entries)]
+                   for c, (o, _), e in zip(req.chunks[1:], spans, entries, strict=True)]
         per_layer = view_importance(runner, naive, ids[fresh:], placed, fresh, spans, anchors, layers)
         for layer in layers:
             total[layer] += _recall(top_tokens(per_layer[layer], budget), want)

@@ -47,7 +47,7 @@ def run_calibration(engine, cfg, sample: list[tuple[list[str], str]],  # type: i
 
         embedder = Embedder()
         reqs = [with_fused(engine.source, req, embedder.encode(chunks), reuse=True)
-                for req, (chunks, _) in zip(plain, sample)]
+                for req, (chunks, _) in zip(plain, sample, strict=True)]
     decode = lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     refs = references(engine.blender, plain, cfg.max_new, engine.eos_ids, decode)  # full prefill once, every mode
     res = calibrate(engine.blender, reqs, cfg, engine.eos_ids, decode, refs)

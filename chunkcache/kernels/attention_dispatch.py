@@ -187,13 +187,18 @@ def classify(m: int, q_end: int, names: list[str]) -> str | None:
     return min(group, key=lambda c: abs(math.log(q_end / c.kv_len))).name if group else None
 
 
+def query_positions(kv_len: int, m: int, contiguous: bool, gen: torch.Generator) -> torch.Tensor:
+    """m increasing query positions [m] in [0, kv_len) on the CPU, the last one kv_len - 1 (the question's last
+    token): the prompt's last m (a suffix behind a prefix), or m - 1 drawn from gen plus the last (a blend)."""
+    if contiguous:
+        return torch.arange(kv_len - m, kv_len)
+    head = torch.randperm(kv_len - 1, generator=gen)[:m - 1].sort().values
+    return torch.cat((head, torch.tensor([kv_len - 1])))
+
+
 def _example(shape: AttentionShape, c: ShapeClass, gen: torch.Generator):
     dev, dtype = torch.device(shape.device), getattr(torch, shape.dtype)
-    if c.contiguous:
-        pos = torch.arange(c.kv_len - c.queries, c.kv_len)
-    else:  # scattered, the last position included (the question's last token)
-        pos = torch.cat((torch.sort(torch.randperm(c.kv_len - 1, generator=gen)[:c.queries - 1]).values,
-                         torch.tensor([c.kv_len - 1])))
+    pos = query_positions(c.kv_len, c.queries, c.contiguous, gen)
     q = torch.randn(shape.n_heads, c.queries, shape.head_dim, generator=gen).to(dev, dtype)
     k, v = (torch.randn(shape.n_kv, c.kv_len, shape.head_dim, generator=gen).to(dev, dtype) for _ in range(2))
     return q, k, v, plan_sparse_attention(pos.to(dev), c.kv_len, dtype=dtype)
@@ -233,7 +238,7 @@ def measure(shape: AttentionShape, c: ShapeClass, cands: list[str]) -> Decision:
     finally:
         torch.set_num_threads(threads)
     ms = {n: statistics.median(r) for n, r in runs.items()}
-    paired = {n: statistics.median(a / b for a, b in zip(runs["torch"], runs[n])) for n in cands}
+    paired = {n: statistics.median(a / b for a, b in zip(runs["torch"], runs[n], strict=True)) for n in cands}
     best = max(paired, key=paired.get)
     return Decision(best if paired[best] >= MARGIN else "torch", {n: round(t, 4) for n, t in ms.items()},
                     {n: round(x, 4) for n, x in paired.items()})

@@ -80,7 +80,7 @@ class ChunkIndex:
             embeddings = self.embedder.encode(texts)
         with self._lock:
             records = []
-            for k, t, n, e in zip(keys, texts, num_tokens, embeddings):
+            for k, t, n, e in zip(keys, texts, num_tokens, embeddings, strict=True):
                 rec, _, version = self.table.add_versioned(k, t, n, doc_id, e)
                 self._advance(version)
                 records.append(rec)

@@ -44,13 +44,13 @@ class Embedder:
         keys = [xxhash.xxh3_128_hexdigest(t.encode()) for t in texts]
         with self._lock:
             known = {k: self._cache[k] for k in keys if self._cache is not None and k in self._cache}
-        todo = {k: t for k, t in zip(keys, texts) if k not in known}  # hash -> text, once each
+        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in known}  # hash -> text, once each
         if todo:
             model = self.model
             with self._lock:
                 vecs = model.encode(list(todo.values()), batch_size=self.batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=False)  # [len(todo), 384]
-                for k, v in zip(todo, np.asarray(vecs, dtype=np.float32)):
+                for k, v in zip(todo, np.asarray(vecs, dtype=np.float32), strict=True):
                     known[k] = v
                     if self._cache is not None:
                         self._cache[k] = v

@@ -62,7 +62,7 @@ class VectorIndex:
             return []
         scores, ids = self.index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim),
                                         min(k, len(self)))
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def vectors(self, vec_ids: list[int]) -> np.ndarray:
         """The stored vectors of vec_ids (each present): [len(vec_ids), dim]."""

@@ -33,7 +33,7 @@ def decode_batch(runner: ModelRunner, tokens: torch.Tensor, caches: list[KVCache
     if b == 0:
         raise ValueError("decode_batch: no sequences")
     starts = [c.length for c in caches]  # host-side positions: no device sync
-    for c, pos in zip(caches, starts):
+    for c, pos in zip(caches, starts, strict=True):
         c.reserve(pos + 1)
     positions = torch.tensor(starts, dtype=torch.int64, device=r.device)  # [B]
     hidden = r.embed(tokens)  # [B, H]
@@ -52,7 +52,7 @@ def decode_batch(runner: ModelRunner, tokens: torch.Tensor, caches: list[KVCache
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         outs = []
-        for row, (cache, pos) in enumerate(zip(caches, starts)):
+        for row, (cache, pos) in enumerate(zip(caches, starts, strict=True)):
             cache.write(layer_idx, slice(pos, pos + 1), k[row, :, None], v[row, :, None])  # [n_kv, 1, d] each
             keys, values = cache.layer(layer_idx)  # [n_kv, pos + 1, d]
             outs.append(F.scaled_dot_product_attention(q[row, :, None][None], keys[None], values[None],

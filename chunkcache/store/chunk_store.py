@@ -194,7 +194,7 @@ class ChunkStore:
             raise EntryUnavailable(Reason.FINGERPRINT_MISMATCH, f"catalog row is for {row.fingerprint!r}", drop=False)
         if not exists:
             if row is not None and row.on_disk and not self._shared:
-                self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(getattr(slot.tier, "path")(key))),
+                self._fault(key, slot, EntryUnavailable(Reason.FILE_MISSING, str(slot.tier.path(key))),
                             faults=faults)
             return False
         if row is None and self.catalog is not None:

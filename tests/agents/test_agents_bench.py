@@ -25,7 +25,7 @@ def test_run_agents_small(smollm):
         split = modes[m]["by_round"]
         assert [r["round"] for r in split] == [0, 1] and sum(r["turns"] for r in split) == len(rows)
         prompt = [sum(t["prompt_tokens"] for t in rows if t["round"] == k) for k in (0, 1)]
-        whole = sum(r * p for r, p in zip(modes[m]["reuse_rate_by_round"], prompt)) / sum(prompt)
+        whole = sum(r * p for r, p in zip(modes[m]["reuse_rate_by_round"], prompt, strict=True)) / sum(prompt)
         assert abs(whole - modes[m]["reuse_rate"]) < 1e-9
     assert modes["prefix"]["reuse_rate_by_round"][1] > 0
     assert modes["kvcomm+blend"]["anchors_added"] > 0  # a cold pool: every placeholder is measured

@@ -24,8 +24,8 @@ def _bound(tok, tpl, values):  # type: ignore[no-untyped-def]
                                          (["d1", "d2", "q # # x"], ["\n\n", "\n\n"]), (["plain"], [])])
 def test_split_keeps_the_text(texts, joins) -> None:  # type: ignore[no-untyped-def]
     seg = split(texts, joins, SEP)
-    assert "".join(c + j for c, j in zip(seg.chunks, seg.joins)) + seg.tail == \
-        "".join(t + j for t, j in zip(texts, (*joins, "")))
+    assert "".join(c + j for c, j in zip(seg.chunks, seg.joins, strict=True)) + seg.tail == \
+        "".join(t + j for t, j in zip(texts, (*joins, ""), strict=True))
     assert all(c.strip() and SEP not in c.removeprefix(SEP) for c in seg.chunks)  # a leading one stays in front
 
 

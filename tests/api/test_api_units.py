@@ -66,7 +66,7 @@ def test_api_jobs_progress_failure_and_bound() -> None:
         time.sleep(0.01)
     assert bad.status == "failed" and "KeyError" in bad.error
     for _ in range(3):
-        jobs.start("ingest", lambda job: {}).id
+        jobs.start("ingest", lambda job: {})
         time.sleep(0.05)
     assert jobs.get(job.id) is None  # only `keep` finished jobs are remembered
     jobs.close()

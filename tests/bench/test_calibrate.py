@@ -127,7 +127,7 @@ def test_a_ratio_calibrated_with_decode_correction_is_kept_apart_and_serves_that
     plain = calibrate(tiny_blender, reqs, CalibrationConfig(ratios=(0.0, 0.05), target_agreement=0.0, max_new=6))
     fixed = calibrate(tiny_blender, reqs, CalibrationConfig(ratios=(0.0, 0.05), target_agreement=0.0, max_new=6,
                                                              decode_correction=k))
-    for p, f in zip(plain["rows"], fixed["rows"]):
+    for p, f in zip(plain["rows"], fixed["rows"], strict=True):
         assert f["tf_kl_mean"] < p["tf_kl_mean"] and f["tf_top1_agreement"] >= p["tf_top1_agreement"]
     store_calibration(fp, {**plain, "recompute_ratio": 0.05})
     store_calibration(fp, {**fixed, "recompute_ratio": 0.0})

@@ -3,6 +3,7 @@ RULER instances with their needles past the first chunk and their prompts near 2
 comes from the installed RULER wheel (the bench extra, part of the test extra)."""
 
 import json
+from itertools import pairwise
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_ruler_instances_fit_their_length_with_needles_past_the_first_chunk(prom
         if setting.startswith("vt"):
             value = ex.question.split("value ")[1].split(" ")[0]
             chain = [f"VAR {ex.answers[0]} = {value}"]
-            chain += [f"VAR {b} = VAR {a} " for a, b in zip(ex.answers, ex.answers[1:])]
+            chain += [f"VAR {b} = VAR {a} " for a, b in pairwise(ex.answers)]
             context = "".join(ex.chunks[1:])
             assert [context.index(s) for s in chain] == sorted(context.index(s) for s in chain)  # in chain order
             assert "VAR" not in ex.chunks[0].split(ruler.VT_PREAMBLE)[-1]

@@ -39,7 +39,7 @@ def test_recall_rows_pool_the_needles_kept_over_examples():
     ex = [TaskExample(id=str(i), chunks=("a",), question="q", answers=("111", "222")) for i in range(2)]
     rows = [{"timed": False, "pareto": False, "modes": score_rows(
         {"full": {**_full(), "answer": full}, "blend": {**_row(0, 0, 0.1, 1.0), "answer": mine}}, e, "recall")}
-        for e, full, mine in zip(ex, ("111 and 222", "111"), ("222", "nothing"))]
+        for e, full, mine in zip(ex, ("111 and 222", "111"), ("222", "nothing"), strict=True)]
     assert rows[0]["modes"]["blend"]["needles_kept"] == 1 and rows[1]["modes"]["blend"]["needles_full"] == 1
     assert rows[0]["modes"]["blend"]["task_score"] == 0.5
     assert summarize(rows, "blend")["needles_kept_of_full"] == pytest.approx(1 / 3)  # 1 of the 3 full found

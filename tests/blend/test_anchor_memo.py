@@ -48,7 +48,7 @@ def test_warmed_anchors_are_the_ones_a_request_computes(tiny_runner):
     req = _request(1)
     precompute_fused(source, req.chunks, req.fused)
     memo = AnchorMemo()
-    for chunk, ctx in zip(req.chunks, req.fused):
+    for chunk, ctx in zip(req.chunks, req.fused, strict=True):
         assert memo.warm(r, source, chunk, ctx, 2, 0.3, 4)
         assert not memo.warm(r, source, chunk, ctx, 2, 0.3, 4)  # held
     placed = Blender(r, source).prefill(req, BlendConfig(mode="fusion", recompute_ratio=0.0)).cache  # fused entries
@@ -70,7 +70,7 @@ def test_a_warmed_blender_selects_what_a_cold_one_does_without_computing_anchors
     source = ChunkSource(r, DictStore(), PREFIX)
     precompute_fused(source, req.chunks, req.fused)
     memo = AnchorMemo()
-    for chunk, ctx in zip(req.chunks[1:], req.fused[1:]):
+    for chunk, ctx in zip(req.chunks[1:], req.fused[1:], strict=True):
         memo.warm(r, source, chunk, ctx, max(CFG.critical_layers), CFG.anchor_ratio, CFG.anchor_sinks)
     from chunkcache.blend import anchor_memo
 
@@ -93,7 +93,7 @@ def _restarted_memos(runner, tmp_path):
     precompute_fused(source, req.chunks, req.fused)
     url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     first = AnchorMemo(catalog=Catalog(url))
-    for chunk, ctx in zip(req.chunks[1:], req.fused[1:]):
+    for chunk, ctx in zip(req.chunks[1:], req.fused[1:], strict=True):
         assert first.warm(runner, source, chunk, ctx, max(CFG.critical_layers), CFG.anchor_ratio, CFG.anchor_sinks)
     return first, AnchorMemo(catalog=Catalog(url)), req, source
 

@@ -69,7 +69,7 @@ def test_epic_recomputes_the_first_k_tokens_of_every_chunk(tiny_blender, k):
     req = _request(seed=2)
     res = _run(tiny_blender, req, mode="epic", epic_k=k, recompute_ratio=0.0)  # epic ignores the ratio
     offsets = req.chunk_offsets
-    want = [o + i for c, o in zip(req.chunks[1:], offsets[1:]) for i in range(min(k, len(c)))]
+    want = [o + i for c, o in zip(req.chunks[1:], offsets[1:], strict=True) for i in range(min(k, len(c)))]
     assert res.stats.recomputed_tokens == len(want)
     assert _recomputed_positions(tiny_blender, req, res).tolist() == want
 
@@ -147,7 +147,7 @@ def test_blend_keeps_the_chunk_heads_then_the_tokens_the_question_attends_most(t
     lo = len(PREFIX) + len(req.chunks[0])  # the first chunk is exact (precomputed behind the prefix)
     budget = round(ratio * req.context_len)
     k = max(1, round(budget * BLEND_HEAD_SHARE / (len(req.chunks) - 1)))
-    heads = {o + i for o, c in zip(req.chunk_offsets[1:], req.chunks[1:]) for i in range(min(k, len(c)))}
+    heads = {o + i for o, c in zip(req.chunk_offsets[1:], req.chunks[1:], strict=True) for i in range(min(k, len(c)))}
     mass = _suffix_attention(tiny_blender, req)[list(layers) or slice(None)].sum(0)[lo:]
     others = [int(p) + lo for p in mass.argsort(descending=True) if int(p) + lo not in heads]
     want = sorted(heads | set(others[:budget - len(heads)]))

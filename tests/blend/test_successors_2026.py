@@ -57,7 +57,7 @@ def test_qcfuse_view_of_every_token_is_the_naive_probe(tiny_blender, naive_cache
     cache = naive_cache(tiny_blender, req)
     ids = torch.tensor(req.token_ids())
     placed, fresh = len(PREFIX) + len(req.chunks[0]), req.suffix_start
-    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
+    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:], strict=True)]
     anchors = [torch.arange(e - s).repeat(r.n_layers, 1) for s, e in spans]
     got = view_importance(r, cache, ids[fresh:], placed, fresh, spans, anchors, (0, 2, 3))
     want = suffix_attention_by_layer(r, naive_cache(tiny_blender, req), ids[fresh:])[:, placed:]
@@ -84,8 +84,9 @@ def test_qcfuse_recomputes_the_critical_layers_top_tokens(tiny_blender, naive_ca
     cache = naive_cache(tiny_blender, req)
     ids = torch.tensor(req.token_ids())
     placed, fresh = len(PREFIX) + len(req.chunks[0]), req.suffix_start
-    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
-    anchors = [chunk_anchors(r, cache, s, len(c), 4, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
+    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:], strict=True)]
+    anchors = [chunk_anchors(r, cache, s, len(c), 4, 2, 0.15, 4)
+               for c, (s, _) in zip(req.chunks[1:], spans, strict=True)]
     want = top_tokens(view_importance(r, cache, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0), budget)
     assert _recomputed(tiny_blender, req, res).tolist() == want.tolist()
     other = tiny_blender.prefill(req, BlendConfig(mode="qcfuse", recompute_ratio=0.2, critical_layers=(3,)))
@@ -107,8 +108,9 @@ def test_fusionqc_is_heads_then_qcfuses_selection_over_the_fused_entries(tiny_bl
     naive = tiny_blender.prefill(req, BlendConfig(mode="fusion", recompute_ratio=0.0)).cache  # fused entries placed
     recomputed = (res.cache.keys[last, :, placed:fresh] - naive.keys[last, :, placed:fresh]).abs().amax(dim=(0, 2))
     naive.truncate(fresh)
-    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:])]
-    anchors = [chunk_anchors(r, naive, s, len(c), 4, 2, 0.15, 4) for c, (s, _) in zip(req.chunks[1:], spans)]
+    spans = [(o, o + len(c)) for c, o in zip(req.chunks[1:], req.chunk_offsets[1:], strict=True)]
+    anchors = [chunk_anchors(r, naive, s, len(c), 4, 2, 0.15, 4)
+               for c, (s, _) in zip(req.chunks[1:], spans, strict=True)]
     score = view_importance(r, naive, ids[fresh:], placed, fresh, spans, anchors, (1, 2)).mean(0)  # [n_cand]
     k = round(budget * 0.5 / len(spans))
     heads = [s - placed + j for s, _ in spans for j in range(k)]
@@ -197,7 +199,7 @@ def test_precompute_fused_with_reuse_keeps_held_entries_and_computes_the_rest(ti
     keys, extra, computed = precompute_fused(source, req.chunks, req.fused, reuse=True)
     assert keys[:2] == held and calls == list(req.chunks[2:]) and computed == len(req.chunks) - 2
     assert extra == sum(len(c) - len(PREFIX) for c in req.fused[2:])
-    for k, kv in zip(held, before):  # the held entries' KV as they were
+    for k, kv in zip(held, before, strict=True):  # the held entries' KV as they were
         assert torch.equal(store.get(k, tiny_runner.fingerprint).keys, kv.keys)
     calls.clear()
     assert precompute_fused(source, req.chunks, req.fused, reuse=True) == (keys, 0, 0) and not calls

@@ -56,7 +56,7 @@ def test_ingest_precomputes_the_fused_entries_that_requests_place(smollm, monkey
     ids = engine.prompts.chunk_ids
     near = index.neighbours(texts, index.embedder.encode(texts), FUSION_NEIGHBOURS)
     assert all(ns is not None and len(ns) == FUSION_NEIGHBOURS for ns in near)
-    assert all(_fused_stored(engine, text, ns) for text, ns in zip(texts, near))
+    assert all(_fused_stored(engine, text, ns) for text, ns in zip(texts, near, strict=True))
     assert res.fusion_extra_tokens == sum(len(ids(x)) for ns in near for x in ns)
 
     # a request over indexed chunks, in the default mode: every fused entry found, none computed, and every
@@ -106,12 +106,12 @@ def test_anchors_computed_at_ingestion_serve_a_restarted_engine(smollm, tmp_path
 
 def test_a_later_ingestion_refreshes_the_entries_whose_neighbours_it_changed(smollm) -> None:
     engine, index, _, old = _ingested(smollm)
-    before = dict(zip(old, index.neighbours(old, index.embedder.encode(old), FUSION_NEIGHBOURS)))
+    before = dict(zip(old, index.neighbours(old, index.embedder.encode(old), FUSION_NEIGHBOURS), strict=True))
 
     # a near copy of the first document: it becomes a nearest neighbour of that document's chunks
     late = Ingestor(engine, index, CHUNKING).ingest([Document(_docs()[0].text.replace("survey", "census"), "late")])
     new = {index.get(k).text for k in late.chunk_keys}
-    after = dict(zip(old, index.neighbours(old, index.embedder.encode(old), FUSION_NEIGHBOURS)))
+    after = dict(zip(old, index.neighbours(old, index.embedder.encode(old), FUSION_NEIGHBOURS), strict=True))
     changed = [t for t in old if after[t] != before[t]]
     assert changed and all(new.intersection(after[t]) for t in changed)
 

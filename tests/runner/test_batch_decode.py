@@ -37,7 +37,7 @@ def test_batch_equals_single_steps_with_mixed_lengths(runner64):
             ref = r.decode_step(tokens[b:b + 1], cache)
             torch.testing.assert_close(logits[b], ref, atol=1e-6, rtol=0)
             assert batched[b].length == cache.length
-    for a, s in zip(batched, single):
+    for a, s in zip(batched, single, strict=True):
         n = s.length
         torch.testing.assert_close(a.keys[:, :, :n], s.keys[:, :, :n], atol=1e-12, rtol=0)
         torch.testing.assert_close(a.values[:, :, :n], s.values[:, :, :n], atol=1e-12, rtol=0)

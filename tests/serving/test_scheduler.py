@@ -63,7 +63,7 @@ def test_batched_greedy_equals_alone_with_mixed_modes_lengths_and_arrivals(blend
     finally:
         sched.close()
     results[0], results[1] = events[0] + results[0], events[1] + results[1]
-    for i, (evs, want) in enumerate(zip(results, expected)):
+    for i, (evs, want) in enumerate(zip(results, expected, strict=True)):
         done = evs[-1]
         assert [e["token"] for e in evs[:-1]] == [t for t in want if t not in eos], i
         assert done["token_ids"] == [t for t in want if t not in eos], i
@@ -103,7 +103,7 @@ def test_long_full_prefill_is_sliced_between_decode_steps(blender):
         sched.close()
     assert len(seen) >= long.num_tokens // 16
     # one decode step of `a` between slices; the last slice is a remainder, so the result follows in its step
-    assert all(y == x + 1 for x, y in zip(seen[:-2], seen[1:-1]))
+    assert all(y == x + 1 for x, y in zip(seen[:-2], seen[1:-1], strict=True))
     assert done_b["token_ids"] == _alone(blender, long, "full", SamplingConfig(max_new_tokens=3))
 
 

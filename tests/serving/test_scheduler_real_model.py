@@ -35,7 +35,7 @@ def test_batched_equals_alone_up_to_fp32_ties(smollm):
     engine = ChunkCacheEngine(ModelRunner(smollm.model, smollm.tokenizer, kernels="torch"), DictStore())
     n = 16
     reqs = [(engine.prompts.request([PASSAGES[(i + j) % 4] for j in range(1 + i % 3)], q), BlendConfig(mode=m))
-            for i, (q, m) in enumerate(zip(QUESTIONS, MODES))]
+            for i, (q, m) in enumerate(zip(QUESTIONS, MODES, strict=True))]
     alone = [_alone(engine, r, cfg, n) for r, cfg in reqs]
     sched = Scheduler(engine.runner, SchedulerConfig(max_batch=6, max_batch_tokens=32))
     try:
@@ -47,10 +47,10 @@ def test_batched_equals_alone_up_to_fp32_ties(smollm):
         sched.close()
     low = sum(margin < MARGIN for steps in alone for _, margin in steps)
     flips = 0
-    for got, steps in zip(batched, alone):
+    for got, steps in zip(batched, alone, strict=True):
         want = [t for t, _ in steps]
         if got != want:
-            first = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+            first = next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
             assert steps[first][1] < MARGIN, (first, steps[first])  # a mismatch only at a near-tie
             flips += 1
     print(f"\n{len(reqs)} requests x {n} tokens: {low} steps with top-2 margin < {MARGIN}, {flips} diverged")

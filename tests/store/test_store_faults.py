@@ -69,7 +69,7 @@ def test_corrupt_layer_mid_stream(tmp_path):
         assert stream is not None
         got = []
         with pytest.raises(EntryUnavailable) as e:
-            for layer, k, v in stream:
+            for layer, _, _ in stream:
                 got.append(layer)
         assert e.value.reason.value == "checksum_mismatch" and got == [0, 1, 2]
         assert store.stats()["fallbacks"] == {"checksum_mismatch": 1} and not path.exists()

@@ -137,7 +137,8 @@ def niah_instance(rng: random.Random, variant: str, sentences: tuple[str, ...], 
         if len(groups) < 2 or len(allowed) < len(needles):
             raise ValueError(f"{setting}: {k} sentences leave no room for needles past the first chunk")
         spots = sorted(int(k * d / 100) for d in random.Random(draw).sample(allowed, len(needles)))
-        chunks, gold = _chunks(preamble, list(sentences[:k]), groups, list(zip(spots, needles)), head_alone=False)
+        placed = list(zip(spots, needles, strict=True))
+        chunks, gold = _chunks(preamble, list(sentences[:k]), groups, placed, head_alone=False)
         return TaskExample(id=ex_id, chunks=chunks, question=question, answers=tuple(values[q]),
                            answer_prefix=prefix, setting=setting, gold_chunks=gold)
 
@@ -200,7 +201,7 @@ def vt_instance(rng: random.Random, budget: int, count: Counter, ex_id: str, set
         lines = [VT_NOISE] * noises
         spots = sorted(random.Random(draw).sample(range(noises), len(chain)))
         groups = _groups([per_line] * noises, CHUNK_TOKENS)
-        chunks, gold = _chunks(head, lines, groups, list(zip(spots, chain)), head_alone=True)
+        chunks, gold = _chunks(head, lines, groups, list(zip(spots, chain, strict=True)), head_alone=True)
         return TaskExample(id=ex_id, chunks=chunks, question=question, answers=tuple(names),
                            answer_prefix=prefix, setting=setting, gold_chunks=gold)
 
