@@ -18,7 +18,7 @@ KEYS = {"ttft_s_median", "ttft_s_mean", "ttft_speedup_vs_full_median", "tf_top1_
 def test_bench_rag_writes_every_figure(tmp_path, smollm):
     out = tmp_path / "rag.json"
     rc = main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1",
-               "--modes", "full,naive,cacheblend,adaptive", "--max-new-tokens", "4", "--passages", "6",
+               "--modes", "full,naive,cacheblend,adaptive", "--max-new-tokens", "4", "--passages", "3",
                "--repeats", "2", "--json", str(out)])
     assert rc == 0
     modes = json.loads(out.read_text())["modes"]
