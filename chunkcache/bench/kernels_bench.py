@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             dispatch[model] = AttentionDispatch.build("auto", shape).summary()
     _print(rows)
     for model, summary in dispatch.items():
-        print(f"{model:>13} kernels=auto ({summary['source']}, {summary['isa']}): "
+        builds = ", ".join(f"{m} {x:.2f}x" for m, x in summary["cpp_builds"].items())
+        print(f"{model:>13} kernels=auto ({summary['source']}, {summary['isa']}, C++ build {summary['cpp_march']}"
+              + (f" of {builds} native" if builds else "") + "): "
               + ", ".join(f"{n} -> {c['choice']}" for n, c in summary["classes"].items()))
     if args.prefill:
         for model in args.models:

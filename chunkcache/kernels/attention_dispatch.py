@@ -3,8 +3,11 @@
 Under kernels=auto, `AttentionDispatch.build` times every candidate (the torch reference; the C++ kernel
 on the CPU when it builds and takes the dtype; Triton on CUDA when it imports) on a few shape classes
 (query density x context length) with the model's heads, head_dim, dtype, device and threads, and keeps
-the fastest per class. The decision is cached as JSON next to the kernel builds, keyed by the CPU (or GPU),
-the kernel build, the compiler, the torch version and the shape, so it is measured once per machine.
+the fastest per class. On the CPU it first times the C++ kernel's builds against each other (`-march=native`
+and the highest portable level this CPU runs) and keeps the faster for every class: a compiler that tunes
+native code for a CPU it misreads (GCC 12 takes Zen 4 for Zen 3) can lose more than the ISA gains. The decision
+is cached as JSON next to the kernel builds, keyed by the CPU (or GPU), the kernel builds, the compiler, the
+torch version and the shape, so it is measured once per machine.
 kernels=torch|cpp|triton forces one implementation. Plans no candidate but the reference can take
 (a causal square: full prefill; fewer than MIN_QUERIES: a question suffix or decode) take the reference.
 """
@@ -28,6 +31,8 @@ from chunkcache.kernels import _cpp
 from chunkcache.kernels._triton import triton_available
 from chunkcache.kernels.sparse_attention import (AttentionPlan, cpu_kernel_applies, plan_sparse_attention,
                                                  sparse_query_attention)
+
+BUILD_CLASS = "sparse-long"  # the class the C++ builds are timed on (else the first class that fits)
 
 MIN_QUERIES = 64  # below this the reference (SDPA over a few rows) runs: nothing to gain, threads idle
 REPEATS = 5  # timed rounds per class (after one warm-up), candidates interleaved in each round
@@ -81,13 +86,16 @@ class Decision:
 @dataclass
 class AttentionDispatch:
     """kernels: auto | torch | cpp | triton. decisions: shape class -> Decision (auto only).
-    source: forced | measured | cached | single (one candidate, nothing to measure)."""
+    source: forced | measured | cached | single (one candidate, nothing to measure). cpp_march: the C++ build
+    that "cpp" runs; cpp_builds: each build timed -> its median paired speed-up over native (auto only)."""
 
     kernels: str
     decisions: dict[str, Decision] = field(default_factory=dict)
     source: str = "forced"
     startup_s: float = 0.0
     isa: str = ""
+    cpp_march: str = "native"
+    cpp_builds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, kernels: str, shape: AttentionShape) -> "AttentionDispatch":
@@ -99,16 +107,21 @@ class AttentionDispatch:
         cands = candidates(shape)
         if len(cands) == 1:
             return cls("auto", {c.name: Decision(cands[0], {}) for c in SHAPE_CLASSES}, "single", 0.0, isa)
-        path = _cache_path(shape, cands)
+        builds = cpp_builds(shape) if "cpp" in cands else []
+        path = _cache_path(shape, cands, builds)
         private = _private(path)
-        decisions = _read(path) if private else None
+        cached = _read(path) if private else None
         source = "cached"
-        if decisions is None:
-            decisions = {c.name: measure(shape, c, cands) for c in _classes(shape)}
+        if cached is None:
+            classes = _classes(shape)
+            march, build = measure_builds(shape, classes, builds)
+            decisions = {c.name: measure(shape, c, cands, march) for c in classes}
+            cached = (decisions, march, build)
             if private:
-                _write(path, decisions)
+                _write(path, *cached)
             source = "measured"
-        out = cls("auto", decisions, source, time.perf_counter() - t0, isa)
+        decisions, march, build = cached
+        out = cls("auto", decisions, source, time.perf_counter() - t0, isa, march, build)
         log.info("%s (%s in %.2f s)", out.describe(), source, out.startup_s)
         return out
 
@@ -131,8 +144,8 @@ class AttentionDispatch:
     def summary(self) -> dict:
         """JSON-ready: the choice per class with its timings and speed-up over torch."""
         return {"kernels": self.kernels, "source": self.source, "startup_s": round(self.startup_s, 3),
-                "isa": self.isa, "classes": {n: {**asdict(d), "speedup_vs_torch": _speedup(d)}
-                                             for n, d in self.decisions.items()}}
+                "isa": self.isa, "cpp_march": self.cpp_march, "cpp_builds": self.cpp_builds,
+                "classes": {n: {**asdict(d), "speedup_vs_torch": _speedup(d)} for n, d in self.decisions.items()}}
 
     def describe(self) -> str:
         """One line for people: 'attention: C++ kernel, 1.31x torch on this machine (sparse-long)'."""
@@ -146,6 +159,8 @@ class AttentionDispatch:
         key = "sparse-long" if "sparse-long" in self.decisions else next(iter(self.decisions))
         d = self.decisions[key]
         others = ", ".join(f"{names[n]} {x:.2f}x torch" for n, x in d.speedup.items() if n != "torch")
+        if self.cpp_march != "native":
+            others += f" ({self.cpp_march} build, {self.cpp_builds[self.cpp_march]:.2f}x native)"
         return (f"attention: {names[d.choice]} on this machine ({self.isa}, {key}: {others}); "
                 + ", ".join(f"{n}: {x.choice}" for n, x in self.decisions.items()))
 
@@ -165,6 +180,13 @@ def candidates(shape: AttentionShape) -> list[str]:
     if shape.device.startswith("cuda") and triton_available():
         out.append("triton")
     return out
+
+
+def cpp_builds(shape: AttentionShape) -> list[str]:
+    """The C++ builds to time against each other: native and the highest portable level this CPU runs, those
+    that build here and take the shape."""
+    probe = torch.empty(1, 1, shape.head_dim, dtype=getattr(torch, shape.dtype))
+    return [m for m in ["native", *_cpp.runnable_isas()[-1:]] if cpu_kernel_applies(probe, probe, probe, m)]
 
 
 def _classes(shape: AttentionShape) -> list[ShapeClass]:
@@ -218,27 +240,53 @@ def timer(fn: Callable[[], object], cuda: bool) -> Callable[[], float]:
 
 
 @torch.inference_mode()
-def measure(shape: AttentionShape, c: ShapeClass, cands: list[str]) -> Decision:
-    """Time each candidate on class c: a warm-up each, then REPEATS rounds taking the candidates in turn (so drift
-    and a busy neighbour hit all alike). A candidate's speed-up is the median over rounds of torch's time / its time
-    in the same round (paired); the best one wins if that is at least MARGIN, else torch."""
+def _rounds(shape: AttentionShape, c: ShapeClass, calls: dict[str, Callable[..., object]]) -> dict[str, list[float]]:
+    """Milliseconds of each call(q, k, v, plan, scale) on class c: a warm-up each, then REPEATS rounds taking
+    them in turn, so drift and a busy neighbour hit all alike."""
     q, k, v, plan = _example(shape, c, torch.Generator().manual_seed(0))
     scale = shape.head_dim ** -0.5
     threads = torch.get_num_threads()
     torch.set_num_threads(shape.threads)
     try:
-        timers = {n: timer(lambda n=n: sparse_query_attention(q, k, v, plan, scale, impl=n),
-                            shape.device.startswith("cuda")) for n in cands}
+        timers = {n: timer(lambda f=f: f(q, k, v, plan, scale), shape.device.startswith("cuda"))
+                  for n, f in calls.items()}
         for t in timers.values():
             t()
-        runs: dict[str, list[float]] = {n: [] for n in cands}
+        runs: dict[str, list[float]] = {n: [] for n in calls}
         for _ in range(REPEATS):
             for n, t in timers.items():
                 runs[n].append(t())
     finally:
         torch.set_num_threads(threads)
+    return runs
+
+
+def _paired(runs: dict[str, list[float]], base: str) -> dict[str, float]:
+    """Each entry's median over rounds of base's time / its time in the same round."""
+    return {n: statistics.median(a / b for a, b in zip(runs[base], r, strict=True)) for n, r in runs.items()}
+
+
+def measure_builds(shape: AttentionShape, classes: list[ShapeClass], builds: list[str]) -> tuple[str, dict[str, float]]:
+    """The C++ build to run, and each build's median paired speed-up over native on BUILD_CLASS (or the first
+    class that fits). Another build replaces native only if it is at least MARGIN faster; ("native", {}) with
+    nothing to compare."""
+    if len(builds) < 2 or not classes:
+        return "native", {}
+    c = next((x for x in classes if x.name == BUILD_CLASS), classes[0])
+    calls = {m: (lambda *a, m=m: sparse_query_attention(*a, impl="cpp", march=m)) for m in builds}
+    paired = {m: round(x, 4) for m, x in _paired(_rounds(shape, c, calls), "native").items()}
+    best = max(paired, key=paired.get)
+    return (best if paired[best] >= MARGIN else "native"), paired
+
+
+def measure(shape: AttentionShape, c: ShapeClass, cands: list[str], march: str = "native") -> Decision:
+    """Time each candidate (cpp: the `march` build) on class c, REPEATS paired rounds. A candidate's speed-up is
+    the median over rounds of torch's time / its time in the same round; the best one wins if that is at least
+    MARGIN, else torch."""
+    calls = {n: (lambda *a, n=n: sparse_query_attention(*a, impl=n, march=march)) for n in cands}
+    runs = _rounds(shape, c, calls)
     ms = {n: statistics.median(r) for n, r in runs.items()}
-    paired = {n: statistics.median(a / b for a, b in zip(runs["torch"], runs[n], strict=True)) for n in cands}
+    paired = _paired(runs, "torch")
     best = max(paired, key=paired.get)
     return Decision(best if paired[best] >= MARGIN else "torch", {n: round(t, 4) for n, t in ms.items()},
                     {n: round(x, 4) for n, x in paired.items()})
@@ -254,12 +302,12 @@ def _isa(device: str) -> str:
     return platform.machine()
 
 
-def _cache_path(shape: AttentionShape, cands: list[str]):
+def _cache_path(shape: AttentionShape, cands: list[str], builds: list[str]):
     parts = [json.dumps(asdict(shape), sort_keys=True), torch.__version__, platform.machine(), _isa(shape.device),
-             ",".join(cands), json.dumps([asdict(c) for c in SHAPE_CLASSES]), str(REPEATS), str(MARGIN)]
+             ",".join(cands), json.dumps([asdict(c) for c in SHAPE_CLASSES]), str(REPEATS), str(MARGIN), BUILD_CLASS]
     if shape.device == "cpu":
-        so = _cpp.so_path("sparse_attention_cpu")
-        parts += [_cpp.cpu_flags(), so.name if so else "no-compiler"]
+        sos = [_cpp.so_path("sparse_attention_cpu", m) for m in builds or ["native"]]
+        parts += [_cpp.cpu_flags(), *(so.name if so else "no-compiler" for so in sos)]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return _cpp.cache_dir() / f"dispatch-attention-{key}.json"
 
@@ -273,20 +321,24 @@ def _private(path) -> bool:
         return False
 
 
-def _read(path) -> dict[str, Decision] | None:
+def _read(path) -> tuple[dict[str, Decision], str, dict[str, float]] | None:
+    """(decisions, cpp_march, cpp_builds) as `_write` left them; None when absent or unreadable."""
     try:
         raw = json.loads(path.read_text())
-        return {n: Decision(d["choice"], {k: float(x) for k, x in d["ms"].items()},
-                            {k: float(x) for k, x in d.get("speedup", {}).items()}) for n, d in raw.items()}
+        decisions = {n: Decision(d["choice"], {k: float(x) for k, x in d["ms"].items()},
+                                 {k: float(x) for k, x in d.get("speedup", {}).items()})
+                     for n, d in raw["classes"].items()}
+        return decisions, str(raw["cpp_march"]), {k: float(x) for k, x in raw["cpp_builds"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _write(path, decisions: dict[str, Decision]) -> None:
+def _write(path, decisions: dict[str, Decision], march: str, builds: dict[str, float]) -> None:
     """Atomic write into the private kernel cache; a cache that cannot be written only costs a re-measure."""
     try:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({n: asdict(d) for n, d in decisions.items()}, indent=1))
+        raw = {"cpp_march": march, "cpp_builds": builds, "classes": {n: asdict(d) for n, d in decisions.items()}}
+        tmp.write_text(json.dumps(raw, indent=1))
         os.replace(tmp, path)
     except OSError as e:
         log.warning("attention dispatch not cached (%s): it will be measured again at the next start", e)

@@ -273,9 +273,10 @@ def sparse_query_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 def sparse_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
-                           scale: float, *, impl: str | None = None) -> torch.Tensor:
-    """Run implementation `impl` (torch | cpp | triton; None: Triton on CUDA when triton imports, else torch).
-    The engine's choice comes from `AttentionDispatch.choose` (measured on the machine under kernels=auto).
+                           scale: float, *, impl: str | None = None, march: str = "native") -> torch.Tensor:
+    """Run implementation `impl` (torch | cpp | triton; None: Triton on CUDA when triton imports, else torch);
+    march: the C++ build that impl=cpp runs. The engine's choice of both comes from `AttentionDispatch`
+    (measured on the machine under kernels=auto).
 
     A plan with a ContextTemper (APE) always takes the torch path `ape_attention_ref`; a causal square plan
     (every position a query) takes SDPA's fused causal kernel unless Triton is asked for."""
@@ -288,5 +289,5 @@ def sparse_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     if impl == "triton" and want_triton(True, q, k, v):
         return sparse_query_attention_triton(q, k, v, plan, scale)
     if impl == "cpp" and not plan.causal_square:
-        return sparse_query_attention_cpu(q, k, v, plan, scale)
+        return sparse_query_attention_cpu(q, k, v, plan, scale, march=march)
     return sparse_query_attention_ref(q, k, v, plan, scale)

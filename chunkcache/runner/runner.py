@@ -95,7 +95,8 @@ class ModelRunner:
         """Attention of q over the cache, then o_proj, residual, MLP. hidden [m, H] -> [m, H]."""
         layer = self.layers[layer_idx]
         k, v = cache.layer(layer_idx)
-        o = sparse_query_attention(q, k, v, plan, self.scale, impl=self.attention.choose(plan))  # [n_heads, m, d]
+        impl, march = self.attention.choose(plan), self.attention.cpp_march
+        o = sparse_query_attention(q, k, v, plan, self.scale, impl=impl, march=march)  # [n_heads, m, d]
         o = o.transpose(0, 1).reshape(hidden.shape[0], self.n_heads * self.head_dim)  # [m, n_heads*d]
         hidden = hidden + layer.self_attn.o_proj(o)
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))

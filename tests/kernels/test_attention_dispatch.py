@@ -96,3 +96,63 @@ def test_an_unwritable_cache_only_costs_a_remeasure(private_cache):
     assert AttentionDispatch.build("auto", SHAPE).source == "measured"
     assert list(private_cache.glob("dispatch-*")) == []
     assert attention_dispatch.AttentionDispatch.build("auto", SHAPE).source == "measured"
+
+
+def _portable_or_skip() -> str:
+    builds = attention_dispatch.cpp_builds(SHAPE)
+    if len(builds) < 2:
+        pytest.skip("no portable C++ build runs on this CPU besides native")
+    assert builds[0] == "native"
+    return builds[1]
+
+
+def _slowed_build(monkeypatch, slow: str) -> None:
+    """The C++ build `slow` 50 ms slower per call (a build the compiler tuned badly for this CPU)."""
+    real = sparse_attention.sparse_query_attention_cpu
+
+    def cpu(*a, march="native", **kw):
+        if march == slow:
+            time.sleep(0.05)
+        return real(*a, march=march, **kw)
+
+    monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu", cpu)
+
+
+def test_a_faster_portable_build_replaces_native_and_is_cached(private_cache, monkeypatch):
+    portable = _portable_or_skip()
+    _slowed_build(monkeypatch, "native")
+    d = AttentionDispatch.build("auto", SHAPE)
+    assert d.cpp_march == portable and d.cpp_builds["native"] == 1.0
+    assert d.cpp_builds[portable] >= attention_dispatch.MARGIN
+    assert all(x.ms["cpp"] < 50 for x in d.decisions.values())  # the classes were timed on the portable build
+    assert f"({portable} build" in d.describe() and d.summary()["cpp_march"] == portable
+    again = AttentionDispatch.build("auto", SHAPE)
+    assert again.source == "cached" and (again.cpp_march, again.cpp_builds) == (portable, d.cpp_builds)
+
+
+def test_native_stays_unless_another_build_is_faster(monkeypatch):
+    portable = _portable_or_skip()
+    _slowed_build(monkeypatch, portable)
+    d = AttentionDispatch.build("auto", SHAPE)
+    assert d.cpp_march == "native" and d.cpp_builds[portable] < 1.0 and "build," not in d.describe()
+
+
+def test_the_runner_runs_the_chosen_build(monkeypatch):
+    from chunkcache.runner.runner import ModelRunner
+    from tiny_models import tiny_llama
+
+    portable = _portable_or_skip()
+    runner = ModelRunner(tiny_llama(hidden_size=256), kernels="cpp")  # head_dim 64: the C++ kernel takes it
+    runner.attention = AttentionDispatch("cpp", cpp_march=portable)
+    seen = []
+    real = sparse_attention.sparse_query_attention_cpu
+    monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu",
+                        lambda *a, march="native", **kw: seen.append(march) or real(*a, march=march, **kw))
+    ids = torch.arange(1, 200)
+    hidden = []
+    for r in (runner, ModelRunner(tiny_llama(hidden_size=256), kernels="torch")):
+        cache = r.new_cache(256)
+        r.extend(ids[:50], cache)  # a causal square: SDPA
+        hidden.append(r.extend(ids[50:], cache))  # 149 queries behind a prefix: the C++ kernel under cpp
+    assert seen and set(seen) == {portable}
+    torch.testing.assert_close(hidden[0], hidden[1], atol=1e-4, rtol=1e-4)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chunkcache.kernels import _cpp, sparse_attention
-from chunkcache.kernels._cpp import build_error
+from chunkcache.kernels._cpp import build_error, runnable_isas
 from chunkcache.kernels.sparse_attention import (cpu_kernel_applies, plan_sparse_attention, sparse_query_attention,
                                                  sparse_query_attention_cpu, sparse_query_attention_ref)
 
@@ -127,18 +127,24 @@ def test_impl_selects_the_implementation(monkeypatch):
     """impl=cpp runs the C++ kernel, impl=torch the reference; a causal square and APE plans take the reference."""
     calls = []
     real = sparse_attention.sparse_query_attention_cpu
-    monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(sparse_attention, "sparse_query_attention_cpu",
+                        lambda *a, march: calls.append(march) or real(*a, march=march))
     q, k, v, positions = _case(3, 3, 70, 90, 64, torch.float32, 3)
     plan = plan_sparse_attention(positions, 90)
     cpp = sparse_query_attention(q, k, v, plan, 0.125, impl="cpp")
-    assert calls == [1]
+    assert calls == ["native"]
+    calls.clear()
+    for march in runnable_isas()[-1:]:  # the build the dispatch may choose instead of native
+        torch.testing.assert_close(sparse_query_attention(q, k, v, plan, 0.125, impl="cpp", march=march), cpp,
+                                   atol=2e-5, rtol=2e-5)
+        assert calls == [march]
+        calls.clear()
     ref = sparse_query_attention(q, k, v, plan, 0.125, impl="torch")
-    assert calls == [1]
     torch.testing.assert_close(cpp, ref, atol=2e-5, rtol=2e-5)
-    assert sparse_query_attention(q, k, v, plan, 0.125) is not None and calls == [1]  # None: torch on the CPU
+    assert sparse_query_attention(q, k, v, plan, 0.125) is not None  # None: torch on the CPU
     square = plan_sparse_attention(torch.arange(90), 90)  # every position a query: SDPA's causal kernel
     sparse_query_attention(torch.randn(9, 90, 64), k, v, square, 0.125, impl="cpp")
-    assert calls == [1]
+    assert calls == []
     with pytest.raises(ValueError, match="impl"):
         sparse_query_attention(q, k, v, plan, 0.125, impl="fast")
 
