@@ -23,7 +23,7 @@ def dispatched(monkeypatch):
         monkeypatch.setattr(mod, "want_triton", lambda use, *t, _n=name: seen.append((_n, use)) or False)
     real = runner_module.sparse_query_attention
     monkeypatch.setattr(runner_module, "sparse_query_attention",
-                        lambda *a, impl: seen.append(("sparse_attention", impl)) or real(*a, impl="torch"))
+                        lambda *a, impl, march: seen.append(("sparse_attention", impl)) or real(*a, impl="torch"))
     return seen
 
 
