@@ -107,7 +107,7 @@ class AttentionDispatch:
         cands = candidates(shape)
         if len(cands) == 1:
             return cls("auto", {c.name: Decision(cands[0], {}) for c in SHAPE_CLASSES}, "single", 0.0, isa)
-        builds = cpp_builds(shape) if "cpp" in cands else []
+        builds = cpp_builds() if "cpp" in cands else []
         path = _cache_path(shape, cands, builds)
         private = _private(path)
         cached = _read(path) if private else None
@@ -121,6 +121,9 @@ class AttentionDispatch:
                 _write(path, *cached)
             source = "measured"
         decisions, march, build = cached
+        if march != "native" and not cpu_kernel_applies(*_probe(shape), march):  # loads it now, not in a request
+            log.warning("the cached C++ build %s does not load here; running native", march)
+            march = "native"
         out = cls("auto", decisions, source, time.perf_counter() - t0, isa, march, build)
         log.info("%s (%s in %.2f s)", out.describe(), source, out.startup_s)
         return out
@@ -174,19 +177,23 @@ def _speedup(d: Decision) -> float | None:
 def candidates(shape: AttentionShape) -> list[str]:
     """Implementations that can take this shape here (the torch reference always)."""
     out = ["torch"]
-    probe = torch.empty(1, 1, shape.head_dim, dtype=getattr(torch, shape.dtype))
-    if shape.device == "cpu" and cpu_kernel_applies(probe, probe, probe):
+    if shape.device == "cpu" and cpu_kernel_applies(*_probe(shape)):
         out.append("cpp")
     if shape.device.startswith("cuda") and triton_available():
         out.append("triton")
     return out
 
 
-def cpp_builds(shape: AttentionShape) -> list[str]:
-    """The C++ builds to time against each other: native and the highest portable level this CPU runs, those
-    that build here and take the shape."""
+def _probe(shape: AttentionShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of the shape's head_dim and dtype on the CPU, for asking whether the C++ kernel takes them."""
     probe = torch.empty(1, 1, shape.head_dim, dtype=getattr(torch, shape.dtype))
-    return [m for m in ["native", *_cpp.runnable_isas()[-1:]] if cpu_kernel_applies(probe, probe, probe, m)]
+    return probe, probe, probe
+
+
+def cpp_builds() -> list[str]:
+    """The C++ builds to time against each other: native and the highest portable level this CPU runs. Names
+    only: nothing is built until `measure_builds` times them, so a start that reads its decision builds none."""
+    return ["native", *_cpp.runnable_isas()[-1:]]
 
 
 def _classes(shape: AttentionShape) -> list[ShapeClass]:
@@ -269,7 +276,8 @@ def _paired(runs: dict[str, list[float]], base: str) -> dict[str, float]:
 def measure_builds(shape: AttentionShape, classes: list[ShapeClass], builds: list[str]) -> tuple[str, dict[str, float]]:
     """The C++ build to run, and each build's median paired speed-up over native on BUILD_CLASS (or the first
     class that fits). Another build replaces native only if it is at least MARGIN faster; ("native", {}) with
-    nothing to compare."""
+    nothing to compare (one build, or only native builds here)."""
+    builds = [m for m in builds if cpu_kernel_applies(*_probe(shape), m)]
     if len(builds) < 2 or not classes:
         return "native", {}
     c = next((x for x in classes if x.name == BUILD_CLASS), classes[0])

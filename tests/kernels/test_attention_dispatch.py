@@ -99,7 +99,7 @@ def test_an_unwritable_cache_only_costs_a_remeasure(private_cache):
 
 
 def _portable_or_skip() -> str:
-    builds = attention_dispatch.cpp_builds(SHAPE)
+    builds = attention_dispatch.cpp_builds()
     if len(builds) < 2:
         pytest.skip("no portable C++ build runs on this CPU besides native")
     assert builds[0] == "native"
@@ -128,6 +128,17 @@ def test_a_faster_portable_build_replaces_native_and_is_cached(private_cache, mo
     assert f"({portable} build" in d.describe() and d.summary()["cpp_march"] == portable
     again = AttentionDispatch.build("auto", SHAPE)
     assert again.source == "cached" and (again.cpp_march, again.cpp_builds) == (portable, d.cpp_builds)
+
+
+def test_a_cached_build_that_no_longer_loads_runs_native(monkeypatch):
+    portable = _portable_or_skip()
+    _slowed_build(monkeypatch, "native")
+    assert AttentionDispatch.build("auto", SHAPE).cpp_march == portable
+    real = attention_dispatch.cpu_kernel_applies
+    monkeypatch.setattr(attention_dispatch, "cpu_kernel_applies",
+                        lambda q, k, v, march="native": march == "native" and real(q, k, v, march))
+    d = AttentionDispatch.build("auto", SHAPE)
+    assert d.source == "cached" and d.cpp_march == "native"  # not a request failing on a build that is gone
 
 
 def test_native_stays_unless_another_build_is_faster(monkeypatch):
