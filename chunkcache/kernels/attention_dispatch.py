@@ -4,10 +4,10 @@ Under kernels=auto, `AttentionDispatch.build` times every candidate (the torch r
 on the CPU when it builds and takes the dtype; Triton on CUDA when it imports) on a few shape classes
 (query density x context length) with the model's heads, head_dim, dtype, device and threads, and keeps
 the fastest per class. On the CPU it first times the C++ kernel's builds against each other (`-march=native`
-and the highest portable level this CPU runs) and keeps the faster for every class: a compiler that tunes
-native code for a CPU it misreads (GCC 12 takes Zen 4 for Zen 3) can lose more than the ISA gains. The decision
-is cached as JSON next to the kernel builds, keyed by the CPU (or GPU), the kernel builds, the compiler, the
-torch version and the shape, so it is measured once per machine.
+and the highest portable level this CPU runs) on the longest blending class and keeps the faster for every
+class: a compiler that tunes native code for a CPU it misreads (GCC 12 takes Zen 4 for Zen 3) can lose more
+than the ISA gains. The decision is cached as JSON next to the kernel builds, keyed by the CPU (or GPU), the
+kernel builds, the compiler, the torch version and the shape, so it is measured once per machine.
 kernels=torch|cpp|triton forces one implementation. Plans no candidate but the reference can take
 (a causal square: full prefill; fewer than MIN_QUERIES: a question suffix or decode) take the reference.
 """
@@ -32,8 +32,6 @@ from chunkcache.kernels._triton import triton_available
 from chunkcache.kernels.sparse_attention import (AttentionPlan, cpu_kernel_applies, plan_sparse_attention,
                                                  sparse_query_attention)
 
-BUILD_CLASS = "sparse-long"  # the class the C++ builds are timed on (else the first class that fits)
-
 MIN_QUERIES = 64  # below this the reference (SDPA over a few rows) runs: nothing to gain, threads idle
 REPEATS = 5  # timed rounds per class (after one warm-up), candidates interleaved in each round
 MARGIN = 1.03  # a candidate replaces torch only if its median paired speed-up over torch is at least this
@@ -57,6 +55,7 @@ class ShapeClass:
 SHAPE_CLASSES = (
     ShapeClass("sparse-short", 1024, 160, False),  # blending a short prompt at ~15%
     ShapeClass("sparse-long", 4096, 640, False),  # blending a long prompt at ~15%
+    ShapeClass("sparse-xlong", 8192, 1228, False),  # blending a prompt near an 8K context (6K: nearer this than 4K)
     ShapeClass("dense-short", 640, 576, True),  # precomputing one passage behind the system prompt
     ShapeClass("dense-long", 2048, 1536, True),  # a long suffix or chunk behind a prefix
 )
@@ -198,12 +197,14 @@ def cpp_builds() -> list[str]:
 
 def _classes(shape: AttentionShape) -> list[ShapeClass]:
     """The shape classes that fit the model's context (a short-context model measures shorter prompts; a class
-    that no longer leaves room for MIN_QUERIES scattered queries is dropped: those calls take the reference)."""
-    out = []
+    that no longer leaves room for MIN_QUERIES scattered queries is dropped: those calls take the reference; so is
+    one cut to the length of a shorter class of its density group, whose calls that class then takes)."""
+    out: list[ShapeClass] = []
     for c in SHAPE_CLASSES:
         n = min(c.kv_len, shape.max_positions)
         q = max(MIN_QUERIES, int(c.density * n))
-        if q < n:
+        cut_to_another = any(o.kv_len == n and (o.density >= DENSE) == (c.density >= DENSE) for o in out)
+        if q < n and not cut_to_another:
             out.append(ShapeClass(c.name, n, q, c.contiguous))
     return out
 
@@ -274,13 +275,14 @@ def _paired(runs: dict[str, list[float]], base: str) -> dict[str, float]:
 
 
 def measure_builds(shape: AttentionShape, classes: list[ShapeClass], builds: list[str]) -> tuple[str, dict[str, float]]:
-    """The C++ build to run, and each build's median paired speed-up over native on BUILD_CLASS (or the first
-    class that fits). Another build replaces native only if it is at least MARGIN faster; ("native", {}) with
-    nothing to compare (one build, or only native builds here)."""
+    """The C++ build to run, and each build's median paired speed-up over native on the longest scattered class
+    that fits (the longest prompts gain the most from the kernel; else the first class). Another build replaces
+    native only if it is at least MARGIN faster; ("native", {}) with nothing to compare (one build, or only
+    native builds here)."""
     builds = [m for m in builds if cpu_kernel_applies(*_probe(shape), m)]
     if len(builds) < 2 or not classes:
         return "native", {}
-    c = next((x for x in classes if x.name == BUILD_CLASS), classes[0])
+    c = max((x for x in classes if not x.contiguous), key=lambda x: x.kv_len, default=classes[0])
     calls = {m: (lambda *a, m=m: sparse_query_attention(*a, impl="cpp", march=m)) for m in builds}
     paired = {m: round(x, 4) for m, x in _paired(_rounds(shape, c, calls), "native").items()}
     best = max(paired, key=paired.get)
@@ -312,7 +314,7 @@ def _isa(device: str) -> str:
 
 def _cache_path(shape: AttentionShape, cands: list[str], builds: list[str]):
     parts = [json.dumps(asdict(shape), sort_keys=True), torch.__version__, platform.machine(), _isa(shape.device),
-             ",".join(cands), json.dumps([asdict(c) for c in SHAPE_CLASSES]), str(REPEATS), str(MARGIN), BUILD_CLASS]
+             ",".join(cands), json.dumps([asdict(c) for c in SHAPE_CLASSES]), str(REPEATS), str(MARGIN)]
     if shape.device == "cpu":
         sos = [_cpp.so_path("sparse_attention_cpu", m) for m in builds or ["native"]]
         parts += [_cpp.cpu_flags(), *(so.name if so else "no-compiler" for so in sos)]

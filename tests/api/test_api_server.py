@@ -14,7 +14,8 @@ def test_api_healthz_open_and_auth_required(live_server) -> None:
     assert h.status_code == 200 and h.json()["status"] == "ok" and len(h.json()["fingerprint"]) == 32
     health = h.json()
     assert health["attention"].startswith("attention: ")  # the dispatch measured at start-up, for people
-    assert set(health["attention_choices"]) == {"sparse-short", "sparse-long", "dense-short", "dense-long"}
+    assert set(health["attention_choices"]) == {"sparse-short", "sparse-long", "sparse-xlong", "dense-short",
+                                                "dense-long"}
     assert set(health["attention_choices"].values()) <= {"torch", "cpp"}
     assert httpx.post(f"{live_server.url}/generate_with_chunks", json=body()).status_code == 401
     r = httpx.post(f"{live_server.url}/generate_with_chunks", json=body(), headers={"Authorization": "Bearer nope"})

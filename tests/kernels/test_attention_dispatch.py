@@ -11,6 +11,7 @@ from chunkcache.kernels.attention_dispatch import (SHAPE_CLASSES, AttentionDispa
 from chunkcache.kernels.sparse_attention import plan_sparse_attention
 
 SHAPE = AttentionShape(n_heads=3, n_kv=1, head_dim=64, dtype="float32", device="cpu", threads=1, max_positions=2048)
+FITS_2048 = {"sparse-short", "sparse-long", "dense-short", "dense-long"}  # sparse-xlong cut to sparse-long's 2048
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def private_cache(tmp_path, monkeypatch):
 def test_measured_once_then_read_from_the_cache(private_cache):
     assert candidates(SHAPE) == ["torch", "cpp"]
     first = AttentionDispatch.build("auto", SHAPE)
-    assert first.source == "measured" and set(first.decisions) == {c.name for c in SHAPE_CLASSES}
+    assert first.source == "measured" and set(first.decisions) == FITS_2048
     for d in first.decisions.values():
         assert set(d.ms) == {"torch", "cpp"} and all(t > 0 for t in d.ms.values())
         assert d.choice == ("cpp" if d.speedup["cpp"] >= attention_dispatch.MARGIN else "torch")  # paired ratio
@@ -66,7 +67,9 @@ def test_choose_follows_the_decisions_by_class():
                  for c in SHAPE_CLASSES}
     d = AttentionDispatch("auto", decisions, "measured")
     scattered = plan_sparse_attention(torch.arange(0, 6000, 10), 6000)  # 600 queries over 6000 keys
-    assert classify(600, 5991, list(decisions)) == "sparse-long" and d.choose(scattered) == "cpp"
+    assert classify(600, 5991, list(decisions)) == "sparse-xlong" and d.choose(scattered) == "cpp"
+    assert classify(500, 3500, list(decisions)) == "sparse-long"
+    assert classify(600, 5991, [n for n in decisions if n != "sparse-xlong"]) == "sparse-long"  # a 4K-context model
     behind_prefix = plan_sparse_attention(torch.arange(64, 614), 614)  # a chunk precomputed behind a prefix
     assert d.choose(behind_prefix) == "torch"
     assert d.choose(plan_sparse_attention(torch.arange(300), 300)) == "torch"  # causal square: SDPA
@@ -84,10 +87,32 @@ def test_one_candidate_measures_nothing(private_cache):
 def test_short_context_models_measure_what_fits():
     """Classes are cut to the model's context; one too short for MIN_QUERIES scattered queries measures nothing."""
     d = AttentionDispatch.build("auto", AttentionShape(**{**SHAPE.__dict__, "max_positions": 700}))
-    assert d.source == "measured" and set(d.decisions) == {c.name for c in SHAPE_CLASSES}
+    assert d.source == "measured" and set(d.decisions) == {"sparse-short", "dense-short", "dense-long"}  # 700 each
     tiny = AttentionDispatch.build("auto", AttentionShape(**{**SHAPE.__dict__, "max_positions": 64}))
     assert tiny.decisions == {}
     assert tiny.choose(plan_sparse_attention(torch.arange(0, 60, 2), 64)) == "torch"
+
+
+def test_an_8k_context_model_measures_its_longest_prompts_at_their_length():
+    """A 6K-token prompt is classed with 8,192 keys, not 4,096, where kernel and torch can rank differently."""
+    classes = {c.name: c for c in attention_dispatch._classes(AttentionShape(**{**SHAPE.__dict__,
+                                                                                "max_positions": 8192}))}
+    assert set(classes) == FITS_2048 | {"sparse-xlong"}
+    assert (classes["sparse-xlong"].kv_len, classes["sparse-xlong"].queries) == (8192, 1228)  # 15% scattered
+    assert classes["sparse-long"].kv_len == 4096
+    at_4k = attention_dispatch._classes(AttentionShape(**{**SHAPE.__dict__, "max_positions": 4096}))
+    assert "sparse-xlong" not in {c.name for c in at_4k}  # cut to 4,096: sparse-long measures it
+
+
+def test_builds_are_timed_on_the_longest_scattered_class(monkeypatch):
+    portable = _portable_or_skip()
+    timed = []
+    real = attention_dispatch._rounds
+    monkeypatch.setattr(attention_dispatch, "_rounds", lambda shape, c, calls: timed.append(c) or real(shape, c, calls))
+    classes = attention_dispatch._classes(AttentionShape(**{**SHAPE.__dict__, "max_positions": 1536}))
+    march, builds = attention_dispatch.measure_builds(SHAPE, classes, ["native", portable])
+    assert [c.name for c in timed] == ["sparse-long"] and timed[0].kv_len == 1536
+    assert set(builds) == {"native", portable} and march in builds
 
 
 def test_an_unwritable_cache_only_costs_a_remeasure(private_cache):

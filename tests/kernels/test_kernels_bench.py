@@ -29,8 +29,8 @@ def test_bench_reports_each_isa_build_and_the_dispatch(tmp_path):
         assert ("ms" in c and c["vs_causal_share"] > 0) or "skipped" in c
     assert att["causal_share_ms"] > 0 and report["cpu"]["isa_flags"]
     summary = report["dispatch"]["smollm2-135m"]
-    assert summary["kernels"] == "auto" and set(summary["classes"]) == {"sparse-short", "sparse-long", "dense-short",
-                                                                       "dense-long"}
+    assert summary["kernels"] == "auto" and set(summary["classes"]) == {"sparse-short", "sparse-long", "sparse-xlong",
+                                                                       "dense-short", "dense-long"}
     assert {c["choice"] for c in summary["classes"].values()} <= {"torch", "cpp"}
 
 
