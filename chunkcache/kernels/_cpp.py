@@ -109,13 +109,30 @@ def compiler_version(cxx: str) -> str:
         return ""
 
 
+OPENMP_RUNTIMES = ("libgomp", "libiomp5", "libomp")  # GNU, Intel, LLVM: each serves GCC's GOMP_* entry points
+
+
+def openmp_runtime() -> Path | None:
+    """The OpenMP runtime this process has loaded (torch's, once torch is imported), on Linux; None when there is
+    none, or more than one. A kernel linked to it runs its threads from torch's pool instead of starting its
+    own, which on a machine with as many threads as cores would share them with torch's spinning workers."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    fields = (line.split(maxsplit=5) for line in maps)  # address perms offset dev inode [path]
+    found = {Path(f[5]) for f in fields if len(f) == 6 and Path(f[5]).name.startswith(OPENMP_RUNTIMES)}
+    return found.pop() if len(found) == 1 else None
+
+
 def so_path(name: str, march: str = "native") -> Path | None:
     """Where the build of csrc/<name>.cpp for `march` is cached (None without a compiler)."""
     cxx = compiler()
     if cxx is None:
         return None
     src = (CSRC / f"{name}.cpp").read_bytes()
-    key = " ".join((cxx, compiler_version(cxx), f"-march={march}", *FLAGS, cpu_flags())).encode()
+    key = " ".join((cxx, compiler_version(cxx), f"-march={march}", *FLAGS, str(openmp_runtime()),
+                    cpu_flags())).encode()
     return cache_dir() / f"{name}-{march}-{hashlib.sha256(src + key).hexdigest()[:16]}.so"
 
 
@@ -153,24 +170,40 @@ def _build_and_load(name: str, march: str) -> ctypes.CDLL | None:
 
 
 def _compile(cxx: str, src: Path, so: Path, march: str) -> None:
+    """Build `so`: against the process's OpenMP runtime where there is one and the compiler takes -fopenmp
+    (compiled with -fopenmp, linked to that runtime's file, not the compiler's -lgomp), else with std::thread."""
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=so.parent)
     os.close(fd)
+    obj = tmp[:-3] + ".o"
     try:
-        res = subprocess.run([cxx, f"-march={march}", *FLAGS, str(src), "-o", tmp], capture_output=True, text=True,
-                             timeout=300)
-        if res.returncode != 0:
-            raise subprocess.SubprocessError(f"exit {res.returncode}: {res.stderr.strip()[-2000:]}")
+        omp = openmp_runtime()
+        if omp is None or not _run([cxx, f"-march={march}", *FLAGS, "-fopenmp", "-c", str(src), "-o", obj],
+                                   required=False):
+            _run([cxx, f"-march={march}", *FLAGS, str(src), "-o", tmp])
+        else:
+            _run([cxx, *FLAGS, obj, str(omp), f"-Wl,-rpath,{omp.parent}", "-o", tmp])
         os.chmod(tmp, 0o700)
         os.replace(tmp, so)  # atomic: a reader sees the old file or the whole new one
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, obj):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def _run(cmd: list[str], required: bool = True) -> bool:
+    """Run a compiler command; False when it fails and is not required (else SubprocessError with its stderr)."""
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0 and required:
+        raise subprocess.SubprocessError(f"exit {res.returncode}: {res.stderr.strip()[-2000:]}")
+    if res.returncode != 0:
+        log.info("%s failed (exit %d); building without OpenMP", " ".join(cmd[:3]), res.returncode)
+    return res.returncode == 0
 
 
 def _sweep(directory: Path) -> None:
     """Remove temporary build files a killed build left behind (older than STALE_TMP_S)."""
     now = time.time()
-    for tmp in directory.glob(".build-*.so"):
+    for tmp in directory.glob(".build-*"):
         try:
             if now - tmp.stat().st_mtime > STALE_TMP_S:
                 tmp.unlink()

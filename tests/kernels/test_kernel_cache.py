@@ -4,6 +4,8 @@ Each case runs in a fresh interpreter (the loader caches per process) against it
 """
 
 import os
+import platform
+import stat
 import subprocess
 import sys
 import time
@@ -23,14 +25,47 @@ if load("sparse_attention_cpu") is None:
     sys.exit(3)
 q, k, v = torch.randn(9, 70, 64), torch.randn(3, 90, 64), torch.randn(3, 90, 64)
 plan = plan_sparse_attention(torch.arange(20, 90), 90)
-torch.testing.assert_close(sparse_query_attention_cpu(q, k, v, plan, 0.125),
-                           sparse_query_attention_ref(q, k, v, plan, 0.125), atol=2e-5, rtol=2e-5)
+for threads in (1, 2, 3):
+    torch.set_num_threads(threads)
+    torch.testing.assert_close(sparse_query_attention_cpu(q, k, v, plan, 0.125),
+                               sparse_query_attention_ref(q, k, v, plan, 0.125), atol=2e-5, rtol=2e-5)
+"""
+REPORT = """
+from chunkcache.kernels._cpp import openmp_runtime
+print("openmp", load("sparse_attention_cpu").sparse_attention_openmp(), openmp_runtime())
 """
 
 
-def _run(env_update: dict, **kw) -> subprocess.CompletedProcess:
+def _run(env_update: dict, code: str = USE, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, **env_update}
-    return subprocess.run([sys.executable, "-c", USE], env=env, capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, **kw)
+
+
+def _torch_openmp() -> str:
+    res = subprocess.run([sys.executable, "-c", "import torch; from chunkcache.kernels import _cpp; "
+                          "print(_cpp.openmp_runtime())"], capture_output=True, text=True, check=True)
+    return res.stdout.strip()
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the process's OpenMP runtime is read from /proc")
+def test_the_kernel_runs_on_torchs_openmp_pool(tmp_path):
+    """Linked to the OpenMP runtime torch loaded, not a second one: its threads are torch's pool's."""
+    runtime = _torch_openmp()
+    if runtime == "None":
+        pytest.skip("this torch build loads no (single) OpenMP runtime")
+    res = _run({"CHUNKCACHE_KERNEL_CACHE": str(tmp_path)}, USE + REPORT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split()[-3:] == ["openmp", "1", runtime]  # still one runtime mapped: torch's
+
+
+def test_a_compiler_without_openmp_builds_with_threads(tmp_path):
+    """A compiler that rejects -fopenmp (clang without libomp) gets the std::thread build, not a failure."""
+    cxx = tmp_path / "cxx-no-openmp"
+    cxx.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {_cpp.compiler()} "$@"\n')
+    cxx.chmod(cxx.stat().st_mode | stat.S_IXUSR)
+    res = _run({"CHUNKCACHE_KERNEL_CACHE": str(tmp_path / "cache"), "CXX": str(cxx)}, USE + REPORT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split()[-3:-1] == ["openmp", "0"] and len(_sos(tmp_path / "cache")) == 1
 
 
 def _sos(d: Path) -> list[Path]:

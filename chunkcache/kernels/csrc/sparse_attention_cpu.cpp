@@ -17,6 +17,9 @@
 #include <cstring>
 #include <exception>
 #include <thread>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <vector>
 
 namespace {
@@ -216,6 +219,12 @@ int run(const Args& a, int64_t n_kv, int threads) {
       failed[t] = 1;
     }
   };
+#ifdef _OPENMP
+  // Linked to torch's OpenMP runtime: its pool's threads (spinning after torch's last op) take the strides,
+  // instead of new threads that would share the cores with them. The team may be smaller than asked.
+#pragma omp parallel num_threads(threads)
+  work(omp_get_thread_num(), omp_get_num_threads());
+#else
   std::vector<std::thread> pool;
   int started = 1;
   try {
@@ -225,6 +234,7 @@ int run(const Args& a, int64_t n_kv, int threads) {
   work(0, threads);
   for (auto& th : pool) th.join();
   for (int t = started; t < threads; ++t) work(t, threads);
+#endif
   return *std::max_element(failed.begin(), failed.end()) ? 3 : 0;
 }
 
@@ -232,6 +242,15 @@ int run(const Args& a, int64_t n_kv, int threads) {
 
 // The floats per vector this build uses (16 AVX-512, 8 AVX/AVX2, 4 SSE/NEON): reported by the loader.
 extern "C" int sparse_attention_vector_width() { return W; }
+
+// 1 when this build runs its threads from the OpenMP runtime it was linked to (torch's), 0 with std::thread.
+extern "C" int sparse_attention_openmp() {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 // Return codes: 0 done; 1 bad shape arguments; 2 head_dim not 64 or 128; 3 a worker failed (out of memory).
 extern "C" int sparse_attention_f32(const float* q, const float* kt, const float* v, float* out, const int64_t* pos,
