@@ -29,8 +29,8 @@ import torch
 
 from chunkcache.kernels import _cpp
 from chunkcache.kernels._triton import triton_available
-from chunkcache.kernels.sparse_attention import (AttentionPlan, cpu_kernel_applies, plan_sparse_attention,
-                                                 sparse_query_attention)
+from chunkcache.kernels.sparse_attention import (AttentionPlan, cpu_kernel_applies, cpu_kernel_threads,
+                                                 plan_sparse_attention, sparse_query_attention)
 
 MIN_QUERIES = 64  # below this the reference (SDPA over a few rows) runs: nothing to gain, threads idle
 REPEATS = 5  # timed rounds per class (after one warm-up), candidates interleaved in each round
@@ -86,7 +86,8 @@ class Decision:
 class AttentionDispatch:
     """kernels: auto | torch | cpp | triton. decisions: shape class -> Decision (auto only).
     source: forced | measured | cached | single (one candidate, nothing to measure). cpp_march: the C++ build
-    that "cpp" runs; cpp_builds: each build timed -> its median paired speed-up over native (auto only)."""
+    that "cpp" runs; cpp_builds: each build timed -> its median paired speed-up over native (auto only);
+    cpp_threads: "openmp" (torch's pool) or "std::thread" for that build ("" when the C++ kernel is no candidate)."""
 
     kernels: str
     decisions: dict[str, Decision] = field(default_factory=dict)
@@ -95,13 +96,14 @@ class AttentionDispatch:
     isa: str = ""
     cpp_march: str = "native"
     cpp_builds: dict[str, float] = field(default_factory=dict)
+    cpp_threads: str = ""
 
     @classmethod
     def build(cls, kernels: str, shape: AttentionShape) -> "AttentionDispatch":
         """The dispatch for `shape`: forced, or (auto) loaded from the cache or measured now and cached."""
         isa = _isa(shape.device)
         if kernels != "auto":
-            return cls(kernels, isa=isa)
+            return cls(kernels, isa=isa, cpp_threads=(cpu_kernel_threads() or "") if kernels == "cpp" else "")
         t0 = time.perf_counter()
         cands = candidates(shape)
         if len(cands) == 1:
@@ -123,7 +125,8 @@ class AttentionDispatch:
         if march != "native" and not cpu_kernel_applies(*_probe(shape), march):  # loads it now, not in a request
             log.warning("the cached C++ build %s does not load here; running native", march)
             march = "native"
-        out = cls("auto", decisions, source, time.perf_counter() - t0, isa, march, build)
+        out = cls("auto", decisions, source, time.perf_counter() - t0, isa, march, build,
+                  (cpu_kernel_threads(march) or "") if "cpp" in cands else "")
         log.info("%s (%s in %.2f s)", out.describe(), source, out.startup_s)
         return out
 
@@ -147,6 +150,7 @@ class AttentionDispatch:
         """JSON-ready: the choice per class with its timings and speed-up over torch."""
         return {"kernels": self.kernels, "source": self.source, "startup_s": round(self.startup_s, 3),
                 "isa": self.isa, "cpp_march": self.cpp_march, "cpp_builds": self.cpp_builds,
+                "cpp_threads": self.cpp_threads,
                 "classes": {n: {**asdict(d), "speedup_vs_torch": _speedup(d)} for n, d in self.decisions.items()}}
 
     def describe(self) -> str:

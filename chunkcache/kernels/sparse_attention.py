@@ -226,6 +226,13 @@ def cpu_vector_width(march: str = "native") -> int | None:
     return None if lib is None else int(lib.sparse_attention_vector_width())
 
 
+def cpu_kernel_threads(march: str = "native") -> str | None:
+    """Where the C++ build for `march` runs its threads: "openmp" (torch's pool) or "std::thread"; None when
+    unbuilt."""
+    lib = load("sparse_attention_cpu", march)
+    return None if lib is None else ("openmp" if lib.sparse_attention_openmp() else "std::thread")
+
+
 def cpu_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, march: str = "native") -> bool:
     """Whether `sparse_query_attention_cpu` takes these tensors: fp32 on the CPU, head_dim 64 or 128, built."""
     return (q.device.type == k.device.type == v.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
