@@ -167,8 +167,9 @@ class AttentionDispatch:
         others = ", ".join(f"{names[n]} {x:.2f}x torch" for n, x in d.speedup.items() if n != "torch")
         if self.cpp_march != "native":
             others += f" ({self.cpp_march} build, {self.cpp_builds[self.cpp_march]:.2f}x native)"
+        threads = f"; C++ threads: {self.cpp_threads}" if self.cpp_threads else ""
         return (f"attention: {names[d.choice]} on this machine ({self.isa}, {key}: {others}); "
-                + ", ".join(f"{n}: {x.choice}" for n, x in self.decisions.items()))
+                + ", ".join(f"{n}: {x.choice}" for n, x in self.decisions.items()) + threads)
 
 
 def _speedup(d: Decision) -> float | None:

@@ -25,6 +25,7 @@ def test_measured_once_then_read_from_the_cache(private_cache):
     first = AttentionDispatch.build("auto", SHAPE)
     assert first.source == "measured" and set(first.decisions) == FITS_2048
     assert first.summary()["cpp_threads"] in {"openmp", "std::thread"}
+    assert first.describe().endswith(f"C++ threads: {first.cpp_threads}")
     for d in first.decisions.values():
         assert set(d.ms) == {"torch", "cpp"} and all(t > 0 for t in d.ms.values())
         assert d.choice == ("cpp" if d.speedup["cpp"] >= attention_dispatch.MARGIN else "torch")  # paired ratio
