@@ -97,6 +97,7 @@ class AttentionDispatch:
     cpp_march: str = "native"
     cpp_builds: dict[str, float] = field(default_factory=dict)
     cpp_threads: str = ""
+    max_positions: int = 0  # the model's context, which the classes were cut to (0: not cut)
 
     @classmethod
     def build(cls, kernels: str, shape: AttentionShape) -> "AttentionDispatch":
@@ -126,7 +127,7 @@ class AttentionDispatch:
             log.warning("the cached C++ build %s does not load here; running native", march)
             march = "native"
         out = cls("auto", decisions, source, time.perf_counter() - t0, isa, march, build,
-                  (cpu_kernel_threads(march) or "") if "cpp" in cands else "")
+                  (cpu_kernel_threads(march) or "") if "cpp" in cands else "", shape.max_positions)
         log.info("%s (%s in %.2f s)", out.describe(), source, out.startup_s)
         return out
 
@@ -143,7 +144,7 @@ class AttentionDispatch:
             return self.kernels
         if m < MIN_QUERIES:
             return "torch"
-        name = classify(m, q_end, list(self.decisions))
+        name = classify(m, q_end, list(self.decisions), self.max_positions)
         return "torch" if name is None else self.decisions[name].choice
 
     def summary(self) -> dict:
@@ -214,12 +215,13 @@ def _classes(shape: AttentionShape) -> list[ShapeClass]:
     return out
 
 
-def classify(m: int, q_end: int, names: list[str]) -> str | None:
-    """The nearest measured class to a call of m queries ending at q_end (same density group, log length);
-    None when that group was not measured."""
+def classify(m: int, q_end: int, names: list[str], max_positions: int = 0) -> str | None:
+    """The nearest measured class to a call of m queries ending at q_end (same density group, log length of the
+    class as measured: cut to max_positions when given); None when that group was not measured."""
     dense = m / max(q_end, 1) >= DENSE
     group = [c for c in SHAPE_CLASSES if (c.density >= DENSE) == dense and c.name in names]
-    return min(group, key=lambda c: abs(math.log(q_end / c.kv_len))).name if group else None
+    length = {c.name: min(c.kv_len, max_positions or c.kv_len) for c in group}
+    return min(group, key=lambda c: abs(math.log(max(q_end, 1) / length[c.name]))).name if group else None
 
 
 def query_positions(kv_len: int, m: int, contiguous: bool, gen: torch.Generator) -> torch.Tensor:

@@ -72,6 +72,8 @@ def test_choose_follows_the_decisions_by_class():
     assert classify(600, 5991, list(decisions)) == "sparse-xlong" and d.choose(scattered) == "cpp"
     assert classify(500, 3500, list(decisions)) == "sparse-long"
     assert classify(600, 5991, [n for n in decisions if n != "sparse-xlong"]) == "sparse-long"  # a 4K-context model
+    fits_2048 = sorted(FITS_2048)  # a 2K-context model: sparse-long was measured at 2,048 keys, not 4,096
+    assert classify(270, 1800, fits_2048) == "sparse-short" and classify(270, 1800, fits_2048, 2048) == "sparse-long"
     behind_prefix = plan_sparse_attention(torch.arange(64, 614), 614)  # a chunk precomputed behind a prefix
     assert d.choose(behind_prefix) == "torch"
     assert d.choose(plan_sparse_attention(torch.arange(300), 300)) == "torch"  # causal square: SDPA
