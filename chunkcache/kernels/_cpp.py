@@ -177,11 +177,13 @@ def _compile(cxx: str, src: Path, so: Path, march: str) -> None:
     obj = tmp[:-3] + ".o"
     try:
         omp = openmp_runtime()
-        if omp is None or not _run([cxx, f"-march={march}", *FLAGS, "-fopenmp", "-c", str(src), "-o", obj],
-                                   required=False):
-            _run([cxx, f"-march={march}", *FLAGS, str(src), "-o", tmp])
-        else:
+        if omp is not None and _run([cxx, f"-march={march}", *FLAGS, "-fopenmp", "-c", str(src), "-o", obj],
+                                    required=False):
             _run([cxx, *FLAGS, obj, str(omp), f"-Wl,-rpath,{omp.parent}", "-o", tmp])
+        else:
+            if omp is not None:
+                log.info("%s does not compile %s with -fopenmp; building it with std::thread", cxx, src.name)
+            _run([cxx, f"-march={march}", *FLAGS, str(src), "-o", tmp])
         os.chmod(tmp, 0o700)
         os.replace(tmp, so)  # atomic: a reader sees the old file or the whole new one
     finally:
@@ -195,8 +197,6 @@ def _run(cmd: list[str], required: bool = True) -> bool:
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if res.returncode != 0 and required:
         raise subprocess.SubprocessError(f"exit {res.returncode}: {res.stderr.strip()[-2000:]}")
-    if res.returncode != 0:
-        log.info("%s failed (exit %d); building without OpenMP", " ".join(cmd[:3]), res.returncode)
     return res.returncode == 0
 
 
