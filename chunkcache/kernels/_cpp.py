@@ -113,16 +113,40 @@ OPENMP_RUNTIMES = ("libgomp", "libiomp5", "libomp")  # GNU, Intel, LLVM: each se
 
 
 def openmp_runtime() -> Path | None:
-    """The OpenMP runtime this process has loaded (torch's, once torch is imported), on Linux; None when there is
-    none, or more than one. A kernel linked to it runs its threads from torch's pool instead of starting its
-    own, which on a machine with as many threads as cores would share them with torch's spinning workers."""
+    """The OpenMP runtime torch runs its pool on, on Linux; None when the process has loaded none, or several
+    and torch's cannot be told. A kernel linked to it runs its threads from torch's pool instead of starting its
+    own, which on a machine with as many threads as cores would share them with torch's spinning workers.
+    Several are common: the faiss-cpu and scikit-learn wheels bring their own renamed libgomp."""
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
     fields = (line.split(maxsplit=5) for line in maps)  # address perms offset dev inode [path]
-    found = {Path(f[5]) for f in fields if len(f) == 6 and Path(f[5]).name.startswith(OPENMP_RUNTIMES)}
-    return found.pop() if len(found) == 1 else None
+    mapped = [(f[0], Path(f[5])) for f in fields if len(f) == 6]
+    found = {path for _, path in mapped if path.name.startswith(OPENMP_RUNTIMES)}
+    if len(found) <= 1:
+        return found.pop() if found else None
+    owner = _owner(mapped, _resolved_in(mapped, "libtorch_cpu", "omp_get_max_threads"))
+    return owner if owner in found else None
+
+
+def _resolved_in(mapped: list[tuple[str, Path]], library: str, symbol: str) -> int | None:
+    """The address `symbol` resolves to from the mapped library named `library*` (its own dependencies first)."""
+    lib = next((path for _, path in mapped if path.name.startswith(library)), None)
+    try:
+        fn = getattr(ctypes.CDLL(str(lib), mode=os.RTLD_NOLOAD), symbol) if lib else None
+    except (OSError, AttributeError):
+        return None
+    return ctypes.cast(fn, ctypes.c_void_p).value if fn is not None else None
+
+
+def _owner(mapped: list[tuple[str, Path]], addr: int | None) -> Path | None:
+    """The mapped file that holds `addr` (maps' "lo-hi" spans, hexadecimal)."""
+    for span, path in mapped:
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if addr is not None and lo <= addr < hi:
+            return path
+    return None
 
 
 def so_path(name: str, march: str = "native") -> Path | None:

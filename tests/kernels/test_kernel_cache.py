@@ -58,6 +58,30 @@ def test_the_kernel_runs_on_torchs_openmp_pool(tmp_path):
     assert res.stdout.split()[-3:] == ["openmp", "1", runtime]  # still one runtime mapped: torch's
 
 
+SECOND_RUNTIME = """
+from pathlib import Path
+import faiss  # the faiss-cpu wheel bundles its own renamed libgomp, mapped here before torch's
+from chunkcache.kernels._cpp import OPENMP_RUNTIMES
+runtimes = lambda: {Path(line.split()[-1]) for line in Path("/proc/self/maps").read_text().splitlines()
+                    if Path(line.split()[-1]).name.startswith(OPENMP_RUNTIMES)}
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the process's OpenMP runtime is read from /proc")
+def test_a_second_openmp_runtime_does_not_cost_torchs_pool(tmp_path):
+    """faiss (the server, the LangChain retriever) maps a second runtime first: the kernel still links torch's."""
+    runtime = _torch_openmp()
+    if runtime == "None":
+        pytest.skip("this torch build loads no (single) OpenMP runtime")
+    code = SECOND_RUNTIME + USE + "before = runtimes()" + REPORT + "print(len(before), runtimes() == before)"
+    res = _run({"CHUNKCACHE_KERNEL_CACHE": str(tmp_path)}, code)
+    assert res.returncode == 0, res.stdout + res.stderr
+    *_, built, linked, runtime_to, n_runtimes, unchanged = res.stdout.split()
+    if n_runtimes == "1":
+        pytest.skip("this faiss-cpu wheel brings no OpenMP runtime of its own")
+    assert (built, linked, runtime_to, unchanged) == ("openmp", "1", runtime, "True")
+
+
 def test_a_compiler_without_openmp_builds_with_threads(tmp_path):
     """A compiler that rejects -fopenmp (clang without libomp) gets the std::thread build, not a failure."""
     cxx = tmp_path / "cxx-no-openmp"
