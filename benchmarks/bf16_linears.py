@@ -1,0 +1,121 @@
+"""Decoder linear layers in bfloat16, everything else fp32: what it buys in TTFT, what it costs in answers.
+
+The experiment behind a possible option, not a product path. On a CPU with AVX512-BF16 a bf16 GEMM runs about
+twice as fast as an fp32 one, and the projections and MLP are over half of a blended prefill's time. Here every
+`nn.Linear` inside the decoder layers computes in bf16 (weights stored in bf16, inputs cast to bf16, oneDNN's
+fp32 accumulation, the output cast back to fp32); the embeddings, norms, residual stream, rotary embedding,
+attention, KV cache and lm_head stay fp32. Two engines on the same examples in one run: the fp32 one and the
+bf16-linear one (its own store, so its chunk KV is precomputed in bf16 too). Every TTFT ratio is paired per
+example against the fp32 engine's full prefill; agreement is each answer's token F1 against the fp32 full
+prefill's answer, as `bench tasks` scores it.
+
+python benchmarks/bf16_linears.py --split test --limit 20 --ratio 0.05 --decode-correction 1024 --timed 10 \
+    --json benchmarks/bf16_linears_hotpotqa_test20_r05_dc1024.json
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from chunkcache.bench.rag import evaluate_request, fused_request
+from chunkcache.bench.tasks.metrics import agreement
+from chunkcache.bench.tasks.runner import score_rows, task_request
+from chunkcache.bench.tasks.suites import get_suite, load_suite
+from chunkcache.blend.config import BlendConfig
+from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
+from chunkcache.kernels._cpp import cpu_flags, cpuinfo
+from chunkcache.retrieval.embedder import Embedder
+
+
+class Bf16Linear(torch.nn.Module):
+    """y = x W^T + b computed in bfloat16 (fp32 accumulation inside the GEMM), returned in x's dtype."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))  # [out, in]
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+
+def bf16_linears(model: torch.nn.Module) -> int:
+    """Swap every nn.Linear inside the decoder layers for a Bf16Linear; returns how many."""
+    swapped = 0
+    for layer in model.model.layers:
+        for parent in layer.modules():
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(parent, name, Bf16Linear(child))
+                    swapped += 1
+    return swapped
+
+
+def paired(rows, num, den):
+    """Median over examples of num / den (each 'engine:label' TTFT), the timed rows only."""
+    vals = [r[den]["ttft_s"] / r[num]["ttft_s"] for r in rows if r["timed"]]
+    return statistics.median(vals) if vals else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", default="hotpotqa")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--mode", default="fusionqc")
+    ap.add_argument("--ratio", type=float, default=0.05)
+    ap.add_argument("--decode-correction", type=int, default=1024)
+    ap.add_argument("--timed", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    suite = get_suite(args.suite)
+    engines = {"fp32": ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory")),
+               "bf16lin": ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory"))}
+    swapped = bf16_linears(engines["bf16lin"].runner.model)
+    cfg = BlendConfig(mode=args.mode, recompute_ratio=args.ratio, decode_correction=args.decode_correction)
+    embedder = Embedder()
+    rows = []
+    for i, ex in enumerate(load_suite(suite, args.split, args.limit)):
+        timed, row = i < args.timed, {"id": ex.id}
+        for name, engine in engines.items():
+            req = task_request(engine.prompts, ex)
+            fused, _ = fused_request(engine, req, embedder.encode(list(ex.chunks)))
+            modes = evaluate_request(engine, list(ex.chunks), req, {args.mode: cfg}, args.max_new_tokens,
+                                     repeats=args.repeats if timed else 1, fused=fused)
+            for label, m in score_rows(modes, ex, suite.score).items():
+                row[f"{name}:{label}"] = {k: m[k] for k in ("ttft_s", "answer", "task_score", "tf_kl")}
+        ref = row["fp32:full"]["answer"]
+        for key, m in row.items():
+            if isinstance(m, dict):
+                m.update(agreement(m["answer"], ref))
+        row["timed"] = timed
+        rows.append(row)
+        print(f"[{i + 1}] {ex.id} " + "  ".join(f"{k}: {m['ttft_s']:.3f}s agree={m['agreement_f1']:.2f}"
+                                                 for k, m in row.items() if isinstance(m, dict)), flush=True)
+    labels = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+    summary = {label: {"agreement_f1": statistics.mean(r[label]["agreement_f1"] for r in rows),
+                       "agreement_exact": statistics.mean(r[label]["agreement_exact"] for r in rows),
+                       "task_score": statistics.mean(r[label]["task_score"] for r in rows),
+                       "tf_kl_vs_own_engines_full_mean": statistics.mean(r[label]["tf_kl"] for r in rows),
+                       "ttft_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full")}
+               for label in labels}
+    summary["bf16lin_vs_fp32_same_mode"] = {m: paired(rows, f"bf16lin:{m}", f"fp32:{m}") for m in ("full", args.mode)}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": cpuinfo("model name"), "avx512_bf16": "avx512_bf16" in cpu_flags().split(),
+                       "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%F"),
+                       "suite": args.suite, "split": args.split, "mode": args.mode, "ratio": args.ratio,
+                       "decode_correction": args.decode_correction, "linears_swapped": swapped,
+                       "summary": summary, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
