@@ -1,15 +1,15 @@
 """Decoder linear layers in bfloat16, everything else fp32: what it buys in TTFT, what it costs in answers.
 
-The experiment behind a possible option, not a product path. On a CPU with AVX512-BF16 a bf16 GEMM runs about
-twice as fast as an fp32 one, and the projections and MLP are over half of a blended prefill's time. Here every
-`nn.Linear` inside the decoder layers computes in bf16 (weights stored in bf16, inputs cast to bf16, oneDNN's
-fp32 accumulation, the output cast back to fp32); the embeddings, norms, residual stream, rotary embedding,
-attention, KV cache and lm_head stay fp32. Two engines on the same examples in one run: the fp32 one and the
-bf16-linear one (its own store, so its chunk KV is precomputed in bf16 too). Every TTFT ratio is paired per
+On a CPU with AVX512-BF16 a bf16 GEMM runs about twice as fast as an fp32 one, and the projections and MLP are
+over half of a blended prefill's time. `linear_dtype="bfloat16"` (chunkcache/runner/linear.py) computes every
+`nn.Linear` inside the decoder layers in bf16 (weights stored in bf16, inputs cast to bf16, fp32 accumulation,
+the output cast back to fp32); the embeddings, norms, residual stream, rotary embedding, attention, KV cache and
+lm_head stay fp32. Two engines on the same examples in one run: the fp32 one and the bf16-linear one (its own
+store, so its chunk KV is precomputed with bf16 linears too). Every TTFT ratio is paired per
 example against the fp32 engine's full prefill; agreement is each answer's token F1 against the fp32 full
 prefill's answer, as `bench tasks` scores it.
 
-python benchmarks/bf16_linears.py --split test --limit 20 --ratio 0.05 --decode-correction 1024 --timed 10 \
+python benchmarks/bf16_linears.py --split test [--skip 20] --limit 20 --ratio 0.05 --decode-correction 1024 --timed 10 \
     --json benchmarks/bf16_linears_hotpotqa_test20_r05_dc1024.json
 """
 
@@ -19,7 +19,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from chunkcache.bench.rag import evaluate_request, fused_request
 from chunkcache.bench.tasks.metrics import agreement
@@ -29,31 +28,6 @@ from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
 from chunkcache.kernels._cpp import cpu_flags, cpuinfo
 from chunkcache.retrieval.embedder import Embedder
-
-
-class Bf16Linear(torch.nn.Module):
-    """y = x W^T + b computed in bfloat16 (fp32 accumulation inside the GEMM), returned in x's dtype."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))  # [out, in]
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-        self.register_buffer("bias", bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
-
-
-def bf16_linears(model: torch.nn.Module) -> int:
-    """Swap every nn.Linear inside the decoder layers for a Bf16Linear; returns how many."""
-    swapped = 0
-    for layer in model.model.layers:
-        for parent in layer.modules():
-            for name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, name, Bf16Linear(child))
-                    swapped += 1
-    return swapped
 
 
 def paired(rows, num, den):
@@ -66,6 +40,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="hotpotqa")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--skip", type=int, default=0, help="start at this example of the split")
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--mode", default="fusionqc")
     ap.add_argument("--ratio", type=float, default=0.05)
@@ -76,13 +51,15 @@ def main():
     ap.add_argument("--json")
     args = ap.parse_args()
     suite = get_suite(args.suite)
-    engines = {"fp32": ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory")),
-               "bf16lin": ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory"))}
-    swapped = bf16_linears(engines["bf16lin"].runner.model)
+    base = EngineConfig(threads=2, store="memory")
+    engines = {"fp32": ChunkCacheEngine.from_config(base),
+               "bf16lin": ChunkCacheEngine.from_config(base.model_copy(update={"linear_dtype": "bfloat16"}))}
+    linear = engines["bf16lin"].runner.linear.describe()
+    print(linear, flush=True)
     cfg = BlendConfig(mode=args.mode, recompute_ratio=args.ratio, decode_correction=args.decode_correction)
     embedder = Embedder()
     rows = []
-    for i, ex in enumerate(load_suite(suite, args.split, args.limit)):
+    for i, ex in enumerate(load_suite(suite, args.split, args.skip + args.limit)[args.skip:]):
         timed, row = i < args.timed, {"id": ex.id}
         for name, engine in engines.items():
             req = task_request(engine.prompts, ex)
@@ -113,7 +90,7 @@ def main():
             json.dump({"machine": cpuinfo("model name"), "avx512_bf16": "avx512_bf16" in cpu_flags().split(),
                        "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%F"),
                        "suite": args.suite, "split": args.split, "mode": args.mode, "ratio": args.ratio,
-                       "decode_correction": args.decode_correction, "linears_swapped": swapped,
+                       "decode_correction": args.decode_correction, "skip": args.skip, "linear": linear,
                        "summary": summary, "rows": rows}, f, indent=1)
 
 

@@ -138,7 +138,8 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
         return Health(status="ok", model=cfg.engine.model_path or "SmolLM2-135M-Instruct",
                       fingerprint=svc.engine.runner.fingerprint, queue_depth=request.app.state.worker.depth,
                       store="disk" if cfg.persistent else "memory", attention=att.describe(),
-                      attention_choices={n: d.choice for n, d in att.decisions.items()})
+                      attention_choices={n: d.choice for n, d in att.decisions.items()},
+                      linear=svc.engine.runner.linear.describe())
 
     @app.get("/metrics", dependencies=[Depends(require_api_key)],
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})

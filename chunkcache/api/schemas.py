@@ -200,6 +200,7 @@ class Health(BaseModel):
     store: str
     attention: str = ""  # which attention implementation runs and why (measured on this machine under auto)
     attention_choices: dict[str, str] = {}  # shape class -> torch | cpp | triton
+    linear: str = ""  # what the decoder's linear layers compute in (linear_dtype), and the measurement behind it
 
 
 class ErrorBody(BaseModel):

@@ -51,6 +51,8 @@ def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
 
     att = engine.runner.attention
     print(f"{att.describe()} [{att.source}{f' in {att.startup_s:.1f}s' if att.source == 'measured' else ''}]")
+    if engine.runner.linear.asked:
+        print(engine.runner.linear.describe())
     ex = load_examples(args.data, limit=args.example + 1)[args.example]
     chunks = [passage_text(c) for c in ex["ctxs"]]
     t0 = time.perf_counter()

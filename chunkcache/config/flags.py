@@ -20,6 +20,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "model": (("model_path",), "--model", "local HF model directory (default: bundled SmolLM2-135M-Instruct)"),
     "device": (("device",), "--device", "cpu, cuda or cuda:N (default cpu)"),
     "dtype": (("dtype",), "--dtype", f"{' | '.join(DTYPES)} (default float32 on cpu, bfloat16 on cuda)"),
+    "linear_dtype": (("linear_dtype",), "--linear-dtype",
+                     "bfloat16: an fp32 model's linear layers in bf16, where measured faster (changes answers)"),
     "threads": (("threads",), "--threads", "torch CPU threads (default: torch's choice)"),
     "kernels": (("kernels",), "--kernels",
                 f"{' | '.join(KERNELS)} (default auto: the attention measured fastest here)"),

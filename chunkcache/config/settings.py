@@ -97,7 +97,9 @@ class StoreSettings(BaseModel):
 class EngineConfig(BaseSettings):
     """One engine: model, device, dtype, threads, system prompt, kernels, cache dir and store.
 
-    dtype None resolves to float32 on the CPU and bfloat16 on CUDA. system None is the prompt builder's
+    dtype None resolves to float32 on the CPU and bfloat16 on CUDA. linear_dtype "bfloat16" computes an fp32
+    model's decoder linear layers in bf16 where that measures faster (runner/linear.py; it changes answers, by
+    BENCHMARKS.md's measure); None: the model's dtype. system None is the prompt builder's
     default. kernels: auto (the attention implementation measured fastest on this machine for this model:
     torch, the C++ kernel on the CPU, Triton on CUDA; the other ops Triton on CUDA), or one forced: torch (the
     torch references only), cpp (the C++ attention; fp32 CPU), triton. store="memory" / "disk" is
@@ -111,6 +113,7 @@ class EngineConfig(BaseSettings):
     model_path: str | None = None
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    linear_dtype: Literal["float32", "bfloat16"] | None = None
     threads: PositiveInt | None = None
     system: str | None = None
     kernels: Literal["auto", "torch", "cpp", "triton"] = "auto"
@@ -142,6 +145,13 @@ class EngineConfig(BaseSettings):
     def _gpu_tier_needs_cuda_device(self) -> "EngineConfig":
         if self.store.gpu_bytes and not self.device.startswith("cuda"):
             raise ValueError(f"store.gpu_bytes: a GPU tier needs a cuda device, got device={self.device!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _linear_dtype_needs_fp32(self) -> "EngineConfig":
+        if self.linear_dtype == "bfloat16" and self.resolved_dtype != "float32":
+            raise ValueError(f"linear_dtype: 'bfloat16' computes an fp32 model's linear layers in bfloat16; dtype is "
+                             f"{self.resolved_dtype!r} (leave linear_dtype unset)")
         return self
 
     @property

@@ -18,6 +18,7 @@ from chunkcache.kernels.sparse_attention import (CPU_HEAD_DIMS, AttentionPlan, p
                                                  sparse_query_attention)
 from chunkcache.runner.fingerprint import model_fingerprint
 from chunkcache.runner.kv_cache import KVCache
+from chunkcache.runner.linear import apply_linear_dtype
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -28,10 +29,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class ModelRunner:
     """Layer-wise forward over a transformers causal LM (batch size 1, one request at a time)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object | None = None, kernels: str = "auto") -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: object | None = None, kernels: str = "auto",
+                 linear_dtype: str | None = None) -> None:
         """kernels: auto | torch | cpp | triton. Under auto the attention implementation is measured here (or read
         from the machine's cache) and the other kernels take Triton on CUDA; otherwise the one named runs
-        (cpp: the C++ attention, torch references elsewhere)."""
+        (cpp: the C++ attention, torch references elsewhere). linear_dtype: "bfloat16" swaps an fp32 model's
+        decoder linear layers for bf16 ones where measured faster (runner/linear.py), before the fingerprint."""
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         cfg = model.config
@@ -53,6 +56,7 @@ class ModelRunner:
         self.inv_freq = inner.rotary_emb.inv_freq.detach().to(torch.float32)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        self.linear = apply_linear_dtype(model, linear_dtype)
         self.fingerprint = model_fingerprint(model, tokenizer)
         self.kernels = kernels
         self.use_triton = triton_choice(kernels)  # the other ops

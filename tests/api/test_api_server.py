@@ -17,6 +17,7 @@ def test_api_healthz_open_and_auth_required(live_server) -> None:
     assert set(health["attention_choices"]) == {"sparse-short", "sparse-long", "sparse-xlong", "dense-short",
                                                 "dense-long"}
     assert set(health["attention_choices"].values()) <= {"torch", "cpp"}
+    assert health["linear"] == "linear layers: float32"  # linear_dtype not asked: the model's own
     assert httpx.post(f"{live_server.url}/generate_with_chunks", json=body()).status_code == 401
     r = httpx.post(f"{live_server.url}/generate_with_chunks", json=body(), headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and "authorization" in r.json()["detail"]

@@ -1,0 +1,104 @@
+"""The decoder's linear layers computed in bfloat16 inside an fp32 model (EngineConfig.linear_dtype).
+
+Applied from outside the model, as gpt-fast applies quantisation: each `nn.Linear` of the decoder layers is
+swapped for a `Bf16Linear` holding a bf16 copy of its weight. Only the GEMMs change precision: their inputs are
+rounded to bf16 and accumulated in fp32 by the backend, their outputs returned in fp32; embeddings, norms, the
+residual stream, rotary embedding, attention, the KV cache and lm_head stay fp32. The swapped weights are bf16
+in the state dict, so the model fingerprint, and with it every chunk key, differs from the fp32 engine's: the
+two never share KV.
+
+Opt-in, because it changes answers (BENCHMARKS.md measures by how much), and taken only where it is measured
+faster on the device at hand: CPUs without native bf16 (AVX512-BF16, AMX, or ARM's BF16) convert in software
+and can run it slower than fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MIN_SPEEDUP = 1.2  # bf16 GEMMs must measure at least this much faster than fp32 to be taken
+PROBE_ROWS = 128  # rows of the probe GEMM: a blended prefill's recompute (~100-250 rows) on HotpotQA
+log = logging.getLogger(__name__)
+
+
+class Bf16Linear(torch.nn.Module):
+    """y [..., out] = x [..., in] W^T + b, computed in bfloat16 and returned in x's dtype."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))  # [out, in]
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class LinearPrecision:
+    """What the engine's decoder linear layers compute in, and why. asked: the config's linear_dtype;
+    speedup: bf16 over fp32 on the probe GEMM (None when not measured)."""
+
+    dtype: str
+    asked: str | None = None
+    speedup: float | None = None
+
+    def describe(self) -> str:
+        if self.speedup is None:
+            return f"linear layers: {self.dtype}"
+        verdict = "taken" if self.dtype == "bfloat16" else f"under {MIN_SPEEDUP}x, kept float32"
+        return f"linear layers: {self.dtype} (bfloat16 asked, measured {self.speedup:.2f}x float32: {verdict})"
+
+
+def decoder_linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Linear]]:
+    """(parent, attribute, module) of every nn.Linear inside the decoder layers (lm_head excluded)."""
+    return [(parent, name, child) for layer in model.model.layers for parent in layer.modules()
+            for name, child in parent.named_children() if isinstance(child, torch.nn.Linear)]
+
+
+def bf16_speedup(weight: torch.Tensor, rounds: int = 7, calls: int = 5) -> float:
+    """fp32 time / bf16 time of x [PROBE_ROWS, in] @ weight [out, in]^T on weight's device: the median of
+    `rounds` paired rounds, interleaved, after a warm-up."""
+    x = torch.randn(PROBE_ROWS, weight.shape[1], device=weight.device, dtype=torch.float32)
+    w32, w16 = weight.detach().float(), weight.detach().to(torch.bfloat16)
+    sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        return time.perf_counter() - t0
+
+    fp32 = lambda: F.linear(x, w32)  # noqa: E731
+    bf16 = lambda: F.linear(x.to(torch.bfloat16), w16).float()  # noqa: E731
+    timed(fp32), timed(bf16)
+    return statistics.median(timed(fp32) / timed(bf16) for _ in range(rounds))
+
+
+def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None) -> LinearPrecision:
+    """Swap the decoder's linear layers for Bf16Linear when linear_dtype is "bfloat16", the model is fp32 and a
+    bf16 GEMM measures MIN_SPEEDUP faster here; otherwise leave the model as it is. Call before the model
+    fingerprint is taken."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if linear_dtype in (None, dtype):
+        return LinearPrecision(dtype, linear_dtype)
+    if linear_dtype != "bfloat16" or dtype != "float32":
+        raise ValueError(f"linear_dtype: {linear_dtype!r} computes an fp32 model's linear layers in bfloat16; "
+                         f"this model is {dtype}")
+    linears = decoder_linears(model)
+    probe = max((m for _, _, m in linears), key=lambda m: m.weight.numel())  # the MLP's widest projection
+    speedup = bf16_speedup(probe.weight)
+    if speedup >= MIN_SPEEDUP:
+        for parent, name, module in linears:
+            setattr(parent, name, Bf16Linear(module))
+    out = LinearPrecision("bfloat16" if speedup >= MIN_SPEEDUP else "float32", linear_dtype, speedup)
+    (log.info if out.dtype == "bfloat16" else log.warning)("%s", out.describe())
+    return out

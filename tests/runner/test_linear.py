@@ -1,0 +1,94 @@
+"""linear_dtype="bfloat16": the decoder's GEMMs in bf16, taken only where measured faster, keyed apart."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from tiny_models import tiny_llama
+
+from chunkcache.config.flags import engine_flags, flag_layer
+from chunkcache.config.loading import load_config
+from chunkcache.config.settings import EngineConfig
+from chunkcache.runner import linear
+from chunkcache.runner.linear import Bf16Linear, apply_linear_dtype, bf16_speedup, decoder_linears
+from chunkcache.runner.runner import ModelRunner
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Set what the bf16 probe measures: a CPU without native bf16 cannot be produced here."""
+    def set_speedup(value: float) -> None:
+        monkeypatch.setattr(linear, "bf16_speedup", lambda weight: value)
+    return set_speedup
+
+
+def test_bf16_linear_rounds_inputs_and_weights_and_returns_fp32():
+    lin = torch.nn.Linear(64, 48, bias=True)
+    x = torch.randn(5, 64)
+    got = Bf16Linear(lin)(x)
+    ref = (x.to(torch.bfloat16).double() @ lin.weight.to(torch.bfloat16).double().T
+           + lin.bias.to(torch.bfloat16).double())  # bf16 operands, exact accumulation
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, atol=0.02, rtol=0.01)  # the output's own bf16 rounding
+    assert (got - F.linear(x, lin.weight, lin.bias)).abs().max() > 0  # not the fp32 product
+
+
+def test_runner_swaps_every_decoder_linear_and_matches_hf_on_the_swapped_model(measured):
+    measured(2.0)
+    model = tiny_llama(seed=4)
+    fp32_logits = model(torch.arange(40)[None]).logits[0]
+    runner = ModelRunner(model, kernels="torch", linear_dtype="bfloat16")
+    assert runner.linear.dtype == "bfloat16" and "taken" in runner.linear.describe()
+    assert not decoder_linears(model)  # all 7 per layer swapped
+    assert sum(isinstance(m, Bf16Linear) for m in model.modules()) == 7 * len(model.model.layers)
+    assert isinstance(model.lm_head, torch.nn.Linear) and model.lm_head.weight.dtype == torch.float32
+    ids = torch.arange(40)
+    ours = runner.logits(runner.extend(ids, runner.new_cache(40)))
+    with torch.no_grad():
+        hf = model(ids[None]).logits[0]  # HF's forward runs the same swapped modules
+    assert (ours - hf).abs().max() < 1e-4
+    gap = (ours - fp32_logits).abs().max()
+    assert 0 < gap < 0.1 * fp32_logits.abs().max()  # a precision change, not another model
+
+
+def test_not_taken_where_bf16_measures_slower(measured):
+    measured(0.6)
+    model = tiny_llama(seed=4)
+    runner = ModelRunner(model, kernels="torch", linear_dtype="bfloat16")
+    assert runner.linear.dtype == "float32" and "kept float32" in runner.linear.describe()
+    assert len(decoder_linears(model)) == 7 * len(model.model.layers)
+    assert runner.fingerprint == ModelRunner(tiny_llama(seed=4), kernels="torch").fingerprint
+
+
+def test_bf16_linears_key_their_kv_apart(measured):
+    measured(2.0)
+    fp32 = ModelRunner(tiny_llama(seed=4), kernels="torch")
+    mixed = ModelRunner(tiny_llama(seed=4), kernels="torch", linear_dtype="bfloat16")
+    assert fp32.fingerprint != mixed.fingerprint
+
+
+def test_only_an_fp32_model_takes_it():
+    bf16 = copy.deepcopy(tiny_llama(seed=4)).to(torch.bfloat16)
+    assert apply_linear_dtype(bf16, "bfloat16").speedup is None  # already bf16: nothing to do
+    with pytest.raises(ValueError, match="linear_dtype"):
+        apply_linear_dtype(bf16, "float32")
+    with pytest.raises(ValidationError, match="linear_dtype"):
+        EngineConfig(dtype="bfloat16", linear_dtype="bfloat16")
+    assert EngineConfig(linear_dtype="bfloat16").linear_dtype == "bfloat16"
+
+
+def test_the_flag_and_the_environment_reach_the_config(monkeypatch):
+    args = engine_flags().parse_args(["--linear-dtype", "bfloat16"])
+    assert load_config(None, flag_layer(args)).linear_dtype == "bfloat16"
+    monkeypatch.setenv("CHUNKCACHE_LINEAR_DTYPE", "bfloat16")
+    assert load_config().linear_dtype == "bfloat16"
+    monkeypatch.setenv("CHUNKCACHE_LINEAR_DTYPE", "float8")
+    with pytest.raises(Exception, match="linear_dtype"):
+        load_config()
+
+
+def test_the_probe_measures_a_ratio_on_this_machine():
+    ratio = bf16_speedup(torch.randn(256, 128), rounds=3, calls=2)
+    assert 0.01 < ratio < 100
