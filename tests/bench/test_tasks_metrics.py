@@ -170,7 +170,7 @@ def test_merge_joins_runs_of_other_modes_on_the_same_examples_by_columns():
         merge_results([main, main])
 
 
-def test_merge_refuses_shards_run_with_another_decode_correction():
+def test_merge_refuses_shards_run_with_another_decode_correction_or_linear_dtype():
     rows = lambda ids: [{"id": i, "setting": "", "timed": False, "pareto": False,  # noqa: E731
                          "modes": {"full": _answered(_full(), "x")}} for i in ids]
     old, new = _result(["full"], [], rows(["a"])), _result(["full"], [], rows(["b"]))
@@ -178,6 +178,12 @@ def test_merge_refuses_shards_run_with_another_decode_correction():
     assert merge_results([old, new])["modes"]["full"]["n"] == 2
     new["config"]["decode_correction"] = 1024
     with pytest.raises(ValueError, match="config.decode_correction 1024, result 0 0"):
+        merge_results([old, new])
+    new["config"]["decode_correction"] = 0
+    new["config"]["linear_dtype"] = "float32"  # an older result ran fp32 linear layers
+    assert merge_results([old, new])["modes"]["full"]["n"] == 2
+    new["config"]["linear_dtype"] = "bfloat16"
+    with pytest.raises(ValueError, match="config.linear_dtype 'bfloat16', result 0 'float32'"):
         merge_results([old, new])
 
 
