@@ -91,8 +91,8 @@ def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None) -> Line
     if linear_dtype in (None, dtype):
         return LinearPrecision(dtype, linear_dtype)
     if linear_dtype != "bfloat16" or dtype != "float32":
-        raise ValueError(f"linear_dtype: {linear_dtype!r} computes an fp32 model's linear layers in bfloat16; "
-                         f"this model is {dtype}")
+        raise ValueError(f"linear_dtype: {linear_dtype!r} on a {dtype} model; the one mix supported is 'bfloat16' "
+                         f"linear layers in a float32 model")
     linears = decoder_linears(model)
     probe = max((m for _, _, m in linears), key=lambda m: m.weight.numel())  # the MLP's widest projection
     speedup = bf16_speedup(probe.weight)
