@@ -142,21 +142,27 @@ def _resolved_in(mapped: list[tuple[str, Path]], library: str, symbol: str) -> i
 
 def _owner(mapped: list[tuple[str, Path]], addr: int | None) -> Path | None:
     """The mapped file that holds `addr` (maps' "lo-hi" spans, hexadecimal)."""
+    if addr is None:
+        return None
     for span, path in mapped:
         lo, hi = (int(x, 16) for x in span.split("-"))
-        if addr is not None and lo <= addr < hi:
+        if lo <= addr < hi:
             return path
     return None
 
 
 def so_path(name: str, march: str = "native") -> Path | None:
     """Where the build of csrc/<name>.cpp for `march` is cached (None without a compiler)."""
+    return _so_path(name, march, openmp_runtime())
+
+
+def _so_path(name: str, march: str, omp: Path | None) -> Path | None:
+    """so_path for the OpenMP runtime `omp` the build links (None: the std::thread build)."""
     cxx = compiler()
     if cxx is None:
         return None
     src = (CSRC / f"{name}.cpp").read_bytes()
-    key = " ".join((cxx, compiler_version(cxx), f"-march={march}", *FLAGS, str(openmp_runtime()),
-                    cpu_flags())).encode()
+    key = " ".join((cxx, compiler_version(cxx), f"-march={march}", *FLAGS, str(omp), cpu_flags())).encode()
     return cache_dir() / f"{name}-{march}-{hashlib.sha256(src + key).hexdigest()[:16]}.so"
 
 
@@ -172,7 +178,8 @@ def load(name: str, march: str = "native") -> ctypes.CDLL | None:
 
 
 def _build_and_load(name: str, march: str) -> ctypes.CDLL | None:
-    so = so_path(name, march)
+    omp = openmp_runtime()  # read once: the cache key and the link name the same runtime
+    so = _so_path(name, march, omp)
     if so is None:
         _errors[(name, march)] = "no C++ compiler (c++, g++ or clang++) on PATH"
         return None
@@ -186,21 +193,21 @@ def _build_and_load(name: str, march: str) -> ctypes.CDLL | None:
                 except OSError as e:  # truncated or corrupt: rebuild it
                     log.warning("cached kernel %s does not load (%s); rebuilding", so, e)
                     so.unlink()
-            _compile(compiler(), CSRC / f"{name}.cpp", so, march)
+            _compile(compiler(), CSRC / f"{name}.cpp", so, march, omp)
             return ctypes.CDLL(str(so))
     except (OSError, subprocess.SubprocessError, UnsafeCacheDir, Timeout) as e:
         _errors[(name, march)] = f"could not build or load {name} (-march={march}) in {so.parent}: {e}"
         return None
 
 
-def _compile(cxx: str, src: Path, so: Path, march: str) -> None:
-    """Build `so`: against the process's OpenMP runtime where there is one and the compiler takes -fopenmp
-    (compiled with -fopenmp, linked to that runtime's file, not the compiler's -lgomp), else with std::thread."""
+def _compile(cxx: str, src: Path, so: Path, march: str, omp: Path | None) -> None:
+    """Build `so`: against the OpenMP runtime `omp` (torch's, `openmp_runtime()`) where there is one and the
+    compiler takes -fopenmp (compiled with -fopenmp, linked to that runtime's file, not the compiler's -lgomp),
+    else with std::thread."""
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=so.parent)
     os.close(fd)
     obj = tmp[:-3] + ".o"
     try:
-        omp = openmp_runtime()
         if omp is not None and _run([cxx, f"-march={march}", *FLAGS, "-fopenmp", "-c", str(src), "-o", obj],
                                     required=False):
             _run([cxx, *FLAGS, obj, str(omp), f"-Wl,-rpath,{omp.parent}", "-o", tmp])

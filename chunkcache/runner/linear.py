@@ -62,25 +62,24 @@ def decoder_linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, 
             for name, child in parent.named_children() if isinstance(child, torch.nn.Linear)]
 
 
-def bf16_speedup(weight: torch.Tensor, rounds: int = 7, calls: int = 5) -> float:
-    """fp32 time / bf16 time of x [PROBE_ROWS, in] @ weight [out, in]^T on weight's device: the median of
-    `rounds` paired rounds, interleaved, after a warm-up."""
-    x = torch.randn(PROBE_ROWS, weight.shape[1], device=weight.device, dtype=torch.float32)
-    w32, w16 = weight.detach().float(), weight.detach().to(torch.bfloat16)
-    sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
+def bf16_speedup(linear: torch.nn.Linear, rounds: int = 7, calls: int = 5) -> float:
+    """fp32 time / Bf16Linear time of `linear` over x [PROBE_ROWS, in] on its device: the median of `rounds`
+    paired rounds, interleaved, after a warm-up."""
+    x = torch.randn(PROBE_ROWS, linear.in_features, device=linear.weight.device, dtype=torch.float32)
+    bf16 = Bf16Linear(linear)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
 
-    def timed(fn) -> float:
+    @torch.inference_mode()
+    def timed(layer: torch.nn.Module) -> float:
         sync()
         t0 = time.perf_counter()
         for _ in range(calls):
-            fn()
+            layer(x)
         sync()
         return time.perf_counter() - t0
 
-    fp32 = lambda: F.linear(x, w32)  # noqa: E731
-    bf16 = lambda: F.linear(x.to(torch.bfloat16), w16).float()  # noqa: E731
-    timed(fp32), timed(bf16)
-    return statistics.median(timed(fp32) / timed(bf16) for _ in range(rounds))
+    timed(linear), timed(bf16)
+    return statistics.median(timed(linear) / timed(bf16) for _ in range(rounds))
 
 
 def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None) -> LinearPrecision:
@@ -95,7 +94,7 @@ def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None) -> Line
                          f"linear layers in a float32 model")
     linears = decoder_linears(model)
     probe = max((m for _, _, m in linears), key=lambda m: m.weight.numel())  # the MLP's widest projection
-    speedup = bf16_speedup(probe.weight)
+    speedup = bf16_speedup(probe)
     if speedup >= MIN_SPEEDUP:
         for parent, name, module in linears:
             setattr(parent, name, Bf16Linear(module))

@@ -224,7 +224,7 @@ def test_every_isa_build(march, tmp_path, monkeypatch):
         pytest.skip(f"{march} needs a cross compiler (tests/kernels/test_cross_compile.py)")
     if march not in _cpp.runnable_isas():  # compile only: this CPU cannot execute it
         so = tmp_path / "k.so"
-        _cpp._compile(_cpp.compiler(), _cpp.CSRC / "sparse_attention_cpu.cpp", so, march)
+        _cpp._compile(_cpp.compiler(), _cpp.CSRC / "sparse_attention_cpu.cpp", so, march, _cpp.openmp_runtime())
         assert so.stat().st_size > 1000
         return
     monkeypatch.setenv("CHUNKCACHE_KERNEL_CACHE", str(tmp_path))

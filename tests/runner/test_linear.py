@@ -20,7 +20,7 @@ from chunkcache.runner.runner import ModelRunner
 def measured(monkeypatch):
     """Set what the bf16 probe measures: a CPU without native bf16 cannot be produced here."""
     def set_speedup(value: float) -> None:
-        monkeypatch.setattr(linear, "bf16_speedup", lambda weight: value)
+        monkeypatch.setattr(linear, "bf16_speedup", lambda layer: value)
     return set_speedup
 
 
@@ -90,5 +90,5 @@ def test_the_flag_and_the_environment_reach_the_config(monkeypatch):
 
 
 def test_the_probe_measures_a_ratio_on_this_machine():
-    ratio = bf16_speedup(torch.randn(256, 128), rounds=3, calls=2)
+    ratio = bf16_speedup(torch.nn.Linear(128, 256), rounds=3, calls=2)
     assert 0.01 < ratio < 100
