@@ -89,6 +89,17 @@ def test_the_flag_and_the_environment_reach_the_config(monkeypatch):
         load_config()
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's flags() sets TF32 too
+def test_torchs_own_bf16_gemm_measures_slower_and_keeps_float32():
+    """With oneDNN off, bf16 GEMMs take torch's own kernel: the path of a CPU that fails torch's oneDNN bf16
+    check (no AVX-512), measured for real here (about 0.1x fp32 on the tiny model's widest layer)."""
+    model = tiny_llama(seed=4)
+    with torch.backends.mkldnn.flags(enabled=False):
+        runner = ModelRunner(model, kernels="torch", linear_dtype="bfloat16")
+    assert runner.linear.dtype == "float32" and runner.linear.speedup < linear.MIN_SPEEDUP
+    assert len(decoder_linears(model)) == 7 * len(model.model.layers)
+
+
 def test_the_probe_measures_a_ratio_on_this_machine():
     ratio = bf16_speedup(torch.nn.Linear(128, 256), rounds=3, calls=2)
     assert 0.01 < ratio < 100
