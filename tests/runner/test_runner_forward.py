@@ -54,7 +54,7 @@ def test_greedy_decode_matches_hf_steps_on_handed_out_cache(tiny_runner):
     with torch.no_grad():
         for _ in range(8):
             theirs.append(int(logits.argmax()))
-            out = tiny_runner.model(torch.tensor([[theirs[-1]]]), past_key_values=dyn, use_cache=True)
+            out = tiny_runner.model(torch.tensor([[theirs[-1]]]), cache=dyn, use_cache=True)
             dyn, logits = out.past_key_values, out.logits[0, -1].float()
     assert theirs == ours
     assert dyn.get_seq_length() == 48
