@@ -2,7 +2,8 @@
 TTFT the median of `repeats` prefills, with the blender's own step timings (place, load, compute) and a cProfile
 of one prefill per ratio (the chunkcache functions by cumulative time, and torch's ops by own time).
 
-python benchmarks/profile_prefill.py --split test --limit 5 --ratios 0.05,0.15 --json benchmarks/profile_prefill.json
+python benchmarks/profile_prefill.py --split test --limit 5 --ratios 0.05,0.15 [--linear-dtype bfloat16] \
+    --json benchmarks/profile_prefill.json
 """
 
 import argparse
@@ -45,9 +46,10 @@ def main():
     ap.add_argument("--mode", default="fusionqc")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--linear-dtype", default=None, help="EngineConfig.linear_dtype (bfloat16: bf16 linear layers)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    engine = ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory"))
+    engine = ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory", linear_dtype=args.linear_dtype))
     embedder = Embedder()
     ratios = [float(r) for r in args.ratios.split(",")]
     rows = []
@@ -84,7 +86,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": cpuinfo("model name"),
-                       "torch": torch.__version__, "mode": args.mode, "split": args.split,
+                       "torch": torch.__version__, "linear": engine.runner.linear.describe(), "mode": args.mode,
+                       "split": args.split,
                        "median_speedup": summary, "rows": rows, "profiles": profiles}, f, indent=1)
 
 

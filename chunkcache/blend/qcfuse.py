@@ -58,11 +58,14 @@ def fallback_layers(n_layers: int) -> tuple[int, ...]:
 
 def critical_layers(runner: ModelRunner, given: tuple[int, ...] = (), root: Path | None = None) -> tuple[int, ...]:
     """The request's layers, else the model's profiled ones (blend/qcfuse_profile.py: the user's own under root,
-    default the cache dir's `profiles`, else the package's for its default model), else the fallback; ValueError
-    naming the field when a layer does not exist in this model."""
-    fp = runner.fingerprint
-    layers = given or tuple(read_profile(fp, root).get("critical_layers", ())) \
-        or tuple(shipped_profile(fp).get("critical_layers", ())) or fallback_layers(runner.n_layers)
+    default the cache dir's `profiles`, else the package's for its default model; under the engine's fingerprint,
+    then under the model's as loaded, so bf16 linear layers keep its layers), else the fallback; ValueError naming
+    the field when a layer does not exist in this model."""
+    layers = given
+    for fp in dict.fromkeys((runner.fingerprint, runner.profile_fingerprint)):
+        layers = layers or tuple(read_profile(fp, root).get("critical_layers", ())) \
+            or tuple(shipped_profile(fp).get("critical_layers", ()))
+    layers = layers or fallback_layers(runner.n_layers)
     if any(not 0 <= x < runner.n_layers for x in layers):
         raise ValueError(f"critical_layers {layers} out of range for a model of {runner.n_layers} layers")
     return tuple(sorted(layers))

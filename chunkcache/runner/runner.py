@@ -56,8 +56,13 @@ class ModelRunner:
         self.inv_freq = inner.rotary_emb.inv_freq.detach().to(torch.float32)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        loaded = model_fingerprint(model, tokenizer)
         self.linear = apply_linear_dtype(model, linear_dtype)
-        self.fingerprint = model_fingerprint(model, tokenizer)
+        swapped = self.linear.dtype != str(self.dtype).removeprefix("torch.")
+        # KV is keyed by what computes it (bf16 linears compute other KV); what was measured about the model
+        # (qcfuse's critical layers) by the model as loaded, which the linear layers' precision does not change
+        self.fingerprint = model_fingerprint(model, tokenizer) if swapped else loaded
+        self.profile_fingerprint = loaded
         self.kernels = kernels
         self.use_triton = triton_choice(kernels)  # the other ops
         self.attention_shape = shape = AttentionShape(self.n_heads, self.n_kv_heads, self.head_dim,

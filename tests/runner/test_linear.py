@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from tiny_models import tiny_llama
 
+from chunkcache.blend.model_profile import update_profile
+from chunkcache.blend.qcfuse import critical_layers, fallback_layers
 from chunkcache.config.flags import engine_flags, flag_layer
 from chunkcache.config.loading import load_config
 from chunkcache.config.settings import EngineConfig
@@ -67,6 +69,20 @@ def test_bf16_linears_key_their_kv_apart(measured):
     fp32 = ModelRunner(tiny_llama(seed=4), kernels="torch")
     mixed = ModelRunner(tiny_llama(seed=4), kernels="torch", linear_dtype="bfloat16")
     assert fp32.fingerprint != mixed.fingerprint
+
+
+def test_bf16_linears_keep_the_models_profiled_critical_layers(measured, tmp_path):
+    """qcfuse's critical layers were profiled on the model; bf16 GEMMs do not change which layers they are, so the
+    profile stored under the model's fingerprint still applies (before: the unprofiled fallback ran)."""
+    measured(2.0)
+    fp32 = ModelRunner(tiny_llama(seed=4), kernels="torch")
+    update_profile(fp32.fingerprint, tmp_path, critical_layers=[0])
+    assert critical_layers(fp32, (), tmp_path) == (0,) != fallback_layers(fp32.n_layers)
+    mixed = ModelRunner(tiny_llama(seed=4), kernels="torch", linear_dtype="bfloat16")
+    assert mixed.profile_fingerprint == fp32.fingerprint == fp32.profile_fingerprint != mixed.fingerprint
+    assert critical_layers(mixed, (), tmp_path) == (0,)
+    update_profile(mixed.fingerprint, tmp_path, critical_layers=[1])  # one profiled with bf16 linears comes first
+    assert critical_layers(mixed, (), tmp_path) == (1,)
 
 
 def test_only_an_fp32_model_takes_it():
