@@ -25,7 +25,7 @@ import time
 import torch
 
 from chunkcache.kernels._cpp import cpu_flags, cpuinfo
-from chunkcache.runner.linear import MIN_SPEEDUP, apply_linear_dtype, bf16_speedup, decoder_linears
+from chunkcache.runner.linear import MIN_SPEEDUP, apply_linear_dtype, bf16_speedup, decoder_linears, probe_layer
 from chunkcache.runner.loader import load_model
 
 CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
@@ -42,7 +42,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.backends.mkldnn.enabled = not args.without_onednn
     model = load_model().model
-    widest = max((m for _, _, m in decoder_linears(model)), key=lambda m: m.weight.numel())
+    widest = probe_layer(decoder_linears(model))  # the layer the engine's probe times
     ratios = [bf16_speedup(widest) for _ in range(args.probes)]
     decision = apply_linear_dtype(model, "bfloat16")  # the engine's own start-up step
     out = {"label": args.label, "machine": cpuinfo("model name"),

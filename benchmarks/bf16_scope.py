@@ -32,18 +32,13 @@ SCOPES = {"all": ("mlp", "self_attn"), "mlp": ("mlp",), "attn": ("self_attn",)}
 
 
 def swapped(model: torch.nn.Module, parents: tuple[str, ...]) -> torch.nn.Module:
-    """A copy of model with the decoder linears under the named submodules (of each layer) in bf16."""
+    """A copy of model with the decoder linears of the named submodules (of each layer) in bf16."""
     model = copy.deepcopy(model)
-    for layer in model.model.layers:
-        for scope in parents:
-            sub = getattr(layer, scope)
-            for parent, name, module in decoder_linears_of(sub):
-                setattr(parent, name, Bf16Linear(module))
+    scope = {id(getattr(layer, name)) for layer in model.model.layers for name in parents}
+    for parent, name, module in decoder_linears(model):
+        if id(parent) in scope:
+            setattr(parent, name, Bf16Linear(module))
     return model
-
-
-def decoder_linears_of(module: torch.nn.Module):
-    return [(p, n, c) for p in module.modules() for n, c in p.named_children() if isinstance(c, torch.nn.Linear)]
 
 
 def forward(runner: ModelRunner, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -70,10 +65,10 @@ def main():
     for i, ex in enumerate(load_suite(get_suite(args.suite), args.split, args.limit)):
         req = task_request(prompts, ex)
         ids = torch.tensor(req.prefix_ids + sum(req.chunks, ()) + req.suffix_ids)  # [n] the prompt in order
-        ref, t_ref = forward(runners["fp32"], ids)
+        ref, _ = forward(runners["fp32"], ids)
         row = {"id": ex.id, "tokens": ids.numel(), "timed": i < args.timed}
         for scope in SCOPES:
-            lp, t = forward(runners[scope], ids)
+            lp, _ = forward(runners[scope], ids)
             kl = F.kl_div(lp, ref, log_target=True, reduction="none").sum(-1)  # [n] KL(fp32 || scope)
             row[scope] = {"kl": kl.mean().item(), "kl_last": kl[-1].item(),
                           "top1": (lp.argmax(-1) == ref.argmax(-1)).float().mean().item()}

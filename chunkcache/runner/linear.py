@@ -49,10 +49,15 @@ class LinearPrecision:
     asked: str | None = None
     speedup: float | None = None
 
+    @property
+    def swapped(self) -> bool:
+        """Whether the decoder's linear layers were replaced (bf16 asked and measured faster)."""
+        return self.speedup is not None and self.dtype == "bfloat16"
+
     def describe(self) -> str:
         if self.speedup is None:
             return f"linear layers: {self.dtype}"
-        verdict = "taken" if self.dtype == "bfloat16" else f"under {MIN_SPEEDUP}x, kept float32"
+        verdict = "taken" if self.swapped else f"under {MIN_SPEEDUP}x, kept float32"
         return f"linear layers: {self.dtype} (bfloat16 asked, measured {self.speedup:.2f}x float32: {verdict})"
 
 
@@ -60,6 +65,11 @@ def decoder_linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, 
     """(parent, attribute, module) of every nn.Linear inside the decoder layers (lm_head excluded)."""
     return [(parent, name, child) for layer in model.model.layers for parent in layer.modules()
             for name, child in parent.named_children() if isinstance(child, torch.nn.Linear)]
+
+
+def probe_layer(linears: list[tuple[torch.nn.Module, str, torch.nn.Linear]]) -> torch.nn.Linear:
+    """The layer the bf16 probe times: the widest of `decoder_linears` (an MLP projection)."""
+    return max((m for _, _, m in linears), key=lambda m: m.weight.numel())
 
 
 def bf16_speedup(linear: torch.nn.Linear, rounds: int = 7, calls: int = 5) -> float:
@@ -84,8 +94,8 @@ def bf16_speedup(linear: torch.nn.Linear, rounds: int = 7, calls: int = 5) -> fl
 
 def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None) -> LinearPrecision:
     """Swap the decoder's linear layers for Bf16Linear when linear_dtype is "bfloat16", the model is fp32 and a
-    bf16 GEMM measures MIN_SPEEDUP faster here; otherwise leave the model as it is. Call before the model
-    fingerprint is taken."""
+    bf16 GEMM measures MIN_SPEEDUP faster here; otherwise leave the model as it is. A swap changes the model
+    fingerprint (ModelRunner takes it before and after)."""
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     if linear_dtype in (None, dtype):
         return LinearPrecision(dtype, linear_dtype)
@@ -93,8 +103,7 @@ def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None) -> Line
         raise ValueError(f"linear_dtype: {linear_dtype!r} on a {dtype} model; the one mix supported is 'bfloat16' "
                          f"linear layers in a float32 model")
     linears = decoder_linears(model)
-    probe = max((m for _, _, m in linears), key=lambda m: m.weight.numel())  # the MLP's widest projection
-    speedup = bf16_speedup(probe)
+    speedup = bf16_speedup(probe_layer(linears))
     if speedup >= MIN_SPEEDUP:
         for parent, name, module in linears:
             setattr(parent, name, Bf16Linear(module))

@@ -58,10 +58,9 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         loaded = model_fingerprint(model, tokenizer)
         self.linear = apply_linear_dtype(model, linear_dtype)
-        swapped = self.linear.dtype != str(self.dtype).removeprefix("torch.")
         # KV is keyed by what computes it (bf16 linears compute other KV); what was measured about the model
         # (qcfuse's critical layers) by the model as loaded, which the linear layers' precision does not change
-        self.fingerprint = model_fingerprint(model, tokenizer) if swapped else loaded
+        self.fingerprint = model_fingerprint(model, tokenizer) if self.linear.swapped else loaded
         self.profile_fingerprint = loaded
         self.kernels = kernels
         self.use_triton = triton_choice(kernels)  # the other ops
