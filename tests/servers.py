@@ -18,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,15 +28,23 @@ from chunkcache.bench.redis_server import RedisServer
 __all__ = ["PostgresServer", "RedisServer", "free_port", "pg_bindir", "redis_and_postgres", "serve_process"]
 
 
+def _pgserver_utils():  # type: ignore[no-untyped-def]
+    """pgserver.utils, or None without the wheel. Importing the package runs its server class's body, which asks
+    platformdirs for a runtime lock path these tests never use; without $XDG_RUNTIME_DIR that warns, so not here."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            import pgserver.utils
+    except ImportError:
+        return None
+    return pgserver.utils
+
+
 def pg_bindir() -> Path:
     """$CHUNKCACHE_PG_BIN, else pgserver's bundled PostgreSQL, else the newest Debian one, else PATH."""
     cands = [os.environ.get("CHUNKCACHE_PG_BIN")]
-    try:
-        import pgserver
-
-        cands.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
-    except ImportError:
-        pass
+    if (utils := _pgserver_utils()) is not None:
+        cands.append(str(Path(utils.__file__).parent / "pginstall" / "bin"))
     cands += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
     cands.append(os.path.dirname(shutil.which("initdb") or "") or None)
     for c in cands:
@@ -53,24 +62,20 @@ def _pg_user_as_root(bindir: Path) -> pwd.struct_passwd:
             return _reachable(pwd.getpwnam("postgres"), bindir)
         except KeyError:
             name = "pgserver"
-    try:
-        from pgserver.utils import ensure_user_exists
-
-        entry = ensure_user_exists(name)
-    except ImportError:
-        entry = pwd.getpwnam(name)
+    utils = _pgserver_utils()
+    entry = utils.ensure_user_exists(name) if utils is not None else pwd.getpwnam(name)
     return _reachable(entry, bindir)
 
 
 def _reachable(user: pwd.struct_passwd, bindir: Path) -> pwd.struct_passwd:
     """Let other users traverse to and run the binaries (pgserver's own recipe under root)."""
-    try:
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
-    except ImportError:
+    utils = _pgserver_utils()
+    if utils is None:
         return user
     import stat
 
-    ensure_prefix_permissions(bindir)
+    ensure_folder_permissions = utils.ensure_folder_permissions
+    utils.ensure_prefix_permissions(bindir)
     ensure_folder_permissions(bindir, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
     lib = bindir.parent / "lib"
     if lib.exists():
