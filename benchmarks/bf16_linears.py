@@ -7,7 +7,8 @@ the output cast back to fp32); the embeddings, norms, residual stream, rotary em
 lm_head stay fp32. Two engines on the same examples in one run: the fp32 one and the bf16-linear one (its own
 store, so its chunk KV is precomputed with bf16 linears too). Every TTFT ratio is paired per
 example against the fp32 engine's full prefill; agreement is each answer's token F1 against the fp32 full
-prefill's answer, as `bench tasks` scores it.
+prefill's answer, as `bench tasks` scores it. `--engines fp32,bf16lin,bf16pre` adds the engine whose prefill
+alone runs bf16 linears (`decode_linear_dtype="float32"`: the decode steps and the decode-time correction in fp32).
 
 python benchmarks/bf16_linears.py --split test [--skip 20] --limit 20 --ratio 0.05 --decode-correction 1024 --timed 10 \
     --json benchmarks/bf16_linears_hotpotqa_test20_r05_dc1024.json
@@ -48,13 +49,18 @@ def main():
     ap.add_argument("--timed", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--engines", default="fp32,bf16lin",
+                    help="fp32 (always run: the reference), bf16lin (bf16 linears), "
+                         "bf16pre (bf16 prefill, fp32 decode)")
     ap.add_argument("--json")
     args = ap.parse_args()
     suite = get_suite(args.suite)
     base = EngineConfig(threads=2, store="memory")
-    engines = {"fp32": ChunkCacheEngine.from_config(base),
-               "bf16lin": ChunkCacheEngine.from_config(base.model_copy(update={"linear_dtype": "bfloat16"}))}
-    linear = engines["bf16lin"].runner.linear.describe()
+    settings = {"fp32": {}, "bf16lin": {"linear_dtype": "bfloat16"},
+                "bf16pre": {"linear_dtype": "bfloat16", "decode_linear_dtype": "float32"}}
+    names = ["fp32", *(n for n in args.engines.split(",") if n != "fp32")]
+    engines = {n: ChunkCacheEngine.from_config(base.model_copy(update=settings[n])) for n in names}
+    linear = {n: e.runner.linear.describe() for n, e in engines.items()}
     print(linear, flush=True)
     cfg = BlendConfig(mode=args.mode, recompute_ratio=args.ratio, decode_correction=args.decode_correction)
     embedder = Embedder()
@@ -83,7 +89,9 @@ def main():
                        "tf_kl_vs_own_engines_full_mean": statistics.mean(r[label]["tf_kl"] for r in rows),
                        "ttft_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full")}
                for label in labels}
-    summary["bf16lin_vs_fp32_same_mode"] = {m: paired(rows, f"bf16lin:{m}", f"fp32:{m}") for m in ("full", args.mode)}
+    for name in names[1:]:
+        summary[f"{name}_vs_fp32_same_mode"] = {m: paired(rows, f"{name}:{m}", f"fp32:{m}")
+                                                for m in ("full", args.mode)}
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, "w") as f:

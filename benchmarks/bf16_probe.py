@@ -44,7 +44,7 @@ def main():
     model = load_model().model
     widest = probe_layer(decoder_linears(model))  # the layer the engine's probe times
     ratios = [bf16_speedup(widest) for _ in range(args.probes)]
-    decision = apply_linear_dtype(model, "bfloat16")  # the engine's own start-up step
+    decision, _ = apply_linear_dtype(model, "bfloat16")  # the engine's own start-up step
     out = {"label": args.label, "machine": cpuinfo("model name"),
            "avx512_bf16": "avx512_bf16" in cpu_flags().split(), "torch": torch.__version__,
            "threads": args.threads, "date": time.strftime("%F"), "onednn": torch.backends.mkldnn.enabled,

@@ -137,7 +137,7 @@ class AgentRuntime:
         if have < len(answer):
             with torch.inference_mode():
                 self.runner.extend(torch.tensor(answer[have:], dtype=torch.int64, device=self.runner.device),
-                                   pre.cache)
+                                   pre.cache, decode=True)
         sl = slice(prompt_len, prompt_len + len(answer))
         self.source.put_response(tuple(answer), pre.cache.keys[:, :, sl], pre.cache.values[:, :, sl], prompt_len)
 

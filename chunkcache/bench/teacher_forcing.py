@@ -25,7 +25,8 @@ def tf_logits(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, a
     fed = answer if keep else answer[:-1]
     with torch.inference_mode():
         if fed:
-            hidden = runner.extend(torch.tensor(fed, dtype=torch.int64, device=runner.device), cache)  # [m, H]
+            hidden = runner.extend(torch.tensor(fed, dtype=torch.int64, device=runner.device), cache,
+                                   decode=True)  # [m, H]
             rows.append(runner.logits(hidden[: len(answer) - 1]))  # [len(answer)-1, vocab]
     if not keep:
         cache.truncate(n)

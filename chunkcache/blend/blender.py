@@ -230,8 +230,9 @@ class Blender:
         self._take_fallbacks(stats)
         correction = None
         if cfg.corrects:
-            correction = DecodeCorrection(ids, placed, cfg.correction_per_step(n - placed))
-            stats.decode_pending = n - placed
+            start = 0 if r.linear.split else placed  # the exact prefix too was computed by the prefill's layers
+            correction = DecodeCorrection(ids, start, cfg.correction_per_step(n - start))
+            stats.decode_pending = n - start
         return BlendResult(cache, r.logits(hidden[-1:])[0], stats, correction)
 
     def _take_fallbacks(self, stats: BlendStats) -> None:

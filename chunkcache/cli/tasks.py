@@ -60,6 +60,7 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
                             "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
                             "reserve_tokens": reserve, "device": args.engine.device,
                             "dtype": args.engine.resolved_dtype, "linear_dtype": engine.runner.linear.dtype,
+                            "decode_linear_dtype": engine.runner.linear.decode_dtype,
                             "linear": engine.runner.linear.describe(),
                             "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
                             "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}

@@ -22,6 +22,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "dtype": (("dtype",), "--dtype", f"{' | '.join(DTYPES)} (default float32 on cpu, bfloat16 on cuda)"),
     "linear_dtype": (("linear_dtype",), "--linear-dtype",
                      "bfloat16: an fp32 model's linear layers in bf16, where measured faster (changes answers)"),
+    "decode_linear_dtype": (("decode_linear_dtype",), "--decode-linear-dtype",
+                            "float32: with --linear-dtype bfloat16, decode (and its correction) in fp32"),
     "threads": (("threads",), "--threads", "torch CPU threads (default: torch's choice)"),
     "kernels": (("kernels",), "--kernels",
                 f"{' | '.join(KERNELS)} (default auto: the attention measured fastest here)"),

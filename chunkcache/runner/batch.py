@@ -41,7 +41,7 @@ def decode_batch(runner: ModelRunner, tokens: torch.Tensor, caches: list[KVCache
     cos, sin = cos[0, :, None].to(hidden.dtype), sin[0, :, None].to(hidden.dtype)  # [B, 1, d]
     g = r.n_heads // r.n_kv_heads
     for layer_idx in range(r.n_layers):
-        layer = r.layers[layer_idx]
+        layer = r.decode_layers[layer_idx]
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
         q = attn.q_proj(x).view(b, r.n_heads, r.head_dim)  # [B, n_heads, d]

@@ -87,7 +87,7 @@ def next_logits(runner: ModelRunner, token: torch.Tensor, cache: KVCache,
         return runner.decode_step(token, cache)
     ids, positions = batch
     pos = torch.full((1,), cache.length, dtype=torch.int64, device=positions.device)
-    hidden = runner.forward_rows(torch.cat((ids, token)), torch.cat((positions, pos)), cache)  # [b+1, H]
+    hidden = runner.forward_rows(torch.cat((ids, token)), torch.cat((positions, pos)), cache, decode=True)  # [b+1, H]
     return runner.logits(hidden[-1:])[0]
 
 

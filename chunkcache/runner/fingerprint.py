@@ -42,3 +42,8 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: object | None = None) -
         vocab = tokenizer.get_vocab()
         h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
     return h.hexdigest()[:32]
+
+
+def derived_fingerprint(base: str, **parts: str) -> str:
+    """32 hex of sha256 over a fingerprint and named parts: an engine whose layers differ from the model's."""
+    return hashlib.sha256(json.dumps({"base": base, **parts}, sort_keys=True).encode()).hexdigest()[:32]

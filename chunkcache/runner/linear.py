@@ -7,6 +7,12 @@ residual stream, rotary embedding, attention, the KV cache and lm_head stay fp32
 in the state dict, so the model fingerprint, and with it every chunk key, differs from the fp32 engine's: the
 two never share KV.
 
+With `decode_linear_dtype="float32"` only the prefill's layers are bf16: they are a copy of the decoder layers
+whose linears are swapped (its norms are copies; it holds no fp32 linear weight), and the model keeps its fp32 layers
+for the decode steps and the decode-time correction. A correction then converges the cache to the fp32 model's
+full prefill, so the answer pays bf16 only in the tokens decoded before it converges, while the prefill (the time
+to first token) keeps the bf16 speed. The fp32 weights stay alongside: 1.5x the linears' memory.
+
 Opt-in, because it changes answers (BENCHMARKS.md measures by how much), and taken only where it is measured
 faster on the device at hand: CPUs without native bf16 (AVX512-BF16, AMX, or ARM's BF16) convert in software
 and can run it slower than fp32.
@@ -14,6 +20,7 @@ and can run it slower than fp32.
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -43,11 +50,22 @@ class Bf16Linear(torch.nn.Module):
 @dataclass(frozen=True)
 class LinearPrecision:
     """What the engine's decoder linear layers compute in, and why. asked: the config's linear_dtype;
-    speedup: bf16 over fp32 on the probe GEMM (None when not measured)."""
+    speedup: bf16 over fp32 on the probe GEMM (None when not measured); decode_dtype: what the decode steps'
+    linears compute in (dtype unless the prefill alone took bf16)."""
 
     dtype: str
     asked: str | None = None
     speedup: float | None = None
+    decode_dtype: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.decode_dtype:
+            object.__setattr__(self, "decode_dtype", self.dtype)
+
+    @property
+    def split(self) -> bool:
+        """Whether prefill and decode run different linear layers (bf16 prefill, fp32 decode)."""
+        return self.decode_dtype != self.dtype
 
     @property
     def swapped(self) -> bool:
@@ -58,7 +76,9 @@ class LinearPrecision:
         if self.speedup is None:
             return f"linear layers: {self.dtype}"
         verdict = "taken" if self.swapped else f"under {MIN_SPEEDUP}x, kept float32"
-        return f"linear layers: {self.dtype} (bfloat16 asked, measured {self.speedup:.2f}x float32: {verdict})"
+        scope = f"; decode in {self.decode_dtype}" if self.split else ""
+        return (f"linear layers: {self.dtype} (bfloat16 asked, measured {self.speedup:.2f}x float32: {verdict})"
+                f"{scope}")
 
 
 def decoder_linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Linear]]:
@@ -92,21 +112,34 @@ def bf16_speedup(linear: torch.nn.Linear, rounds: int = 7, calls: int = 5) -> fl
     return statistics.median(timed(linear) / timed(bf16) for _ in range(rounds))
 
 
-def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None) -> LinearPrecision:
+def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None,
+                       decode_linear_dtype: str | None = None) -> tuple[LinearPrecision, torch.nn.ModuleList]:
     """Swap the decoder's linear layers for Bf16Linear when linear_dtype is "bfloat16", the model is fp32 and a
-    bf16 GEMM measures MIN_SPEEDUP faster here; otherwise leave the model as it is. A swap changes the model
-    fingerprint (ModelRunner takes it before and after)."""
+    bf16 GEMM measures MIN_SPEEDUP faster here; otherwise leave the model as it is. Returns the precision and the
+    layers the prefill runs: the model's own (swapped in place), or, with decode_linear_dtype "float32", a copy
+    whose linears are swapped while the model keeps its fp32 layers for decoding. A swap in place changes the
+    model fingerprint (ModelRunner takes it before and after)."""
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    layers = model.model.layers
+    if decode_linear_dtype not in (None, linear_dtype, dtype) or (decode_linear_dtype == "bfloat16"
+                                                                 and linear_dtype != "bfloat16"):
+        raise ValueError(f"decode_linear_dtype: {decode_linear_dtype!r} with linear_dtype {linear_dtype!r}; the one "
+                         f"split supported is 'bfloat16' linear layers for the prefill and 'float32' for decoding")
     if linear_dtype in (None, dtype):
-        return LinearPrecision(dtype, linear_dtype)
+        return LinearPrecision(dtype, linear_dtype), layers
     if linear_dtype != "bfloat16" or dtype != "float32":
         raise ValueError(f"linear_dtype: {linear_dtype!r} on a {dtype} model; the one mix supported is 'bfloat16' "
                          f"linear layers in a float32 model")
     linears = decoder_linears(model)
     speedup = bf16_speedup(probe_layer(linears))
-    if speedup >= MIN_SPEEDUP:
+    taken = speedup >= MIN_SPEEDUP
+    split = taken and decode_linear_dtype == "float32"
+    if split:  # deepcopy meets each Linear in the memo: the copy gets its Bf16Linear, the fp32 weights stay shared
+        layers = copy.deepcopy(layers, memo={id(m): Bf16Linear(m) for _, _, m in linears})
+    elif taken:
         for parent, name, module in linears:
             setattr(parent, name, Bf16Linear(module))
-    out = LinearPrecision("bfloat16" if speedup >= MIN_SPEEDUP else "float32", linear_dtype, speedup)
+    out = LinearPrecision("bfloat16" if taken else "float32", linear_dtype, speedup,
+                          "float32" if split or not taken else "bfloat16")
     (log.info if out.dtype == "bfloat16" else log.warning)("%s", out.describe())
-    return out
+    return out, layers

@@ -16,7 +16,7 @@ from chunkcache.config.settings import KERNELS, triton_choice
 from chunkcache.kernels.attention_dispatch import AttentionDispatch, AttentionShape, candidates
 from chunkcache.kernels.sparse_attention import (CPU_HEAD_DIMS, AttentionPlan, plan_sparse_attention,
                                                  sparse_query_attention)
-from chunkcache.runner.fingerprint import model_fingerprint
+from chunkcache.runner.fingerprint import derived_fingerprint, model_fingerprint, weights_digest
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.linear import apply_linear_dtype
 
@@ -30,11 +30,12 @@ class ModelRunner:
     """Layer-wise forward over a transformers causal LM (batch size 1, one request at a time)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: object | None = None, kernels: str = "auto",
-                 linear_dtype: str | None = None) -> None:
+                 linear_dtype: str | None = None, decode_linear_dtype: str | None = None) -> None:
         """kernels: auto | torch | cpp | triton. Under auto the attention implementation is measured here (or read
         from the machine's cache) and the other kernels take Triton on CUDA; otherwise the one named runs
         (cpp: the C++ attention, torch references elsewhere). linear_dtype: "bfloat16" swaps an fp32 model's
-        decoder linear layers for bf16 ones where measured faster (runner/linear.py), before the fingerprint."""
+        decoder linear layers for bf16 ones where measured faster (runner/linear.py), before the fingerprint;
+        decode_linear_dtype "float32" keeps them fp32 for the decode steps (`decode_layers`)."""
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         cfg = model.config
@@ -46,21 +47,24 @@ class ModelRunner:
         self.model = model
         self.tokenizer = tokenizer
         inner = model.model
-        self.layers = inner.layers
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.scale = float(self.layers[0].self_attn.scaling)
+        self.scale = float(inner.layers[0].self_attn.scaling)
         self.max_positions = cfg.max_position_embeddings
         self.inv_freq = inner.rotary_emb.inv_freq.detach().to(torch.float32)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         loaded = model_fingerprint(model, tokenizer)
-        self.linear = apply_linear_dtype(model, linear_dtype)
+        self.linear, self.layers = apply_linear_dtype(model, linear_dtype, decode_linear_dtype)
+        self.decode_layers = inner.layers  # the decode steps' (the prefill's `layers` unless the precision splits)
         # KV is keyed by what computes it (bf16 linears compute other KV); what was measured about the model
         # (qcfuse's critical layers) by the model as loaded, which the linear layers' precision does not change
         self.fingerprint = model_fingerprint(model, tokenizer) if self.linear.swapped else loaded
+        if self.linear.split:
+            self.fingerprint = derived_fingerprint(loaded, prefill_layers=weights_digest(self.layers),
+                                                   decode_linear_dtype=self.linear.decode_dtype)
         self.profile_fingerprint = loaded
         self.kernels = kernels
         self.use_triton = triton_choice(kernels)  # the other ops
@@ -80,10 +84,15 @@ class ModelRunner:
         """ids [m] -> hidden [m, hidden_size]."""
         return self.model.model.embed_tokens(ids.to(self.device))
 
-    def qkv(self, layer_idx: int, hidden: torch.Tensor, positions: torch.Tensor):
+    def stack(self, decode: bool = False) -> torch.nn.ModuleList:
+        """The decoder layers a forward runs: the decode steps' (decode_layers) or the prefill's (layers)."""
+        return self.decode_layers if decode else self.layers
+
+    def qkv(self, layer_idx: int, hidden: torch.Tensor, positions: torch.Tensor, decode: bool = False):
         """hidden [m, H] at positions [m] -> q [n_heads, m, d], k [n_kv, m, d], v [n_kv, m, d] (RoPE applied)."""
-        attn = self.layers[layer_idx].self_attn
-        x = self.layers[layer_idx].input_layernorm(hidden)
+        layer = self.stack(decode)[layer_idx]
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
         m = x.shape[0]
         q = attn.q_proj(x).view(m, self.n_heads, self.head_dim)  # [m, n_heads, d]
         k = attn.k_proj(x).view(m, self.n_kv_heads, self.head_dim)  # [m, n_kv, d]
@@ -99,9 +108,9 @@ class ModelRunner:
         return q, k, v
 
     def attend_mlp(self, layer_idx: int, hidden: torch.Tensor, q: torch.Tensor, cache: KVCache,
-                   plan: AttentionPlan) -> torch.Tensor:
+                   plan: AttentionPlan, decode: bool = False) -> torch.Tensor:
         """Attention of q over the cache, then o_proj, residual, MLP. hidden [m, H] -> [m, H]."""
-        layer = self.layers[layer_idx]
+        layer = self.stack(decode)[layer_idx]
         k, v = cache.layer(layer_idx)
         impl, march = self.attention.choose(plan), self.attention.cpp_march
         o = sparse_query_attention(q, k, v, plan, self.scale, impl=impl, march=march)  # [n_heads, m, d]
@@ -110,11 +119,11 @@ class ModelRunner:
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
     def forward_layer(self, layer_idx: int, hidden: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                      plan: AttentionPlan) -> torch.Tensor:
+                      plan: AttentionPlan, decode: bool = False) -> torch.Tensor:
         """One decoder layer for tokens at `positions`; their fresh K/V are written into the cache first."""
-        q, k, v = self.qkv(layer_idx, hidden, positions)
+        q, k, v = self.qkv(layer_idx, hidden, positions, decode)
         cache.write(layer_idx, positions, k, v, end=plan.q_end)
-        return self.attend_mlp(layer_idx, hidden, q, cache, plan)
+        return self.attend_mlp(layer_idx, hidden, q, cache, plan, decode)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -123,22 +132,24 @@ class ModelRunner:
 
     @torch.inference_mode()
     def extend(self, ids: torch.Tensor, cache: KVCache,
-               before_layer: Callable[[int], None] | None = None) -> torch.Tensor:
+               before_layer: Callable[[int], None] | None = None, decode: bool = False) -> torch.Tensor:
         """Compute new tokens ids [m] at positions cache.length.. through every layer. Returns last hidden [m, H].
 
-        before_layer(l): called before layer l runs (the blender loads layer l of chunk KV there).
+        before_layer(l): called before layer l runs (the blender loads layer l of chunk KV there). decode: run the
+        decode steps' layers (tokens a decode would have fed: teacher forcing, a generated answer's KV).
         """
         start, m = cache.length, ids.numel()
         if start + m > self.max_positions:
             raise ValueError(f"prompt of {start + m} tokens exceeds the model context of {self.max_positions}")
-        return self.forward_rows(ids, torch.arange(start, start + m, device=self.device), cache, before_layer)
+        return self.forward_rows(ids, torch.arange(start, start + m, device=self.device), cache, before_layer, decode)
 
     @torch.inference_mode()
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                     before_layer: Callable[[int], None] | None = None) -> torch.Tensor:
+                     before_layer: Callable[[int], None] | None = None, decode: bool = False) -> torch.Tensor:
         """Compute tokens ids [m] at strictly increasing positions [m] (anywhere in the cache: new tokens at
         cache.length.., or prompt tokens to recompute, then the next token) through every layer, each row attending
-        to the cached keys up to its position. Their K/V overwrite the cache. Returns last hidden [m, H]."""
+        to the cached keys up to its position. Their K/V overwrite the cache. Returns last hidden [m, H].
+        decode: through the decode steps' layers (a decode-time correction)."""
         end = int(positions[-1]) + 1 if positions.numel() else 0  # empty: plan_sparse_attention says so
         if end > self.max_positions:
             raise ValueError(f"position {end - 1} exceeds the model context of {self.max_positions}")
@@ -148,7 +159,7 @@ class ModelRunner:
         for layer_idx in range(self.n_layers):
             if before_layer is not None:
                 before_layer(layer_idx)
-            hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan)
+            hidden = self.forward_layer(layer_idx, hidden, positions, cache, plan, decode)
         return hidden
 
     @torch.inference_mode()
@@ -167,7 +178,7 @@ class ModelRunner:
         cos, sin = cos[0].to(hidden.dtype), sin[0].to(hidden.dtype)  # [1, d]
         g = self.n_heads // self.n_kv_heads
         for layer_idx in range(self.n_layers):
-            layer = self.layers[layer_idx]
+            layer = self.decode_layers[layer_idx]
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
             q = attn.q_proj(x).view(1, self.n_heads, self.head_dim)  # [1, n_heads, d]

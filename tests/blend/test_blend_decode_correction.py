@@ -6,9 +6,15 @@ import math
 import pytest
 import torch
 
+from tiny_models import tiny_llama
+
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
+from chunkcache.blend.blender import Blender
+from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.request import BlendRequest
+from chunkcache.runner import linear
+from chunkcache.runner.runner import ModelRunner
 
 PREFIX = (1, 2, 3)
 
@@ -86,3 +92,19 @@ def test_a_bad_decode_correction_is_refused():
     with pytest.raises(ValueError, match="one, not both"):
         BlendConfig(decode_correction=64, decode_correction_steps=2)
     assert BlendConfig(decode_correction_steps=4).correction_per_step(0) == 1
+
+
+def test_bf16_prefill_then_fp32_decode_converges_to_the_fp32_models_full_prefill(tiny_blender, monkeypatch):
+    """decode_linear_dtype="float32": the prefill (exact prefix included) ran bf16 linears, so the correction starts
+    at position 0 and leaves the fp32 model's full-prefill cache: the answer pays bf16 only until it converges."""
+    monkeypatch.setattr(linear, "bf16_speedup", lambda layer: 2.0)  # a CPU's bf16 speed, fixed for the test
+    runner = ModelRunner(tiny_llama(), linear_dtype="bfloat16", decode_linear_dtype="float32")
+    split = Blender(runner, ChunkSource(runner, DictStore(), context_ids=PREFIX))
+    req = _request(seed=3)
+    answer, ref = _full_reference(tiny_blender, req, 10)  # the fp32 engine's full prefill
+    res = split.prefill(req, BlendConfig(mode="blend", recompute_ratio=0.1, decode_correction=40), reserve=12)
+    assert res.correction.start == 0 and res.stats.decode_pending == req.num_tokens
+    got = tf_logits(runner, res.cache, res.logits, answer, correction=res.correction)
+    exact_from = math.ceil(req.num_tokens / 40)
+    assert (got[exact_from - 1] - ref[exact_from - 1]).abs().max() > 1e-4
+    torch.testing.assert_close(got[exact_from:], ref[exact_from:], atol=1e-4, rtol=1e-4)

@@ -87,12 +87,48 @@ def test_bf16_linears_keep_the_models_profiled_critical_layers(measured, tmp_pat
 
 def test_only_an_fp32_model_takes_it():
     bf16 = copy.deepcopy(tiny_llama(seed=4)).to(torch.bfloat16)
-    assert apply_linear_dtype(bf16, "bfloat16").speedup is None  # already bf16: nothing to do
+    assert apply_linear_dtype(bf16, "bfloat16")[0].speedup is None  # already bf16: nothing to do
     with pytest.raises(ValueError, match="linear_dtype"):
         apply_linear_dtype(bf16, "float32")
     with pytest.raises(ValidationError, match="linear_dtype"):
         EngineConfig(dtype="bfloat16", linear_dtype="bfloat16")
     assert EngineConfig(linear_dtype="bfloat16").linear_dtype == "bfloat16"
+    with pytest.raises(ValidationError, match="decode_linear_dtype"):
+        EngineConfig(decode_linear_dtype="bfloat16")  # bf16 decode after an fp32 prefill: not a split it has
+    with pytest.raises(ValueError, match="decode_linear_dtype"):
+        apply_linear_dtype(tiny_llama(seed=4), "float32", "bfloat16")
+
+
+def test_bf16_prefill_fp32_decode_runs_each_stack_and_keys_its_kv_apart(measured):
+    """decode_linear_dtype="float32": the prefill runs the bf16 engine's layers, the decode steps the fp32 model's,
+    and the KV key differs from both engines' (its stored answers' KV is decoded in fp32)."""
+    measured(2.0)
+    fp32 = ModelRunner(tiny_llama(seed=4), kernels="torch")
+    bf16 = ModelRunner(tiny_llama(seed=4), kernels="torch", linear_dtype="bfloat16")
+    model = tiny_llama(seed=4)
+    split = ModelRunner(model, kernels="torch", linear_dtype="bfloat16", decode_linear_dtype="float32")
+    assert split.linear.split and "decode in float32" in split.linear.describe()
+    assert len(decoder_linears(model)) == 7 * len(model.model.layers)  # the model keeps its fp32 linears
+    assert sum(isinstance(m, Bf16Linear) for m in split.layers.modules()) == 7 * split.n_layers
+    assert len({fp32.fingerprint, bf16.fingerprint, split.fingerprint}) == 3
+    assert split.profile_fingerprint == fp32.fingerprint
+    ids, token = torch.arange(30), torch.tensor([7])
+    caches = {}
+    for name, r in (("fp32", fp32), ("bf16", bf16), ("split", split)):
+        cache = r.new_cache(32)
+        prefill = r.logits(r.extend(ids, cache))
+        caches[name] = (prefill, cache)
+    assert torch.equal(caches["split"][0], caches["bf16"][0])  # the prefill: the bf16 engine's, bit for bit
+    assert torch.equal(caches["split"][1].keys[:, :, :30], caches["bf16"][1].keys[:, :, :30])
+    assert (caches["split"][0] - caches["fp32"][0]).abs().max() > 0
+    cache = fp32.new_cache(32)  # decode over one cache: the split runner's step is the fp32 runner's
+    cache.write(slice(None), slice(0, 30), caches["bf16"][1].keys[:, :, :30], caches["bf16"][1].values[:, :, :30])
+    twin = fp32.new_cache(32)
+    twin.write(slice(None), slice(0, 30), cache.keys[:, :, :30], cache.values[:, :, :30])
+    assert torch.equal(split.decode_step(token, cache), fp32.decode_step(token, twin))
+    cache.truncate(30)
+    twin.truncate(30)
+    assert not torch.equal(bf16.decode_step(token, cache), fp32.decode_step(token, twin))  # bf16's step differs
 
 
 def test_the_flag_and_the_environment_reach_the_config(monkeypatch):

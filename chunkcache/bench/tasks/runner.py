@@ -233,9 +233,17 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
 
 # What shards of one run share (MERGE_KEYS), and runs of other modes on the same examples (COLUMN_KEYS).
 # LATER_KEYS: absent from older results, which ran with these values.
-LATER_KEYS = {"decode_correction": 0, "decode_correction_steps": 0, "linear_dtype": "float32"}
+LATER_KEYS = {"decode_correction": 0, "decode_correction_steps": 0, "linear_dtype": "float32",
+              "decode_linear_dtype": "float32"}
 MERGE_KEYS = ("modes", "recompute_ratio", "ratios", "max_new", "model", "dtype", *LATER_KEYS)
 COLUMN_KEYS = ("recompute_ratio", "max_new", "model", "dtype", *LATER_KEYS)
+
+
+def config_value(config: dict, key: str) -> object:
+    """config[key], or the value a run from before the key existed ran with (decode: as its linear_dtype)."""
+    if key == "decode_linear_dtype" and key not in config:
+        return config_value(config, "linear_dtype")
+    return config.get(key, LATER_KEYS.get(key))
 
 
 def merge_results(results: list[dict]) -> dict:
@@ -253,7 +261,7 @@ def merge_results(results: list[dict]) -> dict:
             if r.get(key) != first.get(key):
                 raise ValueError(f"--merge: result {i} has {key} {r.get(key)!r}, result 0 {first.get(key)!r}")
         for key in COLUMN_KEYS if by_columns else MERGE_KEYS:
-            got, want = (x["config"].get(key, LATER_KEYS.get(key)) for x in (r, first))
+            got, want = (config_value(x["config"], key) for x in (r, first))
             if got != want:
                 raise ValueError(f"--merge: result {i} has config.{key} {got!r}, result 0 {want!r}")
     rows = join_columns(results) if by_columns else [row for r in results for row in r["examples"]]
