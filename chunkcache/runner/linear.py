@@ -134,7 +134,7 @@ def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None,
     speedup = bf16_speedup(probe_layer(linears))
     taken = speedup >= MIN_SPEEDUP
     split = taken and decode_linear_dtype == "float32"
-    if split:  # deepcopy meets each Linear in the memo: the copy gets its Bf16Linear, the fp32 weights stay shared
+    if split:  # deepcopy finds each Linear in the memo: the copy holds its Bf16Linear, never a copy of the fp32 one
         layers = copy.deepcopy(layers, memo={id(m): Bf16Linear(m) for _, _, m in linears})
     elif taken:
         for parent, name, module in linears:

@@ -61,10 +61,12 @@ class ModelRunner:
         self.decode_layers = inner.layers  # the decode steps' (the prefill's `layers` unless the precision splits)
         # KV is keyed by what computes it (bf16 linears compute other KV); what was measured about the model
         # (qcfuse's critical layers) by the model as loaded, which the linear layers' precision does not change
-        self.fingerprint = model_fingerprint(model, tokenizer) if self.linear.swapped else loaded
-        if self.linear.split:
+        self.fingerprint = loaded
+        if self.linear.split:  # the model is as loaded; the prefill's layers are not
             self.fingerprint = derived_fingerprint(loaded, prefill_layers=weights_digest(self.layers),
                                                    decode_linear_dtype=self.linear.decode_dtype)
+        elif self.linear.swapped:
+            self.fingerprint = model_fingerprint(model, tokenizer)
         self.profile_fingerprint = loaded
         self.kernels = kernels
         self.use_triton = triton_choice(kernels)  # the other ops
