@@ -50,22 +50,18 @@ class Bf16Linear(torch.nn.Module):
 @dataclass(frozen=True)
 class LinearPrecision:
     """What the engine's decoder linear layers compute in, and why. asked: the config's linear_dtype;
-    speedup: bf16 over fp32 on the probe GEMM (None when not measured); decode_dtype: what the decode steps'
-    linears compute in (dtype unless the prefill alone took bf16)."""
+    speedup: bf16 over fp32 on the probe GEMM (None when not measured); split: the prefill alone took bf16, the
+    decode steps keep the model's fp32 layers."""
 
     dtype: str
     asked: str | None = None
     speedup: float | None = None
-    decode_dtype: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.decode_dtype:
-            object.__setattr__(self, "decode_dtype", self.dtype)
+    split: bool = False
 
     @property
-    def split(self) -> bool:
-        """Whether prefill and decode run different linear layers (bf16 prefill, fp32 decode)."""
-        return self.decode_dtype != self.dtype
+    def decode_dtype(self) -> str:
+        """What the decode steps' linear layers compute in."""
+        return "float32" if self.split else self.dtype
 
     @property
     def swapped(self) -> bool:
@@ -139,7 +135,6 @@ def apply_linear_dtype(model: torch.nn.Module, linear_dtype: str | None,
     elif taken:
         for parent, name, module in linears:
             setattr(parent, name, Bf16Linear(module))
-    out = LinearPrecision("bfloat16" if taken else "float32", linear_dtype, speedup,
-                          "float32" if split or not taken else "bfloat16")
+    out = LinearPrecision("bfloat16" if taken else "float32", linear_dtype, speedup, split)
     (log.info if out.dtype == "bfloat16" else log.warning)("%s", out.describe())
     return out, layers
