@@ -16,6 +16,8 @@ from pathlib import Path
 from sqlalchemy import BigInteger, String, Text, create_engine, delete, event, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from chunkcache.store.sql_schema import create_tables
+
 
 class _Base(DeclarativeBase):
     pass
@@ -59,7 +61,7 @@ class AnchorCatalog:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        _Base.metadata.create_all(self.engine)
+        create_tables(_Base.metadata, self.engine)
 
     def fingerprints(self) -> set[str]:
         with Session(self.engine) as s:

@@ -27,6 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
+from chunkcache.store.sql_schema import create_tables
+
 log = logging.getLogger("chunkcache.api")
 ACTIVE = ("queued", "running")
 RESUMABLE = ("interrupted", "failed")
@@ -98,10 +100,7 @@ class JobTable:
                                         connect_args={"timeout": 15} if sqlite else {})
         self.stale_after = timedelta(seconds=stale_after_s)
         self._mutex = threading.Lock()  # one connection in memory: threads must not interleave on it
-        try:
-            _Base.metadata.create_all(self.engine)
-        except SQLAlchemyError:  # another replica created the table at the same moment
-            _Base.metadata.create_all(self.engine)
+        create_tables(_Base.metadata, self.engine)
         self._add_params_column()
 
     def _add_params_column(self) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from chunkcache.store.config import secret_value
+from chunkcache.store.sql_schema import create_tables
 
 
 class _Base(DeclarativeBase):
@@ -91,9 +92,9 @@ class ChunkTable:
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
-        for attempt in range(3):  # replicas starting together race on CREATE TABLE and the first row
+        create_tables(_Base.metadata, self.engine)
+        for attempt in range(3):  # replicas starting together race on the first row
             try:
-                _Base.metadata.create_all(self.engine)
                 with Session(self.engine) as s, s.begin():
                     if s.get(IndexVersionRow, "index") is None:
                         s.add(IndexVersionRow(name="index", version=0))

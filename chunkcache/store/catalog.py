@@ -24,10 +24,10 @@ from pydantic import SecretStr
 from sqlalchemy import (BigInteger, DateTime, Float, LargeBinary, String, create_engine, delete, event, func, select,
                         update)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from chunkcache.store.config import redact_url, secret_value
+from chunkcache.store.sql_schema import create_tables
 
 
 class _Base(DeclarativeBase):
@@ -111,10 +111,7 @@ class Catalog:
         self.flush_every = flush_every
         self._pending: Counter[str] = Counter()
         self._lock = threading.Lock()
-        try:
-            _Base.metadata.create_all(self.engine)
-        except SQLAlchemyError:  # another process created the table at the same moment
-            _Base.metadata.create_all(self.engine)
+        create_tables(_Base.metadata, self.engine)
 
     def _insert(self):  # type: ignore[no-untyped-def]
         dialect = self.engine.dialect.name
