@@ -1,10 +1,12 @@
-"""SQL catalog of persisted anchors (SQLAlchemy; a SQLite file by default). Torch-free.
+"""SQL catalog of persisted anchors: a SQLite file in the pool's directory (SQLAlchemy). Torch-free.
 
 chunkcache_anchors: one row per anchor (placeholder sample): id, model fingerprint, placeholder name,
     token ids (JSON), creation sequence, use count.
 chunkcache_anchor_offsets: one row per (anchor, reader_key) whose offsets are stored.
 Tensor files are written before their rows, so a crash leaves at most an orphan file, never a row
 without a file; a row whose file is gone or corrupt is dropped when read (dense fallback).
+The file is the pool's own: these table names are not namespaced apart from the chunk catalog's
+(store/catalog.py also has a `chunkcache_anchors`), so the two never share a database.
 """
 
 from __future__ import annotations
@@ -55,12 +57,10 @@ class AnchorRecord:
 
 
 class AnchorCatalog:
-    def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(f"sqlite:///{path}")
+        event.listen(self.engine, "connect", _sqlite_pragmas)
         create_tables(_Base.metadata, self.engine)
 
     def fingerprints(self) -> set[str]:

@@ -25,12 +25,12 @@ from chunkcache.store.errors import EntryUnavailable
 
 
 class AnchorStore:
-    def __init__(self, root: str | Path, fingerprint: str, n_layers: int, catalog_url: str | None = None) -> None:
+    def __init__(self, root: str | Path, fingerprint: str, n_layers: int) -> None:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
         self.n_layers = n_layers
-        self.catalog = AnchorCatalog(catalog_url or f"sqlite:///{self.root / 'anchors.sqlite'}")
+        self.catalog = AnchorCatalog(self.root / "anchors.sqlite")
         others = sorted(self.catalog.fingerprints() - {fingerprint})
         if others:
             self.catalog.close()
