@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import BigInteger, String, Text, create_engine, delete, event, select, update
+from sqlalchemy import BigInteger, String, Text, create_engine, delete, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from chunkcache.store.sql_schema import create_tables
+from chunkcache.store.sql_schema import create_tables, use_sqlite_pragmas
 
 
 class _Base(DeclarativeBase):
@@ -60,7 +60,7 @@ class AnchorCatalog:
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(f"sqlite:///{path}")
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        use_sqlite_pragmas(self.engine)
         create_tables(_Base.metadata, self.engine)
 
     def fingerprints(self) -> set[str]:
@@ -105,10 +105,3 @@ class AnchorCatalog:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=15000")
-    cur.close()

@@ -21,13 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import SecretStr
-from sqlalchemy import (BigInteger, DateTime, Float, LargeBinary, String, create_engine, delete, event, func, select,
+from sqlalchemy import (BigInteger, DateTime, Float, LargeBinary, String, create_engine, delete, func, select,
                         update)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from chunkcache.store.config import redact_url, secret_value
-from chunkcache.store.sql_schema import create_tables
+from chunkcache.store.sql_schema import create_tables, use_sqlite_pragmas
 
 
 class _Base(DeclarativeBase):
@@ -106,7 +106,7 @@ class Catalog:
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            use_sqlite_pragmas(self.engine, synchronous="NORMAL")
         self.url = redact_url(url)  # printable; the engine holds the real one
         self.flush_every = flush_every
         self._pending: Counter[str] = Counter()
@@ -209,11 +209,3 @@ class Catalog:
             self.flush()
         finally:
             self.engine.dispose()
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=15000")
-    cur.close()

@@ -5,14 +5,15 @@ table, then creates the missing ones, so two processes can both find no table an
 fails (DuplicateTable, or a unique violation on pg_type). On PostgreSQL the check and the creation run
 in one transaction holding an advisory lock, so they are serial across processes. SQLite serialises
 writers itself; a lost race there surfaces as "table already exists" and is retried, and the second
-check then finds the table.
+check then finds the table. `use_sqlite_pragmas` gives a SQLite engine the WAL journal and busy timeout
+every chunkcache file uses, so readers never block the writer.
 """
 
 from __future__ import annotations
 
 import zlib
 
-from sqlalchemy import Engine, MetaData, func, select
+from sqlalchemy import Engine, MetaData, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 SCHEMA_LOCK_KEY = zlib.crc32(b"chunkcache.create_tables")  # one advisory lock key for every chunkcache table
@@ -32,3 +33,18 @@ def create_tables(metadata: MetaData, engine: Engine, attempts: int = 3) -> None
         except SQLAlchemyError:
             if attempt == attempts - 1:
                 raise
+
+
+def use_sqlite_pragmas(engine: Engine, synchronous: str = "FULL", busy_timeout_ms: int = 15000) -> None:
+    """Every new connection of a SQLite engine: WAL journal, the given synchronous level, a busy timeout."""
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+
+    def on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.close()
+
+    event.listen(engine, "connect", on_connect)

@@ -50,3 +50,24 @@ def test_processes_creating_the_tables_together_all_succeed(pg_url: str, which: 
         assert failed == [] and all(p.exitcode == 0 for p in procs), failed
         assert _TABLES[which] <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_sqlite_files_get_wal_and_each_callers_synchronous_level(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from chunkcache.agents.anchor_catalog import AnchorCatalog
+    from chunkcache.store.catalog import Catalog
+
+    levels = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+    catalog, anchors = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}"), AnchorCatalog(tmp_path / "anchors.db")
+    for opened, synchronous in ((catalog, "NORMAL"), (anchors, "FULL")):
+        with opened.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert levels[c.exec_driver_sql("PRAGMA synchronous").scalar()] == synchronous
+            assert c.exec_driver_sql("PRAGMA busy_timeout").scalar() == 15000
+        opened.close()
+
+
+def test_an_unknown_synchronous_level_is_refused_by_name() -> None:
+    from chunkcache.store.sql_schema import use_sqlite_pragmas
+
+    with pytest.raises(ValueError, match="synchronous"):
+        use_sqlite_pragmas(create_engine("sqlite://"), synchronous="normal; DROP TABLE x")
