@@ -8,7 +8,10 @@ lm_head stay fp32. Two engines on the same examples in one run: the fp32 one and
 store, so its chunk KV is precomputed with bf16 linears too). Every TTFT ratio is paired per
 example against the fp32 engine's full prefill; agreement is each answer's token F1 against the fp32 full
 prefill's answer, as `bench tasks` scores it. `--engines fp32,bf16lin,bf16pre` adds the engine whose prefill
-alone runs bf16 linears (`decode_linear_dtype="float32"`: the decode steps and the decode-time correction in fp32).
+alone runs bf16 linears (`decode_linear_dtype="float32"`: the decode steps and the decode-time correction in fp32);
+`bf16attn` is that engine with bf16 products in the prefill's C++ attention too (`attention_dtype="bfloat16"`).
+The whole answer is timed too: TTFT (median of the repeats) plus the one free-run decode of the answer, paired per
+example against the fp32 engine's full prefill (`answer_speedup_vs_fp32_full_median`, the timed rows only).
 
 python benchmarks/bf16_linears.py --split test [--skip 20] --limit 20 --ratio 0.05 --decode-correction 1024 --timed 10 \
     --json benchmarks/bf16_linears_hotpotqa_test20_r05_dc1024.json
@@ -31,9 +34,11 @@ from chunkcache.kernels._cpp import cpu_flags, cpuinfo
 from chunkcache.retrieval.embedder import Embedder
 
 
-def paired(rows, num, den):
-    """Median over examples of num / den (each 'engine:label' TTFT), the timed rows only."""
-    vals = [r[den]["ttft_s"] / r[num]["ttft_s"] for r in rows if r["timed"]]
+def paired(rows, num, den, whole=False):
+    """Median over examples of den's time / num's (each 'engine:label'), the timed rows only: TTFT, or with
+    whole=True the whole answer (TTFT plus the answer's decode)."""
+    time_of = (lambda m: m["ttft_s"] + m["decode_s"]) if whole else (lambda m: m["ttft_s"])  # noqa: E731
+    vals = [time_of(r[den]) / time_of(r[num]) for r in rows if r["timed"]]
     return statistics.median(vals) if vals else None
 
 
@@ -51,17 +56,20 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--engines", default="fp32,bf16lin",
                     help="fp32 (always run: the reference), bf16lin (bf16 linears), "
-                         "bf16pre (bf16 prefill, fp32 decode)")
+                         "bf16pre (bf16 prefill, fp32 decode), bf16attn (bf16pre + bf16 attention products)")
     ap.add_argument("--json")
     args = ap.parse_args()
     suite = get_suite(args.suite)
     base = EngineConfig(threads=2, store="memory")
     settings = {"fp32": {}, "bf16lin": {"linear_dtype": "bfloat16"},
-                "bf16pre": {"linear_dtype": "bfloat16", "decode_linear_dtype": "float32"}}
+                "bf16pre": {"linear_dtype": "bfloat16", "decode_linear_dtype": "float32"},
+                "bf16attn": {"linear_dtype": "bfloat16", "decode_linear_dtype": "float32",
+                             "attention_dtype": "bfloat16"}}
     names = ["fp32", *(n for n in args.engines.split(",") if n != "fp32")]
     engines = {n: ChunkCacheEngine.from_config(base.model_copy(update=settings[n])) for n in names}
     linear = {n: e.runner.linear.describe() for n, e in engines.items()}
-    print(linear, flush=True)
+    attention = {n: e.runner.attention_precision for n, e in engines.items()}
+    print(linear, attention, flush=True)
     cfg = BlendConfig(mode=args.mode, recompute_ratio=args.ratio, decode_correction=args.decode_correction)
     embedder = Embedder()
     rows = []
@@ -73,7 +81,8 @@ def main():
             modes = evaluate_request(engine, list(ex.chunks), req, {args.mode: cfg}, args.max_new_tokens,
                                      repeats=args.repeats if timed else 1, fused=fused)
             for label, m in score_rows(modes, ex, suite.score).items():
-                row[f"{name}:{label}"] = {k: m[k] for k in ("ttft_s", "answer", "task_score", "tf_kl")}
+                row[f"{name}:{label}"] = {k: m[k] for k in ("ttft_s", "decode_s", "new_tokens", "answer",
+                                                                    "task_score", "tf_kl")}
         ref = row["fp32:full"]["answer"]
         for key, m in row.items():
             if isinstance(m, dict):
@@ -87,11 +96,14 @@ def main():
                        "agreement_exact": statistics.mean(r[label]["agreement_exact"] for r in rows),
                        "task_score": statistics.mean(r[label]["task_score"] for r in rows),
                        "tf_kl_vs_own_engines_full_mean": statistics.mean(r[label]["tf_kl"] for r in rows),
-                       "ttft_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full")}
+                       "ttft_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full"),
+                       "answer_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full", whole=True)}
                for label in labels}
     for name in names[1:]:
         summary[f"{name}_vs_fp32_same_mode"] = {m: paired(rows, f"{name}:{m}", f"fp32:{m}")
                                                 for m in ("full", args.mode)}
+        summary[f"{name}_vs_fp32_same_mode_whole_answer"] = {m: paired(rows, f"{name}:{m}", f"fp32:{m}", whole=True)
+                                                             for m in ("full", args.mode)}
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, "w") as f:
@@ -99,6 +111,7 @@ def main():
                        "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%F"),
                        "suite": args.suite, "split": args.split, "mode": args.mode, "ratio": args.ratio,
                        "decode_correction": args.decode_correction, "skip": args.skip, "linear": linear,
+                       "attention": attention,
                        "summary": summary, "rows": rows}, f, indent=1)
 
 

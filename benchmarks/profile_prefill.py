@@ -1,8 +1,9 @@
 """Where a blended prefill's time goes: full prefill against fusionqc at a few ratios on HotpotQA examples, each
 TTFT the median of `repeats` prefills, with the blender's own step timings (place, load, compute) and a cProfile
-of one prefill per ratio (the chunkcache functions by cumulative time, and torch's ops by own time).
+of one prefill per ratio of the last example (the chunkcache functions by cumulative time, and torch's ops by own time).
 
-python benchmarks/profile_prefill.py --split test --limit 5 --ratios 0.05,0.15 [--linear-dtype bfloat16] \
+python benchmarks/profile_prefill.py [--suite musique] --split test --limit 5 --ratios 0.05,0.15 \
+    [--linear-dtype bfloat16 [--decode-linear-dtype float32]] [--attention-dtype bfloat16] \
     --json benchmarks/profile_prefill.json
 """
 
@@ -40,6 +41,7 @@ def profile(engine, req, cfg, top):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", default="hotpotqa")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=5)
     ap.add_argument("--ratios", default="0.05,0.15")
@@ -47,13 +49,19 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--linear-dtype", default=None, help="EngineConfig.linear_dtype (bfloat16: bf16 linear layers)")
+    ap.add_argument("--attention-dtype", default=None, help="EngineConfig.attention_dtype (bfloat16: bf16 products)")
+    ap.add_argument("--decode-linear-dtype", default=None,
+                    help="EngineConfig.decode_linear_dtype (float32 with bf16 linears: bf16 prefill, fp32 decode)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    engine = ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory", linear_dtype=args.linear_dtype))
+    engine = ChunkCacheEngine.from_config(EngineConfig(threads=2, store="memory", linear_dtype=args.linear_dtype,
+                                                       decode_linear_dtype=args.decode_linear_dtype,
+                                                       attention_dtype=args.attention_dtype))
     embedder = Embedder()
     ratios = [float(r) for r in args.ratios.split(",")]
     rows = []
-    for ex in load_suite(get_suite("hotpotqa"), args.split, args.limit):
+    examples = load_suite(get_suite(args.suite), args.split, args.limit)
+    for ex in examples:
         req = task_request(engine.prompts, ex)
         engine.precompute(list(ex.chunks))
         fused, _ = fused_request(engine, req, embedder.encode(list(ex.chunks)))
@@ -68,7 +76,7 @@ def main():
         steps = lambda m: json.dumps({k: round(v, 3) for k, v in m["timings"].items()})  # noqa: E731
         print(ex.id, req.num_tokens, f"full {full_t:.3f}s", "  ".join(
             f"{r}: {m['ttft_s']:.3f}s {m['speedup']:.2f}x {steps(m)}" for r, m in row["modes"].items()), flush=True)
-    last = load_suite(get_suite("hotpotqa"), args.split, 1)[0]
+    last = examples[-1]  # its entries are the store's most recent: none evicted, so none recomputed in the profile
     req = task_request(engine.prompts, last)
     fused, _ = fused_request(engine, req, embedder.encode(list(last.chunks)))
     profiles = {str(r): profile(engine, fused, replace(BlendConfig(mode=args.mode), recompute_ratio=r), args.top)
@@ -86,8 +94,9 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": cpuinfo("model name"),
-                       "torch": torch.__version__, "linear": engine.runner.linear.describe(), "mode": args.mode,
-                       "split": args.split,
+                       "torch": torch.__version__, "linear": engine.runner.linear.describe(),
+                       "attention_precision": engine.runner.attention_precision, "mode": args.mode,
+                       "suite": args.suite, "split": args.split,
                        "median_speedup": summary, "rows": rows, "profiles": profiles}, f, indent=1)
 
 

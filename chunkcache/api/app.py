@@ -139,7 +139,8 @@ def create_app(cfg: ServerConfig, service: ChunkCacheService | None = None) -> F
                       fingerprint=svc.engine.runner.fingerprint, queue_depth=request.app.state.worker.depth,
                       store="disk" if cfg.persistent else "memory", attention=att.describe(),
                       attention_choices={n: d.choice for n, d in att.decisions.items()},
-                      linear=svc.engine.runner.linear.describe())
+                      linear=svc.engine.runner.linear.describe(),
+                      attention_precision=svc.engine.runner.attention_precision)
 
     @app.get("/metrics", dependencies=[Depends(require_api_key)],
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})

@@ -201,6 +201,7 @@ class Health(BaseModel):
     attention: str = ""  # which attention implementation runs and why (measured on this machine under auto)
     attention_choices: dict[str, str] = {}  # shape class -> torch | cpp | triton
     linear: str = ""  # what the decoder's linear layers compute in (linear_dtype), and the measurement behind it
+    attention_precision: str = ""  # the prefill attention's products (attention_dtype) and the measurement behind it
 
 
 class ErrorBody(BaseModel):

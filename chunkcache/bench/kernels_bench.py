@@ -3,7 +3,9 @@
 On the CPU the sparse-query attention row also times the C++ kernel of each ISA build in `--isa` (`cpp`:
 {march: ms, ratio to torch and to the bound}) and the compute-share bound `causal_share_ms`: SDPA's fused
 causal kernel over every position, times the share of the causal triangle's work the selected queries need
-(what the scattered queries would cost at full prefill's rate). The report names the CPU, its ISA flags and
+(what the scattered queries would cost at full prefill's rate), and the C++ kernel's bf16 variant where this CPU
+has AVX512-BF16 (`cpp_bf16`: its time with the K/V packing, speed-ups, and its error against fp32 attention relative
+to the reference's on the same bf16-rounded operands). The report names the CPU, its ISA flags and
 what kernels=auto measured and chose for the model (`dispatch`). `--prefill` adds, per implementation,
 full-prefill and chunk-precompute tokens/s of a randomly initialised model of the shape (bench/prefill_speed.py).
 
@@ -36,6 +38,8 @@ from chunkcache.kernels.scatter_kv import scatter_kv_ref, scatter_kv_triton
 from chunkcache.kernels.sparse_attention import (cpu_kernel_applies, plan_sparse_attention,
                                                  sparse_query_attention_cpu, sparse_query_attention_ref,
                                                  sparse_query_attention_triton)
+from chunkcache.kernels.sparse_attention_bf16 import (bf16_kernel_available, sparse_query_attention_bf16_cpu,
+                                                      sparse_query_attention_bf16_ref)
 
 MODELS = {  # layers, query heads, KV heads, head_dim
     "smollm2-135m": (30, 9, 3, 64),
@@ -157,6 +161,8 @@ def bench_model(model: str, tokens: int, ratio: float, dtype: torch.dtype, devic
             else:
                 ms = _time_ms(lambda m=march: sparse_query_attention_cpu(q, k, v, plan, scale, march=m), False, reps)
                 extra["cpp"][march] = {"ms": ms, "speedup_vs_torch": ref / ms, "vs_causal_share": ms / bound}
+        if dtype == torch.float32 and bf16_kernel_available():
+            extra["cpp_bf16"] = _bf16_row(q, k, v, plan, scale, reps, ref, flops, extra["cpp"])
     rows.append(_row("sparse_query_attention", model, {"n_heads": n_heads, "n_kv": n_kv, "m": m, "N": tokens, "d": d},
                      dev, tri, ref, flops=flops, sdpa_same_m_ms=sdpa,
                      vs_sdpa_same_m=(tri / sdpa) if tri else None, **extra))
@@ -170,6 +176,19 @@ def bench_model(model: str, tokens: int, ratio: float, dtype: torch.dtype, devic
     rows.append(_row("scatter_kv", model, {"n_kv": n_kv, "N": tokens, "m": m, "d": d}, dev, tri, ref,
                      nbytes=4 * k_new.numel() * esize + m * 8))
     return rows
+
+
+def _bf16_row(q, k, v, plan, scale, reps, torch_ms, flops, cpp) -> dict:  # type: ignore[no-untyped-def]
+    """The bf16 variant on the attention row's inputs: time, speed-ups, and its error against fp32 attention."""
+    ms = _time_ms(lambda: sparse_query_attention_bf16_cpu(q, k, v, plan, scale), False, reps)
+    fp32 = sparse_query_attention_ref(q, k, v, plan, scale)
+    rel = lambda x: float((x - fp32).norm() / fp32.norm())  # noqa: E731
+    fastest = min((c["ms"] for c in cpp.values() if "ms" in c), default=None)
+    got = sparse_query_attention_bf16_cpu(q, k, v, plan, scale)
+    return {"ms": ms, "speedup_vs_torch": torch_ms / ms,
+            "speedup_vs_fastest_cpp_fp32": fastest / ms if fastest else None, "tflops": flops / ms / 1e9,
+            "rel_err_vs_fp32": rel(got), "rel_err_of_bf16_operands": rel(sparse_query_attention_bf16_ref(q, k, v, plan,
+                                                                                                         scale))}
 
 
 def _print(rows: list[dict]) -> None:
@@ -189,6 +208,11 @@ def _print(rows: list[dict]) -> None:
                 line += f"\n{'':>38}C++ {march}: "
                 line += (f"{c['ms']:.2f} ms, x{c['speedup_vs_torch']:.2f} vs torch, "
                          f"{c['vs_causal_share']:.2f}x the bound" if "ms" in c else c["skipped"])
+            if "cpp_bf16" in r:
+                b = r["cpp_bf16"]
+                line += (f"\n{'':>38}C++ bf16 products: {b['ms']:.2f} ms, x{b['speedup_vs_torch']:.2f} vs torch, "
+                         f"x{b['speedup_vs_fastest_cpp_fp32'] or 0:.2f} vs the fastest fp32 build, relative error "
+                         f"{b['rel_err_vs_fp32']:.1e} (bf16 operands alone {b['rel_err_of_bf16_operands']:.1e})")
         if r.get("vs_sdpa_same_m"):
             line += f"  time/SDPA(same m) {r['vs_sdpa_same_m']:.2f}"
         print(line)

@@ -62,7 +62,7 @@ class ChunkCacheEngine:
             store = ChunkStore(cfg.store_config())
         lm = load_model(cfg.model_path, getattr(torch, cfg.resolved_dtype), cfg.device, cfg.cache_dir)
         runner = ModelRunner(lm.model, lm.tokenizer, kernels=cfg.kernels, linear_dtype=cfg.linear_dtype,
-                             decode_linear_dtype=cfg.decode_linear_dtype)
+                             decode_linear_dtype=cfg.decode_linear_dtype, attention_dtype=cfg.attention_dtype)
         return cls(runner, store, cfg.system if cfg.system is not None else DEFAULT_SYSTEM, cfg.profile_root)
 
     def precompute(self, chunks: list[str]) -> list[str]:

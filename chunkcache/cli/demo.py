@@ -53,6 +53,8 @@ def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
     print(f"{att.describe()} [{att.source}{f' in {att.startup_s:.1f}s' if att.source == 'measured' else ''}]")
     if engine.runner.linear.asked:
         print(engine.runner.linear.describe())
+    if args.engine.attention_dtype:
+        print(engine.runner.attention_precision)
     ex = load_examples(args.data, limit=args.example + 1)[args.example]
     chunks = [passage_text(c) for c in ex["ctxs"]]
     t0 = time.perf_counter()

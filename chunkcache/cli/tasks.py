@@ -62,6 +62,8 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
                             "dtype": args.engine.resolved_dtype, "linear_dtype": engine.runner.linear.dtype,
                             "decode_linear_dtype": engine.runner.linear.decode_dtype,
                             "linear": engine.runner.linear.describe(),
+                            "attention_bf16": engine.runner.attention_bf16,
+                            "attention_precision": engine.runner.attention_precision,
                             "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
                             "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
         print(json.dumps({"gate": result.get("gate"), "modes": result["modes"]}, indent=2))

@@ -24,6 +24,9 @@ FLAGS: dict[str, tuple[tuple[str, ...], str, str]] = {
                      "bfloat16: an fp32 model's linear layers in bf16, where measured faster (changes answers)"),
     "decode_linear_dtype": (("decode_linear_dtype",), "--decode-linear-dtype",
                             "float32: with --linear-dtype bfloat16, decode (and its correction) in fp32"),
+    "attention_dtype": (("attention_dtype",), "--attention-dtype",
+                        "bfloat16: an fp32 model's prefill attention with bf16 products on the CPU, where measured "
+                        "faster (changes answers)"),
     "threads": (("threads",), "--threads", "torch CPU threads (default: torch's choice)"),
     "kernels": (("kernels",), "--kernels",
                 f"{' | '.join(KERNELS)} (default auto: the attention measured fastest here)"),

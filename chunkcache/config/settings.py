@@ -100,7 +100,9 @@ class EngineConfig(BaseSettings):
     dtype None resolves to float32 on the CPU and bfloat16 on CUDA. linear_dtype "bfloat16" computes an fp32
     model's decoder linear layers in bf16 where that measures faster (runner/linear.py; it changes answers, by
     BENCHMARKS.md's measure); None: the model's dtype. decode_linear_dtype "float32" keeps them fp32 in the decode
-    steps and the decode-time correction (bf16 then speeds the prefill only); None: as linear_dtype. system None is
+    steps and the decode-time correction (bf16 then speeds the prefill only); None: as linear_dtype.
+    attention_dtype "bfloat16" gives the prefill's C++ attention bf16 products (AVX512-BF16 CPUs, where measured
+    faster; fp32 accumulation; it changes answers); None: the model's dtype. system None is
     the prompt builder's default. kernels: auto (the attention implementation measured fastest on this machine for
     this model: torch, the C++ kernel on the CPU, Triton on CUDA; the other ops Triton on CUDA), or one forced: torch
     (the torch references only), cpp (the C++ attention; fp32 CPU), triton. store="memory" / "disk" is
@@ -116,6 +118,7 @@ class EngineConfig(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     linear_dtype: Literal["float32", "bfloat16"] | None = None
     decode_linear_dtype: Literal["float32", "bfloat16"] | None = None
+    attention_dtype: Literal["float32", "bfloat16"] | None = None
     threads: PositiveInt | None = None
     system: str | None = None
     kernels: Literal["auto", "torch", "cpp", "triton"] = "auto"
@@ -157,6 +160,9 @@ class EngineConfig(BaseSettings):
         if self.decode_linear_dtype == "bfloat16" and self.linear_dtype != "bfloat16":
             raise ValueError("decode_linear_dtype: 'bfloat16' only with linear_dtype 'bfloat16' (the split "
                              "supported is bf16 prefill, fp32 decode)")
+        if self.attention_dtype == "bfloat16" and self.resolved_dtype != "float32":
+            raise ValueError(f"attention_dtype: 'bfloat16' gives an fp32 model's CPU attention bf16 products; dtype "
+                             f"is {self.resolved_dtype!r} (leave attention_dtype unset)")
         return self
 
     @property

@@ -31,6 +31,7 @@ from chunkcache.kernels import _cpp
 from chunkcache.kernels._triton import triton_available
 from chunkcache.kernels.sparse_attention import (AttentionPlan, cpu_kernel_applies, cpu_kernel_threads,
                                                  plan_sparse_attention, sparse_query_attention)
+from chunkcache.kernels.sparse_attention_bf16 import bf16_kernel_available, sparse_query_attention_bf16_cpu
 
 MIN_QUERIES = 64  # below this the reference (SDPA over a few rows) runs: nothing to gain, threads idle
 REPEATS = 5  # timed rounds per class (after one warm-up), candidates interleaved in each round
@@ -307,6 +308,21 @@ def measure(shape: AttentionShape, c: ShapeClass, cands: list[str], march: str =
     best = max(paired, key=paired.get)
     return Decision(best if paired[best] >= MARGIN else "torch", {n: round(t, 4) for n, t in ms.items()},
                     {n: round(x, 4) for n, x in paired.items()})
+
+
+def measure_bf16(shape: AttentionShape, march: str) -> float | None:
+    """The bf16 C++ kernel's median paired speed-up over the fp32 C++ build `march` on the sparse-long class (cut
+    to the model's context; else the longest scattered class), REPEATS rounds; None when it cannot run here
+    (no AVX512-BF16 build, not an fp32 CPU model, no class)."""
+    if shape.device != "cpu" or shape.dtype != "float32" or not bf16_kernel_available():
+        return None
+    classes = [c for c in _classes(shape) if not c.contiguous]
+    if not classes or not cpu_kernel_applies(*_probe(shape), march):
+        return None
+    c = next((x for x in classes if x.name == "sparse-long"), max(classes, key=lambda x: x.kv_len))
+    calls = {"cpp": lambda *a: sparse_query_attention(*a, impl="cpp", march=march),
+             "bf16": lambda *a: sparse_query_attention_bf16_cpu(*a)}
+    return round(_paired(_rounds(shape, c, calls), "cpp")["bf16"], 4)
 
 
 def _isa(device: str) -> str:

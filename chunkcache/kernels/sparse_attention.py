@@ -10,7 +10,8 @@ block's first position need no mask. Online softmax in fp32 (exp2), fp16/bf16/fp
 
 The CPU fast path (`sparse_query_attention_cpu`, csrc/sparse_attention_cpu.cpp) does the same in C++ for
 fp32: GQA rows packed, key tiles up to the block's last position, the causal mask only on the tiles
-that cross a row's position (no mask tensor), online softmax in base 2.
+that cross a row's position (no mask tensor), online softmax in base 2. Its bf16-product variant (AVX512-BF16
+builds, opt-in by `attention_dtype`) is kernels/sparse_attention_bf16.py.
 
 A plan that carries a `ContextTemper` (APE mode) always runs `ape_attention_ref` (torch, fp32).
 """

@@ -7,19 +7,22 @@ request's `KVCache`; fresh K/V go in through `KVCache.write` before attention.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from chunkcache.config.settings import KERNELS, triton_choice
-from chunkcache.kernels.attention_dispatch import AttentionDispatch, AttentionShape, candidates
+from chunkcache.kernels.attention_dispatch import MARGIN, AttentionDispatch, AttentionShape, candidates, measure_bf16
 from chunkcache.kernels.sparse_attention import (CPU_HEAD_DIMS, AttentionPlan, plan_sparse_attention,
                                                  sparse_query_attention)
+from chunkcache.kernels.sparse_attention_bf16 import sparse_query_attention_bf16_cpu
 from chunkcache.runner.fingerprint import derived_fingerprint, model_fingerprint, weights_digest
 from chunkcache.runner.kv_cache import KVCache
 from chunkcache.runner.linear import apply_linear_dtype
 
+log = logging.getLogger(__name__)
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -30,12 +33,15 @@ class ModelRunner:
     """Layer-wise forward over a transformers causal LM (batch size 1, one request at a time)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: object | None = None, kernels: str = "auto",
-                 linear_dtype: str | None = None, decode_linear_dtype: str | None = None) -> None:
+                 linear_dtype: str | None = None, decode_linear_dtype: str | None = None,
+                 attention_dtype: str | None = None) -> None:
         """kernels: auto | torch | cpp | triton. Under auto the attention implementation is measured here (or read
         from the machine's cache) and the other kernels take Triton on CUDA; otherwise the one named runs
         (cpp: the C++ attention, torch references elsewhere). linear_dtype: "bfloat16" swaps an fp32 model's
         decoder linear layers for bf16 ones where measured faster (runner/linear.py), before the fingerprint;
-        decode_linear_dtype "float32" keeps them fp32 for the decode steps (`decode_layers`)."""
+        decode_linear_dtype "float32" keeps them fp32 for the decode steps (`decode_layers`). attention_dtype
+        "bfloat16": the prefill's C++ attention calls take bf16 products (kernels/sparse_attention_bf16.py) where
+        measured faster than the fp32 C++ build here; decode steps and decode-time correction keep fp32."""
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         cfg = model.config
@@ -77,6 +83,27 @@ class ModelRunner:
             raise ValueError(f"kernels='cpp' takes fp32 CPU models with head_dim in {CPU_HEAD_DIMS} once the C++ "
                              f"kernel builds; this model is {shape.dtype} on {shape.device}, head_dim {self.head_dim}")
         self.attention = AttentionDispatch.build(kernels, shape)  # builds/measures now, not in the first request
+        self.attention_bf16, self.attention_precision = self._bf16_attention(attention_dtype, shape)
+        if self.attention_bf16:  # it computes other KV: keyed apart
+            self.fingerprint = derived_fingerprint(self.fingerprint, prefill_attention="bfloat16")
+
+    def _bf16_attention(self, attention_dtype: str | None, shape: AttentionShape) -> tuple[bool, str]:
+        """Whether the prefill's C++ attention takes bf16 products, and one line saying why."""
+        if attention_dtype in (None, "float32", str(self.dtype).removeprefix("torch.")):
+            return False, "attention products in the model's dtype"
+        if attention_dtype != "bfloat16":
+            raise ValueError(f"attention_dtype must be float32 or bfloat16, got {attention_dtype!r}")
+        if self.kernels not in ("auto", "cpp"):
+            return False, f"attention products fp32: kernels={self.kernels} runs no C++ attention"
+        speedup = measure_bf16(shape, self.attention.cpp_march)
+        if speedup is None:
+            line = "attention products fp32: no bf16 C++ kernel here (needs an fp32 CPU model and AVX512-BF16)"
+        elif speedup < MARGIN:
+            line = f"attention products fp32: bf16 measured {speedup:.2f}x the fp32 C++ kernel here"
+        else:
+            line = f"attention products bf16 in the prefill: {speedup:.2f}x the fp32 C++ kernel here"
+        log.info(line)
+        return speedup is not None and speedup >= MARGIN, line
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.n_layers, self.n_kv_heads, self.head_dim, capacity, self.inv_freq.to(self.device),
@@ -115,7 +142,10 @@ class ModelRunner:
         layer = self.stack(decode)[layer_idx]
         k, v = cache.layer(layer_idx)
         impl, march = self.attention.choose(plan), self.attention.cpp_march
-        o = sparse_query_attention(q, k, v, plan, self.scale, impl=impl, march=march)  # [n_heads, m, d]
+        if impl == "cpp" and self.attention_bf16 and not decode and plan.temper is None:
+            o = sparse_query_attention_bf16_cpu(q, k, v, plan, self.scale)  # [n_heads, m, d]
+        else:
+            o = sparse_query_attention(q, k, v, plan, self.scale, impl=impl, march=march)  # [n_heads, m, d]
         o = o.transpose(0, 1).reshape(hidden.shape[0], self.n_heads * self.head_dim)  # [m, n_heads*d]
         hidden = hidden + layer.self_attn.o_proj(o)
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))

@@ -18,6 +18,7 @@ def test_api_healthz_open_and_auth_required(live_server) -> None:
                                                 "dense-long"}
     assert set(health["attention_choices"].values()) <= {"torch", "cpp"}
     assert health["linear"] == "linear layers: float32"  # linear_dtype not asked: the model's own
+    assert health["attention_precision"] == "attention products in the model's dtype"  # attention_dtype not asked
     assert httpx.post(f"{live_server.url}/generate_with_chunks", json=body()).status_code == 401
     r = httpx.post(f"{live_server.url}/generate_with_chunks", json=body(), headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and "authorization" in r.json()["detail"]

@@ -5,6 +5,7 @@ import json
 import torch
 
 from chunkcache.bench.kernels_bench import main
+from chunkcache.kernels.sparse_attention_bf16 import bf16_kernel_available
 
 
 def test_bench_runs_without_gpu(tmp_path, capsys):
@@ -28,6 +29,11 @@ def test_bench_reports_each_isa_build_and_the_dispatch(tmp_path):
     for c in att["cpp"].values():
         assert ("ms" in c and c["vs_causal_share"] > 0) or "skipped" in c
     assert att["causal_share_ms"] > 0 and report["cpu"]["isa_flags"]
+    if bf16_kernel_available():  # the bf16 variant: timed, its error bf16's rounding (a mispaired product is O(1))
+        b = att["cpp_bf16"]
+        assert b["ms"] > 0 and 0 < b["rel_err_vs_fp32"] < 1.5 * b["rel_err_of_bf16_operands"] + 1e-3
+    else:
+        assert "cpp_bf16" not in att
     summary = report["dispatch"]["smollm2-135m"]
     assert summary["kernels"] == "auto" and set(summary["classes"]) == {"sparse-short", "sparse-long", "sparse-xlong",
                                                                        "dense-short", "dense-long"}

@@ -10,6 +10,12 @@
 // blocking come from the compiler's target macros, so every -march build keeps its micro-tiles inside
 // its register file: AVX-512 (32 x 16 floats), AVX/AVX2 (16 x 8), NEON (32 x 4), SSE (16 x 4).
 // Rows are padded to the micro-tile heights, so the inner loops carry no row conditions.
+//
+// bf16 variant (builds with AVX512-BF16 only: `sparse_attention_bf16`): the same tiling and fp32 online softmax,
+// with both products on bf16 dot-product instructions (VDPBF16PS: two bf16 products into one fp32 lane). Q is
+// rounded to bf16 after its scaling, P after the softmax; K and V come packed in bf16 by the caller, keys padded
+// to whole tiles: kp [KV, D/2, kv_pad, 2] (dimension pairs per key) and vp [KV, kv_pad/2, D, 2] (key pairs per
+// dimension). Accumulation stays fp32.
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +27,12 @@
 #include <omp.h>
 #endif
 #include <vector>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#define CHUNKCACHE_BF16 1
+#else
+#define CHUNKCACHE_BF16 0
+#endif
 
 namespace {
 
@@ -64,7 +76,8 @@ inline vf exp2v(vf x) {
 
 struct Args {
   const float* q; const float* kt; const float* v; float* out; const int64_t* pos;
-  int64_t m, g, bq, kv_len;
+  const uint16_t* kp; const uint16_t* vp;  // bf16 variant: packed K and V (kt, v unused)
+  int64_t m, g, bq, kv_len, kv_pad;        // kv_pad: keys per head in kp / vp (a multiple of BK)
   int64_t s_qh, s_qm;      // q [H, m, D]: head, query strides (last dim contiguous)
   int64_t s_kth, s_ktd;    // kt [KV, D, kv_len]: head, dim strides (keys contiguous)
   int64_t s_vh, s_vn;      // v [KV, >= kv_len, D]
@@ -115,6 +128,69 @@ void pv_tile(const float* P, const float* v, int64_t s_vn, int64_t rows, int nk,
   }
 }
 
+#if CHUNKCACHE_BF16
+static_assert(W == 16 && NV == 2 && PC == 4, "the bf16 tiles use the AVX-512 micro-tiles");
+
+// fp32 -> bf16, round to nearest even (finite inputs), as torch's .to(torch.bfloat16).
+inline uint16_t to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// S[r][0..BK) = Q[r] . K[0..BK) for r in [0, rows): Qp [rows, D/2] bf16 pairs; kp at the tile, [D/2, kv_pad, 2].
+template <int D>
+void qk_tile_bf16(const uint32_t* Qp, const uint16_t* kp, int64_t kv_pad, int64_t rows, float* S) {
+  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+    for (int c = 0; c < BK; c += NV * W) {
+      __m512 acc[MR][NV];
+      for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
+      for (int d2 = 0; d2 < D / 2; ++d2) {
+        const uint16_t* kd = kp + (d2 * kv_pad + c) * 2;
+        __m512bh k[NV];
+        for (int j = 0; j < NV; ++j) k[j] = (__m512bh)_mm512_loadu_si512(kd + j * W * 2);
+        for (int r = 0; r < MR; ++r) {
+          const __m512bh qd = (__m512bh)_mm512_set1_epi32((int)Qp[(r0 + r) * (D / 2) + d2]);
+          for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], qd, k[j]);
+        }
+      }
+      for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NV; ++j) _mm512_storeu_ps(S + (r0 + r) * BK + c + j * W, acc[r][j]);
+    }
+  }
+}
+
+// O[r] += P[r][0..nk) V[0..nk) for r in [0, rows): P rounded to bf16 pairs in Pp [rows, BK/2]; vp at the tile,
+// [BK/2, D, 2]. An odd nk reads one key past it, with probability 0 (the scores past `vis` are zeroed).
+template <int D>
+void pv_tile_bf16(const float* P, uint32_t* Pp, const uint16_t* vp, int64_t rows, int nk, float* O) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int c = 0; c < BK; c += 2 * W) {
+      const __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(P + r * BK + c + W), _mm512_loadu_ps(P + r * BK + c));
+      _mm512_storeu_si512(Pp + r * (BK / 2) + c / 2, (__m512i)pair);
+    }
+  const int n2 = (nk + 1) / 2;
+  for (int64_t r0 = 0; r0 < rows; r0 += PR) {
+    for (int cb = 0; cb < D; cb += PC * W) {
+      __m512 acc[PR][PC];
+      for (int r = 0; r < PR; ++r)
+        for (int j = 0; j < PC; ++j) acc[r][j] = _mm512_loadu_ps(O + (r0 + r) * D + cb + j * W);
+      for (int c2 = 0; c2 < n2; ++c2) {
+        __m512bh vv[PC];
+        for (int j = 0; j < PC; ++j) vv[j] = (__m512bh)_mm512_loadu_si512(vp + (c2 * D + cb + j * W) * 2);
+        for (int r = 0; r < PR; ++r) {
+          const __m512bh p = (__m512bh)_mm512_set1_epi32((int)Pp[(r0 + r) * (BK / 2) + c2]);
+          for (int j = 0; j < PC; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], p, vv[j]);
+        }
+      }
+      for (int r = 0; r < PR; ++r)
+        for (int j = 0; j < PC; ++j) _mm512_storeu_ps(O + (r0 + r) * D + cb + j * W, acc[r][j]);
+    }
+  }
+}
+#endif
+
 // Softmax step of one row over its first `vis` scores (the rest zeroed): updates mx, sum, rescales O.
 template <int D>
 void softmax_row(float* s, int vis, float& mx, float& sum, float* o) {
@@ -148,8 +224,9 @@ void softmax_row(float* s, int vis, float& mx, float& sum, float* o) {
     for (int d = 0; d < D; ++d) o[d] *= alpha;
 }
 
-template <int D>
-void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, std::vector<int64_t>& rpos) {
+template <int D, bool BF16>
+void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, std::vector<int64_t>& rpos,
+              [[maybe_unused]] std::vector<uint32_t>& packed) {
   const int64_t i0 = blk * a.bq, nq = std::min(a.bq, a.m - i0), rows = a.g * nq;
   const int64_t prows = (rows + ROW_PAD - 1) / ROW_PAD * ROW_PAD;  // padded rows: zero queries, ignored
   buf.assign(prows * (D + BK + D) + 2 * prows, 0.f);
@@ -168,6 +245,18 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, 
       rpos[j * nq + i] = a.pos[i0 + i];
     }
   }
+#if CHUNKCACHE_BF16
+  uint32_t* Qp = nullptr;  // bf16: [prows, D/2] query pairs, then [prows, BK/2] probability pairs
+  uint32_t* Pp = nullptr;
+  if constexpr (BF16) {
+    packed.assign(prows * (D / 2 + BK / 2), 0u);
+    Qp = packed.data();
+    Pp = Qp + prows * (D / 2);
+    for (int64_t r = 0; r < prows; ++r)
+      for (int d = 0; d < D; d += 2)
+        Qp[r * (D / 2) + d / 2] = to_bf16(Q[r * D + d]) | (uint32_t)to_bf16(Q[r * D + d + 1]) << 16;
+  }
+#endif
   std::fill(mx, mx + rows, -INFINITY);
   const int64_t lo = a.pos[i0], hi = a.pos[i0 + nq - 1];
   const float* kt = a.kt + kvh * a.s_kth;
@@ -175,7 +264,11 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, 
   std::vector<float> pad;
   for (int64_t n0 = 0; n0 <= hi; n0 += BK) {
     const int nk = (int)std::min<int64_t>(BK, hi + 1 - n0);
-    if (nk == BK && n0 + BK <= a.kv_len) {
+    if constexpr (BF16) {
+#if CHUNKCACHE_BF16
+      qk_tile_bf16<D>(Qp, a.kp + kvh * a.s_kth + n0 * 2, a.kv_pad, prows, S);  // keys padded: whole tiles
+#endif
+    } else if (nk == BK && n0 + BK <= a.kv_len) {
       qk_tile<D>(Q, kt + n0, a.s_ktd, prows, S);
     } else {  // last tile: copy the keys that exist into a zero-padded tile
       pad.assign(D * BK, 0.f);
@@ -191,7 +284,13 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, 
       else softmax_row<D>(s, vis, mx[r], sum[r], O + r * D);
     }
     std::fill(S + rows * BK, S + prows * BK, 0.f);  // padded rows add nothing
-    pv_tile<D>(S, vh + n0 * a.s_vn, a.s_vn, prows, nk, O);
+    if constexpr (BF16) {
+#if CHUNKCACHE_BF16
+      pv_tile_bf16<D>(S, Pp, a.vp + kvh * a.s_vh + n0 * D, prows, nk, O);  // key pair n0 / 2 starts at n0 * D
+#endif
+    } else {
+      pv_tile<D>(S, vh + n0 * a.s_vn, a.s_vn, prows, nk, O);
+    }
   }
   for (int64_t j = 0; j < a.g; ++j) {
     float* oh = a.out + (kvh * a.g + j) * a.s_oh;
@@ -205,7 +304,7 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, 
 }
 
 // Runs every task; returns 0, or 3 when a worker failed (allocation): no exception leaves this function.
-template <int D>
+template <int D, bool BF16>
 int run(const Args& a, int64_t n_kv, int threads) {
   const int64_t blocks = (a.m + a.bq - 1) / a.bq, tasks = n_kv * blocks;
   std::vector<int> failed(std::max(threads, 1), 0);
@@ -214,7 +313,9 @@ int run(const Args& a, int64_t n_kv, int threads) {
     try {
       std::vector<float> buf;
       std::vector<int64_t> rpos;
-      for (int64_t k = t; k < tasks; k += stride) run_task<D>(a, k % n_kv, blocks - 1 - k / n_kv, buf, rpos);
+      std::vector<uint32_t> packed;
+      for (int64_t k = t; k < tasks; k += stride)
+        run_task<D, BF16>(a, k % n_kv, blocks - 1 - k / n_kv, buf, rpos, packed);
     } catch (...) {
       failed[t] = 1;
     }
@@ -258,11 +359,34 @@ extern "C" int sparse_attention_f32(const float* q, const float* kt, const float
                                     int64_t s_qh, int64_t s_qm, int64_t s_kth, int64_t s_ktd, int64_t s_vh,
                                     int64_t s_vn, int64_t s_oh, int64_t s_om, float scale, int threads) {
   if (n_kv <= 0 || n_heads % n_kv || m <= 0 || bq <= 0 || threads <= 0) return 1;
-  Args a{q, kt, v, out, pos, m, n_heads / n_kv, bq, kv_len, s_qh, s_qm, s_kth, s_ktd, s_vh, s_vn, s_oh, s_om,
-         scale * 1.4426950408889634f};
+  Args a{q, kt, v, out, pos, nullptr, nullptr, m, n_heads / n_kv, bq, kv_len, kv_len, s_qh, s_qm, s_kth, s_ktd,
+         s_vh, s_vn, s_oh, s_om, scale * 1.4426950408889634f};
   try {
-    if (d == 64) return run<64>(a, n_kv, threads);
-    if (d == 128) return run<128>(a, n_kv, threads);
+    if (d == 64) return run<64, false>(a, n_kv, threads);
+    if (d == 128) return run<128, false>(a, n_kv, threads);
+  } catch (...) {
+    return 3;
+  }
+  return 2;
+}
+
+// 1 when this build has the bf16 variant (compiled with AVX512-BF16), else 0.
+extern "C" int sparse_attention_bf16_available() { return CHUNKCACHE_BF16; }
+
+// The bf16 variant: kp [n_kv, d/2, kv_pad, 2] and vp [n_kv, kv_pad/2, d, 2] bf16 (as uint16), contiguous, keys
+// past kv_len zero; kv_pad a multiple of 128 and >= kv_len. Return codes as above, and 4: built without bf16.
+extern "C" int sparse_attention_bf16(const float* q, const uint16_t* kp, const uint16_t* vp, float* out,
+                                     const int64_t* pos, int64_t n_heads, int64_t n_kv, int64_t m, int64_t d,
+                                     int64_t kv_len, int64_t kv_pad, int64_t bq, int64_t s_qh, int64_t s_qm,
+                                     int64_t s_oh, int64_t s_om, float scale, int threads) {
+  if (n_kv <= 0 || n_heads % n_kv || m <= 0 || bq <= 0 || threads <= 0 || kv_pad % BK || kv_pad < kv_len) return 1;
+  if (!CHUNKCACHE_BF16) return 4;
+  // kp's head stride rides in s_kth, vp's in s_vh (both d * kv_pad elements)
+  Args a{q, nullptr, nullptr, out, pos, kp, vp, m, n_heads / n_kv, bq, kv_len, kv_pad, s_qh, s_qm, d * kv_pad, 0,
+         d * kv_pad, 0, s_oh, s_om, scale * 1.4426950408889634f};
+  try {
+    if (d == 64) return run<64, true>(a, n_kv, threads);
+    if (d == 128) return run<128, true>(a, n_kv, threads);
   } catch (...) {
     return 3;
   }
