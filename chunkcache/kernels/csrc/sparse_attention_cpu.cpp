@@ -259,14 +259,19 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, 
 #endif
   std::fill(mx, mx + rows, -INFINITY);
   const int64_t lo = a.pos[i0], hi = a.pos[i0 + nq - 1];
-  const float* kt = a.kt + kvh * a.s_kth;
-  const float* vh = a.v + kvh * a.s_vh;
+  const float* kt = nullptr;  // fp32: this head's keys (by dim) and values
+  const float* vh = nullptr;
+  if constexpr (!BF16) {
+    kt = a.kt + kvh * a.s_kth;
+    vh = a.v + kvh * a.s_vh;
+  }
+  [[maybe_unused]] const int64_t head16 = kvh * D * a.kv_pad;  // bf16: kp and vp hold D * kv_pad values a head
   std::vector<float> pad;
   for (int64_t n0 = 0; n0 <= hi; n0 += BK) {
     const int nk = (int)std::min<int64_t>(BK, hi + 1 - n0);
     if constexpr (BF16) {
 #if CHUNKCACHE_BF16
-      qk_tile_bf16<D>(Qp, a.kp + kvh * a.s_kth + n0 * 2, a.kv_pad, prows, S);  // keys padded: whole tiles
+      qk_tile_bf16<D>(Qp, a.kp + head16 + n0 * 2, a.kv_pad, prows, S);  // keys padded: whole tiles
 #endif
     } else if (nk == BK && n0 + BK <= a.kv_len) {
       qk_tile<D>(Q, kt + n0, a.s_ktd, prows, S);
@@ -286,7 +291,7 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, 
     std::fill(S + rows * BK, S + prows * BK, 0.f);  // padded rows add nothing
     if constexpr (BF16) {
 #if CHUNKCACHE_BF16
-      pv_tile_bf16<D>(S, Pp, a.vp + kvh * a.s_vh + n0 * D, prows, nk, O);  // key pair n0 / 2 starts at n0 * D
+      pv_tile_bf16<D>(S, Pp, a.vp + head16 + n0 * D, prows, nk, O);  // key pair n0 / 2 starts at n0 * D
 #endif
     } else {
       pv_tile<D>(S, vh + n0 * a.s_vn, a.s_vn, prows, nk, O);
@@ -381,9 +386,8 @@ extern "C" int sparse_attention_bf16(const float* q, const uint16_t* kp, const u
                                      int64_t s_oh, int64_t s_om, float scale, int threads) {
   if (n_kv <= 0 || n_heads % n_kv || m <= 0 || bq <= 0 || threads <= 0 || kv_pad % BK || kv_pad < kv_len) return 1;
   if (!CHUNKCACHE_BF16) return 4;
-  // kp's head stride rides in s_kth, vp's in s_vh (both d * kv_pad elements)
-  Args a{q, nullptr, nullptr, out, pos, kp, vp, m, n_heads / n_kv, bq, kv_len, kv_pad, s_qh, s_qm, d * kv_pad, 0,
-         d * kv_pad, 0, s_oh, s_om, scale * 1.4426950408889634f};
+  Args a{q, nullptr, nullptr, out, pos, kp, vp, m, n_heads / n_kv, bq, kv_len, kv_pad, s_qh, s_qm, 0, 0, 0, 0, s_oh,
+         s_om, scale * 1.4426950408889634f};
   try {
     if (d == 64) return run<64, true>(a, n_kv, threads);
     if (d == 128) return run<128, true>(a, n_kv, threads);
