@@ -42,6 +42,23 @@ def paired(rows, num, den, whole=False):
     return statistics.median(vals) if vals else None
 
 
+def summarize(rows, names, mode):
+    """Per engine:label means and paired medians over the rows so far."""
+    labels = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+    summary = {label: {"agreement_f1": statistics.mean(r[label]["agreement_f1"] for r in rows),
+                       "agreement_exact": statistics.mean(r[label]["agreement_exact"] for r in rows),
+                       "task_score": statistics.mean(r[label]["task_score"] for r in rows),
+                       "tf_kl_vs_own_engines_full_mean": statistics.mean(r[label]["tf_kl"] for r in rows),
+                       "ttft_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full"),
+                       "answer_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full", whole=True)}
+               for label in labels}
+    for name in names[1:]:
+        summary[f"{name}_vs_fp32_same_mode"] = {m: paired(rows, f"{name}:{m}", f"fp32:{m}") for m in ("full", mode)}
+        summary[f"{name}_vs_fp32_same_mode_whole_answer"] = {m: paired(rows, f"{name}:{m}", f"fp32:{m}", whole=True)
+                                                             for m in ("full", mode)}
+    return summary
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="hotpotqa")
@@ -91,28 +108,15 @@ def main():
         rows.append(row)
         print(f"[{i + 1}] {ex.id} " + "  ".join(f"{k}: {m['ttft_s']:.3f}s agree={m['agreement_f1']:.2f}"
                                                  for k, m in row.items() if isinstance(m, dict)), flush=True)
-    labels = [k for k in rows[0] if isinstance(rows[0][k], dict)]
-    summary = {label: {"agreement_f1": statistics.mean(r[label]["agreement_f1"] for r in rows),
-                       "agreement_exact": statistics.mean(r[label]["agreement_exact"] for r in rows),
-                       "task_score": statistics.mean(r[label]["task_score"] for r in rows),
-                       "tf_kl_vs_own_engines_full_mean": statistics.mean(r[label]["tf_kl"] for r in rows),
-                       "ttft_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full"),
-                       "answer_speedup_vs_fp32_full_median": paired(rows, label, "fp32:full", whole=True)}
-               for label in labels}
-    for name in names[1:]:
-        summary[f"{name}_vs_fp32_same_mode"] = {m: paired(rows, f"{name}:{m}", f"fp32:{m}")
-                                                for m in ("full", args.mode)}
-        summary[f"{name}_vs_fp32_same_mode_whole_answer"] = {m: paired(rows, f"{name}:{m}", f"fp32:{m}", whole=True)
-                                                             for m in ("full", args.mode)}
+        summary = summarize(rows, names, args.mode)
+        if args.json:  # after every example: a run cut short keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump({"machine": cpuinfo("model name"), "avx512_bf16": "avx512_bf16" in cpu_flags().split(),
+                           "torch": torch.__version__, "threads": torch.get_num_threads(),
+                           "date": time.strftime("%F"), "suite": args.suite, "split": args.split, "mode": args.mode,
+                           "ratio": args.ratio, "decode_correction": args.decode_correction, "skip": args.skip,
+                           "linear": linear, "attention": attention, "summary": summary, "rows": rows}, f, indent=1)
     print(json.dumps(summary, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": cpuinfo("model name"), "avx512_bf16": "avx512_bf16" in cpu_flags().split(),
-                       "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%F"),
-                       "suite": args.suite, "split": args.split, "mode": args.mode, "ratio": args.ratio,
-                       "decode_correction": args.decode_correction, "skip": args.skip, "linear": linear,
-                       "attention": attention,
-                       "summary": summary, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
