@@ -122,8 +122,7 @@ class ChunkStore:
         """Store kv in tier i, evicting (and demoting) others as its budget requires."""
         slot = self._slots[i]
         cost = self._costs.setdefault(kv.key, estimate_recompute_cost(kv.num_tokens, kv.keys.shape[0]))
-        if not slot.fits_ever(kv.nbytes if slot.config.codec == "none" else kv.nbytes // kv.keys.element_size()):
-            raise TierWriteError(Reason.TOO_LARGE, f"{kv.nbytes} B over the {slot.name} budget {slot.budget}")
+        slot.require_fit(kv.nbytes, kv.keys.element_size())
         self._make_room(i, kv.nbytes if not slot.tier.persistent else 0, protect=kv.key)
         if isinstance(slot.tier, MemoryTier):
             size = slot.tier.put(kv, owned=owned)
@@ -278,10 +277,7 @@ class ChunkStore:
             slot = self._slots[i]
             try:
                 with self._lock:
-                    if not slot.fits_ever(kv.nbytes if slot.config.codec == "none"
-                                          else kv.nbytes // kv.keys.element_size()):
-                        raise TierWriteError(Reason.TOO_LARGE,
-                                             f"{kv.nbytes} B over the {slot.name} budget {slot.budget}")
+                    slot.require_fit(kv.nbytes, kv.keys.element_size())
                     self._make_room(i, 0, protect=kv.key)
                 size = slot.tier.put(kv)
                 with self._lock:

@@ -8,6 +8,7 @@ promoted, or found on disk when the store opened.
 from __future__ import annotations
 
 from chunkcache.store.config import TierConfig
+from chunkcache.store.errors import Reason, TierWriteError
 from chunkcache.store.eviction import EvictionPolicy, make_policy
 from chunkcache.store.tier import Tier
 
@@ -27,9 +28,12 @@ class TierSlot:
     def budget(self) -> int | None:
         return self.config.budget_bytes
 
-    def fits_ever(self, nbytes: int) -> bool:
-        """Could an entry of nbytes be held here at all (everything else evicted)?"""
-        return self.budget is None or nbytes <= self.budget
+    def require_fit(self, nbytes: int, element_size: int) -> None:
+        """Raise TierWriteError(TOO_LARGE) when an entry of nbytes (elements of element_size bytes) could not be
+        held here even with everything else evicted; a compressing codec stores about one byte per element."""
+        size = nbytes if self.config.codec == "none" else nbytes // element_size
+        if self.budget is not None and size > self.budget:
+            raise TierWriteError(Reason.TOO_LARGE, f"{nbytes} B over the {self.name} budget {self.budget}")
 
     def overflow(self, extra: int = 0) -> int:
         """Bytes to free so that `extra` more bytes fit (0 when they already do)."""

@@ -84,6 +84,18 @@ def test_too_large_for_every_tier_is_refused(tmp_path):
     assert store.stats()["put_failures"] == {"too_large": 1}
 
 
+def test_int8_disk_tier_is_charged_its_compressed_size(tmp_path):
+    """A budget between the int8 entry's size (about a quarter) and the fp32 entry's: the int8 disk tier takes
+    the entry, the uncompressed one refuses it as too large."""
+    kv = make_kv(1)
+    for codec, takes in (("int8", True), ("none", False)):
+        tiers = (TierConfig("disk", budget_bytes=SIZE // 2 + 2048, codec=codec),)
+        with ChunkStore(StoreConfig(tiers=tiers, cache_dir=str(tmp_path / codec))) as store:
+            assert store.put(kv) is takes
+            assert store.stats()["put_failures"] == ({} if takes else {"too_large": 1})
+            assert store.tier_of(kv.key) == (["disk"] if takes else [])
+
+
 def test_restart_indexes_disk_and_enforces_budget(tmp_path):
     kvs = [make_kv(i) for i in range(5)]
     with two_tier(tmp_path, cpu=1, write_through=True) as store:
