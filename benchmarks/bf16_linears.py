@@ -89,7 +89,7 @@ def main():
     print(linear, attention, flush=True)
     cfg = BlendConfig(mode=args.mode, recompute_ratio=args.ratio, decode_correction=args.decode_correction)
     embedder = Embedder()
-    rows = []
+    rows, summary = [], {}
     for i, ex in enumerate(load_suite(suite, args.split, args.skip + args.limit)[args.skip:]):
         timed, row = i < args.timed, {"id": ex.id}
         for name, engine in engines.items():
