@@ -24,6 +24,7 @@ from chunkcache.runner.linear import apply_linear_dtype
 
 log = logging.getLogger(__name__)
 
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)

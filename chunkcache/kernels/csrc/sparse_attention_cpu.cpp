@@ -131,11 +131,12 @@ void pv_tile(const float* P, const float* v, int64_t s_vn, int64_t rows, int nk,
 #if CHUNKCACHE_BF16
 static_assert(W == 16 && NV == 2 && PC == 4, "the bf16 tiles use the AVX-512 micro-tiles");
 
-// fp32 -> bf16, round to nearest even (finite inputs), as torch's .to(torch.bfloat16).
-inline uint16_t to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+// x[0..n) fp32 -> n/2 bf16 pairs (x[2i] low, x[2i+1] high), round to nearest even as torch's
+// .to(torch.bfloat16); n a multiple of 2 * W.
+inline void to_bf16_pairs(const float* x, int64_t n, uint32_t* pairs) {
+  for (int64_t c = 0; c < n; c += 2 * W)
+    _mm512_storeu_si512(pairs + c / 2,
+                        (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + c + W), _mm512_loadu_ps(x + c)));
 }
 
 // S[r][0..BK) = Q[r] . K[0..BK) for r in [0, rows): Qp [rows, D/2] bf16 pairs; kp at the tile, [D/2, kv_pad, 2].
@@ -165,11 +166,7 @@ void qk_tile_bf16(const uint32_t* Qp, const uint16_t* kp, int64_t kv_pad, int64_
 // [BK/2, D, 2]. An odd nk reads one key past it, with probability 0 (the scores past `vis` are zeroed).
 template <int D>
 void pv_tile_bf16(const float* P, uint32_t* Pp, const uint16_t* vp, int64_t rows, int nk, float* O) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int c = 0; c < BK; c += 2 * W) {
-      const __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(P + r * BK + c + W), _mm512_loadu_ps(P + r * BK + c));
-      _mm512_storeu_si512(Pp + r * (BK / 2) + c / 2, (__m512i)pair);
-    }
+  to_bf16_pairs(P, rows * BK, Pp);
   const int n2 = (nk + 1) / 2;
   for (int64_t r0 = 0; r0 < rows; r0 += PR) {
     for (int cb = 0; cb < D; cb += PC * W) {
@@ -252,9 +249,7 @@ void run_task(const Args& a, int64_t kvh, int64_t blk, std::vector<float>& buf, 
     packed.assign(prows * (D / 2 + BK / 2), 0u);
     Qp = packed.data();
     Pp = Qp + prows * (D / 2);
-    for (int64_t r = 0; r < prows; ++r)
-      for (int d = 0; d < D; d += 2)
-        Qp[r * (D / 2) + d / 2] = to_bf16(Q[r * D + d]) | (uint32_t)to_bf16(Q[r * D + d + 1]) << 16;
+    to_bf16_pairs(Q, prows * D, Qp);
   }
 #endif
   std::fill(mx, mx + rows, -INFINITY);
@@ -344,6 +339,18 @@ int run(const Args& a, int64_t n_kv, int threads) {
   return *std::max_element(failed.begin(), failed.end()) ? 3 : 0;
 }
 
+// run<D, BF16> for the head dim d: its return code, 2 for a head dim other than 64 or 128, 3 when it threw.
+template <bool BF16>
+int run_head_dim(const Args& a, int64_t d, int64_t n_kv, int threads) {
+  try {
+    if (d == 64) return run<64, BF16>(a, n_kv, threads);
+    if (d == 128) return run<128, BF16>(a, n_kv, threads);
+  } catch (...) {
+    return 3;
+  }
+  return 2;
+}
+
 }  // namespace
 
 // The floats per vector this build uses (16 AVX-512, 8 AVX/AVX2, 4 SSE/NEON): reported by the loader.
@@ -366,13 +373,7 @@ extern "C" int sparse_attention_f32(const float* q, const float* kt, const float
   if (n_kv <= 0 || n_heads % n_kv || m <= 0 || bq <= 0 || threads <= 0) return 1;
   Args a{q, kt, v, out, pos, nullptr, nullptr, m, n_heads / n_kv, bq, kv_len, kv_len, s_qh, s_qm, s_kth, s_ktd,
          s_vh, s_vn, s_oh, s_om, scale * 1.4426950408889634f};
-  try {
-    if (d == 64) return run<64, false>(a, n_kv, threads);
-    if (d == 128) return run<128, false>(a, n_kv, threads);
-  } catch (...) {
-    return 3;
-  }
-  return 2;
+  return run_head_dim<false>(a, d, n_kv, threads);
 }
 
 // 1 when this build has the bf16 variant (compiled with AVX512-BF16), else 0.
@@ -388,11 +389,5 @@ extern "C" int sparse_attention_bf16(const float* q, const uint16_t* kp, const u
   if (!CHUNKCACHE_BF16) return 4;
   Args a{q, nullptr, nullptr, out, pos, kp, vp, m, n_heads / n_kv, bq, kv_len, kv_pad, s_qh, s_qm, 0, 0, 0, 0, s_oh,
          s_om, scale * 1.4426950408889634f};
-  try {
-    if (d == 64) return run<64, true>(a, n_kv, threads);
-    if (d == 128) return run<128, true>(a, n_kv, threads);
-  } catch (...) {
-    return 3;
-  }
-  return 2;
+  return run_head_dim<true>(a, d, n_kv, threads);
 }
