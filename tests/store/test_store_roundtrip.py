@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -18,11 +16,9 @@ def disk_store(tmp_path, **tier_kw) -> ChunkStore:  # type: ignore[no-untyped-de
                                          TierConfig("disk", write_through=True, **tier_kw)), cache_dir=str(tmp_path)))
 
 
-def test_memory_only_store_is_cheap(tmp_path, monkeypatch):
+def test_memory_only_store_opens_no_catalog_and_no_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path / "never"))
-    t0 = time.perf_counter()
     store = ChunkStore(StoreConfig.memory_only(1 << 20))
-    assert time.perf_counter() - t0 < 0.05
     assert store.catalog is None and not (tmp_path / "never").exists()
     assert ChunkStore().catalog is None  # the default config is memory-only too
 

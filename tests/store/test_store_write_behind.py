@@ -30,13 +30,17 @@ def _slow_disk(store, monkeypatch, seconds):  # type: ignore[no-untyped-def]
 
 def test_put_returns_before_the_disk_write_and_flush_lands_it(tmp_path, monkeypatch):
     kv = make_kv(1)
+    gate, written = threading.Event(), threading.Event()
     with _store(tmp_path) as store:
-        _slow_disk(store, monkeypatch, 0.4)
-        t0 = time.perf_counter()
-        assert store.put(kv)
-        assert time.perf_counter() - t0 < 0.2  # did not wait for the 0.4 s disk write
+        disk = store.tier("disk")
+        real = disk.put
+        monkeypatch.setattr(disk, "put", lambda kv: (gate.wait(30), real(kv), written.set())[1])
+        assert store.put(kv)  # returns while the disk write is held at the gate
+        assert not written.is_set()
         assert store.tier_of(kv.key) == ["cpu"] and same(store.get(kv.key, FP), kv)  # memory tier at once
+        gate.set()
         store.flush()
+        assert written.is_set()
         assert store.tier_of(kv.key) == ["cpu", "disk"]
         assert store.catalog.get(kv.key).on_disk
     with _disk_only(tmp_path) as fresh:  # readable from disk by another store
