@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chunkcache.bench.musique import DEFAULT_DATA
 from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, MODES
-from chunkcache.cli.args import ratio
+from chunkcache.cli.args import positive, ratio
 
 
 def engine_from_args(args, store=None):  # type: ignore[no-untyped-def]
@@ -48,6 +48,7 @@ def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
 
     from chunkcache.bench.musique import load_examples, passage_text
     from chunkcache.blend.config import BlendConfig
+    from chunkcache.runner.decode import SamplingConfig
 
     att = engine.runner.attention
     print(f"{att.describe()} [{att.source}{f' in {att.startup_s:.1f}s' if att.source == 'measured' else ''}]")
@@ -72,8 +73,9 @@ def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
               f"({fusion['fusion_extra_tokens']} tokens beyond the {fusion['plain_tokens']} plain ones); "
               f"their anchors (what fusionqc's selection reads) in {fusion['anchors_s']:.2f}s")
     print(f"question: {ex['question']}\ngold answers: {ex['answers']}")
-    full = engine.generate(req, BlendConfig(mode="full"))
-    blend = engine.generate(req, BlendConfig(mode=args.mode, recompute_ratio=args.recompute_ratio))
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    full = engine.generate(req, BlendConfig(mode="full"), sampling)
+    blend = engine.generate(req, BlendConfig(mode=args.mode, recompute_ratio=args.recompute_ratio), sampling)
     print(f"full prefill : {full.ttft_s:6.2f}s TTFT  answer: {full.text!r}")
     print(f"{args.mode:<13}: {blend.ttft_s:6.2f}s TTFT  answer: {blend.text!r}")
     s = blend.stats
@@ -86,7 +88,8 @@ def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
             "speedup": full.ttft_s / blend.ttft_s, "full_ttft_s": full.ttft_s, "blend_ttft_s": blend.ttft_s,
             "precompute_s": precompute_s, **fusion, "mode": args.mode, "recompute_ratio": args.recompute_ratio,
             "stats": s, "full_stats": full.stats, "attention": att.summary(), "kernels": args.engine.kernels,
-            "answers": {"full": full.text, "blend": blend.text}}, indent=2, default=str))
+            "answers": {"full": full.text, "blend": blend.text},
+            "new_tokens": {"full": len(full.token_ids), "blend": len(blend.token_ids)}}, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0
 
@@ -98,5 +101,6 @@ def register(sub, flags) -> None:  # type: ignore[no-untyped-def]
     demo.add_argument("--example", type=int, default=0)
     demo.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     demo.add_argument("--recompute-ratio", type=ratio, default=0.15)
+    demo.add_argument("--max-new-tokens", type=positive, default=32, help="answer length in tokens (default 32)")
     demo.add_argument("--json", default=None, help="also write the figures, stats and attention dispatch here")
     demo.set_defaults(func=cmd_demo)
