@@ -31,6 +31,7 @@ def test_measured_once_then_read_from_the_cache(private_cache, monkeypatch):
         assert d.choice == ("cpp" if d.speedup["cpp"] >= attention_dispatch.MARGIN else "torch")  # paired ratio
         assert d.speedup["torch"] == 1.0
     assert len(list(private_cache.glob("dispatch-attention-*.json"))) == 1
+
     def no_measuring(*a, **kw):
         raise AssertionError("a cached dispatch measured again")
 

@@ -1,4 +1,4 @@
-"""put/get round trips, ownership of returned tensors, the cheap memory-only store, layer streams."""
+"""put/get round trips, ownership of returned tensors, the memory-only store, layer streams."""
 
 from __future__ import annotations
 
