@@ -14,13 +14,15 @@ from chunkcache.cli.demo import codec_store, engine_from_args
 
 
 def _bench_rag_extras(args, engine, examples, modes, base, result) -> None:  # type: ignore[no-untyped-def]
-    """Decode speed vs HF generate (always) and, with --cold, cold vs warm TTFT and ingestion throughput."""
+    """Decode speed vs HF generate (unless --no-decode) and, with --cold, cold vs warm TTFT and ingestion
+    throughput."""
     from chunkcache.bench.coldstart import decode_speed, run_cold
 
-    result["decode"] = decode_speed(engine, examples[0], args.max_new_tokens)
-    result["decode_tok_s"] = result["decode"]["decode_tok_s"]
-    result["decode_vs_hf"] = result["decode"]["decode_vs_hf"]
-    print(f"decode: {result['decode_tok_s']:.1f} tok/s, {result['decode_vs_hf']:.2f}x HF generate")
+    if args.decode:
+        result["decode"] = decode_speed(engine, examples[0], args.max_new_tokens)
+        result["decode_tok_s"] = result["decode"]["decode_tok_s"]
+        result["decode_vs_hf"] = result["decode"]["decode_vs_hf"]
+        print(f"decode: {result['decode_tok_s']:.1f} tok/s, {result['decode_vs_hf']:.2f}x HF generate")
     if args.cold:
         result["cold"] = run_cold(engine, examples, base, modes)
         print(json.dumps({"cold": result["cold"]}, indent=2))
@@ -76,7 +78,7 @@ def cmd_bench_rag(args) -> int:
                             "check_layers": list(base.check_layers), "epic_k": args.epic_k,
                             "sink_tokens": args.sink_tokens, "ape_temperature": args.ape_temperature,
                             "ape_scale": args.ape_scale, "kv_codec": codec, "passages": args.passages,
-                            "repeats": args.repeats,
+                            "repeats": args.repeats, "decode": args.decode,
                             "device": args.engine.device, "dtype": args.engine.resolved_dtype,
                             "kernels": args.engine.kernels, "attention": engine.runner.attention.summary(),
                             "model": args.engine.model_path or "SmolLM2-135M-Instruct (default)"}
@@ -162,6 +164,9 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     rag.add_argument("--json", default=None)
     rag.add_argument("--cold", action="store_true", help="also TTFT with every chunk missing vs warm and vs full "
                      "prefill + computing the chunks alone, and ingestion vs prefill tokens/s")
+    rag.add_argument("--no-decode", dest="decode", action="store_false",
+                     help="skip the decode speed against HF generate (two more prefills and decodes of the first "
+                          "example)")
     rag.set_defaults(func=cmd_bench_rag)
     for name, (_, text) in PASSTHROUGH.items():
         b = bench.add_parser(name, help=text, add_help=False)

@@ -142,14 +142,14 @@ def cmd_ingest(args) -> int:  # type: ignore[no-untyped-def]
 def cmd_ask(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.api.schemas import GenerationOptions
 
-    svc = _service(args)
+    opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, calibrated=args.calibrated,
+                             decode_correction=args.decode_correction,
+                             decode_correction_steps=args.decode_correction_steps, max_tokens=args.max_tokens)
+    svc = _service(args)  # after the options' checks: a bad flag exits 2 before any model loads
     try:
         hits = svc.retrieve(args.question, args.k)
         if not hits:
             raise ValueError("the index is empty: run `chunkcache ingest PATH...` first")
-        opts = GenerationOptions(mode=args.mode, recompute_ratio=args.recompute_ratio, calibrated=args.calibrated,
-                                 decode_correction=args.decode_correction,
-                                 decode_correction_steps=args.decode_correction_steps, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
         text, s, _ = svc.generate(svc.prepare([h.text for h in hits], args.question, opts))
         total = time.perf_counter() - t0

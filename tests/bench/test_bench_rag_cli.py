@@ -19,10 +19,11 @@ def test_bench_rag_writes_every_figure(tmp_path, smollm):
     out = tmp_path / "rag.json"
     rc = main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1",
                "--modes", "full,naive,cacheblend,adaptive", "--max-new-tokens", "4", "--passages", "3",
-               "--repeats", "2", "--json", str(out)])
+               "--repeats", "2", "--no-decode", "--json", str(out)])
     assert rc == 0
-    modes = json.loads(out.read_text())["modes"]
-    assert json.loads(out.read_text())["config"]["repeats"] == 2
+    result = json.loads(out.read_text())
+    modes = result["modes"]
+    assert result["config"]["repeats"] == 2 and result["config"]["decode"] is False and "decode" not in result
     assert set(modes) == {"full", "naive", "cacheblend", "adaptive"}
     for fig in modes.values():
         assert KEYS <= set(fig)
@@ -74,7 +75,7 @@ def test_bench_rag_cold_and_decode_figures(tmp_path, smollm):
     assert main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1", "--modes",
                  "full,cacheblend", "--max-new-tokens", "6", "--passages", "2", "--cold", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["decode_tok_s"] > 0 and res["decode_vs_hf"] > 0 and res["decode"]["decode_tokens"] == 6
+    assert res["config"]["decode"] is True and res["decode_tok_s"] > 0 and res["decode_vs_hf"] > 0 and res["decode"]["decode_tokens"] == 6
     cold = res["cold"]["cacheblend"]
     assert set(cold) == {"cold_ttft_s", "warm_ttft_s", "full_ttft_s", "chunks_alone_s", "cold_over_warm",
                          "cold_over_full_plus_chunks", "ingest_tok_s", "prefill_tok_s", "ingest_vs_prefill"}
@@ -87,7 +88,7 @@ def test_bench_rag_pareto_runs_every_mode_at_every_ratio(tmp_path, smollm):
     modes, ratios = ["full", "naive", "ape", "cacheblend", "epic", "query", "blend"], [0.1, 1.0]
     rc = main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1",
                "--modes", ",".join(modes), "--ratios", ",".join(map(str, ratios)), "--max-new-tokens", "3",
-               "--passages", "3", "--json", str(out), "--plot", str(png)])
+               "--passages", "3", "--no-decode", "--json", str(out), "--plot", str(png)])
     assert rc == 0 and png.stat().st_size > 0
     result = json.loads(out.read_text())
     assert set(result["modes"]) == set(modes)  # the existing keys, at --recompute-ratio

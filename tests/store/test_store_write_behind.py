@@ -22,19 +22,25 @@ def _disk_only(tmp_path) -> ChunkStore:  # type: ignore[no-untyped-def]
     return ChunkStore(StoreConfig(tiers=(TierConfig("disk"),), cache_dir=str(tmp_path)))
 
 
-def _slow_disk(store, monkeypatch, seconds):  # type: ignore[no-untyped-def]
+def _wrap_disk_put(store, monkeypatch, before, after=lambda kv: None):  # type: ignore[no-untyped-def]
+    """The disk tier's put runs `before(kv)` (which may wait or raise), the real write, then `after(kv)`."""
     disk = store.tier("disk")
     real = disk.put
-    monkeypatch.setattr(disk, "put", lambda kv: (time.sleep(seconds), real(kv))[1])
+
+    def put(kv):  # type: ignore[no-untyped-def]
+        before(kv)
+        ok = real(kv)
+        after(kv)
+        return ok
+
+    monkeypatch.setattr(disk, "put", put)
 
 
 def test_put_returns_before_the_disk_write_and_flush_lands_it(tmp_path, monkeypatch):
     kv = make_kv(1)
     gate, written = threading.Event(), threading.Event()
     with _store(tmp_path) as store:
-        disk = store.tier("disk")
-        real = disk.put
-        monkeypatch.setattr(disk, "put", lambda kv: (gate.wait(30), real(kv), written.set())[1])
+        _wrap_disk_put(store, monkeypatch, lambda kv: gate.wait(30), lambda kv: written.set())
         assert store.put(kv)  # returns while the disk write is held at the gate
         assert not written.is_set()
         assert store.tier_of(kv.key) == ["cpu"] and same(store.get(kv.key, FP), kv)  # memory tier at once
@@ -50,7 +56,7 @@ def test_put_returns_before_the_disk_write_and_flush_lands_it(tmp_path, monkeypa
 def test_close_flushes_pending_writes(tmp_path, monkeypatch):
     kvs = [make_kv(i) for i in range(4)]
     store = _store(tmp_path)
-    _slow_disk(store, monkeypatch, 0.05)
+    _wrap_disk_put(store, monkeypatch, lambda kv: time.sleep(0.05))
     for kv in kvs:
         store.put(kv)
     assert store._writer.pending > 0  # still queued when close() is called
@@ -62,15 +68,11 @@ def test_close_flushes_pending_writes(tmp_path, monkeypatch):
 def test_failed_write_back_is_reported_and_the_writer_goes_on(tmp_path, monkeypatch):
     bad, good = make_kv(1), make_kv(2)
     with _store(tmp_path) as store:
-        disk = store.tier("disk")
-        real = disk.put
-
-        def put(kv):  # type: ignore[no-untyped-def]
+        def fail_bad(kv):  # type: ignore[no-untyped-def]
             if kv.key == bad.key:
                 raise RuntimeError("controller on fire")
-            return real(kv)
 
-        monkeypatch.setattr(disk, "put", put)
+        _wrap_disk_put(store, monkeypatch, fail_bad)
         assert store.put(bad) and store.put(good)
         store.flush()
         st = store.stats()
@@ -84,7 +86,7 @@ def test_the_queue_is_bounded(tmp_path, monkeypatch):
     wait in memory; with a wait long enough for the 0.2 s writes, every chunk lands."""
     with ChunkStore(StoreConfig(tiers=(TierConfig("cpu", budget_bytes=1 << 24), TierConfig("disk", write_through=True)),
                                 cache_dir=str(tmp_path), write_queue=1, write_wait_s=1.0)) as store:
-        _slow_disk(store, monkeypatch, 0.2)
+        _wrap_disk_put(store, monkeypatch, lambda kv: time.sleep(0.2))
         seen = []
         for i in range(4):
             store.put(make_kv(i))
