@@ -75,7 +75,8 @@ def test_bench_rag_cold_and_decode_figures(tmp_path, smollm):
     assert main(["--store", "memory", "bench", "rag", "--data", str(DEFAULT_DATA), "--limit", "1", "--modes",
                  "full,cacheblend", "--max-new-tokens", "6", "--passages", "2", "--cold", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["config"]["decode"] is True and res["decode_tok_s"] > 0 and res["decode_vs_hf"] > 0 and res["decode"]["decode_tokens"] == 6
+    assert res["config"]["decode"] is True and res["decode"]["decode_tokens"] == 6
+    assert res["decode_tok_s"] > 0 and res["decode_vs_hf"] > 0
     cold = res["cold"]["cacheblend"]
     assert set(cold) == {"cold_ttft_s", "warm_ttft_s", "full_ttft_s", "chunks_alone_s", "cold_over_warm",
                          "cold_over_full_plus_chunks", "ingest_tok_s", "prefill_tok_s", "ingest_vs_prefill"}
