@@ -6,12 +6,15 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from chunkcache.cli import bench as bench_cli
 from chunkcache.cli import calibrate as calibrate_cli
 from chunkcache.cli import demo, serve, tasks
 from chunkcache.cli.bench import PASSTHROUGH, cmd_bench_passthrough
 from chunkcache.config import ConfigError, EngineConfig, check_config
 from chunkcache.config.flags import config_from_args, engine_flags
+from chunkcache.config.loading import explain
 
 
 def _passthrough(global_argv: list[str], name: str, rest: list[str]) -> int:
@@ -24,7 +27,6 @@ def _passthrough(global_argv: list[str], name: str, rest: list[str]) -> int:
         return 2
     if "threads" in given:
         import torch
-        from pydantic import ValidationError
 
         try:
             threads = EngineConfig(threads=given["threads"]).threads  # the engine's own check of the value
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except ValidationError as err:  # request options (GenerationOptions): one line naming each field
+        print(f"chunkcache: error: {explain(err)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as err:
         print(f"chunkcache: error: {err}", file=sys.stderr)
         return 2

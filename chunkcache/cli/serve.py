@@ -111,6 +111,7 @@ def cmd_ingest(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.retrieval.chunking import ChunkingConfig
     from chunkcache.retrieval.ingest import Document, Ingestor
 
+    chunking = ChunkingConfig(args.chunk_tokens, args.overlap_tokens)  # checked before any model loads
     files = text_files(args.paths)
     texts = {}
     for f in files:
@@ -128,8 +129,7 @@ def cmd_ingest(args) -> int:  # type: ignore[no-untyped-def]
         bar.update(done - bar.n)
 
     try:
-        res = Ingestor(svc.engine, svc.index, ChunkingConfig(args.chunk_tokens, args.overlap_tokens),
-                       fused=args.fused).ingest(docs, progress)
+        res = Ingestor(svc.engine, svc.index, chunking, fused=args.fused).ingest(docs, progress)
     finally:
         for bar in bars.values():
             bar.close()

@@ -131,7 +131,8 @@ def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _explain(err: ValidationError) -> str:
+def explain(err: ValidationError) -> str:
+    """One line naming each failed field and why ("decode_correction: Input should be ... (got -3)")."""
     parts = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"])
@@ -160,7 +161,7 @@ def load_config(file: str | Path | None = None, flags: Mapping[str, Any] | None 
     try:
         return EngineConfig(**merge(*layers))
     except ValidationError as err:
-        raise ConfigError(_explain(err)) from None
+        raise ConfigError(explain(err)) from None
 
 
 def server_table(file: str | Path | None) -> dict[str, Any]:

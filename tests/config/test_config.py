@@ -151,7 +151,9 @@ def test_cli_exits_2_naming_the_field_before_loading_a_model(tmp_path: Path) -> 
              (["ask", "q", "--cpu-bytes", "-1"], "store.cpu_bytes: a byte budget must be >= 0"),
              (["serve", "--config", str(write(tmp_path, "[server]\nprot = 1\n", "s.toml"))],
               "server.prot: unknown key"),
-             (["stats", "--config", str(write(tmp_path, "modell = 'x'\n", "m.toml"))], "modell: unknown key")]
+             (["stats", "--config", str(write(tmp_path, "modell = 'x'\n", "m.toml"))], "modell: unknown key"),
+             (["ask", "q", "--decode-correction", "-3"], "error: decode_correction: Input should be greater than"),
+             (["ingest", str(tmp_path), "--chunk-tokens", "8"], "chunk_tokens must be in [16, 4096], got 8")]
     for argv, message in cases:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "chunkcache.cli", *argv], capture_output=True, text=True, env=env,
