@@ -18,7 +18,6 @@ on the same sample too.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from chunkcache.bench.json_file import read_json
 from chunkcache.bench.metrics import teacher_forced, token_f1
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
@@ -71,7 +71,7 @@ class CalibrationConfig:
 def load_sample(path: str | Path | None = None, limit: int | None = 8) -> list[tuple[list[str], str]]:
     """(chunks, question) pairs: the bundled MuSiQue examples (path None), or a JSON list of
     {"chunks": [str, ...], "question": str} (MuSiQue's own format is accepted too)."""
-    data = json.loads(Path(path).read_text()) if path is not None else load_examples(DEFAULT_DATA)
+    data = read_json(path) if path is not None else load_examples(DEFAULT_DATA)
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON list of examples")
     out = []

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from chunkcache.bench.json_file import read_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "musique_dev.json"  # bundled: 40 examples, CC BY 4.0
 
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:
-    data = json.loads(Path(path).read_text())
+    data = read_json(path)
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON list of examples")
     for i, ex in enumerate(data):
+        if not isinstance(ex, dict):
+            raise ValueError(f"{path}: example {i} is not an object")
         for field in ("ctxs", "question", "answers"):
             if field not in ex:
                 raise ValueError(f"{path}: example {i} has no {field!r}")

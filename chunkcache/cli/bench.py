@@ -146,7 +146,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     rag.add_argument("--recompute-ratio", type=ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=int, default=32)
     rag.add_argument("--repeats", type=int, default=1, help="each TTFT (full included) is the median of N prefills")
-    rag.add_argument("--passages", type=int, default=None, help="keep only the first N passages of each example")
+    rag.add_argument("--passages", type=positive, default=None,
+                     help="keep only the first N passages of each example")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")
     rag.add_argument("--profile", action="store_true",
                      help="also profile one prefill per mode on the first example (self CPU time per op group)")

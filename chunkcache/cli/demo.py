@@ -37,16 +37,22 @@ def cmd_demo(args) -> int:
     end, so a second run finds every entry (plain and fused) that this one computed."""
     import time
 
+    from chunkcache.bench.musique import load_examples
+
+    examples = load_examples(args.data)  # read and checked before the model loads
+    if not 0 <= args.example < len(examples):
+        raise ValueError(f"--example {args.example}: {args.data} holds {len(examples)} examples "
+                         f"(0 to {len(examples) - 1})")
     t0 = time.perf_counter()
     with engine_from_args(args) as engine:
         print(f"model loaded in {time.perf_counter() - t0:.1f}s (fingerprint {engine.runner.fingerprint})")
-        return _demo(engine, args)
+        return _demo(engine, args, examples[args.example])
 
 
-def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
+def _demo(engine, args, ex: dict) -> int:  # type: ignore[no-untyped-def]
     import time
 
-    from chunkcache.bench.musique import load_examples, passage_text
+    from chunkcache.bench.musique import passage_text
     from chunkcache.blend.config import BlendConfig
     from chunkcache.runner.decode import SamplingConfig
 
@@ -56,7 +62,6 @@ def _demo(engine, args) -> int:  # type: ignore[no-untyped-def]
         print(engine.runner.linear.describe())
     if args.engine.attention_dtype:
         print(engine.runner.attention_precision)
-    ex = load_examples(args.data, limit=args.example + 1)[args.example]
     chunks = [passage_text(c) for c in ex["ctxs"]]
     t0 = time.perf_counter()
     engine.precompute(chunks)

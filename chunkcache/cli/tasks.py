@@ -37,14 +37,17 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
                       ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
                       repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
                       min_full_score=args.min_full_score)
+    if args.skip < 0:
+        raise ValueError(f"--skip must be >= 0, got {args.skip}")
+    limit = args.limit and args.skip + args.limit
+    # a --data file is read and checked before the model loads; generated instances need its tokenizer
+    examples = load_suite(suite, split, limit, args.data) if args.data else None
     with engine_from_args(args) as engine:  # closed at the end: its queued store writes land
         prompts = engine.prompts
         reserve = len(prompts.prefix_ids) + len(prompts.encode(prompts.template.suffix_text)) + cfg.max_new + 8
-        if args.skip < 0:
-            raise ValueError(f"--skip must be >= 0, got {args.skip}")
-        examples = load_suite(suite, split, args.limit and args.skip + args.limit, args.data,
-                              count=lambda text: len(prompts.encode(text)), reserve=reserve, lengths=lengths,
-                              variants=variants)
+        if examples is None:
+            examples = load_suite(suite, split, limit, count=lambda text: len(prompts.encode(text)), reserve=reserve,
+                                  lengths=lengths, variants=variants)
         examples = skip_each_setting(examples, args.skip)
         if args.save_data:
             save_examples(examples, args.save_data)
@@ -89,10 +92,11 @@ def skip_each_setting(examples: list, skip: int) -> list:
 
 
 def merge(args) -> int:  # type: ignore[no-untyped-def]
+    from chunkcache.bench.json_file import read_json
     from chunkcache.bench.rag import write_json
     from chunkcache.bench.tasks.runner import merge_results, plot
 
-    result = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+    result = merge_results([read_json(f) for f in args.merge])
     print(json.dumps({"n": result["data"]["n"], "modes": result["modes"]}, indent=2))
     if args.json:
         write_json(result, args.json)

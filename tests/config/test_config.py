@@ -153,7 +153,10 @@ def test_cli_exits_2_naming_the_field_before_loading_a_model(tmp_path: Path) -> 
               "server.prot: unknown key"),
              (["stats", "--config", str(write(tmp_path, "modell = 'x'\n", "m.toml"))], "modell: unknown key"),
              (["ask", "q", "--decode-correction", "-3"], "error: decode_correction: Input should be greater than"),
-             (["ingest", str(tmp_path), "--chunk-tokens", "8"], "chunk_tokens must be in [16, 4096], got 8")]
+             (["ingest", str(tmp_path), "--chunk-tokens", "8"], "chunk_tokens must be in [16, 4096], got 8"),
+             (["demo", "--example", "40"], "musique_dev.json holds 40 examples (0 to 39)"),
+             (["bench", "tasks", "--suite", "hotpotqa", "--data", str(write(tmp_path, "[{", "h.json"))],
+              "h.json: not JSON (")]
     for argv, message in cases:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "chunkcache.cli", *argv], capture_output=True, text=True, env=env,

