@@ -67,12 +67,28 @@ def server_config(args):  # type: ignore[no-untyped-def]
     return ServerConfig.from_layers(args.engine, table, flags)
 
 
+def check_listen(host: str, port: int) -> None:
+    """ValueError, before any model loads, for an address the server could not listen on (unknown host, port in
+    use): uvicorn binds only after the model has loaded (and, with --calibrate, after calibrating)."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(addr)
+    except OSError as err:  # socket.gaierror included
+        raise ValueError(f"server.host, server.port: cannot listen on {host}:{port} ({err.strerror or err})") from None
+
+
 def cmd_serve(args) -> int:  # type: ignore[no-untyped-def]
     import uvicorn
 
     from chunkcache.api.app import create_app
 
     cfg = server_config(args)
+    check_listen(cfg.host, cfg.port)
     service = None
     if args.calibrate:  # before the port opens: the model is measured once, then served
         from chunkcache.api.service import ChunkCacheService

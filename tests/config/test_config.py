@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -156,7 +157,11 @@ def test_cli_exits_2_naming_the_field_before_loading_a_model(tmp_path: Path) -> 
              (["ingest", str(tmp_path), "--chunk-tokens", "8"], "chunk_tokens must be in [16, 4096], got 8"),
              (["demo", "--example", "40"], "musique_dev.json holds 40 examples (0 to 39)"),
              (["bench", "tasks", "--suite", "hotpotqa", "--data", str(write(tmp_path, "[{", "h.json"))],
-              "h.json: not JSON (")]
+              "h.json: not JSON ("),
+             (["serve", "--host", "192.0.2.1"], "cannot listen on 192.0.2.1:8000 (Cannot assign requested address)")]
+    taken = socket.create_server(("127.0.0.1", 0))  # uvicorn binds only after the model has loaded
+    port = taken.getsockname()[1]
+    cases.append((["serve", "--port", str(port)], f"cannot listen on 127.0.0.1:{port} (Address already in use)"))
     for argv, message in cases:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "chunkcache.cli", *argv], capture_output=True, text=True, env=env,
@@ -164,6 +169,7 @@ def test_cli_exits_2_naming_the_field_before_loading_a_model(tmp_path: Path) -> 
         assert r.returncode == 2, (argv, r.stderr[-2000:])
         assert message in r.stderr, (argv, r.stderr[-2000:])
         assert "Loading weights" not in r.stderr and time.monotonic() - t0 < 20
+    taken.close()
     assert not (tmp_path / "cache" / "store").exists()
 
 
