@@ -69,15 +69,21 @@ def server_config(args):  # type: ignore[no-untyped-def]
 
 def check_listen(host: str, port: int) -> None:
     """ValueError, before any model loads, for an address the server could not listen on (unknown host, port in
-    use): uvicorn binds only after the model has loaded (and, with --calibrate, after calibrating)."""
+    use): uvicorn binds only after the model has loaded (and, with --calibrate, after calibrating). Each address
+    the host resolves to is bound as asyncio's create_server binds them (SO_REUSEADDR; a family this machine cannot
+    open is skipped), then released."""
     import socket
 
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            sock.bind(addr)
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue
+            with sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
     except OSError as err:  # socket.gaierror included
         raise ValueError(f"server.host, server.port: cannot listen on {host}:{port} ({err.strerror or err})") from None
 
