@@ -244,8 +244,10 @@ def cmd_bench_agents(args) -> int:
     from chunkcache.bench.musique import load_examples
     from chunkcache.runner.loader import load_model
 
-    if args.agents < 2 or args.rounds < 1 or args.limit < 1 or args.warmup < 0 or args.passages < 0:
-        raise ValueError("--agents must be >= 2, --rounds and --limit >= 1, --warmup and --passages >= 0")
+    if (args.agents < 2 or min(args.rounds, args.limit, args.max_new_tokens, args.cpu_budget_mib) < 1
+            or min(args.warmup, args.passages, args.turns) < 0):
+        raise ValueError("--agents must be >= 2; --rounds, --limit, --max-new-tokens and --cpu-budget-mib >= 1; "
+                         "--warmup, --passages and --turns >= 0")
     modes = mode_names(args.modes)
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
     BlendConfig(recompute_ratio=args.recompute_ratio, epic_k=args.epic_k, sink_tokens=args.sink_tokens)

@@ -144,7 +144,7 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
                      help=f"comma-separated, from {', '.join(MODES)} (fusion, fusionqc: each example's "
                           "passages are its corpus; their fused entries are precomputed before timing)")
     rag.add_argument("--recompute-ratio", type=ratio, default=0.15)
-    rag.add_argument("--max-new-tokens", type=int, default=32)
+    rag.add_argument("--max-new-tokens", type=positive, default=32)
     rag.add_argument("--repeats", type=int, default=1, help="each TTFT (full included) is the median of N prefills")
     rag.add_argument("--passages", type=positive, default=None,
                      help="keep only the first N passages of each example")

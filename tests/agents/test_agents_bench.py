@@ -35,6 +35,9 @@ def test_run_agents_small(smollm):
 def test_cli_rejects_bad_arguments(capsys):
     assert main(["bench", "agents", "--agents", "1", "--data", DATA]) == 2
     assert "--agents must be >= 2" in capsys.readouterr().err
+    for flag, value in (("--max-new-tokens", "0"), ("--turns", "-1"), ("--cpu-budget-mib", "0")):
+        assert main(["bench", "agents", flag, value, "--data", DATA]) == 2, flag  # refused before the model loads
+        assert f"{flag} " in capsys.readouterr().err
     assert main(["bench", "agents", "--modes", "dense,turbo", "--limit", "1", "--warmup", "0", "--data", DATA]) == 2
     assert "unknown mode 'turbo'" in capsys.readouterr().err
 

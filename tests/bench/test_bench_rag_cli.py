@@ -44,9 +44,10 @@ def test_bad_arguments_exit_with_usage_error(capsys):
     assert "no example after the first 40" in capsys.readouterr().err
     assert main(["bench", "rag", "--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:  # 0 once meant every passage
-        main(["bench", "rag", "--passages", "0"])
-    assert exc.value.code == 2 and "--passages: must be >= 1" in capsys.readouterr().err
+    for flag in ("--passages", "--max-new-tokens"):  # --passages 0 once meant every passage
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "rag", flag, "0"])
+        assert exc.value.code == 2 and f"{flag}: must be >= 1" in capsys.readouterr().err
 
 
 def test_repeated_prefills_report_the_median_time_and_the_last_result():
