@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                    "implementation (a random model of each shape that fits in memory)")
     p.add_argument("--out", type=Path, default=Path("bench_kernels.json"))
     args = p.parse_args(argv)
+    if args.reps < 1 or (args.tokens is not None and args.tokens < 1):
+        p.error(f"--reps and --tokens must be >= 1, got {args.reps} and {args.tokens}")
     cuda = torch.cuda.is_available()
     run_triton = cuda and triton_available()
     if not run_triton:

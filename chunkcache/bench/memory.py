@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--child", nargs=2, metavar=("INDEX", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
     if args.child:
         print(json.dumps(_measure(args.data, int(args.child[0]), args.child[1], args.recompute_ratio)))
         return 0

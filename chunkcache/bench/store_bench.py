@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zipf-requests", type=int, default=20000)
     ap.add_argument("--layer-compute-ms", type=float, default=10.0)
     a = ap.parse_args(argv)
+    if min(a.tokens, a.chunks, a.layers, a.kv_heads, a.head_dim, a.reps, a.zipf_requests) < 1:
+        ap.error("--tokens, --chunks, --layers, --kv-heads, --head-dim, --reps and --zipf-requests must be >= 1")
     chunks = [make_chunk(i, a.tokens, a.layers, a.kv_heads, a.head_dim) for i in range(a.chunks)]
     root = Path(tempfile.mkdtemp(prefix="chunkcache-bench-", dir=a.dir))
     try:

@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=None, help="scratch directory on the disk to measure (default: system temp)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if min(args.limit, args.reps) < 1:
+        p.error(f"--limit and --reps must be >= 1, got {args.limit} and {args.reps}")
     result = run(args)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     if args.json:

@@ -12,6 +12,13 @@ def positive(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def byte_size(text: str) -> int:
     """1073741824, 1GiB, 512MB ... -> bytes (>= 1)."""
     from pydantic import ByteSize, TypeAdapter, ValidationError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chunkcache.bench.musique import DEFAULT_DATA
 from chunkcache.blend.config import DEVIATION_ON, MODES, SELECTIONS
-from chunkcache.cli.args import positive, ratio, ratios
+from chunkcache.cli.args import non_negative, positive, ratio, ratios
 from chunkcache.cli.demo import codec_store, engine_from_args
 
 
@@ -179,9 +179,9 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     api.add_argument("--requests", type=positive, default=50, help="sequential requests for the overhead")
     api.add_argument("--burst", type=positive, default=50)
     api.add_argument("--max-queue", type=positive, default=16)
-    api.add_argument("--soak", type=int, default=1000, help="sequential requests with fresh chunks (0 skips)")
+    api.add_argument("--soak", type=non_negative, default=1000, help="sequential requests with fresh chunks (0 skips)")
     api.add_argument("--soak-cpu-bytes", type=positive, default=256 << 20, help="the server's CPU-tier budget")
-    api.add_argument("--ingest-examples", type=int, default=40, help="0 skips the ingestion figure")
+    api.add_argument("--ingest-examples", type=non_negative, default=40, help="0 skips the ingestion figure")
     api.add_argument("--json", default=None)
     api.set_defaults(func=cmd_bench_api)
 
