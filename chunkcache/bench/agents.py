@@ -27,6 +27,7 @@ from chunkcache.bench.musique import passage_text
 from chunkcache.bench.rag import write_json
 from chunkcache.bench.teacher_forcing import greedy, tf_logits
 from chunkcache.blend.config import AGENT_MODES, BlendConfig, check_mode_name
+from chunkcache.config.arg_types import at_least, non_negative, positive
 from chunkcache.runner.runner import ModelRunner
 
 ROLES = ("a careful fact checker", "a historian", "a geographer", "a skeptical reviewer", "a concise summarizer",
@@ -215,24 +216,24 @@ def register(bench_subparsers) -> None:
     from chunkcache.bench.musique import DEFAULT_DATA
 
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--agents", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--limit", type=int, default=2, help="measured examples (after the warm-up ones)")
-    p.add_argument("--warmup", type=int, default=5, help="examples that only fill the anchor pools")
-    p.add_argument("--passages", type=int, default=1, help="passages of each example every agent reads")
+    p.add_argument("--agents", type=at_least(2), default=5)
+    p.add_argument("--rounds", type=positive, default=2)
+    p.add_argument("--limit", type=positive, default=2, help="measured examples (after the warm-up ones)")
+    p.add_argument("--warmup", type=non_negative, default=5, help="examples that only fill the anchor pools")
+    p.add_argument("--passages", type=non_negative, default=1, help="passages of each example every agent reads")
     p.add_argument("--modes", default=",".join(AGENT_MODES),
                    help="comma-separated BlendConfig.named names (dense = full, the reference, always run)")
-    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--max-new-tokens", type=positive, default=12)
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--epic-k", type=int, default=BlendConfig.epic_k, help="epic modes: first k tokens of every chunk")
     p.add_argument("--sink-tokens", type=int, default=BlendConfig.sink_tokens,
                    help="kvcomm+epic / kvcomm+blend: tokens recomputed at the start of each anchor-placed segment")
     p.add_argument("--entropy-threshold", type=float, default=AnchorConfig.entropy_threshold)
     p.add_argument("--temperature", type=float, default=AnchorConfig.temperature)
-    p.add_argument("--turns", type=int, default=0,
+    p.add_argument("--turns", type=non_negative, default=0,
                    help="instead: a long discussion of this many turns, reporting memory (bench/agents_long.py)")
     p.add_argument("--long-mode", default="kvcomm+blend", help="--turns: the mode of every turn")
-    p.add_argument("--cpu-budget-mib", type=int, default=256, help="--turns: the store's CPU-tier budget")
+    p.add_argument("--cpu-budget-mib", type=positive, default=256, help="--turns: the store's CPU-tier budget")
     p.add_argument("--layout", choices=("plain", "chat"), default="plain",
                    help="plain: one user turn per prompt; chat: the chat model's layout (chat template, a turn "
                    "per message)")
@@ -244,10 +245,6 @@ def cmd_bench_agents(args) -> int:
     from chunkcache.bench.musique import load_examples
     from chunkcache.runner.loader import load_model
 
-    if (args.agents < 2 or min(args.rounds, args.limit, args.max_new_tokens, args.cpu_budget_mib) < 1
-            or min(args.warmup, args.passages, args.turns) < 0):
-        raise ValueError("--agents must be >= 2; --rounds, --limit, --max-new-tokens and --cpu-budget-mib >= 1; "
-                         "--warmup, --passages and --turns >= 0")
     modes = mode_names(args.modes)
     acfg = AnchorConfig(entropy_threshold=args.entropy_threshold, temperature=args.temperature)
     BlendConfig(recompute_ratio=args.recompute_ratio, epic_k=args.epic_k, sink_tokens=args.sink_tokens)

@@ -29,17 +29,25 @@ import torch
 import torch.nn.functional as F
 
 from chunkcache.bench.prefill_speed import prefill_speed
+from chunkcache.config.arg_types import positive
 from chunkcache.kernels import _cpp
 from chunkcache.kernels._triton import triton_available
 from chunkcache.kernels.attention_dispatch import AttentionDispatch, AttentionShape
 from chunkcache.kernels.deviation import select_topk_deviation_ref, select_topk_deviation_triton
 from chunkcache.kernels.rope_shift import rope_shift_ref, rope_shift_triton
 from chunkcache.kernels.scatter_kv import scatter_kv_ref, scatter_kv_triton
-from chunkcache.kernels.sparse_attention import (cpu_kernel_applies, plan_sparse_attention,
-                                                 sparse_query_attention_cpu, sparse_query_attention_ref,
-                                                 sparse_query_attention_triton)
-from chunkcache.kernels.sparse_attention_bf16 import (bf16_kernel_available, sparse_query_attention_bf16_cpu,
-                                                      sparse_query_attention_bf16_ref)
+from chunkcache.kernels.sparse_attention import (
+    cpu_kernel_applies,
+    plan_sparse_attention,
+    sparse_query_attention_cpu,
+    sparse_query_attention_ref,
+    sparse_query_attention_triton,
+)
+from chunkcache.kernels.sparse_attention_bf16 import (
+    bf16_kernel_available,
+    sparse_query_attention_bf16_cpu,
+    sparse_query_attention_bf16_ref,
+)
 
 MODELS = {  # layers, query heads, KV heads, head_dim
     "smollm2-135m": (30, 9, 3, 64),
@@ -228,18 +236,16 @@ def _isa_flags() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="chunkcache bench kernels", description=__doc__)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--tokens", type=int, default=None, help="prompt length (default 8192 on CUDA, 1024 on CPU)")
+    p.add_argument("--tokens", type=positive, default=None, help="prompt length (default 8192 on CUDA, 1024 on CPU)")
     p.add_argument("--ratio", type=float, default=0.15, help="fraction of tokens recomputed")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions on CPU")
+    p.add_argument("--reps", type=positive, default=5, help="timed repetitions on CPU")
     p.add_argument("--isa", default="native", help="comma list of C++ builds to time on the CPU: native, x86-64-v2, "
                    "x86-64-v3, x86-64-v4 (those this CPU cannot run are reported as skipped)")
     p.add_argument("--prefill", action="store_true", help="also full-prefill and precompute tokens/s per "
                    "implementation (a random model of each shape that fits in memory)")
     p.add_argument("--out", type=Path, default=Path("bench_kernels.json"))
     args = p.parse_args(argv)
-    if args.reps < 1 or (args.tokens is not None and args.tokens < 1):
-        p.error(f"--reps and --tokens must be >= 1, got {args.reps} and {args.tokens}")
     cuda = torch.cuda.is_available()
     run_triton = cuda and triton_available()
     if not run_triton:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from chunkcache.bench.musique import DEFAULT_DATA
+from chunkcache.config.arg_types import positive
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -65,14 +66,12 @@ def _measure(data: str, index: int, mode: str, ratio: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="chunkcache bench memory", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--limit", type=int, default=2)
+    p.add_argument("--limit", type=positive, default=2)
     p.add_argument("--modes", default="full,naive,cacheblend,adaptive")
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--json", default=None)
     p.add_argument("--child", nargs=2, metavar=("INDEX", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.limit < 1:
-        p.error(f"--limit must be >= 1, got {args.limit}")
     if args.child:
         print(json.dumps(_measure(args.data, int(args.child[0]), args.child[1], args.recompute_ratio)))
         return 0

@@ -32,12 +32,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from chunkcache.bench.live_server import LiveServer, serve_flags, stream_request
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples
-from chunkcache.bench.serve_load import (LoadRequest, Sample, build_requests, passage_pool, summarize, targets,
-                                         windows)
+from chunkcache.bench.serve_load import LoadRequest, Sample, build_requests, passage_pool, summarize, targets, windows
+from chunkcache.config.arg_types import byte_size, non_negative, positive, positives
 from chunkcache.kernels._cpp import cpuinfo
 
 SERVE_MODES = ("blend", "full", "prefix")
@@ -58,13 +57,6 @@ class Setting:
         return f"{self.mode} {'batching' if self.batching else 'one-at-a-time'}, {load}"
 
 
-def _ints(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}")
-    return values
-
-
 def _rates(text: str) -> list[float]:
     values = [float(v) for v in text.split(",") if v.strip()]
     if min(values, default=0) <= 0:
@@ -80,34 +72,28 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
-def _bytes(text: str) -> int:
-    try:
-        return int(TypeAdapter(ByteSize).validate_python(text))
-    except ValidationError:
-        raise argparse.ArgumentTypeError(f"--cpu-bytes: expected a size such as 512MiB, got {text!r}") from None
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkcache bench serve", description=__doc__.splitlines()[0])
-    p.add_argument("--requests", type=int, default=600, help="requests per setting (default 600)")
-    p.add_argument("--clients", type=_ints, default=[1, 4, 16], help="closed-loop client counts (default 1,4,16)")
+    p.add_argument("--requests", type=positive, default=600, help="requests per setting (default 600)")
+    p.add_argument("--clients", type=positives, default=[1, 4, 16], help="closed-loop client counts (default 1,4,16)")
     p.add_argument("--rates", type=_rates, default=[], help="also Poisson arrivals at these requests/s")
     p.add_argument("--modes", type=_modes, default=list(SERVE_MODES), help="with batching (default blend,full,prefix)")
     p.add_argument("--no-batching", action="store_true", help="only blend one-at-a-time")
     p.add_argument("--batching-only", action="store_true", help="skip the one-at-a-time blend row")
-    p.add_argument("--max-batch", type=int, default=None,
+    p.add_argument("--max-batch", type=positive, default=None,
                    help="server --max-batch of Poisson runs (default: max clients)")
-    p.add_argument("--passages", type=int, default=3, help="passages per request (default 3)")
-    p.add_argument("--pool", type=int, default=None, help="the first N distinct passages of --data (default all)")
+    p.add_argument("--passages", type=positive, default=3, help="passages per request (default 3)")
+    p.add_argument("--pool", type=positive, default=None, help="the first N distinct passages of --data (default all)")
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent over the pool (default 1.1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--window", type=int, default=50, help="requests per speedup window (default 50)")
-    p.add_argument("--warmup", type=int, default=0, help="requests of another seeded sequence before measuring")
-    p.add_argument("--cpu-bytes", type=_bytes, default="512MiB", help="server CPU tier (default 512MiB)")
+    p.add_argument("--max-tokens", type=positive, default=32)
+    p.add_argument("--window", type=positive, default=50, help="requests per speedup window (default 50)")
+    p.add_argument("--warmup", type=non_negative, default=0,
+                   help="requests of another seeded sequence before measuring")
+    p.add_argument("--cpu-bytes", type=byte_size, default="512MiB", help="server CPU tier (default 512MiB)")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--model", default=None)
-    p.add_argument("--threads", type=int, default=None, help="server torch threads")
+    p.add_argument("--threads", type=positive, default=None, help="server torch threads")
     p.add_argument("--kernels", default=None, help="server attention kernels")
     p.add_argument("--server-args", default="", help="more `chunkcache serve` flags, one shell-quoted string")
     p.add_argument("--json", default=None)
@@ -249,9 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
-    if args.requests < 1 or args.window < 1 or args.max_tokens < 1:
-        print("chunkcache bench serve: error: --requests, --window and --max-tokens must be >= 1", file=sys.stderr)
-        return 2
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)  # unwinds through LiveServer.__exit__: no server outlives the bench
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from chunkcache.config.arg_types import positive
 from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.chunk_store import ChunkStore
 from chunkcache.store.codec import Int8ChannelCodec
@@ -223,19 +224,17 @@ def bench_compression(chunk: ChunkKV, root: Path) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="chunkcache bench store", description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="write results here")
-    ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--chunks", type=int, default=6)
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--kv-heads", type=int, default=3)
-    ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tokens", type=positive, default=512)
+    ap.add_argument("--chunks", type=positive, default=6)
+    ap.add_argument("--layers", type=positive, default=30)
+    ap.add_argument("--kv-heads", type=positive, default=3)
+    ap.add_argument("--head-dim", type=positive, default=64)
+    ap.add_argument("--reps", type=positive, default=3)
     ap.add_argument("--dir", default=None, help="scratch directory on the disk to measure (default: a temp dir)")
     ap.add_argument("--redis-url", default=None, help="default: start a loopback redis-server if installed")
-    ap.add_argument("--zipf-requests", type=int, default=20000)
+    ap.add_argument("--zipf-requests", type=positive, default=20000)
     ap.add_argument("--layer-compute-ms", type=float, default=10.0)
     a = ap.parse_args(argv)
-    if min(a.tokens, a.chunks, a.layers, a.kv_heads, a.head_dim, a.reps, a.zipf_requests) < 1:
-        ap.error("--tokens, --chunks, --layers, --kv-heads, --head-dim, --reps and --zipf-requests must be >= 1")
     chunks = [make_chunk(i, a.tokens, a.layers, a.kv_heads, a.head_dim) for i in range(a.chunks)]
     root = Path(tempfile.mkdtemp(prefix="chunkcache-bench-", dir=a.dir))
     try:

@@ -20,6 +20,7 @@ from chunkcache.bench.musique import DEFAULT_DATA, load_examples, passage_text
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.engine import ChunkCacheEngine, EngineConfig
 from chunkcache.config import StoreSettings
+from chunkcache.config.arg_types import positive
 from chunkcache.store.chunk_kv import ChunkKV
 from chunkcache.store.chunk_store import ChunkStore
 from chunkcache.store.config import StoreConfig, TierConfig
@@ -96,15 +97,13 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="chunkcache bench tiers", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--limit", type=int, default=4)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--limit", type=positive, default=4)
+    p.add_argument("--reps", type=positive, default=3)
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--model", default=None)
     p.add_argument("--dir", default=None, help="scratch directory on the disk to measure (default: system temp)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    if min(args.limit, args.reps) < 1:
-        p.error(f"--limit and --reps must be >= 1, got {args.limit} and {args.reps}")
     result = run(args)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     if args.json:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from chunkcache.bench.musique import DEFAULT_DATA
 from chunkcache.blend.config import DEVIATION_ON, MODES, SELECTIONS
-from chunkcache.cli.args import non_negative, positive, ratio, ratios
 from chunkcache.cli.demo import codec_store, engine_from_args
+from chunkcache.config.arg_types import non_negative, positive, ratio, ratios
 
 
 def _bench_rag_extras(args, engine, examples, modes, base, result) -> None:  # type: ignore[no-untyped-def]
@@ -35,8 +35,6 @@ def cmd_bench_rag(args) -> int:
     from chunkcache.bench.rag import plot_pareto, plot_sweep, run_rag, run_sweep, write_json
     from chunkcache.blend.config import BlendConfig
 
-    if args.skip < 0 or args.limit < 1:
-        raise ValueError("--skip must be >= 0 and --limit >= 1")
     examples = load_examples(args.data, args.skip + args.limit)[args.skip:]
     if not examples:
         raise ValueError(f"--skip {args.skip}: {args.data} has no example after the first {args.skip}")
@@ -44,8 +42,6 @@ def cmd_bench_rag(args) -> int:
         examples = [dict(ex, ctxs=ex["ctxs"][: args.passages]) for ex in examples]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     ratios = args.ratios
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     base = BlendConfig(mode="cacheblend", recompute_ratio=args.recompute_ratio, selection=args.selection,
                        deviation_on=args.deviation_on, check_layers=tuple(int(x) for x in args.check_layers.split(",")),
                        epic_k=args.epic_k, sink_tokens=args.sink_tokens, ape_temperature=args.ape_temperature,
@@ -138,14 +134,15 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     rag = bench.add_parser("rag", help="TTFT and fidelity of each mode vs full prefill on MuSiQue "
                            "(--kv-codec int8: chunk KV read back through the int8 codec)", parents=[flags])
     rag.add_argument("--data", default=str(DEFAULT_DATA))
-    rag.add_argument("--limit", type=int, default=8)
-    rag.add_argument("--skip", type=int, default=0, help="start after the first N examples of --data")
+    rag.add_argument("--limit", type=positive, default=8)
+    rag.add_argument("--skip", type=non_negative, default=0, help="start after the first N examples of --data")
     rag.add_argument("--modes", default=",".join(MODES),
                      help=f"comma-separated, from {', '.join(MODES)} (fusion, fusionqc: each example's "
                           "passages are its corpus; their fused entries are precomputed before timing)")
     rag.add_argument("--recompute-ratio", type=ratio, default=0.15)
     rag.add_argument("--max-new-tokens", type=positive, default=32)
-    rag.add_argument("--repeats", type=int, default=1, help="each TTFT (full included) is the median of N prefills")
+    rag.add_argument("--repeats", type=positive, default=1,
+                     help="each TTFT (full included) is the median of N prefills")
     rag.add_argument("--passages", type=positive, default=None,
                      help="keep only the first N passages of each example")
     rag.add_argument("--sweep", action="store_true", help="fidelity and TTFT vs recompute ratio, with a PNG plot")

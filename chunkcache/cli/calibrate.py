@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, MODES, UNFUSED_MODE
 from chunkcache.blend.model_profile import calibration_key
-from chunkcache.cli.args import positive, ratio, ratios
+from chunkcache.config.arg_types import positive, ratio, ratios
 
 
 def cmd_calibrate(args) -> int:  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chunkcache.bench.musique import DEFAULT_DATA
 from chunkcache.blend.config import DEFAULT_MODE, FUSED_MODES, MODES
-from chunkcache.cli.args import positive, ratio
+from chunkcache.config.arg_types import positive, ratio
 
 
 def engine_from_args(args, store=None):  # type: ignore[no-untyped-def]

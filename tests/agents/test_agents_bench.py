@@ -1,5 +1,7 @@
 """`bench agents` end to end on a tiny workload: the JSON carries every mode's figures, dense is the reference."""
 
+import pytest
+
 from chunkcache.bench.agents import make_agents, run_agents
 from chunkcache.bench.agents_long import run_long
 from chunkcache.bench.musique import DEFAULT_DATA, load_examples
@@ -33,11 +35,11 @@ def test_run_agents_small(smollm):
 
 
 def test_cli_rejects_bad_arguments(capsys):
-    assert main(["bench", "agents", "--agents", "1", "--data", DATA]) == 2
-    assert "--agents must be >= 2" in capsys.readouterr().err
-    for flag, value in (("--max-new-tokens", "0"), ("--turns", "-1"), ("--cpu-budget-mib", "0")):
-        assert main(["bench", "agents", flag, value, "--data", DATA]) == 2, flag  # refused before the model loads
-        assert f"{flag} " in capsys.readouterr().err
+    for flag, value, low in (("--agents", "1", 2), ("--max-new-tokens", "0", 1), ("--turns", "-1", 0),
+                             ("--cpu-budget-mib", "0", 1)):
+        with pytest.raises(SystemExit) as exc:  # refused by the parser, before the model loads
+            main(["bench", "agents", flag, value, "--data", DATA])
+        assert exc.value.code == 2 and f"argument {flag}: must be >= {low}, got {value}" in capsys.readouterr().err
     assert main(["bench", "agents", "--modes", "dense,turbo", "--limit", "1", "--warmup", "0", "--data", DATA]) == 2
     assert "unknown mode 'turbo'" in capsys.readouterr().err
 

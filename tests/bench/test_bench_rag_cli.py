@@ -42,12 +42,11 @@ def test_bad_arguments_exit_with_usage_error(capsys):
     assert "mode must be one of" in capsys.readouterr().err
     assert main(["bench", "rag", "--skip", "40"]) == 2  # the bundled dev set has 40 examples
     assert "no example after the first 40" in capsys.readouterr().err
-    assert main(["bench", "rag", "--repeats", "0"]) == 2
-    assert "--repeats must be >= 1" in capsys.readouterr().err
-    for flag in ("--passages", "--max-new-tokens"):  # --passages 0 once meant every passage
+    for flag, value, low in (("--passages", "0", 1), ("--max-new-tokens", "0", 1), ("--repeats", "0", 1),
+                             ("--limit", "0", 1), ("--skip", "-1", 0)):  # --passages 0 once meant every passage
         with pytest.raises(SystemExit) as exc:
-            main(["bench", "rag", flag, "0"])
-        assert exc.value.code == 2 and f"{flag}: must be >= 1" in capsys.readouterr().err
+            main(["bench", "rag", flag, value])
+        assert exc.value.code == 2 and f"argument {flag}: must be >= {low}, got {value}" in capsys.readouterr().err
 
 
 def test_repeated_prefills_report_the_median_time_and_the_last_result():

@@ -44,6 +44,32 @@ def test_fresh_conversion_goes_under_the_configured_dir(roots):
     assert fetched == [configured, default]
 
 
+def test_processes_starting_together_fetch_once(tmp_path, monkeypatch):
+    """Two first uses at once (two `serve` processes, two test workers): the second waits on the lock, then finds
+    the first one's conversion instead of fetching and renaming over it. Each thread opens the lock file on
+    its own, as processes do."""
+    import threading
+    import time
+
+    monkeypatch.setenv("CHUNKCACHE_DIR", str(tmp_path / "default"))
+    fetched = []
+
+    def slow_fetch(root):
+        fetched.append(root)
+        time.sleep(0.3)  # the other caller arrives while this one converts
+        return _converted(root)
+
+    monkeypatch.setattr(loader, "_fetch_default", slow_fetch)
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(loader.default_model_dir(tmp_path / "c"))) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fetched == [tmp_path / "c"]
+    assert found == [tmp_path / "c" / "models" / "SmolLM2-135M-Instruct"] * 2
+
+
 def test_engine_loads_the_conversion_under_its_cache_dir(smollm_dir, tmp_path, monkeypatch):
     """EngineConfig.cache_dir reaches the loader: with the default root empty, the engine loads the model from
     its own cache dir and fetches nothing."""
