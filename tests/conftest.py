@@ -64,6 +64,15 @@ def smollm(smollm_dir):
 
 
 SLOW_FIXTURES = {"smollm", "live_server"}  # the real model, a live `chunkcache serve` subprocess
+MAX_WORKERS = 4  # each worker holds the real model and may start servers: about 2 GiB at its peak
+
+
+def pytest_xdist_auto_num_workers(config):  # type: ignore[no-untyped-def]
+    """`-n auto` (pyproject's addopts): one worker per CPU this process may run on, at most MAX_WORKERS. Most tests
+    run one torch thread, or wait on a subprocess, so two workers on 2 vCPUs take about 0.6x the serial time.
+    PYTEST_XDIST_AUTO_NUM_WORKERS overrides it."""
+    return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+               MAX_WORKERS)
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
@@ -78,6 +87,8 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
     if os.environ.get("CHUNKCACHE_REQUIRE_LMCACHE") != "1" and importlib.util.find_spec("lmcache") is None:
         _deselect(config, items, "lmcache", "LMCache not installed (optional extra; .ci/run installs it and "
                   "sets CHUNKCACHE_REQUIRE_LMCACHE=1)")
+    if hasattr(config, "workeroutput"):  # an xdist worker: the controller prints the lines (pytest_testnodedown)
+        config.workeroutput["chunkcache_deselected"] = config._chunkcache_deselected
 
 
 def _deselect(config, items, marker: str, why: str) -> None:  # type: ignore[no-untyped-def]
@@ -86,6 +97,14 @@ def _deselect(config, items, marker: str, why: str) -> None:  # type: ignore[no-
         config.hook.pytest_deselected(items=chosen)
         items[:] = [item for item in items if not item.get_closest_marker(marker)]
         config._chunkcache_deselected.append(f"{len(chosen)} {marker} tests deselected: {why}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # type: ignore[no-untyped-def]
+    """xdist's controller collects nothing itself: every worker deselects the same tests, so keep one's lines."""
+    lines = getattr(node, "workeroutput", {}).get("chunkcache_deselected")
+    if lines is not None:
+        node.config._chunkcache_deselected = lines
 
 
 def pytest_terminal_summary(terminalreporter, config):  # type: ignore[no-untyped-def]
