@@ -36,18 +36,11 @@ from chunkcache.kernels.attention_dispatch import AttentionDispatch, AttentionSh
 from chunkcache.kernels.deviation import select_topk_deviation_ref, select_topk_deviation_triton
 from chunkcache.kernels.rope_shift import rope_shift_ref, rope_shift_triton
 from chunkcache.kernels.scatter_kv import scatter_kv_ref, scatter_kv_triton
-from chunkcache.kernels.sparse_attention import (
-    cpu_kernel_applies,
-    plan_sparse_attention,
-    sparse_query_attention_cpu,
-    sparse_query_attention_ref,
-    sparse_query_attention_triton,
-)
-from chunkcache.kernels.sparse_attention_bf16 import (
-    bf16_kernel_available,
-    sparse_query_attention_bf16_cpu,
-    sparse_query_attention_bf16_ref,
-)
+from chunkcache.kernels.sparse_attention import (cpu_kernel_applies, plan_sparse_attention,
+                                                 sparse_query_attention_cpu, sparse_query_attention_ref,
+                                                 sparse_query_attention_triton)
+from chunkcache.kernels.sparse_attention_bf16 import (bf16_kernel_available, sparse_query_attention_bf16_cpu,
+                                                      sparse_query_attention_bf16_ref)
 
 MODELS = {  # layers, query heads, KV heads, head_dim
     "smollm2-135m": (30, 9, 3, 64),
