@@ -69,7 +69,7 @@ MAX_WORKERS = 4  # each worker holds the real model and may start servers: about
 
 def pytest_xdist_auto_num_workers(config):  # type: ignore[no-untyped-def]
     """`-n auto` (pyproject's addopts): one worker per CPU this process may run on, at most MAX_WORKERS. Most tests
-    run one torch thread, or wait on a subprocess, so two workers on 2 vCPUs take about 0.6x the serial time.
+    run one torch thread, or wait on a subprocess, so two workers on 2 vCPUs take about 0.7x the serial time.
     PYTEST_XDIST_AUTO_NUM_WORKERS overrides it."""
     return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
                MAX_WORKERS)
