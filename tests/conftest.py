@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 # Triton fixes interpreter vs compiled mode when triton.language is first imported, and a module collected
 # before tests/kernels/ can import it (transformers' model classes do): the kernel tests need the interpreter.
@@ -67,12 +70,50 @@ SLOW_FIXTURES = {"smollm", "live_server"}  # the real model, a live `chunkcache 
 MAX_WORKERS = 4  # each worker holds the real model and may start servers: about 2 GiB at its peak
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):  # type: ignore[no-untyped-def]
     """`-n auto` (pyproject's addopts): one worker per CPU this process may run on, at most MAX_WORKERS. Most tests
     run one torch thread, or wait on a subprocess, so two workers on 2 vCPUs take about 0.7x the serial time.
     PYTEST_XDIST_AUTO_NUM_WORKERS overrides it."""
     return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
                MAX_WORKERS)
+
+
+ADDOPTS_PLUGINS = ("xdist", "benchmark")  # pyproject's addopts: --numprocesses, --dist, --benchmark-disable
+
+
+def pytest_addoption(parser, pluginmanager):  # type: ignore[no-untyped-def]
+    """Without the test extra's pytest-xdist and pytest-benchmark, pyproject's addopts would stop pytest at
+    "unrecognized arguments": accept them here, and pytest_configure names the extra to install (or, where the
+    caller blocked the plugin, `-p no:xdist`, ignores them)."""
+    if not pluginmanager.has_plugin("xdist"):
+        parser.addoption("--numprocesses", default=None, help="ignored: pytest-xdist is not active")
+        parser.addoption("--dist", default="no", help="ignored: pytest-xdist is not active")
+    if not pluginmanager.has_plugin("benchmark"):
+        parser.addoption("--benchmark-disable", action="store_true", help="ignored: pytest-benchmark is not active")
+
+
+def pytest_configure(config):  # type: ignore[no-untyped-def]
+    """Refuse a run without the addopts' plugins (above). The run's C++ kernel builds and attention-dispatch
+    decisions go to a kernel cache of its own, under pytest's cache dir (kept between runs), not the user's
+    ~/.cache/chunkcache/kernels that `chunkcache serve` reads: those decisions are measured while other workers load
+    the CPU. The controller sets it before it starts the workers, which inherit it with the servers they spawn;
+    CHUNKCACHE_KERNEL_CACHE set by the caller wins."""
+    missing = [p for p in ADDOPTS_PLUGINS
+               if not config.pluginmanager.has_plugin(p) and not config.pluginmanager.is_blocked(p)]
+    if missing:
+        raise pytest.UsageError(f"pytest plugins {', '.join(missing)} not installed: install the test extra first, "
+                                "pip install -c constraints.txt torch==2.13.0 -e \".[test]\" (README, Quick start)")
+    if os.environ.get("CHUNKCACHE_KERNEL_CACHE"):
+        return
+    from chunkcache.kernels._cpp import private_dir
+
+    if getattr(config, "cache", None) is not None:
+        root = config.cache.mkdir("chunkcache")
+    else:  # -p no:cacheprovider: a temporary one, removed at the end
+        root = Path(tempfile.mkdtemp(prefix="chunkcache-test-"))
+        config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
+    os.environ["CHUNKCACHE_KERNEL_CACHE"] = str(private_dir(root / "kernels"))  # 0700: _cpp refuses a shared one
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]

@@ -149,7 +149,7 @@ def test_postgres_restart_answers_503_then_recovers(cluster: Cluster) -> None:
 def test_redis_outage_falls_back_and_recovers(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     fresh = ["Titan is the largest moon of Saturn and has a thick nitrogen atmosphere."]
-    cluster.redis.stop()
+    cluster.redis.cleanup()  # stopped, its directory removed: a new server takes its port below
     try:
         r = httpx.post(f"{b.url}/generate_with_chunks", timeout=120, json={"chunks": fresh, **GEN})
         assert r.status_code == 200, r.text
