@@ -141,7 +141,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--min-full-score", type=float, default=0.8,
                    help="niah, vt: run the modes only on settings where full prefill scores at least this (0: all)")
     p.add_argument("--lengths", default=",".join(str(n) for n in (2048, 4096)), help="niah, vt: prompt tokens")
-    p.add_argument("--variants", default="multikey,multivalue", help="niah: multikey, multivalue")
+    p.add_argument("--variants", default="multikey,multivalue",
+                   help="niah: multikey, multivalue (the issue's), single (RULER's niah_single_2)")
     p.add_argument("--max-new-tokens", type=positive, default=None, help="default: the suite's (suites.py)")
     p.add_argument("--save-data", default=None, help="also write the examples (niah, vt: their --data format)")
     p.add_argument("--json", default=None)

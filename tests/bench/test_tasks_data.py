@@ -60,7 +60,7 @@ def _generate(prompts, setting, split="dev", n=3):
     return ruler.generate(setting, split, n, lambda t: len(prompts.encode(t)), _reserve(prompts))
 
 
-@pytest.mark.parametrize("setting", ["multikey-2048", "multivalue-4096", "vt-2048", "vt-4096"])
+@pytest.mark.parametrize("setting", ["multikey-2048", "multivalue-4096", "single-2048", "vt-2048", "vt-4096"])
 def test_ruler_instances_fit_their_length_with_needles_past_the_first_chunk(prompts, setting):
     length = int(setting.rsplit("-", 1)[1])
     for ex in _generate(prompts, setting):
@@ -92,6 +92,12 @@ def test_ruler_variants_follow_ruler_counts(prompts):
     assert len(multivalue.answers) == 4 and "".join(multivalue.chunks).count(multivalue.question.split(" for ")[1]
                                                                              .split(" ")[0]) == 4
     assert all(len(v) == 7 and v.isdigit() for v in multivalue.answers)
+    single = _generate(prompts, "single-2048", n=1)[0]
+    text = "".join(single.chunks)
+    key = single.question.split(" for ")[1].split(" ")[0]
+    assert text.count("One of the special magic numbers for") == 1 and text.count(key) == 1  # no distractor
+    assert len(single.answers) == 1 and f"for {key} is: {single.answers[0]}." in text
+    assert single.chunks[0].startswith("A special magic number is hidden within the following text.")
 
 
 def test_ruler_splits_are_deterministic_and_disjoint(prompts):

@@ -1,4 +1,5 @@
-"""RULER's multi-key / multi-value NIAH and variable tracking (VT), generated offline as ~256-token chunks.
+"""RULER's multi-key / multi-value NIAH (and single-needle, opt-in) and variable tracking (VT), generated offline
+as ~256-token chunks.
 
 A reimplementation of the RULER wheel's generators (long_context_eval/data/synthetic/niah.py and
 variable_tracking.py, Apache 2.0; their CLIs parse arguments at import and call nltk.download): the same
@@ -31,7 +32,9 @@ from chunkcache.bench.tasks.example import TaskExample, check_split, wheel_data
 CHUNK_TOKENS = 256
 LENGTHS = (2048, 4096)
 INSTANCES = 100  # per setting
-NIAH_VARIANTS = {"multikey": (4, 1), "multivalue": (1, 4)}  # (keys, values per key): niah_multikey_1, niah_multivalue
+# (keys, values per key): niah_multikey_1, niah_multivalue, niah_single_2 (essay haystack, word key, number value)
+NIAH_VARIANTS = {"multikey": (4, 1), "multivalue": (1, 4), "single": (1, 1)}
+ISSUE_VARIANTS = ("multikey", "multivalue")  # the issue's; `single` is opt-in (--variants single)
 SPLIT_SEEDS = {"dev": 0, "test": 1}
 DEPTHS = tuple(round(100 * i / 39) for i in range(40))  # RULER: np.round(np.linspace(0, 100, 40))
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
@@ -208,8 +211,7 @@ def vt_instance(rng: random.Random, budget: int, count: Counter, ex_id: str, set
     return _fit(make, max(spare // per_line, len(chain)), budget, count, setting)
 
 
-def settings(suite: str, lengths: tuple[int, ...] = LENGTHS, variants: tuple[str, ...] = tuple(NIAH_VARIANTS)
-             ) -> list[str]:
+def settings(suite: str, lengths: tuple[int, ...] = LENGTHS, variants: tuple[str, ...] = ISSUE_VARIANTS) -> list[str]:
     """Setting names: niah -> "<variant>-<length>", vt -> "vt-<length>"."""
     for v in variants:
         if v not in NIAH_VARIANTS:

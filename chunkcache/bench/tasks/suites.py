@@ -52,7 +52,7 @@ def get_suite(name: str) -> Suite:
 
 def load_suite(suite: Suite, split: str, limit: int | None = None, data: str | Path | None = None,
                count=None, reserve: int = 0, lengths: tuple[int, ...] = ruler.LENGTHS,  # type: ignore[no-untyped-def]
-               variants: tuple[str, ...] = tuple(ruler.NIAH_VARIANTS)) -> list[TaskExample]:
+               variants: tuple[str, ...] = ruler.ISSUE_VARIANTS) -> list[TaskExample]:
     """The examples of one split. count(text) -> tokens and reserve (tokens outside the chunks, question and
     answer prefix: chat template and generation) size the generated suites."""
     check_split(split)
