@@ -46,8 +46,8 @@ def test_bench_tasks_gate_skips_settings_full_prefill_fails(tmp_path, smollm):
 
 
 def test_bench_tasks_refuses_bad_arguments_before_the_model_loads(capsys):
-    assert main(["bench", "tasks", "--suite", "niah", "--variants", "single"]) == 2
-    assert "--variants: 'single'" in capsys.readouterr().err
+    assert main(["bench", "tasks", "--suite", "niah", "--variants", "triple"]) == 2
+    assert "--variants: 'triple'" in capsys.readouterr().err
     assert main(["bench", "tasks", "--suite", "hotpotqa", "--modes", "full,bogus"]) == 2
     assert "mode must be one of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
