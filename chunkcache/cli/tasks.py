@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from chunkcache.bench.tasks import ruler
 from chunkcache.blend.config import MODES
 from chunkcache.config.arg_types import non_negative, positive, ratio, ratios
 
@@ -15,7 +16,6 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     from chunkcache.bench.rag import write_json
-    from chunkcache.bench.tasks import ruler
     from chunkcache.bench.tasks.example import check_split, save_examples
     from chunkcache.bench.tasks.hotpotqa import gold_positions
     from chunkcache.bench.tasks.runner import TasksConfig, plot, run_tasks
@@ -140,8 +140,8 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--pareto-limit", type=int, default=100, help="the Pareto sweep's examples per setting")
     p.add_argument("--min-full-score", type=float, default=0.8,
                    help="niah, vt: run the modes only on settings where full prefill scores at least this (0: all)")
-    p.add_argument("--lengths", default=",".join(str(n) for n in (2048, 4096)), help="niah, vt: prompt tokens")
-    p.add_argument("--variants", default="multikey,multivalue",
+    p.add_argument("--lengths", default=",".join(str(n) for n in ruler.LENGTHS), help="niah, vt: prompt tokens")
+    p.add_argument("--variants", default=",".join(ruler.ISSUE_VARIANTS),
                    help="niah: multikey, multivalue (the issue's), single (RULER's niah_single_2)")
     p.add_argument("--max-new-tokens", type=positive, default=None, help="default: the suite's (suites.py)")
     p.add_argument("--save-data", default=None, help="also write the examples (niah, vt: their --data format)")
