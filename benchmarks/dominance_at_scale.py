@@ -10,8 +10,10 @@ label, full prefill included, gave the same answer on it: the same token ids), t
   - equal: at the main ratio, the default against each anchor on every id both hold: mean agreement and KL,
     the paired difference with its 95% interval, and the loss ratios.
 
-python benchmarks/dominance_at_scale.py --timed T.json --rows A.json B.json ... --json OUT.json [--default fusionqc]
-    [--skip-labels fusionqc@0.3] (labels the untimed shards did not run)
+python benchmarks/dominance_at_scale.py --timed T.json [T2.json ...] --rows A.json B.json ... --json OUT.json
+    [--plot OUT.png] [--default fusionqc] [--skip-labels fusionqc@0.3] (labels the untimed shards did not run)
+Several timed runs (say, every anchor in one, the default's ratios in another, on the same timed examples): each
+label's speedup comes from the first run that timed it, paired with that run's own full prefill.
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ import statistics as st
 from pathlib import Path
 
 from chunkcache.bench.dominance import DOMINANCE, dominance
+from chunkcache.bench.tasks.runner import plot
 
 
 def label_of(mode: str, ratio: float, main: float) -> str:
@@ -38,22 +41,33 @@ def join(paths: list[str]) -> dict[str, dict]:
     return rows
 
 
+def ratio(x: float | None) -> str:
+    """A loss ratio for printing ('-' where undefined: the anchor lost nothing, or no point of the default's)."""
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def mean(rows: list[dict], label: str, key: str) -> float:
     return st.fmean(r[label][key] for r in rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--timed", required=True)
+    ap.add_argument("--timed", nargs="+", required=True)
     ap.add_argument("--rows", nargs="+", required=True)
     ap.add_argument("--json", required=True)
     ap.add_argument("--default", default="fusionqc")
     ap.add_argument("--skip-labels", default="", help="comma list of timed labels left out of the curve")
+    ap.add_argument("--plot", help="PNG: the curve's rows (and full prefill) as `bench tasks --plot` draws them")
     a = ap.parse_args()
-    timed = json.loads(Path(a.timed).read_text())
-    main_ratio = timed["config"]["recompute_ratio"]
-    speed = {label_of(p["mode"], p["ratio"], main_ratio): (p["mode"], p["ratio"], p["ttft_speedup_vs_full_median"])
-             for p in timed["pareto"]}
+    timed = [json.loads(Path(t).read_text()) for t in a.timed]
+    main_ratio = timed[0]["config"]["recompute_ratio"]
+    if any(t["config"]["recompute_ratio"] != main_ratio for t in timed):
+        raise SystemExit("--timed: the runs have different --recompute-ratio")
+    speed: dict[str, tuple] = {}
+    for t in timed:
+        for p in t["pareto"]:
+            speed.setdefault(label_of(p["mode"], p["ratio"], main_ratio),
+                             (p["mode"], p["ratio"], p["ttft_speedup_vs_full_median"]))
     rows = join(a.rows)
     left_out = set(filter(None, a.skip_labels.split(",")))
     labels = [lb for lb in speed if lb != "full" and lb not in left_out]
@@ -73,24 +87,28 @@ def main() -> None:
         equal.append({"mode": lb, "n": len(both), "agreement_f1": agree, "tf_kl_mean": kl,
                       "default_agreement_f1": own, "default_tf_kl_mean": own_kl,
                       "diff": st.fmean(d), "diff_ci95": 1.96 * st.stdev(d) / len(d) ** 0.5,
-                      "disagreement_ratio": (1 - own) / (1 - agree), "kl_ratio": own_kl / kl})
+                      "disagreement_ratio": (1 - own) / (1 - agree) if agree < 1 else None,
+                      "kl_ratio": own_kl / kl if kl > 0 else None})
     out = {"default": a.default, "target": DOMINANCE, "timed_from": a.timed, "rows_from": a.rows,
            "n_common": len(common), "pareto": pareto, "dominance": curve, "equal_ratio": equal}
     Path(a.json).write_text(json.dumps(out, indent=1))
+    if a.plot:
+        full = {"mode": "full", "ratio": 1.0, "ttft_speedup_vs_full_median": 1.0, "agreement_f1": 1.0,
+                "tf_kl_mean": 0.0, "task_score": mean(common, "full", "task_score"), "n": len(common)}
+        plot({"suite": timed[0]["suite"], "pareto": [full, *pareto]}, a.plot)
     print(f"curve on {len(common)} examples (every label present); speedups from {a.timed}")
     for p in sorted(pareto, key=lambda p: (p["mode"], p["ratio"])):
         print(f"  {p['mode']:>10} @{p['ratio']:<5g} {p['ttft_speedup_vs_full_median']:5.2f}x  "
               f"agree {p['agreement_f1']:.3f}  KL {p['tf_kl_mean']:.4f}  F1 {p['task_score']:.3f}")
     for r in curve:
-        dr, kr = r["disagreement_ratio"], r["kl_ratio"]
         print(f"  vs {r['mode']:>10} at {r['ttft_speedup_vs_full_median']:.2f}x: "
-              f"{'-' if dr is None else f'{dr:.2f}x'} / {'-' if kr is None else f'{kr:.2f}x'}  met={r['met']}")
+              f"{ratio(r['disagreement_ratio'])} / {ratio(r['kl_ratio'])}  met={r['met']}")
     print(f"equal ratio {main_ratio}:")
     for e in equal:
         print(f"  vs {e['mode']:>10} n={e['n']}: {e['agreement_f1']:.3f}/{e['tf_kl_mean']:.4f} against "
               f"{e['default_agreement_f1']:.3f}/{e['default_tf_kl_mean']:.4f}"
               f"  diff {e['diff']:+.3f}+-{e['diff_ci95']:.3f}"
-              f"  loss {e['disagreement_ratio']:.2f}x / KL {e['kl_ratio']:.2f}x")
+              f"  loss {ratio(e['disagreement_ratio'])} / KL {ratio(e['kl_ratio'])}")
 
 
 if __name__ == "__main__":
