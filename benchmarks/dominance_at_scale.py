@@ -69,7 +69,8 @@ def main() -> None:
             speed.setdefault(label_of(p["mode"], p["ratio"], main_ratio),
                              (p["mode"], p["ratio"], p["ttft_speedup_vs_full_median"]))
         for mode, f in t["modes"].items():  # a run without --ratios: its modes at the main ratio
-            speed.setdefault(mode, (mode, round(f["recompute_fraction"], 3), f["ttft_speedup_vs_full_median"]))
+            if f["ttft_speedup_vs_full_median"] is not None:
+                speed.setdefault(mode, (mode, round(f["recompute_fraction"], 3), f["ttft_speedup_vs_full_median"]))
     rows = join(a.rows)
     left_out = set(filter(None, a.skip_labels.split(",")))
     labels = [lb for lb in speed if lb != "full" and lb not in left_out]
