@@ -65,12 +65,14 @@ def main() -> None:
         raise SystemExit("--timed: the runs have different --recompute-ratio")
     speed: dict[str, tuple] = {}
     for t in timed:
-        for p in t.get("pareto", []):
-            speed.setdefault(label_of(p["mode"], p["ratio"], main_ratio),
-                             (p["mode"], p["ratio"], p["ttft_speedup_vs_full_median"]))
-        for mode, f in t["modes"].items():  # a run without --ratios: its modes at the main ratio
-            if f["ttft_speedup_vs_full_median"] is not None:
-                speed.setdefault(mode, (mode, round(f["recompute_fraction"], 3), f["ttft_speedup_vs_full_median"]))
+        if "pareto" in t:
+            points = {label_of(p["mode"], p["ratio"], main_ratio):
+                      (p["mode"], p["ratio"], p["ttft_speedup_vs_full_median"]) for p in t["pareto"]}
+        else:  # a run without --ratios: its modes at the main ratio, labelled as its examples are
+            points = {m: (m, round(f["recompute_fraction"], 3), f["ttft_speedup_vs_full_median"])
+                      for m, f in t["modes"].items() if f["ttft_speedup_vs_full_median"] is not None}
+        for label, point in points.items():
+            speed.setdefault(label, point)
     rows = join(a.rows)
     left_out = set(filter(None, a.skip_labels.split(",")))
     labels = [lb for lb in speed if lb != "full" and lb not in left_out]
