@@ -21,11 +21,14 @@ import statistics as st
 from pathlib import Path
 
 from chunkcache.bench.dominance import DOMINANCE, dominance
+from chunkcache.blend.config import RATIO_FREE_MODES
 from chunkcache.bench.tasks.runner import plot
 
 
-def label_of(mode: str, ratio: float, main: float) -> str:
-    return mode if ratio == main or mode in ("full", "ape", "epic") else f"{mode}@{ratio:g}"
+def label_of(mode: str, ratio: float, held: set[str]) -> str:
+    """The examples' label of a pareto row: `mode@ratio` where the run prefilled that point on its own, else the
+    mode (a ratio-free mode, whose row's ratio is its recomputed share, or the point at the main ratio)."""
+    return mode if mode in RATIO_FREE_MODES or f"{mode}@{ratio:g}" not in held else f"{mode}@{ratio:g}"
 
 
 def join(paths: list[str]) -> dict[str, dict]:
@@ -66,7 +69,8 @@ def main() -> None:
     speed: dict[str, tuple] = {}
     for t in timed:
         if "pareto" in t:
-            points = {label_of(p["mode"], p["ratio"], main_ratio):
+            held = {label for ex in t["examples"] for label in ex["modes"]}
+            points = {label_of(p["mode"], p["ratio"], held):
                       (p["mode"], p["ratio"], p["ttft_speedup_vs_full_median"]) for p in t["pareto"]}
         else:  # a run without --ratios: its modes at the main ratio, labelled as its examples are
             points = {m: (m, round(f["recompute_fraction"], 3), f["ttft_speedup_vs_full_median"])
