@@ -10,8 +10,10 @@ The cache is private to its user: <cache> is $CHUNKCACHE_KERNEL_CACHE, else ~/.c
 else (no HOME, no passwd entry: a container) <tmp>/chunkcache-kernels-<uid>. It is created with mode 0700
 and refused, before any `.so` in it is loaded, when another user owns it or others can write to it.
 Builds hold a file lock, so concurrent processes build once; a cached `.so` that fails to load is rebuilt;
-temporary files left by a killed build are swept. With no compiler, or a failed build, `load` returns
-None (the reason in `build_error`) and callers keep the torch reference.
+temporary files left by a killed build are swept. Loading a build stamps its mtime (ctypes leaves no access
+time to go by); each new build or dispatch decision then removes the builds and decisions unused for
+PRUNE_AFTER_S (a new source, compiler, torch or CPU leaves the old ones unreachable). With no compiler,
+or a failed build, `load` returns None (the reason in `build_error`) and callers keep the torch reference.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from filelock import FileLock, Timeout
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC", "-pthread")
 STALE_TMP_S = 600  # a temporary .so older than this belongs to a build that died
+PRUNE_AFTER_S = 30 * 86400  # a build or dispatch decision unused this long is removed at the next new one
 _errors: dict[str, str] = {}
 log = logging.getLogger(__name__)
 
@@ -189,12 +192,16 @@ def _build_and_load(name: str, march: str) -> ctypes.CDLL | None:
             _sweep(so.parent)
             if so.exists():
                 try:
-                    return ctypes.CDLL(str(so))
+                    lib = ctypes.CDLL(str(so))
+                    touch(so)
+                    return lib
                 except OSError as e:  # truncated or corrupt: rebuild it
                     log.warning("cached kernel %s does not load (%s); rebuilding", so, e)
                     so.unlink()
             _compile(compiler(), CSRC / f"{name}.cpp", so, march, omp)
-            return ctypes.CDLL(str(so))
+            lib = ctypes.CDLL(str(so))
+        prune(so.parent, keep=so)
+        return lib
     except (OSError, subprocess.SubprocessError, UnsafeCacheDir, Timeout) as e:
         _errors[(name, march)] = f"could not build or load {name} (-march={march}) in {so.parent}: {e}"
         return None
@@ -240,6 +247,49 @@ def _sweep(directory: Path) -> None:
                 tmp.unlink()
         except OSError:
             pass
+
+
+def touch(path: Path) -> None:
+    """Stamp `path` as used now, so that prune keeps it (best effort)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(directory: Path, keep: Path, max_age_s: float = PRUNE_AFTER_S) -> list[Path]:
+    """Remove the builds (`*.so`, each under its own lock, skipped while another process holds it) and dispatch
+    decisions (`dispatch-*.json`) in `directory` not used for max_age_s, but not `keep`, then the lock files
+    of builds no longer there (none held). Nothing else in the directory is touched. Returns what was removed."""
+    old = time.time() - max_age_s
+    removed = []
+    for path in sorted(directory.glob("*.so")) + sorted(directory.glob("dispatch-*.json")):
+        try:
+            if path == keep or path.stat().st_mtime > old:
+                continue
+            if path.suffix == ".so":
+                with FileLock(str(path.with_suffix(".lock")), timeout=0):
+                    if path.stat().st_mtime > old:  # loaded since the first look
+                        continue
+                    path.unlink()
+            else:
+                path.unlink()
+            removed.append(path)
+        except (OSError, Timeout):  # gone already, or in use by a build or load elsewhere
+            continue
+    for lock in sorted(directory.glob("*.lock")):  # a build's lock outlives it; one held is a build under way
+        try:
+            if lock.with_suffix(".so").exists() or lock.stat().st_mtime > time.time() - STALE_TMP_S:
+                continue
+            with FileLock(str(lock), timeout=0):
+                lock.unlink()
+            removed.append(lock)
+        except (OSError, Timeout):
+            continue
+    if removed:
+        log.info("kernel cache %s: removed %d entries unused for %d days", directory, len(removed),
+                 max_age_s // 86400)
+    return removed
 
 
 def build_error(name: str, march: str = "native") -> str | None:

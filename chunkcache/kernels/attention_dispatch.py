@@ -361,17 +361,21 @@ def _read(path) -> tuple[dict[str, Decision], str, dict[str, float]] | None:
         decisions = {n: Decision(d["choice"], {k: float(x) for k, x in d["ms"].items()},
                                  {k: float(x) for k, x in d.get("speedup", {}).items()})
                      for n, d in raw["classes"].items()}
-        return decisions, str(raw["cpp_march"]), {k: float(x) for k, x in raw["cpp_builds"].items()}
+        out = decisions, str(raw["cpp_march"]), {k: float(x) for k, x in raw["cpp_builds"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    _cpp.touch(path)  # in use: _cpp.prune keeps it
+    return out
 
 
 def _write(path, decisions: dict[str, Decision], march: str, builds: dict[str, float]) -> None:
-    """Atomic write into the private kernel cache; a cache that cannot be written only costs a re-measure."""
+    """Atomic write into the private kernel cache, then the cache's unused entries pruned (_cpp.prune); a cache
+    that cannot be written only costs a re-measure."""
     try:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         raw = {"cpp_march": march, "cpp_builds": builds, "classes": {n: asdict(d) for n, d in decisions.items()}}
         tmp.write_text(json.dumps(raw, indent=1))
         os.replace(tmp, path)
+        _cpp.prune(path.parent, keep=path)
     except OSError as e:
         log.warning("attention dispatch not cached (%s): it will be measured again at the next start", e)

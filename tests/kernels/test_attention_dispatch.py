@@ -1,5 +1,6 @@
 """Attention dispatch by measurement: the fastest candidate per shape class, cached per machine, forced by name."""
 
+import os
 import time
 
 import pytest
@@ -131,6 +132,20 @@ def test_an_unwritable_cache_only_costs_a_remeasure(private_cache):
     assert AttentionDispatch.build("auto", SHAPE).source == "measured"
     assert list(private_cache.glob("dispatch-*")) == []
     assert attention_dispatch.AttentionDispatch.build("auto", SHAPE).source == "measured"
+
+
+def test_a_new_decision_prunes_unused_ones_and_a_read_one_is_stamped(private_cache):
+    private_cache.mkdir(mode=0o700)
+    month_ago = time.time() - 31 * 86400
+    stale = private_cache / "dispatch-attention-0123456789abcdef.json"  # another torch's or shape's, unused since
+    stale.write_text("{}")
+    os.utime(stale, (month_ago, month_ago))
+    assert AttentionDispatch.build("auto", SHAPE).source == "measured"
+    assert not stale.exists()
+    (own,) = private_cache.glob("dispatch-attention-*.json")
+    os.utime(own, (month_ago, month_ago))
+    assert AttentionDispatch.build("auto", SHAPE).source == "cached"
+    assert time.time() - own.stat().st_mtime < 600  # read: stamped, so the next prune keeps it
 
 
 def _portable_or_skip() -> str:

@@ -178,3 +178,53 @@ def test_cache_key_covers_compiler_version_and_isa(monkeypatch):
     assert _cpp.so_path("sparse_attention_cpu", "x86-64-v2") != base
     monkeypatch.setattr(_cpp, "compiler_version", lambda cxx: "g++ (Debian 99.0.0) 99.0.0")
     assert _cpp.so_path("sparse_attention_cpu") != base
+
+
+def _aged(path: Path, days: float, data: bytes = b"x") -> Path:
+    path.write_bytes(data)
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
+    return path
+
+
+def test_unused_builds_and_decisions_are_pruned_at_the_next_build(tmp_path):
+    """A new build removes the builds and dispatch decisions unused for 30 days (and a stale build's lock),
+    keeps recent ones, and touches nothing it did not write."""
+    cache = tmp_path / "kernels"
+    cache.mkdir(mode=0o700)
+    stale_so = _aged(cache / "sparse_attention_cpu-native-0123456789abcdef.so", 40)
+    stale_lock = _aged(cache / "sparse_attention_cpu-native-0123456789abcdef.lock", 40, b"")
+    stale_json = _aged(cache / "dispatch-attention-0123456789abcdef.json", 31)
+    orphan_lock = _aged(cache / "sparse_attention_cpu-x86-64-v2-fedcba9876543210.lock", 40, b"")
+    recent_so = _aged(cache / "sparse_attention_cpu-x86-64-v3-fedcba9876543210.so", 29)
+    recent_json = _aged(cache / "dispatch-attention-fedcba9876543210.json", 1)
+    theirs = _aged(cache / "notes.txt", 400)
+    assert _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)}).returncode == 0
+    assert not any(p.exists() for p in (stale_so, stale_lock, stale_json, orphan_lock))
+    assert all(p.exists() for p in (recent_so, recent_json, theirs))
+    assert len(_sos(cache)) == 2  # the recent one and the new build
+
+
+def test_a_loaded_build_is_stamped_and_kept(tmp_path):
+    cache = tmp_path / "kernels"
+    assert _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)}).returncode == 0
+    (so,) = _sos(cache)
+    _aged(so, 60, so.read_bytes())
+    assert _run({"CHUNKCACHE_KERNEL_CACHE": str(cache)}).returncode == 0  # loads the cached build
+    assert time.time() - so.stat().st_mtime < 600
+    assert _cpp.prune(cache, keep=cache / "other.so") == [] and so.exists()
+
+
+def test_a_build_whose_lock_another_process_holds_is_not_pruned(tmp_path):
+    so = _aged(tmp_path / "sparse_attention_cpu-native-0123456789abcdef.so", 40)
+    lock = so.with_suffix(".lock")
+    hold = (f"import time; from filelock import FileLock; held = FileLock({str(lock)!r}); held.acquire(); "
+            "print('held', flush=True); time.sleep(60)")  # a build under way elsewhere
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert _cpp.prune(tmp_path, keep=tmp_path / "new.so") == [] and so.exists() and lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _cpp.prune(tmp_path, keep=tmp_path / "new.so") == [so] and not so.exists()
