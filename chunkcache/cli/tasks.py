@@ -36,7 +36,7 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     cfg = TasksConfig(modes=_csv(args.modes), base=base,
                       ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
                       repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
-                      min_full_score=args.min_full_score)
+                      min_full_score=args.min_full_score, reuse_fused=args.reuse_fused)
     limit = args.limit and args.skip + args.limit
     # a --data file is read and checked before the model loads; generated instances need its tokenizer
     examples = load_suite(suite, split, limit, args.data) if args.data else None
@@ -58,7 +58,8 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
                             "decode_correction_steps": args.decode_correction_steps,
                             "ratios": list(cfg.ratios), "max_new": cfg.max_new,
                             "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
-                            "min_full_score": cfg.min_full_score, "lengths": list(lengths), "variants": list(variants),
+                            "min_full_score": cfg.min_full_score, "reuse_fused": cfg.reuse_fused,
+                            "lengths": list(lengths), "variants": list(variants),
                             "reserve_tokens": reserve, "device": args.engine.device,
                             "dtype": args.engine.resolved_dtype, "linear_dtype": engine.runner.linear.dtype,
                             "decode_linear_dtype": engine.runner.linear.decode_dtype,
@@ -144,6 +145,9 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--variants", default=",".join(ruler.ISSUE_VARIANTS),
                    help="niah: multikey, multivalue (the issue's), single (RULER's niah_single_2)")
     p.add_argument("--max-new-tokens", type=positive, default=None, help="default: the suite's (suites.py)")
+    p.add_argument("--reuse-fused", action="store_true",
+                   help="keep the fused entries the store holds (a rerun on the same examples with --store disk: "
+                        "fidelity and TTFT only, the fused precompute's cost not measured)")
     p.add_argument("--save-data", default=None, help="also write the examples (niah, vt: their --data format)")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG: task score and agreement vs TTFT speedup per mode")

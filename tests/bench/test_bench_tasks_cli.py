@@ -35,6 +35,22 @@ def test_bench_tasks_niah_writes_every_figure(tmp_path, smollm):
     assert png.stat().st_size > 10_000
 
 
+def test_a_rerun_with_reuse_fused_keeps_the_stored_fused_entries(tmp_path, smollm):
+    """--reuse-fused on a disk store an earlier run filled: no fused entry computed again, the same figures."""
+    base = ["--store", "disk", "--cache-dir", str(tmp_path / "cache"), "bench", "tasks", "--suite", "niah",
+            "--limit", "1", "--lengths", "1024", "--variants", "multikey", "--modes", "full,fusionqc",
+            "--max-new-tokens", "6", "--repeats", "1", "--timed", "0", "--min-full-score", "0"]
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    assert main([*base, "--json", str(first)]) == 0
+    assert main([*base, "--reuse-fused", "--json", str(again)]) == 0
+    (a,), (b,) = (json.loads(f.read_text())["examples"] for f in (first, again))
+    assert a["fused_computed"] >= 3 and a["fusion_extra_tokens"] > a["plain_tokens"]
+    assert b["fused_computed"] == 0 and b["fusion_extra_tokens"] == 0
+    assert json.loads(again.read_text())["config"]["reuse_fused"] is True
+    for key in ("answer", "tf_kl", "agreement_f1"):
+        assert b["modes"]["fusionqc"][key] == a["modes"]["fusionqc"][key], key  # lossless disk entries
+
+
 def test_bench_tasks_gate_skips_settings_full_prefill_fails(tmp_path, smollm):
     out = tmp_path / "gate.json"
     assert main(["--store", "memory", "bench", "tasks", "--suite", "niah", "--limit", "1", "--lengths", "1024",
