@@ -21,8 +21,8 @@ import statistics as st
 from pathlib import Path
 
 from chunkcache.bench.dominance import DOMINANCE, dominance
-from chunkcache.blend.config import RATIO_FREE_MODES
 from chunkcache.bench.tasks.runner import plot
+from chunkcache.blend.config import RATIO_FREE_MODES
 
 
 def label_of(mode: str, ratio: float, held: set[str]) -> str:
