@@ -28,7 +28,8 @@ from chunkcache.blend.config import RATIO_FREE_MODES
 def label_of(mode: str, ratio: float, held: set[str]) -> str:
     """The examples' label of a pareto row: `mode@ratio` where the run prefilled that point on its own, else the
     mode (a ratio-free mode, whose row's ratio is its recomputed share, or the point at the main ratio)."""
-    return mode if mode in RATIO_FREE_MODES or f"{mode}@{ratio:g}" not in held else f"{mode}@{ratio:g}"
+    label = f"{mode}@{ratio}"  # as bench/rag.pareto_configs names a sweep point
+    return mode if mode in RATIO_FREE_MODES or label not in held else label
 
 
 def join(paths: list[str]) -> dict[str, dict]:
