@@ -40,8 +40,12 @@ def _tf_logits(engine: ChunkCacheEngine, res: BlendResult, answer: list[int]) ->
     return tf_logits(engine.runner, res.cache, res.logits, answer, correction=res.correction)
 
 
-def _greedy(engine: ChunkCacheEngine, res: BlendResult, max_new: int) -> list[int]:
-    return greedy(engine.runner, res.cache, res.logits, max_new, engine.eos_ids, res.correction)
+def _greedy(engine: ChunkCacheEngine, res: BlendResult, max_new: int) -> tuple[list[int], int | None]:
+    """The greedy answer over res (its correction replayed on a fresh copy), and after how many fed tokens the
+    correction's gate finished it (None: it did not)."""
+    fresh = res.correction.fresh() if res.correction is not None else None
+    ids = greedy(engine.runner, res.cache, res.logits, max_new, engine.eos_ids, fresh, copy=False)
+    return ids, fresh.finished_at if fresh is not None else None
 
 
 def _text(engine: ChunkCacheEngine, ids: list[int]) -> str:
@@ -60,7 +64,7 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
     full, full_t = timed_prefill(engine, req, BlendConfig(mode="full"), max_new, repeats)
     n = full.cache.length
     t0 = time.perf_counter()
-    answer = _greedy(engine, full, max_new)
+    answer, _ = _greedy(engine, full, max_new)
     full_decode = time.perf_counter() - t0
     full.cache.truncate(n)
     ref = _tf_logits(engine, full, answer)
@@ -84,9 +88,11 @@ def evaluate_request(engine: ChunkCacheEngine, chunks: list[str], req: BlendRequ
                "decode_per_step": res.correction.per_step if res.correction else 0}
         if free_run:
             t0 = time.perf_counter()
-            ids = _greedy(engine, res, max_new)
+            ids, gated_at = _greedy(engine, res, max_new)
             decode_s = time.perf_counter() - t0
             row.update(tpot_s=decode_s / max(1, len(ids) - 1), decode_s=decode_s, new_tokens=len(ids))  # per forward
+            if cfg.correction_gate:
+                row["gated_at"] = gated_at
             text = _text(engine, ids)
             row.update(answer=text, fidelity_f1=token_f1(text, full_text) if full_text else float(text == full_text),
                        first_token=float(ids[:1] == answer[:1]))

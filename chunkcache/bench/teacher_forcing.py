@@ -52,9 +52,10 @@ def copy_cache(runner: ModelRunner, cache: KVCache) -> KVCache:
 
 
 def greedy(runner: ModelRunner, cache: KVCache, first_logits: torch.Tensor, max_new: int,
-           eos_ids: set[int], correction: DecodeCorrection | None = None) -> list[int]:
+           eos_ids: set[int], correction: DecodeCorrection | None = None, copy: bool = True) -> list[int]:
     """Greedy continuation of the prompt in `cache` (EOS included when generated); the cache keeps its KV (with a
-    correction, a fresh copy of its schedule runs, so the cache's prompt KV becomes full prefill's too)."""
-    fresh = correction.fresh() if correction is not None else None
+    correction, a fresh copy of its schedule runs, so the cache's prompt KV becomes full prefill's too; copy=False:
+    the schedule given runs, consumed, e.g. to read its finished_at)."""
+    fresh = correction.fresh() if correction is not None and copy else correction
     with torch.inference_mode():
         return list(decode(runner, cache, first_logits, SamplingConfig(max_new_tokens=max_new), eos_ids, fresh))

@@ -231,7 +231,7 @@ class Blender:
         correction = None
         if cfg.corrects:
             start = 0 if r.linear.split else placed  # the exact prefix too was computed by the prefill's layers
-            correction = DecodeCorrection(ids, start, cfg.correction_per_step(n - start))
+            correction = DecodeCorrection(ids, start, cfg.correction_per_step(n - start), gate=cfg.correction_gate)
             stats.decode_pending = n - start
         return BlendResult(cache, r.logits(hidden[-1:])[0], stats, correction)
 

@@ -66,6 +66,9 @@ class BlendConfig:
     decode_correction_steps: the same correction, with K chosen per request so that it finishes within S decode
         steps: K = ceil(pending / S) (0: K is decode_correction). One of the two, not both: K bounds each step's
         cost, S bounds how many tokens are decoded from the approximate cache, whatever the prompt's length.
+    correction_gate: with a correction, a decode step whose top next-token probability is below this while prompt
+        tokens are still pending recomputes all of them at once, so that token is chosen from full prefill's logits
+        (0: never; the first token is not gated). Costs time only on the requests where it fires.
     kvcomm: place the request's anchored placeholders from the KVCOMM anchor estimate (base + weighted
         anchor offsets; blend/anchoring.py) before the mode's selection runs. Named "kvcomm" (with mode
         naive: nothing recomputed) or "kvcomm+<mode>" (see `named`).
@@ -90,6 +93,7 @@ class BlendConfig:
     score_layers: tuple[int, ...] = ()
     decode_correction: int = 0
     decode_correction_steps: int = 0
+    correction_gate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -124,6 +128,11 @@ class BlendConfig:
         if self.decode_correction and self.decode_correction_steps:
             raise ValueError("decode_correction and decode_correction_steps: give one, not both "
                              f"(got {self.decode_correction} and {self.decode_correction_steps})")
+        if not 0.0 <= self.correction_gate <= 1.0:
+            raise ValueError(f"correction_gate must be a probability in [0, 1], got {self.correction_gate}")
+        if self.correction_gate and not self.corrects:
+            raise ValueError(f"correction_gate {self.correction_gate} gates a decode-time correction: give "
+                             "decode_correction or decode_correction_steps too")
         if self.kvcomm and not self.places_kv:
             raise ValueError(f"kvcomm places estimated KV; mode {self.mode!r} places none")
 

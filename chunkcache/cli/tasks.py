@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chunkcache.bench.tasks import ruler
 from chunkcache.blend.config import MODES
-from chunkcache.config.arg_types import non_negative, positive, ratio, ratios
+from chunkcache.config.arg_types import non_negative, positive, probability, ratio, ratios
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -32,7 +32,7 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
     variants = _csv(args.variants)
     ruler.settings(suite.name, lengths, variants)  # checks the variants before the model loads
     base = BlendConfig(recompute_ratio=args.recompute_ratio, decode_correction=args.decode_correction,
-                       decode_correction_steps=args.decode_correction_steps)
+                       decode_correction_steps=args.decode_correction_steps, correction_gate=args.correction_gate)
     cfg = TasksConfig(modes=_csv(args.modes), base=base,
                       ratios=tuple(args.ratios or ()), max_new=args.max_new_tokens or suite.max_new,
                       repeats=args.repeats, timed=args.timed, pareto_limit=args.pareto_limit,
@@ -56,7 +56,7 @@ def cmd_bench_tasks(args) -> int:  # type: ignore[no-untyped-def]
         result["config"] = {"data": args.data, "skip": args.skip, "limit": args.limit, "modes": list(cfg.modes),
                             "recompute_ratio": args.recompute_ratio, "decode_correction": args.decode_correction,
                             "decode_correction_steps": args.decode_correction_steps,
-                            "ratios": list(cfg.ratios), "max_new": cfg.max_new,
+                            "correction_gate": args.correction_gate, "ratios": list(cfg.ratios), "max_new": cfg.max_new,
                             "repeats": cfg.repeats, "timed": cfg.timed, "pareto_limit": cfg.pareto_limit,
                             "min_full_score": cfg.min_full_score, "reuse_fused": cfg.reuse_fused,
                             "lengths": list(lengths), "variants": list(variants),
@@ -128,6 +128,9 @@ def register(bench, flags) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--decode-correction-steps", type=int, default=0, metavar="S",
                    help="the same correction with K per request, finishing within S decode steps: "
                         "K = ceil(pending prompt tokens / S) (instead of --decode-correction)")
+    p.add_argument("--correction-gate", type=probability, default=0.0, metavar="P",
+                   help="with a correction: a decode step whose top next-token probability is below P while prompt "
+                        "tokens are pending finishes the correction at once (0: off); rows say when it fired")
     p.add_argument("--limit", type=positive, default=None,
                    help="the first N examples of the split (niah, vt: of each setting; default: all, 100 per setting)")
     p.add_argument("--skip", type=non_negative, default=0,

@@ -50,5 +50,12 @@ def ratio(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {value}")
+    return value
+
+
 def ratios(text: str) -> list[float]:
     return [ratio(r) for r in text.split(",") if r.strip()]

@@ -5,7 +5,11 @@ With a `DecodeCorrection` (after KVShare, arXiv 2503.16525, which also recompute
 recomputes the next K prompt tokens after the exact prefix, in position order, in the same forward as the step's token
 (`ModelRunner.forward_rows`); once the prompt is done, the tokens generated so far, in one batch. Each batch attends to
 positions already recomputed, so from then on the cache is exactly full prefill's over the same tokens: the blend's
-approximation is confined to the first steps. TTFT is unchanged; those steps cost more."""
+approximation is confined to the first steps. TTFT is unchanged; those steps cost more.
+
+With a gate, a decode step whose next-token distribution is unsure (top probability below the gate) while prompt
+tokens are still pending finishes the correction at once (`DecodeCorrection.finish`): that token is then chosen from
+full prefill's logits. The first token, chosen from the prefill's logits, is not gated."""
 
 from __future__ import annotations
 
@@ -38,19 +42,25 @@ class SamplingConfig:
 class DecodeCorrection:
     """Per-request schedule of the decode-time recompute. ids [n]: the prompt's token ids; start: the next prompt
     position to recompute (first: the end of the exact prefix); per_step: K prompt tokens per step. `generated` holds
-    the tokens fed so far (positions n..), recomputed in one batch right after the prompt's last batch."""
+    the tokens fed so far (positions n..), recomputed in one batch right after the prompt's last batch. gate: a step
+    whose top next-token probability is below it, prompt tokens still pending, finishes the correction (0: never);
+    finished_at: how many tokens had been fed when the gate finished it (None: it did not)."""
 
     ids: torch.Tensor
     start: int
     per_step: int
     generated: list[torch.Tensor] = field(default_factory=list)  # [1] each
     done: bool = False
+    gate: float = 0.0
+    finished_at: int | None = None
 
     def __post_init__(self) -> None:
         if self.per_step < 1:
             raise ValueError(f"decode_correction must be >= 1 tokens per step, got {self.per_step}")
         if not 0 <= self.start <= self.ids.numel():
             raise ValueError(f"start {self.start} must be a prompt position in [0, {self.ids.numel()}]")
+        if not 0.0 <= self.gate <= 1.0:
+            raise ValueError(f"correction_gate must be a probability in [0, 1], got {self.gate}")
 
     @property
     def pending(self) -> int:
@@ -59,7 +69,8 @@ class DecodeCorrection:
 
     def fresh(self) -> "DecodeCorrection":
         """An independent copy of the schedule as it stands (to replay it, e.g. teacher forcing then free run)."""
-        return DecodeCorrection(self.ids, self.start, self.per_step, list(self.generated), self.done)
+        return DecodeCorrection(self.ids, self.start, self.per_step, list(self.generated), self.done, self.gate,
+                                self.finished_at)
 
     def take(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(ids [b], positions [b], increasing) to recompute with this step's token [1] (then recorded as generated;
@@ -77,18 +88,37 @@ class DecodeCorrection:
         self.generated.append(token)
         return (ids, positions) if positions.numel() else None
 
+    def unsure(self, logits: torch.Tensor) -> bool:
+        """Whether the gate finishes the correction before a token is chosen from logits [vocab] (one host sync,
+        only while prompt tokens are pending)."""
+        return self.gate > 0 and not self.done and float(logits.float().softmax(-1).max()) < self.gate
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [b], positions [b], contiguous) of every prompt token still pending, then every token fed so far
+        (the last one fed is the last row, so its logits are full prefill's): the rest of the correction."""
+        gen = torch.cat(self.generated)  # [g]: positions n..n+g-1
+        ids = torch.cat((self.ids[self.start:], gen))
+        positions = torch.arange(self.start, self.ids.numel() + gen.numel(), device=self.ids.device)
+        self.start, self.done, self.finished_at = self.ids.numel(), True, gen.numel()
+        return ids, positions
+
 
 def next_logits(runner: ModelRunner, token: torch.Tensor, cache: KVCache,
                 correction: DecodeCorrection | None = None) -> torch.Tensor:
     """token [1] at position cache.length -> next-token logits [vocab]; with a correction, its next batch is
-    recomputed in the same forward (their K/V overwrite the cached ones)."""
+    recomputed in the same forward (their K/V overwrite the cached ones), and the rest of it too when its gate finds
+    the logits unsure (then they are full prefill's)."""
     batch = correction.take(token) if correction is not None else None
     if batch is None:
         return runner.decode_step(token, cache)
     ids, positions = batch
     pos = torch.full((1,), cache.length, dtype=torch.int64, device=positions.device)
     hidden = runner.forward_rows(torch.cat((ids, token)), torch.cat((positions, pos)), cache, decode=True)  # [b+1, H]
-    return runner.logits(hidden[-1:])[0]
+    logits = runner.logits(hidden[-1:])[0]
+    if correction.unsure(logits):
+        ids, positions = correction.finish()
+        logits = runner.logits(runner.forward_rows(ids, positions, cache, decode=True)[-1:])[0]
+    return logits
 
 
 def pick_token(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> int:

@@ -98,3 +98,21 @@ def test_shards_run_with_skip_merge_into_the_whole_run(tmp_path, smollm):
     assert row["decode_pending"] > 0 and row["decode_per_step"] == math.ceil(row["decode_pending"] / 2)
     assert w["examples"][0]["modes"]["naive"]["decode_pending"] == 0
     assert main(["bench", "tasks", "--merge", str(a), str(corrected)]) == 2  # another correction
+
+
+def test_a_correction_gate_is_recorded_per_row_and_refused_without_a_correction(tmp_path, smollm, capsys):
+    """--correction-gate 1: every step is unsure, so the first decode step finishes the correction (gated_at 1) and
+    the answer from there on is full prefill's; without a correction the gate is refused by name."""
+    out = tmp_path / "gated.json"
+    base = ["--store", "memory", "bench", "tasks", "--suite", "niah", "--lengths", "1024", "--variants", "multikey",
+            "--modes", "full,naive", "--max-new-tokens", "6", "--repeats", "1", "--min-full-score", "0", "--limit", "1"]
+    assert main([*base, "--decode-correction", "64", "--correction-gate", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["correction_gate"] == 1.0
+    full, naive = res["examples"][0]["modes"]["full"], res["examples"][0]["modes"]["naive"]
+    assert naive["gated_at"] == 1 and naive["decode_pending"] > 64 and "gated_at" not in full
+    assert naive["first_token"] == 0.0 or naive["answer"] == full["answer"]
+    assert main([*base, "--correction-gate", "0.4"]) == 2
+    assert "correction_gate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--decode-correction", "8", "--correction-gate", "1.5"])

@@ -14,6 +14,7 @@ from chunkcache.blend.chunk_source import ChunkSource, DictStore
 from chunkcache.blend.config import BlendConfig
 from chunkcache.blend.request import BlendRequest
 from chunkcache.runner import linear
+from chunkcache.runner.decode import next_logits
 from chunkcache.runner.runner import ModelRunner
 
 PREFIX = (1, 2, 3)
@@ -108,3 +109,39 @@ def test_bf16_prefill_then_fp32_decode_converges_to_the_fp32_models_full_prefill
     exact_from = math.ceil(req.num_tokens / 40)
     assert (got[exact_from - 1] - ref[exact_from - 1]).abs().max() > 1e-4
     torch.testing.assert_close(got[exact_from:], ref[exact_from:], atol=1e-4, rtol=1e-4)
+
+
+def _top_probs(logits):
+    return logits.float().softmax(-1).max(-1).values  # [rows]
+
+
+@pytest.mark.parametrize("mode", ["query", "naive"])
+def test_an_unsure_step_finishes_the_correction_and_takes_full_prefills_logits(tiny_blender, mode):
+    """K = 8 would need several steps; a gate above the blend's top probability at step 1 finishes it there, so rows
+    1.. are full prefill's; a gate below every step's top probability never fires and changes nothing."""
+    r = tiny_blender.runner
+    req = _request(seed=3)
+    answer, ref = _full_reference(tiny_blender, req, 8)
+    plain = tiny_blender.prefill(req, BlendConfig(mode=mode, recompute_ratio=0.1, decode_correction=8), reserve=10)
+    ungated = tf_logits(r, plain.cache, plain.logits, answer, correction=plain.correction)
+    assert math.ceil(plain.stats.decode_pending / 8) > 3 and (ungated[1] - ref[1]).abs().max() > 1e-4
+    probs = _top_probs(ungated)
+    for gate, finishes in ((float(probs[1]) * 1.01, 1), (float(probs[1:].min()) * 0.99, None)):
+        res = tiny_blender.prefill(req, BlendConfig(mode=mode, recompute_ratio=0.1, decode_correction=8,
+                                                    correction_gate=gate), reserve=10)
+        assert res.correction.gate == gate and torch.equal(res.logits, plain.logits)  # the first token is not gated
+        schedule = res.correction
+        got = torch.stack([res.logits] + [next_logits(r, torch.tensor([t]), res.cache, schedule) for t in answer[:-1]])
+        assert schedule.finished_at == finishes
+        if finishes:
+            torch.testing.assert_close(got[1:], ref[1:], atol=1e-4, rtol=1e-4)
+        else:
+            torch.testing.assert_close(got, ungated, atol=0, rtol=0)
+
+
+def test_the_gate_is_a_probability_over_a_correction():
+    with pytest.raises(ValueError, match="correction_gate"):
+        BlendConfig(correction_gate=0.3)  # nothing to gate
+    with pytest.raises(ValueError, match="correction_gate must be a probability"):
+        BlendConfig(decode_correction=8, correction_gate=1.5)
+    assert BlendConfig(decode_correction_steps=2, correction_gate=0.35).correction_gate == 0.35

@@ -236,7 +236,7 @@ def run_tasks(engine: ChunkCacheEngine, suite: Suite, examples: list[TaskExample
 
 # What shards of one run share (MERGE_KEYS), and runs of other modes on the same examples (COLUMN_KEYS).
 # LATER_KEYS: absent from older results, which ran with these values.
-LATER_KEYS = {"decode_correction": 0, "decode_correction_steps": 0, "linear_dtype": "float32",
+LATER_KEYS = {"decode_correction": 0, "decode_correction_steps": 0, "correction_gate": 0.0, "linear_dtype": "float32",
               "decode_linear_dtype": "float32", "attention_bf16": False}
 MERGE_KEYS = ("modes", "recompute_ratio", "ratios", "max_new", "model", "dtype", *LATER_KEYS)
 COLUMN_KEYS = ("recompute_ratio", "max_new", "model", "dtype", *LATER_KEYS)
