@@ -43,18 +43,19 @@ def byte_size(text: str) -> int:
     return value
 
 
-def ratio(text: str) -> float:
+def _unit_interval(text: str, what: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"recompute ratio must be in [0, 1], got {value}")
+        raise argparse.ArgumentTypeError(f"{what} must be in [0, 1], got {value}")
     return value
+
+
+def ratio(text: str) -> float:
+    return _unit_interval(text, "recompute ratio")
 
 
 def probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {value}")
-    return value
+    return _unit_interval(text, "probability")
 
 
 def ratios(text: str) -> list[float]:
